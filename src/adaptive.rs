@@ -1,0 +1,304 @@
+//! Adaptive limits: every `tier/request_type` limit as baseline × resource × db × api × queue ×
+//! predicted, clamped to [minimum_guaranteed, maximum_burst], and the load severity the throttle
+//! table keys on. Emits a `LimitUpdate` for each key whose adjusted limit changes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use crate::config::{AdaptiveConfig, Config, Step};
+use crate::health::Health;
+use crate::outputs::{BreakerStateKind, LimitUpdate, LoadSeverity, Multipliers};
+use crate::time::Millis;
+
+/// One `tier/request_type` limit.
+#[derive(Debug, Clone)]
+pub struct KeyLimit {
+    pub key: Arc<str>,
+    pub baseline: u32,
+    pub minimum: u32,
+    pub maximum: u32,
+    pub adjusted: u32,
+    /// The adjusted limit in units per `limiter.window_s` (equal to `adjusted` for 60 s).
+    pub window_limit: u32,
+    /// The `RateLimit-Policy` value for the adjusted limit, e.g. `600;w=60`.
+    pub policy: Arc<str>,
+    pub grace_allowance: u32,
+    pub grace_window_ms: i64,
+}
+
+pub struct AdaptiveLimits {
+    cfg: AdaptiveConfig,
+    window_s: u32,
+    request_types: usize,
+    keys: Vec<KeyLimit>,
+    health: Health,
+    breakers: BTreeMap<Arc<str>, BreakerStateKind>,
+    predicted: f64,
+    multipliers: Multipliers,
+    severity: LoadSeverity,
+}
+
+/// The multiplier of the highest step whose threshold `utilisation` exceeds, else 1.
+pub fn step_multiplier(steps: &[Step], utilisation: f64) -> f64 {
+    steps
+        .iter()
+        .filter(|s| utilisation > s.above)
+        .max_by(|a, b| a.above.total_cmp(&b.above))
+        .map_or(1.0, |s| s.multiplier)
+}
+
+fn scaled(value: u32, share: f64) -> u32 {
+    (f64::from(value) * share).round().clamp(0.0, f64::from(u32::MAX)) as u32
+}
+
+impl AdaptiveLimits {
+    /// `tiers` and `request_types` give the index order used by `limit`.
+    pub fn new(cfg: &Config, tiers: &[&str], request_types: &[&str]) -> Self {
+        let mut keys = Vec::with_capacity(tiers.len() * request_types.len());
+        for tier in tiers {
+            let t = &cfg.tiers[*tier];
+            for rt in request_types {
+                let share = cfg.request_types[*rt].share;
+                let baseline = scaled(t.baseline_rpm, share).max(1);
+                let maximum = scaled(t.maximum_burst, share).max(1);
+                let minimum = scaled(t.minimum_guaranteed, share).min(maximum);
+                let adjusted = baseline.clamp(minimum, maximum);
+                keys.push(KeyLimit {
+                    key: format!("{tier}/{rt}").into(),
+                    baseline,
+                    minimum,
+                    maximum,
+                    adjusted,
+                    window_limit: per_window(adjusted, cfg.limiter.window_s),
+                    policy: policy(per_window(adjusted, cfg.limiter.window_s), cfg.limiter.window_s),
+                    grace_allowance: scaled(t.grace_allowance, share),
+                    grace_window_ms: i64::from(t.grace_window_s) * 1000,
+                });
+            }
+        }
+        AdaptiveLimits {
+            cfg: cfg.adaptive.clone(),
+            window_s: cfg.limiter.window_s,
+            request_types: request_types.len(),
+            keys,
+            health: Health::default(),
+            breakers: BTreeMap::new(),
+            predicted: 1.0,
+            multipliers: Multipliers::NEUTRAL,
+            severity: LoadSeverity::Normal,
+        }
+    }
+
+    pub fn limit(&self, tier: usize, request_type: usize) -> &KeyLimit {
+        &self.keys[tier * self.request_types + request_type]
+    }
+
+    pub fn severity(&self) -> LoadSeverity {
+        self.severity
+    }
+
+    pub fn multipliers(&self) -> Multipliers {
+        self.multipliers
+    }
+
+    /// A `LimitUpdate` for every key, as of now (published once at start).
+    pub fn snapshot(&self, now: Millis, reason: &str, out: &mut Vec<LimitUpdate>) {
+        for k in &self.keys {
+            out.push(self.update(k, now, reason.to_string()));
+        }
+    }
+
+    pub fn on_health(&mut self, health: Health, now: Millis, out: &mut Vec<LimitUpdate>) {
+        self.health = health;
+        self.recompute(now, out);
+    }
+
+    pub fn on_breaker(&mut self, dependency: Arc<str>, state: BreakerStateKind, now: Millis, out: &mut Vec<LimitUpdate>) {
+        self.breakers.insert(dependency, state);
+        self.recompute(now, out);
+    }
+
+    /// Sets the predicted-demand multiplier (1.0 = no predictive cut).
+    pub fn set_predicted(&mut self, multiplier: f64, now: Millis, out: &mut Vec<LimitUpdate>) {
+        self.predicted = multiplier;
+        self.recompute(now, out);
+    }
+
+    fn api_multiplier(&self) -> (f64, Option<(Arc<str>, BreakerStateKind)>) {
+        let a = &self.cfg.api;
+        let mut worst = (1.0, None);
+        for (dep, state) in &self.breakers {
+            let m = match state {
+                BreakerStateKind::Closed => a.closed,
+                BreakerStateKind::HalfOpen => a.half_open,
+                BreakerStateKind::Open => a.open,
+                BreakerStateKind::ForcedOpen => a.forced_open,
+                BreakerStateKind::Disabled => a.disabled,
+                BreakerStateKind::MetricsOnly => a.metrics_only,
+            };
+            if m < worst.0 {
+                worst = (m, Some((dep.clone(), *state)));
+            }
+        }
+        worst
+    }
+
+    fn recompute(&mut self, now: Millis, out: &mut Vec<LimitUpdate>) {
+        let h = self.health;
+        let (api, api_cause) = self.api_multiplier();
+        let m = Multipliers {
+            resource: step_multiplier(&self.cfg.resource, h.resource()),
+            db: step_multiplier(&self.cfg.db, h.db),
+            api,
+            queue: step_multiplier(&self.cfg.queue, h.queue),
+            predicted: self.predicted,
+        };
+        let worst = h.worst();
+        self.severity = if worst > self.cfg.severity_critical {
+            LoadSeverity::Critical
+        } else if worst > self.cfg.severity_high {
+            LoadSeverity::High
+        } else {
+            LoadSeverity::Normal
+        };
+        let mut reason = String::new();
+        let mut note = |text: std::fmt::Arguments| {
+            if !reason.is_empty() {
+                reason.push_str("; ");
+            }
+            let _ = reason.write_fmt(text);
+        };
+        if m.resource != 1.0 {
+            note(format_args!("resource ×{} (cpu/memory {:.2})", m.resource, h.resource()));
+        }
+        if m.db != 1.0 {
+            note(format_args!("db ×{} (pool {:.2} used)", m.db, h.db));
+        }
+        if let Some((dep, state)) = api_cause {
+            note(format_args!("api ×{} ({dep} breaker {})", m.api, state_name(state)));
+        }
+        if m.queue != 1.0 {
+            note(format_args!("queue ×{} (queue {:.2} full)", m.queue, h.queue));
+        }
+        if m.predicted != 1.0 {
+            note(format_args!("predicted ×{:.3} (demand spike forecast)", m.predicted));
+        }
+        if reason.is_empty() {
+            reason.push_str("healthy");
+        }
+        self.multipliers = m;
+        let factor = m.product();
+        let window_s = self.window_s;
+        for i in 0..self.keys.len() {
+            let k = &mut self.keys[i];
+            let adjusted = (f64::from(k.baseline) * factor).round().clamp(f64::from(k.minimum), f64::from(k.maximum)) as u32;
+            if adjusted != k.adjusted {
+                k.adjusted = adjusted;
+                k.window_limit = per_window(adjusted, window_s);
+                k.policy = policy(k.window_limit, window_s);
+                let k = &self.keys[i];
+                out.push(self.update(k, now, reason.clone()));
+            }
+        }
+    }
+
+    fn update(&self, k: &KeyLimit, now: Millis, reason: String) -> LimitUpdate {
+        LimitUpdate {
+            key: k.key.clone(),
+            ts: now,
+            baseline_rpm: k.baseline,
+            adjusted_rpm: k.adjusted,
+            minimum_guaranteed: k.minimum,
+            maximum_burst: k.maximum,
+            multipliers: self.multipliers,
+            severity: self.severity,
+            reason,
+        }
+    }
+}
+
+/// Converts requests per minute into units per window (at least 1).
+fn per_window(rpm: u32, window_s: u32) -> u32 {
+    ((u64::from(rpm) * u64::from(window_s) + 30) / 60).clamp(1, u64::from(u32::MAX)) as u32
+}
+
+fn policy(limit: u32, window_s: u32) -> Arc<str> {
+    format!("{limit};w={window_s}").into()
+}
+
+fn state_name(s: BreakerStateKind) -> &'static str {
+    match s {
+        BreakerStateKind::Closed => "closed",
+        BreakerStateKind::Open => "open",
+        BreakerStateKind::HalfOpen => "half_open",
+        BreakerStateKind::ForcedOpen => "forced_open",
+        BreakerStateKind::Disabled => "disabled",
+        BreakerStateKind::MetricsOnly => "metrics_only",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> AdaptiveLimits {
+        AdaptiveLimits::new(&Config::default(), &["enterprise", "free", "pro"], &["batch", "critical_business", "standard"])
+    }
+
+    fn health(cpu: f64, db: f64) -> Health {
+        Health { cpu, memory: 0.1, db, queue: 0.0, sources: 1 }
+    }
+
+    #[test]
+    fn seed_resource_multiplier_thresholds() {
+        let steps = AdaptiveConfig::default().resource;
+        for (u, m) in [(0.95, 0.3), (0.91, 0.3), (0.9, 0.6), (0.85, 0.6), (0.8, 0.8), (0.75, 0.8), (0.7, 1.0), (0.1, 1.0)] {
+            assert_eq!(step_multiplier(&steps, u), m, "utilisation {u}");
+        }
+    }
+
+    #[test]
+    fn adjusted_is_baseline_times_product_clamped() {
+        let mut a = limits();
+        let mut out = Vec::new();
+        // pro/standard: baseline 600, min 100, max 1200. cpu 0.85 → ×0.6 → 360.
+        a.on_health(health(0.85, 0.0), Millis(1), &mut out);
+        assert_eq!(a.limit(2, 2).adjusted, 360);
+        assert_eq!(a.severity(), LoadSeverity::High);
+        // cpu 0.95 (×0.3) and db 0.95 (×0.4): 600 × 0.12 = 72 → clamped up to 100.
+        a.on_health(health(0.95, 0.95), Millis(2), &mut out);
+        assert_eq!(a.limit(2, 2).adjusted, 100);
+        assert_eq!(a.severity(), LoadSeverity::Critical);
+        // A forecast boost is clamped to maximum_burst.
+        a.on_health(health(0.1, 0.0), Millis(3), &mut out);
+        a.set_predicted(5.0, Millis(4), &mut out);
+        assert_eq!(a.limit(2, 2).adjusted, 1200);
+        // batch has half the share: 300 × ... max 600.
+        assert_eq!(a.limit(2, 0).adjusted, 600);
+    }
+
+    #[test]
+    fn updates_only_for_changed_keys_and_api_takes_the_worst_breaker() {
+        let mut a = limits();
+        let mut out = Vec::new();
+        a.on_health(health(0.1, 0.0), Millis(1), &mut out);
+        assert!(out.is_empty(), "healthy is the starting point: {out:?}");
+        a.on_breaker("ai_primary".into(), BreakerStateKind::HalfOpen, Millis(2), &mut out);
+        a.on_breaker("ai_secondary".into(), BreakerStateKind::Open, Millis(3), &mut out);
+        let last = out.last().unwrap();
+        assert_eq!(last.multipliers.api, 0.5);
+        assert!(last.reason.contains("ai_secondary breaker open"), "{}", last.reason);
+        out.clear();
+        a.on_breaker("ai_secondary".into(), BreakerStateKind::Open, Millis(4), &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn policy_follows_the_adjusted_limit() {
+        let mut a = limits();
+        assert_eq!(&*a.limit(2, 2).policy, "600;w=60");
+        a.on_health(health(0.85, 0.0), Millis(1), &mut Vec::new());
+        assert_eq!(&*a.limit(2, 2).policy, "360;w=60");
+    }
+}

@@ -1,0 +1,103 @@
+//! Input events, as the rest of the crate sees them after decoding (see `decode.rs`).
+//!
+//! These are validated, owned values: a `RequestEvent` here always has a cost ≥ 1, a
+//! `TelemetrySample` always has utilisations in 0..=1. Producers write the JSON forms described in
+//! DESIGN.md; unknown fields are ignored so producers can add fields without breaking us.
+
+use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+
+/// One API request, keyed by `user_id` on `surgeguard.requests`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestEvent {
+    pub id: String,
+    pub ts: Millis,
+    pub user_id: String,
+    pub tier: String,
+    pub request_type: String,
+    /// Weight of the request in quota units (default 1).
+    pub cost: u32,
+}
+
+/// Why an upstream call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    Timeout,
+    RateLimit,
+    ServerError,
+    ClientError,
+    Other,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 5] = [
+        ErrorClass::Timeout,
+        ErrorClass::RateLimit,
+        ErrorClass::ServerError,
+        ErrorClass::ClientError,
+        ErrorClass::Other,
+    ];
+}
+
+/// The outcome of one call to a dependency, keyed by `dependency` on `surgeguard.outcomes`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeEvent {
+    pub ts: Millis,
+    pub dependency: String,
+    pub ok: bool,
+    /// Set when `ok` is false (a failure without a class counts as `other`).
+    pub error: Option<ErrorClass>,
+    pub latency_ms: f64,
+    pub request_id: Option<String>,
+}
+
+/// A host's resource sample, keyed by `source` on `surgeguard.telemetry`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetrySample {
+    pub ts: Millis,
+    pub source: String,
+    pub cpu: f64,
+    pub memory: f64,
+    pub db_connections_in_use: u32,
+    pub db_connections_max: u32,
+    pub queue_depth: Option<u64>,
+    pub queue_capacity: Option<u64>,
+}
+
+/// Any input event, tagged by the topic it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputEvent {
+    Request(RequestEvent),
+    Outcome(OutcomeEvent),
+    Telemetry(TelemetrySample),
+}
+
+impl InputEvent {
+    pub fn ts(&self) -> Millis {
+        match self {
+            InputEvent::Request(e) => e.ts,
+            InputEvent::Outcome(e) => e.ts,
+            InputEvent::Telemetry(e) => e.ts,
+        }
+    }
+}
+
+/// The input topics, by their short names (the part after `surgeguard.`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputTopic {
+    Requests,
+    Outcomes,
+    Telemetry,
+}
+
+impl InputTopic {
+    pub fn name(self) -> &'static str {
+        match self {
+            InputTopic::Requests => "requests",
+            InputTopic::Outcomes => "outcomes",
+            InputTopic::Telemetry => "telemetry",
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Per-user quota check in event time: a conservative sliding window over sub-buckets, plus a
+//! grace allowance with its own window.
+//!
+//! The window (`limiter.window_s`, 60 s by default) is split into six sub-buckets; a request at
+//! time t is checked against the cost counted in the current bucket and the six before it, a span
+//! that always covers (t − window, t]. So in *any* window-long interval a user never gets more
+//! than `limit` quota units allowed, however requests are timed: the guarantee GCRA or a
+//! two-window estimate cannot give (GCRA admits up to twice its rate in a sliding window). The
+//! price is that usage is forgotten up to one sub-bucket (10 s) later than an exact log would.
+//! Grace works the same way with two halves of its window: graced units in any grace window never
+//! exceed the allowance. See the README, "How the limiter counts".
+//!
+//! State is 44 bytes per (user, request type), keyed by a keyed 64-bit hash of both (collisions
+//! are negligible and cannot be crafted without the per-process key). Time only moves forward
+//! per key: an event older than the user's newest is counted as of the newest. The limiter holds
+//! no clock: `now` is the event's time.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::outputs::DecisionKind;
+use crate::time::Millis;
+
+/// Sub-buckets per window.
+pub const SUB_BUCKETS: u32 = 6;
+const SLOTS: usize = SUB_BUCKETS as usize + 1;
+
+/// The quota that applies to one request: its tier's and request type's current limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Units allowed per window.
+    pub limit: u32,
+    /// Extra units allowed per grace window once the limit is reached.
+    pub grace_allowance: u32,
+    pub grace_window_ms: i64,
+}
+
+/// The limiter's answer; the shell turns it into a `Decision`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    pub kind: DecisionKind,
+    /// Units still available in the window after this request.
+    pub remaining: u32,
+    /// Seconds until the window's usage has fully expired, if no more requests come.
+    pub reset_s: u64,
+    /// Share of the grace allowance used in the current grace span, when grace was drawn on or
+    /// the request was throttled.
+    pub grace_used: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct UserState {
+    /// Units counted per sub-bucket, a ring indexed by bucket number modulo `SLOTS`.
+    counts: [u32; SLOTS],
+    /// Number of the newest bucket this key has seen (wrapping; differences are what matter).
+    head: u32,
+    /// Grace units used in the current and the previous half grace window.
+    grace_cur: u32,
+    grace_prev: u32,
+    /// Number of the current half grace window (wrapping).
+    grace_half: u32,
+}
+
+/// Hashes a key that is already a keyed 64-bit hash: pass it through.
+#[derive(Default)]
+pub struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Per-user sliding-window limiter over all users of one processor.
+pub struct Limiter {
+    bucket_ms: i64,
+    evict_after_ms: i64,
+    users: HashMap<u64, UserState, BuildHasherDefault<PassThrough>>,
+    keys: ahash::RandomState,
+}
+
+impl Limiter {
+    /// `window_s`: the quota window; `evict_idle_after_s`: forget users idle this long.
+    pub fn new(window_s: u32, evict_idle_after_s: u32) -> Self {
+        let window_ms = i64::from(window_s.max(1)) * 1000;
+        Limiter {
+            // Round up so that SUB_BUCKETS buckets always span at least the window.
+            bucket_ms: (window_ms + i64::from(SUB_BUCKETS) - 1) / i64::from(SUB_BUCKETS),
+            evict_after_ms: i64::from(evict_idle_after_s) * 1000,
+            users: HashMap::default(),
+            keys: ahash::RandomState::new(),
+        }
+    }
+
+    /// Number of (user, request type) keys tracked.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Bytes of state per tracked key, excluding the map's own overhead.
+    pub const fn state_bytes() -> usize {
+        std::mem::size_of::<UserState>() + std::mem::size_of::<u64>()
+    }
+
+    fn key(&self, user_id: &str, request_type: u16) -> u64 {
+        self.keys.hash_one((user_id, request_type))
+    }
+
+    /// Checks one request of `cost` units at event time `now` against `quota`, and counts it if
+    /// it is let through.
+    pub fn check(&mut self, user_id: &str, request_type: u16, now: Millis, cost: u32, quota: Quota) -> Verdict {
+        let key = self.key(user_id, request_type);
+        let bucket_ms = self.bucket_ms;
+        let idx = now.0.div_euclid(bucket_ms) as u32;
+        let st = self.users.entry(key).or_insert_with(|| UserState { head: idx, ..UserState::default() });
+
+        // Advance the ring to `idx` (never backwards), clearing buckets that fell out.
+        let ahead = idx.wrapping_sub(st.head) as i32;
+        if ahead > 0 {
+            for k in 1..=ahead.min(SLOTS as i32) as u32 {
+                st.counts[(st.head.wrapping_add(k) as usize) % SLOTS] = 0;
+            }
+            st.head = idx;
+        }
+        let used: u64 = st.counts.iter().map(|&c| u64::from(c)).sum();
+        let limit = u64::from(quota.limit);
+        let cost64 = u64::from(cost);
+
+        if used + cost64 <= limit {
+            let slot = &mut st.counts[(st.head as usize) % SLOTS];
+            *slot = slot.saturating_add(cost);
+            let remaining = (limit - used - cost64) as u32;
+            let reset_s = reset_secs(st, now, bucket_ms);
+            return Verdict { kind: DecisionKind::Allow, remaining, reset_s, grace_used: None };
+        }
+
+        // Over the limit: try the grace allowance, counted over two half grace windows.
+        let half_ms = (quota.grace_window_ms / 2).max(1);
+        let half = now.0.div_euclid(half_ms) as u32;
+        let ahead = half.wrapping_sub(st.grace_half) as i32;
+        if ahead > 0 {
+            st.grace_prev = if ahead == 1 { st.grace_cur } else { 0 };
+            st.grace_cur = 0;
+            st.grace_half = half;
+        }
+        let grace_used = u64::from(st.grace_cur) + u64::from(st.grace_prev);
+        let allowance = u64::from(quota.grace_allowance);
+        let remaining = limit.saturating_sub(used) as u32;
+        let reset_s = reset_secs(st, now, bucket_ms);
+        let share = |units: u64| if allowance == 0 { 1.0 } else { (units as f64 / allowance as f64).min(1.0) };
+        if grace_used + cost64 <= allowance {
+            st.grace_cur = st.grace_cur.saturating_add(cost);
+            return Verdict {
+                kind: DecisionKind::AllowWithGrace,
+                remaining,
+                reset_s,
+                grace_used: Some(share(grace_used + cost64)),
+            };
+        }
+        Verdict { kind: DecisionKind::Throttle, remaining, reset_s, grace_used: Some(share(grace_used)) }
+    }
+
+    /// Forgets keys idle for `evict_idle_after_s` as of `now`; returns how many were dropped.
+    pub fn sweep(&mut self, now: Millis) -> usize {
+        let before = self.users.len();
+        let idx = now.0.div_euclid(self.bucket_ms) as u32;
+        let idle_buckets = self.evict_after_ms / self.bucket_ms;
+        self.users.retain(|_, st| i64::from(idx.wrapping_sub(st.head) as i32) < idle_buckets);
+        before - self.users.len()
+    }
+
+    /// Test support: whether the key is tracked.
+    pub fn tracks(&self, user_id: &str, request_type: u16) -> bool {
+        let key = self.key(user_id, request_type);
+        self.users.contains_key(&key)
+    }
+
+    /// Makes room for `additional` more keys (benchmarks size the map up front).
+    pub fn reserve(&mut self, additional: usize) {
+        self.users.reserve(additional);
+    }
+}
+
+/// Seconds until the newest counted bucket leaves the checked span (full quota again).
+fn reset_secs(st: &UserState, now: Millis, bucket_ms: i64) -> u64 {
+    let newest = (0..SLOTS as u32)
+        .map(|back| st.head.wrapping_sub(back))
+        .find(|&b| st.counts[(b as usize) % SLOTS] > 0);
+    match newest {
+        None => 0,
+        Some(b) => {
+            let back = i64::from(st.head.wrapping_sub(b));
+            let head_start = now.0.div_euclid(bucket_ms) * bucket_ms;
+            let expires = head_start + (SLOTS as i64 - back) * bucket_ms;
+            now.secs_until_ceil(Millis(expires))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DecisionKind::*;
+
+    const MIN: i64 = 60_000;
+
+    fn quota(limit: u32, grace: u32) -> Quota {
+        Quota { limit, grace_allowance: grace, grace_window_ms: 60 * MIN }
+    }
+
+    fn at(ms: i64) -> Millis {
+        Millis(1_700_000_000_000 + ms)
+    }
+
+    #[test]
+    fn allows_up_to_the_limit_then_throttles() {
+        let mut l = Limiter::new(60, 3600);
+        let q = quota(5, 0);
+        for i in 0..5 {
+            let v = l.check("u", 0, at(i), 1, q);
+            assert_eq!(v.kind, Allow);
+            assert_eq!(v.remaining, 4 - i as u32);
+        }
+        let v = l.check("u", 0, at(10), 1, q);
+        assert_eq!(v.kind, Throttle);
+        assert_eq!(v.remaining, 0);
+        assert!(v.reset_s > 60 && v.reset_s <= 70, "{}", v.reset_s);
+    }
+
+    #[test]
+    fn users_and_request_types_are_independent() {
+        let mut l = Limiter::new(60, 3600);
+        let q = quota(1, 0);
+        assert_eq!(l.check("a", 0, at(0), 1, q).kind, Allow);
+        assert_eq!(l.check("b", 0, at(0), 1, q).kind, Allow);
+        assert_eq!(l.check("a", 1, at(0), 1, q).kind, Allow);
+        assert_eq!(l.check("a", 0, at(0), 1, q).kind, Throttle);
+    }
+
+    #[test]
+    fn quota_returns_once_usage_leaves_the_span() {
+        let mut l = Limiter::new(60, 3600);
+        let q = quota(2, 0);
+        assert_eq!(l.check("u", 0, at(0), 2, q).kind, Allow);
+        assert_eq!(l.check("u", 0, at(59_999), 1, q).kind, Throttle);
+        // Still counted up to one sub-bucket past the window (conservative side).
+        assert_eq!(l.check("u", 0, at(65_000), 1, q).kind, Throttle);
+        let v = l.check("u", 0, at(70_000), 2, q);
+        assert_eq!((v.kind, v.remaining), (Allow, 0));
+    }
+
+    #[test]
+    fn weighted_cost_counts_units_and_oversized_requests_never_pass() {
+        let mut l = Limiter::new(60, 3600);
+        let q = quota(10, 0);
+        assert_eq!(l.check("u", 0, at(0), 11, q).kind, Throttle);
+        let v = l.check("u", 0, at(0), 7, q);
+        assert_eq!((v.kind, v.remaining), (Allow, 3));
+        assert_eq!(l.check("u", 0, at(1), 4, q).kind, Throttle);
+        assert_eq!(l.check("u", 0, at(2), 3, q).kind, Allow);
+    }
+
+    #[test]
+    fn grace_allows_a_bounded_overflow_per_grace_window() {
+        let mut l = Limiter::new(60, 3600);
+        let q = quota(1, 2);
+        assert_eq!(l.check("u", 0, at(0), 1, q).kind, Allow);
+        let g1 = l.check("u", 0, at(1), 1, q);
+        assert_eq!((g1.kind, g1.grace_used), (AllowWithGrace, Some(0.5)));
+        assert_eq!(l.check("u", 0, at(2), 1, q).kind, AllowWithGrace);
+        let t = l.check("u", 0, at(3), 1, q);
+        assert_eq!((t.kind, t.grace_used), (Throttle, Some(1.0)));
+        // A new minute restores the limit but not the grace.
+        assert_eq!(l.check("u", 0, at(2 * MIN), 1, q).kind, Allow);
+        assert_eq!(l.check("u", 0, at(2 * MIN + 1), 1, q).kind, Throttle);
+        // Grace comes back once the grace span (two half windows) has passed.
+        assert_eq!(l.check("u", 0, at(90 * MIN), 1, q).kind, Allow);
+        assert_eq!(l.check("u", 0, at(90 * MIN + 1), 1, q).kind, AllowWithGrace);
+    }
+
+    #[test]
+    fn out_of_order_events_count_as_of_the_newest() {
+        let mut l = Limiter::new(60, 3600);
+        let q = quota(2, 0);
+        assert_eq!(l.check("u", 0, at(5 * MIN), 1, q).kind, Allow);
+        // An event from four minutes earlier must not open a fresh window.
+        assert_eq!(l.check("u", 0, at(MIN), 1, q).kind, Allow);
+        assert_eq!(l.check("u", 0, at(MIN), 1, q).kind, Throttle);
+    }
+
+    #[test]
+    fn a_lowered_limit_applies_to_usage_already_counted() {
+        let mut l = Limiter::new(60, 3600);
+        for i in 0..8 {
+            assert_eq!(l.check("u", 0, at(i), 1, quota(10, 0)).kind, Allow);
+        }
+        let v = l.check("u", 0, at(10), 1, quota(5, 0));
+        assert_eq!((v.kind, v.remaining), (Throttle, 0));
+    }
+
+    #[test]
+    fn idle_users_are_evicted_and_active_ones_kept() {
+        let mut l = Limiter::new(60, 600);
+        let q = quota(5, 0);
+        l.check("idle", 0, at(0), 1, q);
+        l.check("busy", 0, at(0), 1, q);
+        l.check("busy", 0, at(9 * MIN), 1, q);
+        assert_eq!(l.sweep(at(10 * MIN + 1)), 1);
+        assert!(!l.tracks("idle", 0));
+        assert!(l.tracks("busy", 0));
+        assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn state_is_small() {
+        assert!(Limiter::state_bytes() <= 56, "{}", Limiter::state_bytes());
+    }
+}

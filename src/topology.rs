@@ -1,0 +1,242 @@
+//! The processor topology: one input event in, its outputs out, driven only by event time.
+//! Live Kafka, the embedded demo and replay all feed this same struct; only sources and sinks
+//! differ.
+//!
+//! Order of work for each event: the first event publishes every limit (reason `initial`); an
+//! event later than any before it moves time forward (stale telemetry sources drop out, breaker
+//! timers fire, finished minutes close and their alert rules run, idle users are swept); then the
+//! event itself goes to its processor: requests → limiter → decisions; outcomes → breakers →
+//! breaker states (→ adaptive limits, → alerts); telemetry → health → adaptive limits.
+
+use std::sync::Arc;
+
+use crate::adaptive::AdaptiveLimits;
+use crate::breakers::Breakers;
+use crate::config::Config;
+use crate::events::{InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
+use crate::health::HealthView;
+use crate::limiter::{Limiter, Quota};
+use crate::monitor::Monitor;
+use crate::outputs::{BreakerState, Decision, DecisionKind, Output};
+use crate::strategy::StrategyTable;
+use crate::time::Millis;
+
+/// What the topology has done, for metrics and summaries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub requests: u64,
+    pub outcomes: u64,
+    pub telemetry: u64,
+    pub allowed: u64,
+    pub graced: u64,
+    pub throttled: u64,
+    pub unknown_tier: u64,
+    pub limit_updates: u64,
+    pub breaker_states: u64,
+    pub alerts: u64,
+    pub evicted_users: u64,
+}
+
+pub struct Topology {
+    tiers: Vec<Arc<str>>,
+    request_types: Vec<Arc<str>>,
+    default_tier: usize,
+    default_request_type: usize,
+    strategies: StrategyTable,
+    limiter: Limiter,
+    limits: AdaptiveLimits,
+    health: HealthView,
+    breakers: Breakers,
+    monitor: Monitor,
+    watermark: Option<Millis>,
+    sweep_every_ms: i64,
+    next_sweep: Millis,
+    counters: Counters,
+    scratch_breakers: Vec<BreakerState>,
+}
+
+fn index_of(names: &[Arc<str>], name: &str) -> Option<usize> {
+    names.iter().position(|n| **n == *name)
+}
+
+impl Topology {
+    /// Builds the processors from a validated config.
+    pub fn new(cfg: Arc<Config>) -> Self {
+        let tiers: Vec<Arc<str>> = cfg.tiers.keys().map(|k| Arc::from(k.as_str())).collect();
+        let request_types: Vec<Arc<str>> = cfg.request_types.keys().map(|k| Arc::from(k.as_str())).collect();
+        let tier_names: Vec<&str> = tiers.iter().map(|s| &**s).collect();
+        let rt_names: Vec<&str> = request_types.iter().map(|s| &**s).collect();
+        Topology {
+            default_tier: index_of(&tiers, &cfg.limiter.default_tier).unwrap_or(0),
+            default_request_type: index_of(&request_types, &cfg.limiter.default_request_type).unwrap_or(0),
+            strategies: StrategyTable::compile(&cfg.throttle, &tier_names, &rt_names),
+            limiter: Limiter::new(cfg.limiter.window_s, cfg.limiter.evict_idle_after_s),
+            limits: AdaptiveLimits::new(&cfg, &tier_names, &rt_names),
+            health: HealthView::new(&cfg.health),
+            breakers: Breakers::new(cfg.clone()),
+            monitor: Monitor::new(&cfg.monitor, &cfg.alerts),
+            watermark: None,
+            sweep_every_ms: i64::from(cfg.limiter.sweep_every_s) * 1000,
+            next_sweep: Millis(i64::MIN),
+            counters: Counters::default(),
+            scratch_breakers: Vec::new(),
+            tiers,
+            request_types,
+        }
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    pub fn tracked_users(&self) -> usize {
+        self.limiter.len()
+    }
+
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+
+    /// The latest event time seen.
+    pub fn watermark(&self) -> Option<Millis> {
+        self.watermark
+    }
+
+    /// Processes one event, appending its outputs to `out`.
+    pub fn process(&mut self, event: InputEvent, out: &mut Vec<Output>) {
+        let ts = event.ts();
+        self.advance(ts, out);
+        match event {
+            InputEvent::Request(r) => self.on_request(r, out),
+            InputEvent::Outcome(o) => self.on_outcome(o, out),
+            InputEvent::Telemetry(t) => self.on_telemetry(t, out),
+        }
+    }
+
+    /// Moves event time to `now` if it is later than the watermark, firing what is due.
+    pub fn advance(&mut self, now: Millis, out: &mut Vec<Output>) {
+        match self.watermark {
+            None => {
+                self.watermark = Some(now);
+                let mut updates = Vec::new();
+                self.limits.snapshot(now, "initial", &mut updates);
+                self.push_limits(updates, out);
+                self.next_sweep = now.plus_ms(self.sweep_every_ms);
+            }
+            Some(w) if now > w => {
+                self.watermark = Some(now);
+                if self.health.expire(now) {
+                    self.health_changed(now, out);
+                }
+                let mut states = std::mem::take(&mut self.scratch_breakers);
+                self.breakers.advance(now, &mut states);
+                self.breaker_states(&mut states, out);
+                self.scratch_breakers = states;
+                let mut alerts = Vec::new();
+                self.monitor.advance(now, &mut alerts);
+                self.push_alerts(alerts, out);
+                if now >= self.next_sweep {
+                    self.counters.evicted_users += self.limiter.sweep(now) as u64;
+                    self.next_sweep = now.plus_ms(self.sweep_every_ms);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn push_limits(&mut self, updates: Vec<crate::outputs::LimitUpdate>, out: &mut Vec<Output>) {
+        self.counters.limit_updates += updates.len() as u64;
+        out.extend(updates.into_iter().map(Output::Limit));
+    }
+
+    fn push_alerts(&mut self, alerts: Vec<crate::outputs::Alert>, out: &mut Vec<Output>) {
+        self.counters.alerts += alerts.len() as u64;
+        out.extend(alerts.into_iter().map(Output::Alert));
+    }
+
+    fn on_request(&mut self, ev: RequestEvent, out: &mut Vec<Output>) {
+        self.counters.requests += 1;
+        let (tier, unknown_tier) = match index_of(&self.tiers, &ev.tier) {
+            Some(i) => (i, None),
+            None => (self.default_tier, Some(ev.tier)),
+        };
+        let (rt, unknown_request_type) = match index_of(&self.request_types, &ev.request_type) {
+            Some(i) => (i, None),
+            None => (self.default_request_type, Some(ev.request_type)),
+        };
+        self.counters.unknown_tier += u64::from(unknown_tier.is_some());
+        let k = self.limits.limit(tier, rt);
+        let quota = Quota { limit: k.window_limit, grace_allowance: k.grace_allowance, grace_window_ms: k.grace_window_ms };
+        let v = self.limiter.check(&ev.user_id, rt as u16, ev.ts, ev.cost, quota);
+        let severity = self.limits.severity();
+        let strategy = match v.kind {
+            DecisionKind::Allow => {
+                self.counters.allowed += 1;
+                None
+            }
+            DecisionKind::AllowWithGrace => {
+                self.counters.graced += 1;
+                None
+            }
+            DecisionKind::Throttle => {
+                self.counters.throttled += 1;
+                Some(self.strategies.lookup(severity, tier, rt))
+            }
+        };
+        let d = Decision {
+            request_id: ev.id,
+            ts: ev.ts,
+            user_id: ev.user_id,
+            tier: self.tiers[tier].clone(),
+            request_type: self.request_types[rt].clone(),
+            decision: v.kind,
+            strategy,
+            limit: k.window_limit,
+            remaining: v.remaining,
+            reset_s: v.reset_s,
+            policy: k.policy.clone(),
+            severity,
+            unknown_tier,
+            unknown_request_type,
+        };
+        self.monitor.on_decision(&d, v.grace_used);
+        out.push(Output::Decision(d));
+    }
+
+    fn on_outcome(&mut self, ev: OutcomeEvent, out: &mut Vec<Output>) {
+        self.counters.outcomes += 1;
+        let mut states = std::mem::take(&mut self.scratch_breakers);
+        self.breakers.on_outcome(&ev, &mut states);
+        self.breaker_states(&mut states, out);
+        self.scratch_breakers = states;
+    }
+
+    /// Publishes breaker states and lets the adaptive limits and the monitor react to them.
+    fn breaker_states(&mut self, states: &mut Vec<BreakerState>, out: &mut Vec<Output>) {
+        for s in states.drain(..) {
+            let mut updates = Vec::new();
+            self.limits.on_breaker(s.dependency.clone(), s.state, s.ts, &mut updates);
+            let mut alerts = Vec::new();
+            self.monitor.on_breaker(&s, &mut alerts);
+            self.counters.breaker_states += 1;
+            out.push(Output::Breaker(s));
+            self.push_limits(updates, out);
+            self.push_alerts(alerts, out);
+        }
+    }
+
+    fn on_telemetry(&mut self, ev: TelemetrySample, out: &mut Vec<Output>) {
+        self.counters.telemetry += 1;
+        let ts = ev.ts;
+        if self.health.on_sample(ev) {
+            self.health_changed(ts, out);
+        }
+        self.monitor.on_load(ts, self.health.current().worst());
+    }
+
+    fn health_changed(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let mut updates = Vec::new();
+        self.limits.on_health(self.health.current(), now, &mut updates);
+        self.push_limits(updates, out);
+    }
+}

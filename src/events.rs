@@ -8,7 +8,7 @@ use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
 /// One API request, keyed by `user_id` on `surgeguard.requests`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RequestEvent {
     pub id: String,
     pub ts: Millis,
@@ -41,19 +41,21 @@ impl ErrorClass {
 }
 
 /// The outcome of one call to a dependency, keyed by `dependency` on `surgeguard.outcomes`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OutcomeEvent {
     pub ts: Millis,
     pub dependency: String,
     pub ok: bool,
     /// Set when `ok` is false (a failure without a class counts as `other`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorClass>,
     pub latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
 
 /// A host's resource sample, keyed by `source` on `surgeguard.telemetry`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TelemetrySample {
     pub ts: Millis,
     pub source: String,
@@ -61,7 +63,9 @@ pub struct TelemetrySample {
     pub memory: f64,
     pub db_connections_in_use: u32,
     pub db_connections_max: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_depth: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_capacity: Option<u64>,
 }
 
@@ -74,6 +78,31 @@ pub enum InputEvent {
 }
 
 impl InputEvent {
+    /// The input topic's short name.
+    pub fn topic(&self) -> InputTopic {
+        match self {
+            InputEvent::Request(_) => InputTopic::Requests,
+            InputEvent::Outcome(_) => InputTopic::Outcomes,
+            InputEvent::Telemetry(_) => InputTopic::Telemetry,
+        }
+    }
+
+    /// Appends the replay form: the event's JSON with a leading `"topic"` field, then a newline.
+    pub fn write_tagged_line(&self, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+        buf.extend_from_slice(b"{\"topic\":\"");
+        buf.extend_from_slice(self.topic().name().as_bytes());
+        buf.extend_from_slice(b"\",");
+        let start = buf.len();
+        match self {
+            InputEvent::Request(e) => serde_json::to_writer(&mut *buf, e)?,
+            InputEvent::Outcome(e) => serde_json::to_writer(&mut *buf, e)?,
+            InputEvent::Telemetry(e) => serde_json::to_writer(&mut *buf, e)?,
+        }
+        buf.remove(start); // the event's own `{`
+        buf.push(b'\n');
+        Ok(())
+    }
+
     pub fn ts(&self) -> Millis {
         match self {
             InputEvent::Request(e) => e.ts,

@@ -14,7 +14,7 @@
 //!
 //! The wire: [`events`] (inputs), [`decode`] (bytes → inputs), [`outputs`] (output records),
 //! [`time`] (event time). Config: [`config`] (structs and defaults), [`config_load`] (parse and
-//! validate). The shell: [`replay`] (JSON lines through the topology) and the `surgeguard` binary.
+//! validate). Test and benchmark inputs: [`scenario`]. The shell: [`replay`] (JSON lines through the topology) and the `surgeguard` binary.
 
 // A config field that no code reads fails the build (equality and serialisation of the config
 // structs are derived only under test, so they do not count as reads).
@@ -34,6 +34,7 @@ pub mod limiter;
 pub mod monitor;
 pub mod outputs;
 pub mod replay;
+pub mod scenario;
 pub mod strategy;
 pub mod time;
 pub mod topology;

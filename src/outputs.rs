@@ -252,11 +252,13 @@ impl Output {
 
     /// Appends the replay form: the JSON value with a leading `"topic"` field, then a newline.
     pub fn write_tagged_line(&self, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+        buf.extend_from_slice(b"{\"topic\":\"");
+        buf.extend_from_slice(self.topic().as_bytes());
+        buf.extend_from_slice(b"\",");
         let start = buf.len();
         self.write_json(buf)?;
-        // Every output is a non-empty JSON object: splice the topic in after its `{`.
-        let tag = format!("{{\"topic\":\"{}\",", self.topic());
-        buf.splice(start..start + 1, tag.bytes());
+        // Every output is a non-empty JSON object: drop its own `{`.
+        buf.remove(start);
         buf.push(b'\n');
         Ok(())
     }

@@ -127,7 +127,7 @@ impl AdaptiveLimits {
 
     fn api_multiplier(&self) -> (f64, Option<(Arc<str>, BreakerStateKind)>) {
         let a = &self.cfg.api;
-        let mut worst = (1.0, None);
+        let mut worst: (f64, Option<(Arc<str>, BreakerStateKind)>) = (f64::INFINITY, None);
         for (dep, state) in &self.breakers {
             let m = match state {
                 BreakerStateKind::Closed => a.closed,
@@ -141,7 +141,11 @@ impl AdaptiveLimits {
                 worst = (m, Some((dep.clone(), *state)));
             }
         }
-        worst
+        match worst {
+            // Only a departure from neutral is worth a reason.
+            (m, cause) if m.is_finite() => (m, cause.filter(|_| m != 1.0)),
+            _ => (1.0, None),
+        }
     }
 
     fn recompute(&mut self, now: Millis, out: &mut Vec<LimitUpdate>) {
@@ -292,6 +296,18 @@ mod tests {
         out.clear();
         a.on_breaker("ai_secondary".into(), BreakerStateKind::Open, Millis(4), &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn api_multipliers_above_one_apply_too() {
+        let mut cfg = Config::default();
+        cfg.adaptive.api.closed = 1.5;
+        let mut a = AdaptiveLimits::new(&cfg, &["pro"], &["standard"]);
+        let mut out = Vec::new();
+        a.on_breaker("ai_primary".into(), BreakerStateKind::Closed, Millis(1), &mut out);
+        assert_eq!(a.limit(0, 0).adjusted, 900);
+        a.on_breaker("ai_secondary".into(), BreakerStateKind::HalfOpen, Millis(2), &mut out);
+        assert_eq!(a.limit(0, 0).adjusted, 420);
     }
 
     #[test]

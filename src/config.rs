@@ -446,6 +446,8 @@ pub struct TopicsConfig {
     pub requests: String,
     pub outcomes: String,
     pub telemetry: String,
+    /// Operators' actions on breakers (force open, disable, metrics only, reset).
+    pub admin: String,
     pub decisions: String,
     pub limits: String,
     pub breakers: String,
@@ -461,6 +463,7 @@ impl Default for TopicsConfig {
             requests: t("requests"),
             outcomes: t("outcomes"),
             telemetry: t("telemetry"),
+            admin: t("admin"),
             decisions: t("decisions"),
             limits: t("limits"),
             breakers: t("breakers"),

@@ -122,6 +122,8 @@ fn remove_at(value: &mut toml::Value, segments: &[String]) -> bool {
 /// Deserialises `value` as `T`, recording every error it can find under `prefix`.
 fn parse<T: DeserializeOwned>(mut value: toml::Value, prefix: &str, errors: &mut Vec<ConfigError>) -> Option<T> {
     let mut seen = BTreeSet::new();
+    // Keys removed after an error: a required one then reads as missing, which is not news.
+    let mut removed = BTreeSet::new();
     for _ in 0..64 {
         match serde_path_to_error::deserialize::<_, T>(value.clone()) {
             Ok(v) => return if seen.is_empty() { Some(v) } else { None },
@@ -151,13 +153,17 @@ fn parse<T: DeserializeOwned>(mut value: toml::Value, prefix: &str, errors: &mut
                     if s.parse::<usize>().is_ok() { format!("{acc}[{s}]") } else { join(&acc, s) }
                 });
                 let key = join(prefix, &path);
+                if message.starts_with("missing field") && backticked(&message).is_some_and(|name| removed.contains(&join(&key, name))) {
+                    return None;
+                }
                 if !seen.insert((key.clone(), message.clone())) {
                     return None;
                 }
-                push(errors, key, message);
+                push(errors, key.clone(), message);
                 if !remove_at(&mut value, &target) {
                     return None;
                 }
+                removed.insert(key);
             }
         }
     }
@@ -227,11 +233,31 @@ fn from_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
             }
         }
         let prefix = format!("dependencies.{name}.breaker");
-        if let Some(b) = parse::<BreakerConfig>(toml::Value::Table(merged), &prefix, errors) {
+        let mut found = Vec::new();
+        if let Some(b) = parse::<BreakerConfig>(toml::Value::Table(merged), &prefix, &mut found) {
             c.resolved_breakers.insert(name.clone(), b);
         }
+        // Errors in keys inherited from [breaker] were reported once, under `breaker.`; report
+        // here only those in keys the dependency itself writes.
+        errors.extend(found.into_iter().filter(|e| {
+            let own = e.key.strip_prefix(&prefix).map(|rest| rest.trim_start_matches('.'));
+            own.is_none_or(|rest| written_in(&dep.breaker, rest))
+        }));
     }
     c
+}
+
+/// Whether the dotted `key` (empty: the table itself) is written in `table`.
+fn written_in(table: &toml::Table, key: &str) -> bool {
+    if key.is_empty() {
+        return true;
+    }
+    let (first, rest) = key.split_once('.').unwrap_or((key, ""));
+    match table.get(first) {
+        None => false,
+        Some(toml::Value::Table(inner)) if !rest.is_empty() => written_in(inner, rest),
+        Some(_) => true,
+    }
 }
 
 fn check(errors: &mut Vec<ConfigError>, ok: bool, key: impl Into<String>, message: impl FnOnce() -> String) {
@@ -368,7 +394,7 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
 
     let t = &c.topics;
     let all = [
-        ("requests", &t.requests), ("outcomes", &t.outcomes), ("telemetry", &t.telemetry),
+        ("requests", &t.requests), ("outcomes", &t.outcomes), ("telemetry", &t.telemetry), ("admin", &t.admin),
         ("decisions", &t.decisions), ("limits", &t.limits), ("breakers", &t.breakers),
         ("predictions", &t.predictions), ("alerts", &t.alerts), ("dlq", &t.dlq),
     ];
@@ -498,6 +524,29 @@ mod tests {
                 "no `{text}` error for {key}: {errs:#?}"
             );
         }
+    }
+
+    /// A bad value is one error: not also a "missing field" once it is set aside, nor repeated
+    /// under every dependency that inherits it from [breaker].
+    #[test]
+    fn one_mistake_is_one_error() {
+        let errs = errors(
+            r#"
+            [breaker.weights]
+            timeout = "lots"
+            [[throttle]]
+            severity = "sometimes"
+            strategy = "delay"
+            seconds = 1
+            [dependencies.a]
+            [dependencies.b]
+            breaker = { weights = { other = "x" } }
+            "#,
+        );
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert!(errs[0].starts_with("breaker.weights.timeout: invalid type"), "{errs:#?}");
+        assert!(errs[1].starts_with("throttle[0].severity: unknown variant"), "{errs:#?}");
+        assert!(errs[2].starts_with("dependencies.b.breaker.weights.other: invalid type"), "{errs:#?}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::events::{
-    ErrorClass, InputEvent, InputTopic, OutcomeEvent, RequestEvent, TelemetrySample,
+    AdminAction, AdminEvent, ErrorClass, InputEvent, InputTopic, OutcomeEvent, RequestEvent, TelemetrySample,
 };
 use crate::time::{Millis, TimeError};
 
@@ -22,7 +22,7 @@ pub enum DecodeError {
     Invalid { field: &'static str, reason: String },
     #[error("field `ts`: {0}")]
     Time(#[from] TimeError),
-    #[error("field `topic`: expected one of requests, outcomes, telemetry, got `{0}`")]
+    #[error("field `topic`: expected one of requests, outcomes, telemetry, admin, got `{0}`")]
     UnknownTopic(String),
 }
 
@@ -181,12 +181,35 @@ pub fn decode_telemetry(bytes: &[u8]) -> Result<TelemetrySample, DecodeError> {
     })
 }
 
+#[derive(Deserialize)]
+struct RawAdmin<'a> {
+    #[serde(borrow)]
+    ts: Cow<'a, str>,
+    #[serde(borrow)]
+    dependency: Cow<'a, str>,
+    action: AdminAction,
+    #[serde(borrow)]
+    actor: Option<Cow<'a, str>>,
+}
+
+/// Decodes an `AdminEvent` from JSON bytes.
+pub fn decode_admin(bytes: &[u8]) -> Result<AdminEvent, DecodeError> {
+    let raw: RawAdmin = json(bytes)?;
+    Ok(AdminEvent {
+        ts: Millis::parse_rfc3339(&raw.ts)?,
+        dependency: non_empty("dependency", raw.dependency)?,
+        action: raw.action,
+        actor: raw.actor.map(Cow::into_owned),
+    })
+}
+
 /// Decodes the value of a message from the given input topic.
 pub fn decode(topic: InputTopic, bytes: &[u8]) -> Result<InputEvent, DecodeError> {
     Ok(match topic {
         InputTopic::Requests => InputEvent::Request(decode_request(bytes)?),
         InputTopic::Outcomes => InputEvent::Outcome(decode_outcome(bytes)?),
         InputTopic::Telemetry => InputEvent::Telemetry(decode_telemetry(bytes)?),
+        InputTopic::Admin => InputEvent::Admin(decode_admin(bytes)?),
     })
 }
 
@@ -203,6 +226,7 @@ pub fn decode_tagged(bytes: &[u8]) -> Result<InputEvent, DecodeError> {
         "requests" => Some(InputTopic::Requests),
         "outcomes" => Some(InputTopic::Outcomes),
         "telemetry" => Some(InputTopic::Telemetry),
+        "admin" => Some(InputTopic::Admin),
         _ => None,
     })
 }
@@ -215,7 +239,7 @@ pub fn decode_tagged_with(bytes: &[u8], resolve: impl Fn(&str) -> Option<InputTo
             Some(t) => t,
             None => return Err(DecodeError::UnknownTopic(name.chars().take(64).collect())),
         },
-        None => return Err(invalid("topic", "missing (expected requests, outcomes or telemetry)")),
+        None => return Err(invalid("topic", "missing (expected requests, outcomes, telemetry or admin)")),
     };
     decode(topic, bytes)
 }
@@ -272,6 +296,14 @@ mod tests {
         assert!(err.contains("`cpu`"), "{err}");
         let err = decode_telemetry(br#"{"ts":"2026-11-29T09:00:00Z","source":"h1","cpu":0.1,"memory":0.5,"db_connections_in_use":201,"db_connections_max":200}"#).unwrap_err();
         assert!(err.to_string().contains("db_connections_in_use"), "{err}");
+    }
+
+    #[test]
+    fn admin_actions() {
+        let a = decode_admin(br#"{"ts":"2026-11-29T09:00:00Z","dependency":"ai","action":"force_open","actor":"ops"}"#).unwrap();
+        assert_eq!((a.action, a.actor.as_deref()), (AdminAction::ForceOpen, Some("ops")));
+        let err = decode_admin(br#"{"ts":"2026-11-29T09:00:00Z","dependency":"ai","action":"explode"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `explode`"), "{err}");
     }
 
     #[test]

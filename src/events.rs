@@ -69,12 +69,39 @@ pub struct TelemetrySample {
     pub queue_capacity: Option<u64>,
 }
 
+/// What an operator does to a dependency's breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminAction {
+    /// Refuse every call until reset.
+    ForceOpen,
+    /// Let every call through and stop recording.
+    Disable,
+    /// Record and report, never open.
+    MetricsOnly,
+    /// Back to closed with an empty window and no backoff.
+    Reset,
+}
+
+/// An operator's action, keyed by `dependency` on `surgeguard.admin`. Admin actions are events
+/// like any other, so a replay of the log reproduces them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdminEvent {
+    pub ts: Millis,
+    pub dependency: String,
+    pub action: AdminAction,
+    /// Who did it, for the audit trail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
 /// Any input event, tagged by the topic it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputEvent {
     Request(RequestEvent),
     Outcome(OutcomeEvent),
     Telemetry(TelemetrySample),
+    Admin(AdminEvent),
 }
 
 impl InputEvent {
@@ -84,6 +111,7 @@ impl InputEvent {
             InputEvent::Request(_) => InputTopic::Requests,
             InputEvent::Outcome(_) => InputTopic::Outcomes,
             InputEvent::Telemetry(_) => InputTopic::Telemetry,
+            InputEvent::Admin(_) => InputTopic::Admin,
         }
     }
 
@@ -97,6 +125,7 @@ impl InputEvent {
             InputEvent::Request(e) => serde_json::to_writer(&mut *buf, e)?,
             InputEvent::Outcome(e) => serde_json::to_writer(&mut *buf, e)?,
             InputEvent::Telemetry(e) => serde_json::to_writer(&mut *buf, e)?,
+            InputEvent::Admin(e) => serde_json::to_writer(&mut *buf, e)?,
         }
         buf.remove(start); // the event's own `{`
         buf.push(b'\n');
@@ -108,6 +137,7 @@ impl InputEvent {
             InputEvent::Request(e) => e.ts,
             InputEvent::Outcome(e) => e.ts,
             InputEvent::Telemetry(e) => e.ts,
+            InputEvent::Admin(e) => e.ts,
         }
     }
 }
@@ -119,6 +149,7 @@ pub enum InputTopic {
     Requests,
     Outcomes,
     Telemetry,
+    Admin,
 }
 
 impl InputTopic {
@@ -127,6 +158,7 @@ impl InputTopic {
             InputTopic::Requests => "requests",
             InputTopic::Outcomes => "outcomes",
             InputTopic::Telemetry => "telemetry",
+            InputTopic::Admin => "admin",
         }
     }
 }

@@ -7,10 +7,12 @@
 //! than `limit` quota units allowed, however requests are timed: the guarantee GCRA or a
 //! two-window estimate cannot give (GCRA admits up to twice its rate in a sliding window). The
 //! price is that usage is forgotten up to one sub-bucket (10 s) later than an exact log would.
-//! Grace works the same way with two halves of its window: graced units in any grace window never
-//! exceed the allowance. See the README, "How the limiter counts".
+//! Grace works the same way over halves of its grace window: the current half and the two
+//! before it always cover the grace window, so graced units in any grace window never exceed the
+//! allowance (grace is forgotten up to half a grace window late). See the README, "How the
+//! limiter counts".
 //!
-//! State is 44 bytes per (user, request type), keyed by a keyed 64-bit hash of both (collisions
+//! State is 48 bytes per (user, request type), keyed by a keyed 64-bit hash of both (collisions
 //! are negligible and cannot be crafted without the per-process key). Time only moves forward
 //! per key: an event older than the user's newest is counted as of the newest. The limiter holds
 //! no clock: `now` is the event's time.
@@ -54,9 +56,10 @@ struct UserState {
     counts: [u32; SLOTS],
     /// Number of the newest bucket this key has seen (wrapping; differences are what matter).
     head: u32,
-    /// Grace units used in the current and the previous half grace window.
+    /// Grace units used in the current half grace window and in the two before it.
     grace_cur: u32,
     grace_prev: u32,
+    grace_prev2: u32,
     /// Number of the current half grace window (wrapping).
     grace_half: u32,
 }
@@ -124,7 +127,16 @@ impl Limiter {
         let key = self.key(user_id, request_type);
         let bucket_ms = self.bucket_ms;
         let idx = now.0.div_euclid(bucket_ms) as u32;
-        let st = self.users.entry(key).or_insert_with(|| UserState { head: idx, ..UserState::default() });
+        // Half grace windows, rounded up so that two of them always span the grace window.
+        let half_ms = ((quota.grace_window_ms + 1) / 2).max(1);
+        let half = now.0.div_euclid(half_ms) as u32;
+        // Both numbers start at the key's first event: they wrap, so only differences are
+        // meaningful (a grace half starting at 0 was "in the future" for half numbers ≥ 2^31,
+        // i.e. with grace windows under ~1.7 s, and grace then never came back).
+        let st = self
+            .users
+            .entry(key)
+            .or_insert_with(|| UserState { head: idx, grace_half: half, ..UserState::default() });
 
         // Advance the ring to `idx` (never backwards), clearing buckets that fell out.
         let ahead = idx.wrapping_sub(st.head) as i32;
@@ -146,16 +158,21 @@ impl Limiter {
             return Verdict { kind: DecisionKind::Allow, remaining, reset_s, grace_used: None };
         }
 
-        // Over the limit: try the grace allowance, counted over two half grace windows.
-        let half_ms = (quota.grace_window_ms / 2).max(1);
-        let half = now.0.div_euclid(half_ms) as u32;
+        // Over the limit: try the grace allowance, counted over the current half grace window and
+        // the two before it, a span that always covers (t − grace window, t].
         let ahead = half.wrapping_sub(st.grace_half) as i32;
         if ahead > 0 {
-            st.grace_prev = if ahead == 1 { st.grace_cur } else { 0 };
+            let (cur, prev) = (st.grace_cur, st.grace_prev);
+            st.grace_prev2 = match ahead {
+                1 => prev,
+                2 => cur,
+                _ => 0,
+            };
+            st.grace_prev = if ahead == 1 { cur } else { 0 };
             st.grace_cur = 0;
             st.grace_half = half;
         }
-        let grace_used = u64::from(st.grace_cur) + u64::from(st.grace_prev);
+        let grace_used = u64::from(st.grace_cur) + u64::from(st.grace_prev) + u64::from(st.grace_prev2);
         let allowance = u64::from(quota.grace_allowance);
         let remaining = limit.saturating_sub(used) as u32;
         let reset_s = reset_secs(st, now, bucket_ms);
@@ -175,9 +192,19 @@ impl Limiter {
     /// Forgets keys idle for `evict_idle_after_s` as of `now`; returns how many were dropped.
     pub fn sweep(&mut self, now: Millis) -> usize {
         let before = self.users.len();
-        let idx = now.0.div_euclid(self.bucket_ms) as u32;
-        let idle_buckets = self.evict_after_ms / self.bucket_ms;
-        self.users.retain(|_, st| i64::from(idx.wrapping_sub(st.head) as i32) < idle_buckets);
+        let bucket_ms = self.bucket_ms;
+        let idx = now.0.div_euclid(bucket_ms) as u32;
+        let into_bucket = now.0.rem_euclid(bucket_ms);
+        let evict_after_ms = self.evict_after_ms;
+        // A key's newest request came before the end of its head bucket, so it has been idle at
+        // least this long; only then may its usage (and grace) be forgotten. Counting whole
+        // buckets from the head instead forgot users up to two buckets early, while their usage
+        // was still inside the window (or the grace window).
+        self.users.retain(|_, st| {
+            let buckets_since = i64::from(idx.wrapping_sub(st.head) as i32);
+            let idle_at_least_ms = (buckets_since - 1) * bucket_ms + into_bucket;
+            idle_at_least_ms < evict_after_ms
+        });
         before - self.users.len()
     }
 
@@ -317,7 +344,9 @@ mod tests {
         l.check("idle", 0, at(0), 1, q);
         l.check("busy", 0, at(0), 1, q);
         l.check("busy", 0, at(9 * MIN), 1, q);
-        assert_eq!(l.sweep(at(10 * MIN + 1)), 1);
+        // Not yet: "idle" may have made its request at the end of its 10 s bucket.
+        assert_eq!(l.sweep(at(10 * MIN + 1)), 0);
+        assert_eq!(l.sweep(at(10 * MIN + 10_000)), 1);
         assert!(!l.tracks("idle", 0));
         assert!(l.tracks("busy", 0));
         assert_eq!(l.len(), 1);

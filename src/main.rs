@@ -36,6 +36,53 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Generate synthetic input.
+    Gen {
+        #[command(subcommand)]
+        what: Gen,
+    },
+}
+
+#[derive(Subcommand)]
+enum Gen {
+    /// The seed's Monday-morning surge (50 → 150 → 300 users over 15 minutes) as replay input:
+    /// requests, upstream outcomes and host telemetry, one JSON object per line.
+    Surge {
+        /// Multiplies the number of users.
+        #[arg(long, default_value_t = 1)]
+        scale: u32,
+        /// Random seed (the same seed gives the same file).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Requests only, no outcomes or telemetry.
+        #[arg(long)]
+        requests_only: bool,
+        /// Output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn run_gen_surge(scale: u32, seed: u64, requests_only: bool, out: Option<&Path>) -> anyhow::Result<()> {
+    use surgeguard::scenario::{Surge, monday_surge};
+    anyhow::ensure!(scale >= 1, "--scale must be at least 1");
+    let events = monday_surge(&Surge { seed, scale, backend: !requests_only, ..Surge::default() });
+    let mut writer: Box<dyn Write> = match out {
+        Some(p) => Box::new(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        None => Box::new(BufWriter::new(io::stdout().lock())),
+    };
+    let mut buf = Vec::with_capacity(1 << 16);
+    for e in &events {
+        e.write_tagged_line(&mut buf)?;
+        if buf.len() > 60_000 {
+            writer.write_all(&buf)?;
+            buf.clear();
+        }
+    }
+    writer.write_all(&buf)?;
+    writer.flush()?;
+    eprintln!("generated {} events", events.len());
+    Ok(())
 }
 
 fn load(path: &Path) -> anyhow::Result<Arc<Config>> {
@@ -94,6 +141,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Replay { config, input, out } => run_replay(&config, &input, out.as_deref()),
+        Command::Gen { what: Gen::Surge { scale, seed, requests_only, out } } => run_gen_surge(scale, seed, requests_only, out.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

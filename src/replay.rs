@@ -1,7 +1,7 @@
 //! Replay: JSON lines in, JSON lines out, through the same topology as the live service.
 //!
 //! Each input line is an event's JSON object with a `topic` field (`requests`, `outcomes`,
-//! `telemetry`, or the configured full topic name). Each output line is an output's JSON object
+//! `telemetry`, `admin`, or the configured full topic name). Each output line is an output's JSON object
 //! with its `topic` (`decisions`, `limits`, `breakers`, `alerts`, `predictions`). Lines that fail
 //! to decode are handed to the caller with their line number and skipped. Blank lines are ignored.
 //! The same input gives byte-identical output.
@@ -48,6 +48,8 @@ pub fn replay<R: BufRead, W: Write>(
         "requests" => Some(InputTopic::Requests),
         "outcomes" => Some(InputTopic::Outcomes),
         "telemetry" => Some(InputTopic::Telemetry),
+        "admin" => Some(InputTopic::Admin),
+        n if n == topics.admin => Some(InputTopic::Admin),
         n if n == topics.requests => Some(InputTopic::Requests),
         n if n == topics.outcomes => Some(InputTopic::Outcomes),
         n if n == topics.telemetry => Some(InputTopic::Telemetry),

@@ -54,7 +54,7 @@ pub struct Surge {
 impl Default for Surge {
     fn default() -> Self {
         // Monday 2026-11-30 09:00:00Z.
-        Surge { seed: 7, start: Millis(1_764_493_200_000), scale: 1, backend: true }
+        Surge { seed: 7, start: Millis(1_796_029_200_000), scale: 1, backend: true }
     }
 }
 

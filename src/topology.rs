@@ -6,14 +6,16 @@
 //! event later than any before it moves time forward (stale telemetry sources drop out, breaker
 //! timers fire, finished minutes close and their alert rules run, idle users are swept); then the
 //! event itself goes to its processor: requests → limiter → decisions; outcomes → breakers →
-//! breaker states (→ adaptive limits, → alerts); telemetry → health → adaptive limits.
+//! breaker states (→ adaptive limits, → alerts); admin actions → breakers (the same way);
+//! telemetry → health → adaptive limits.
 
 use std::sync::Arc;
 
 use crate::adaptive::AdaptiveLimits;
 use crate::breakers::Breakers;
 use crate::config::Config;
-use crate::events::{InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
+use crate::breaker::Breaker;
+use crate::events::{AdminAction, AdminEvent, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
 use crate::health::HealthView;
 use crate::limiter::{Limiter, Quota};
 use crate::monitor::Monitor;
@@ -27,6 +29,7 @@ pub struct Counters {
     pub requests: u64,
     pub outcomes: u64,
     pub telemetry: u64,
+    pub admin: u64,
     pub allowed: u64,
     pub graced: u64,
     pub throttled: u64,
@@ -110,6 +113,7 @@ impl Topology {
             InputEvent::Request(r) => self.on_request(r, out),
             InputEvent::Outcome(o) => self.on_outcome(o, out),
             InputEvent::Telemetry(t) => self.on_telemetry(t, out),
+            InputEvent::Admin(a) => self.on_admin(a, out),
         }
     }
 
@@ -223,6 +227,20 @@ impl Topology {
             self.push_limits(updates, out);
             self.push_alerts(alerts, out);
         }
+    }
+
+    fn on_admin(&mut self, ev: AdminEvent, out: &mut Vec<Output>) {
+        self.counters.admin += 1;
+        let action = match ev.action {
+            AdminAction::ForceOpen => Breaker::force_open,
+            AdminAction::Disable => Breaker::disable,
+            AdminAction::MetricsOnly => Breaker::metrics_only,
+            AdminAction::Reset => Breaker::reset,
+        };
+        let mut states = std::mem::take(&mut self.scratch_breakers);
+        self.breakers.admin(&ev.dependency, action, ev.ts, &mut states);
+        self.breaker_states(&mut states, out);
+        self.scratch_breakers = states;
     }
 
     fn on_telemetry(&mut self, ev: TelemetrySample, out: &mut Vec<Output>) {

@@ -43,11 +43,13 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> DecodeError {
     DecodeError::Invalid { field, reason: reason.into() }
 }
 
-fn json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
-    if let Err(e) = std::str::from_utf8(bytes) {
-        return Err(DecodeError::NotUtf8(e.valid_up_to()));
-    }
-    serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string()))
+fn utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
+    std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))
+}
+
+/// Parses already-validated text (serde_json's `StrRead` does not validate strings again).
+fn json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, DecodeError> {
+    serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))
 }
 
 fn non_empty(field: &'static str, value: Cow<'_, str>) -> Result<String, DecodeError> {
@@ -82,7 +84,11 @@ struct RawRequest<'a> {
 
 /// Decodes a `RequestEvent` from JSON bytes.
 pub fn decode_request(bytes: &[u8]) -> Result<RequestEvent, DecodeError> {
-    let raw: RawRequest = json(bytes)?;
+    decode_request_str(utf8(bytes)?)
+}
+
+fn decode_request_str(text: &str) -> Result<RequestEvent, DecodeError> {
+    let raw: RawRequest = json(text)?;
     let cost = match raw.cost {
         None => 1,
         Some(c) if c < 0.0 => return Err(invalid("cost", format!("must not be negative, got {c}"))),
@@ -116,7 +122,11 @@ struct RawOutcome<'a> {
 
 /// Decodes an `OutcomeEvent` from JSON bytes.
 pub fn decode_outcome(bytes: &[u8]) -> Result<OutcomeEvent, DecodeError> {
-    let raw: RawOutcome = json(bytes)?;
+    decode_outcome_str(utf8(bytes)?)
+}
+
+fn decode_outcome_str(text: &str) -> Result<OutcomeEvent, DecodeError> {
+    let raw: RawOutcome = json(text)?;
     if raw.ok && raw.error.is_some() {
         return Err(invalid("error", "must be absent when `ok` is true"));
     }
@@ -149,7 +159,11 @@ struct RawTelemetry<'a> {
 
 /// Decodes a `TelemetrySample` from JSON bytes.
 pub fn decode_telemetry(bytes: &[u8]) -> Result<TelemetrySample, DecodeError> {
-    let raw: RawTelemetry = json(bytes)?;
+    decode_telemetry_str(utf8(bytes)?)
+}
+
+fn decode_telemetry_str(text: &str) -> Result<TelemetrySample, DecodeError> {
+    let raw: RawTelemetry = json(text)?;
     if raw.db_connections_max == 0 {
         return Err(invalid("db_connections_max", "must be ≥ 1"));
     }
@@ -194,7 +208,11 @@ struct RawAdmin<'a> {
 
 /// Decodes an `AdminEvent` from JSON bytes.
 pub fn decode_admin(bytes: &[u8]) -> Result<AdminEvent, DecodeError> {
-    let raw: RawAdmin = json(bytes)?;
+    decode_admin_str(utf8(bytes)?)
+}
+
+fn decode_admin_str(text: &str) -> Result<AdminEvent, DecodeError> {
+    let raw: RawAdmin = json(text)?;
     Ok(AdminEvent {
         ts: Millis::parse_rfc3339(&raw.ts)?,
         dependency: non_empty("dependency", raw.dependency)?,
@@ -205,11 +223,15 @@ pub fn decode_admin(bytes: &[u8]) -> Result<AdminEvent, DecodeError> {
 
 /// Decodes the value of a message from the given input topic.
 pub fn decode(topic: InputTopic, bytes: &[u8]) -> Result<InputEvent, DecodeError> {
+    decode_str(topic, utf8(bytes)?)
+}
+
+fn decode_str(topic: InputTopic, text: &str) -> Result<InputEvent, DecodeError> {
     Ok(match topic {
-        InputTopic::Requests => InputEvent::Request(decode_request(bytes)?),
-        InputTopic::Outcomes => InputEvent::Outcome(decode_outcome(bytes)?),
-        InputTopic::Telemetry => InputEvent::Telemetry(decode_telemetry(bytes)?),
-        InputTopic::Admin => InputEvent::Admin(decode_admin(bytes)?),
+        InputTopic::Requests => InputEvent::Request(decode_request_str(text)?),
+        InputTopic::Outcomes => InputEvent::Outcome(decode_outcome_str(text)?),
+        InputTopic::Telemetry => InputEvent::Telemetry(decode_telemetry_str(text)?),
+        InputTopic::Admin => InputEvent::Admin(decode_admin_str(text)?),
     })
 }
 
@@ -233,7 +255,12 @@ pub fn decode_tagged(bytes: &[u8]) -> Result<InputEvent, DecodeError> {
 
 /// As `decode_tagged`, with `resolve` mapping topic names to input topics.
 pub fn decode_tagged_with(bytes: &[u8], resolve: impl Fn(&str) -> Option<InputTopic>) -> Result<InputEvent, DecodeError> {
-    let tag: TopicOnly = json(bytes)?;
+    let text = utf8(bytes)?;
+    // Fast path for lines that start with the topic, as surgeguard writes them: no first parse.
+    if let Some(t) = leading_topic(text).and_then(&resolve) {
+        return decode_str(t, text);
+    }
+    let tag: TopicOnly = json(text)?;
     let topic = match tag.topic.as_deref() {
         Some(name) => match resolve(name) {
             Some(t) => t,
@@ -241,7 +268,16 @@ pub fn decode_tagged_with(bytes: &[u8], resolve: impl Fn(&str) -> Option<InputTo
         },
         None => return Err(invalid("topic", "missing (expected requests, outcomes, telemetry or admin)")),
     };
-    decode(topic, bytes)
+    decode_str(topic, text)
+}
+
+/// The topic name of a line starting `{"topic":"NAME",` with no escapes in NAME. The typed
+/// decoder then parses the whole line, so a malformed rest is still refused.
+fn leading_topic(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix("{\"topic\":\"")?;
+    let end = rest.find('"')?;
+    let name = &rest[..end];
+    (!name.contains('\\') && rest[end + 1..].starts_with(',')).then_some(name)
 }
 
 #[cfg(test)]

@@ -119,7 +119,7 @@ impl InputEvent {
     pub fn write_tagged_line(&self, buf: &mut Vec<u8>) -> serde_json::Result<()> {
         buf.extend_from_slice(b"{\"topic\":\"");
         buf.extend_from_slice(self.topic().name().as_bytes());
-        buf.extend_from_slice(b"\",");
+        buf.push(b'"');
         let start = buf.len();
         match self {
             InputEvent::Request(e) => serde_json::to_writer(&mut *buf, e)?,
@@ -127,7 +127,7 @@ impl InputEvent {
             InputEvent::Telemetry(e) => serde_json::to_writer(&mut *buf, e)?,
             InputEvent::Admin(e) => serde_json::to_writer(&mut *buf, e)?,
         }
-        buf.remove(start); // the event's own `{`
+        buf[start] = b','; // the event's own `{` becomes the `,` after the topic
         buf.push(b'\n');
         Ok(())
     }

@@ -254,11 +254,11 @@ impl Output {
     pub fn write_tagged_line(&self, buf: &mut Vec<u8>) -> serde_json::Result<()> {
         buf.extend_from_slice(b"{\"topic\":\"");
         buf.extend_from_slice(self.topic().as_bytes());
-        buf.extend_from_slice(b"\",");
+        buf.push(b'"');
         let start = buf.len();
         self.write_json(buf)?;
-        // Every output is a non-empty JSON object: drop its own `{`.
-        buf.remove(start);
+        // Every output is a non-empty JSON object: its own `{` becomes the `,` after the topic.
+        buf[start] = b',';
         buf.push(b'\n');
         Ok(())
     }

@@ -67,13 +67,34 @@ pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
             None
         }
     };
-    match config {
-        Some(c) if errors.is_empty() => {
-            validate(&c, &mut errors);
-            if errors.is_empty() { Ok(c) } else { Err(ConfigErrors { origin: origin.into(), errors }) }
-        }
-        _ => Err(ConfigErrors { origin: origin.into(), errors }),
+    let Some(c) = config else { return Err(ConfigErrors { origin: origin.into(), errors }) };
+    // Semantic checks run even after structural errors, so one run reports both; a section that
+    // failed to parse holds defaults, so checks that read it are skipped (no false errors).
+    let failed: BTreeSet<String> = errors.iter().map(|e| section_of(&e.key).to_string()).collect();
+    let mut semantic = Vec::new();
+    validate(&c, &mut semantic);
+    errors.extend(semantic.into_iter().filter(|e| !depends_on(&e.key).iter().any(|s| failed.contains(*s))));
+    if errors.is_empty() { Ok(c) } else { Err(ConfigErrors { origin: origin.into(), errors }) }
+}
+
+/// The top-level section of a key path (`tiers` for `tiers.pro.baseline_rpm`).
+fn section_of(key: &str) -> &str {
+    key.split(['.', '[']).next().unwrap_or(key)
+}
+
+/// The sections a semantic check on `key` reads.
+fn depends_on(key: &str) -> Vec<&str> {
+    let own = section_of(key);
+    let mut sections = vec![own];
+    match own {
+        "limiter" if key.ends_with("default_tier") || key.ends_with("evict_idle_after_s") => sections.push("tiers"),
+        "limiter" if key.ends_with("default_request_type") => sections.push("request_types"),
+        "tiers" if key.ends_with("grace_window_s") => sections.push("limiter"),
+        "throttle" => sections.extend(["tiers", "request_types"]),
+        "dependencies" => sections.push("breaker"),
+        _ => {}
     }
+    sections
 }
 
 fn push(errors: &mut Vec<ConfigError>, key: impl Into<String>, message: impl Into<String>) {
@@ -547,6 +568,29 @@ mod tests {
         assert!(errs[0].starts_with("breaker.weights.timeout: invalid type"), "{errs:#?}");
         assert!(errs[1].starts_with("throttle[0].severity: unknown variant"), "{errs:#?}");
         assert!(errs[2].starts_with("dependencies.b.breaker.weights.other: invalid type"), "{errs:#?}");
+    }
+
+    #[test]
+    fn structural_and_semantic_errors_come_in_one_report_without_false_ones() {
+        let errs = errors(
+            r#"
+            [limiter]
+            window_s = "sixty"
+            default_tier = "gold"
+            [tiers.gold]
+            baseline_rpm = 600
+            minimum_guaranteed = 500
+            maximum_burst = 120
+            grace_allowance = 60
+            grace_window_s = 3600
+            "#,
+        );
+        assert!(errs.iter().any(|e| e.starts_with("limiter.window_s: invalid type")), "{errs:#?}");
+        assert!(errs.iter().any(|e| e.starts_with("tiers.gold.minimum_guaranteed: expected ≤ maximum_burst")), "{errs:#?}");
+        // [limiter] did not parse, so its default `default_tier = "free"` is not held against it.
+        assert!(!errs.iter().any(|e| e.starts_with("limiter.default_tier")), "{errs:#?}");
+        // The throttle table's references to tiers still are (enterprise is not configured).
+        assert!(errs.iter().any(|e| e.starts_with("throttle[0].tiers") && e.contains("`enterprise`")), "{errs:#?}");
     }
 
     #[test]

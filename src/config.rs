@@ -34,6 +34,7 @@ pub struct Config {
     pub monitor: MonitorConfig,
     pub alerts: AlertsConfig,
     pub topics: TopicsConfig,
+    pub kafka: KafkaConfig,
     /// Each configured dependency's breaker: `[breaker]` with its overrides applied (built at load).
     #[serde(skip)]
     pub resolved_breakers: BTreeMap<String, BreakerConfig>,
@@ -474,6 +475,74 @@ impl Default for TopicsConfig {
     }
 }
 
+/// How `surgeguard run` talks to Kafka.
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port…]` (`--brokers` overrides).
+    pub brokers: String,
+    /// The consumer group; instances in one group split the input partitions.
+    pub group_id: String,
+    /// Create missing topics at start-up with the partitions below and the right cleanup
+    /// policies (limits and breakers compacted).
+    pub create_topics: bool,
+    /// Replication factor of created topics; -1 takes the broker's default.
+    pub replication_factor: i32,
+    /// Partitions of each created topic.
+    pub partitions: TopicPartitions,
+    /// librdkafka properties for every client, passed through as they are (security.protocol,
+    /// sasl.*, ssl.*, client.id, …). The ones surgeguard manages itself are refused.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "surgeguard".into(),
+            create_topics: true,
+            replication_factor: -1,
+            partitions: TopicPartitions::default(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicPartitions {
+    pub requests: i32,
+    pub outcomes: i32,
+    pub telemetry: i32,
+    pub admin: i32,
+    pub decisions: i32,
+    pub limits: i32,
+    pub breakers: i32,
+    pub predictions: i32,
+    pub alerts: i32,
+    pub dlq: i32,
+}
+
+impl Default for TopicPartitions {
+    fn default() -> Self {
+        // Requests and decisions carry the volume and are keyed by user: room to scale out.
+        TopicPartitions {
+            requests: 6,
+            outcomes: 3,
+            telemetry: 3,
+            admin: 1,
+            decisions: 6,
+            limits: 1,
+            breakers: 1,
+            predictions: 1,
+            alerts: 1,
+            dlq: 1,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         let request_types = BTreeMap::from([
@@ -498,6 +567,7 @@ impl Default for Config {
             monitor: MonitorConfig::default(),
             alerts: AlertsConfig::default(),
             topics: TopicsConfig::default(),
+            kafka: KafkaConfig::default(),
             resolved_breakers: default_dependencies()
                 .into_keys()
                 .map(|name| (name, BreakerConfig::default()))

@@ -212,7 +212,20 @@ fn set<T: DeserializeOwned>(slot: &mut T, value: toml::Value, prefix: &str, erro
     }
 }
 
-const SECTIONS: &str = "limiter, tiers, request_types, throttle, health, adaptive, breaker, dependencies, fallback, monitor, alerts, topics";
+const SECTIONS: &str = "limiter, tiers, request_types, throttle, health, adaptive, breaker, dependencies, fallback, monitor, alerts, topics, kafka";
+
+/// librdkafka properties surgeguard sets itself; a pipeline file may not override them.
+pub const MANAGED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.idempotence",
+    "acks",
+    "isolation.level",
+    "transactional.id",
+];
 
 fn from_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
     let mut c = Config::default();
@@ -236,6 +249,7 @@ fn from_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
             "monitor" => set(&mut c.monitor, value, "monitor", errors),
             "alerts" => set(&mut c.alerts, value, "alerts", errors),
             "topics" => set(&mut c.topics, value, "topics", errors),
+            "kafka" => set(&mut c.kafka, value, "kafka", errors),
             other => push(errors, other, format!("unknown section, expected one of {SECTIONS}")),
         }
     }
@@ -413,6 +427,7 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     let corr = al.throttle_load_correlation.threshold;
     check(errors, (-1.0..=1.0).contains(&corr), "alerts.throttle_load_correlation.threshold", || format!("expected a correlation in -1..1, got {corr}"));
 
+    check_kafka(c, errors);
     let t = &c.topics;
     let all = [
         ("requests", &t.requests), ("outcomes", &t.outcomes), ("telemetry", &t.telemetry), ("admin", &t.admin),
@@ -425,6 +440,28 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         if let Some(first) = seen.insert(name.as_str(), key) {
             push(errors, format!("topics.{key}"), format!("`{name}` is already the {first} topic"));
         }
+    }
+}
+
+fn check_kafka(c: &Config, errors: &mut Vec<ConfigError>) {
+    let k = &c.kafka;
+    check(errors, !k.brokers.trim().is_empty(), "kafka.brokers", || "expected host:port[,host:port…]".into());
+    check(errors, !k.group_id.is_empty(), "kafka.group_id", || "expected a consumer group name".into());
+    check(errors, k.replication_factor == -1 || k.replication_factor >= 1, "kafka.replication_factor", || {
+        format!("expected -1 (the broker's default) or ≥ 1, got {}", k.replication_factor)
+    });
+    let p = &k.partitions;
+    for (name, n) in [
+        ("requests", p.requests), ("outcomes", p.outcomes), ("telemetry", p.telemetry), ("admin", p.admin),
+        ("decisions", p.decisions), ("limits", p.limits), ("breakers", p.breakers),
+        ("predictions", p.predictions), ("alerts", p.alerts), ("dlq", p.dlq),
+    ] {
+        check(errors, n >= 1, format!("kafka.partitions.{name}"), || format!("expected ≥ 1, got {n}"));
+    }
+    for key in k.properties.keys() {
+        check(errors, !MANAGED_PROPERTIES.contains(&key.as_str()), format!("kafka.properties.\"{key}\""), || {
+            "set by surgeguard itself (use kafka.brokers / kafka.group_id, or leave it out)".into()
+        });
     }
 }
 

@@ -14,7 +14,9 @@
 //!
 //! The wire: [`events`] (inputs), [`decode`] (bytes → inputs), [`outputs`] (output records),
 //! [`time`] (event time). Config: [`config`] (structs and defaults), [`config_load`] (parse and
-//! validate). Test and benchmark inputs: [`scenario`]. The shell: [`replay`] (JSON lines through the topology) and the `surgeguard` binary.
+//! validate). Test and benchmark inputs: [`scenario`]. The shell: [`replay`] (JSON lines through the topology),
+//! [`runtime`] (`surgeguard run`: Kafka in and out, with [`offsets`] for commit-after-delivery,
+//! [`dlq`] records and [`kafka_topics`] set-up) and the `surgeguard` binary.
 
 // A config field that no code reads fails the build (equality and serialisation of the config
 // structs are derived only under test, so they do not count as reads).
@@ -27,13 +29,17 @@ pub mod breakers;
 pub mod config;
 pub mod config_load;
 pub mod decode;
+pub mod dlq;
 pub mod events;
 pub mod fallback;
 pub mod health;
+pub mod kafka_topics;
 pub mod limiter;
 pub mod monitor;
+pub mod offsets;
 pub mod outputs;
 pub mod replay;
+pub mod runtime;
 pub mod scenario;
 pub mod strategy;
 pub mod time;

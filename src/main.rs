@@ -36,6 +36,15 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run the pipeline as a Kafka consumer-group service until SIGINT or SIGTERM.
+    Run {
+        /// The pipeline TOML file.
+        #[arg(long, default_value = "pipelines/default.toml")]
+        config: PathBuf,
+        /// Bootstrap servers (overrides `kafka.brokers`).
+        #[arg(long)]
+        brokers: Option<String>,
+    },
     /// Generate synthetic input.
     Gen {
         #[command(subcommand)]
@@ -123,6 +132,23 @@ fn run_replay(config: &Path, input: &Path, out: Option<&Path>) -> anyhow::Result
     Ok(())
 }
 
+fn run_service(config: &Path, brokers: Option<&str>) -> anyhow::Result<()> {
+    let cfg = load(config)?;
+    let brokers = brokers.map_or_else(|| cfg.kafka.brokers.clone(), str::to_string);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => tracing::info!("SIGTERM: shutting down"),
+            }
+        };
+        surgeguard::runtime::run(cfg, &brokers, shutdown).await
+    })?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -141,6 +167,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Replay { config, input, out } => run_replay(&config, &input, out.as_deref()),
+        Command::Run { config, brokers } => run_service(&config, brokers.as_deref()),
         Command::Gen { what: Gen::Surge { scale, seed, requests_only, out } } => run_gen_surge(scale, seed, requests_only, out.as_deref()),
     };
     match result {

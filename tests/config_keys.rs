@@ -40,6 +40,20 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
     ("topics.predictions", "output topic name: replay tags outputs with the short name; only a Kafka sink uses it"),
     ("topics.alerts", "output topic name: replay tags outputs with the short name; only a Kafka sink uses it"),
     ("topics.dlq", "replay reports undecodable lines to its caller instead of writing a DLQ topic"),
+    ("kafka.brokers", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.group_id", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.create_topics", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.replication_factor", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.partitions.requests", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.partitions.outcomes", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.partitions.telemetry", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.partitions.admin", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.partitions.decisions", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.partitions.limits", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.partitions.breakers", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.partitions.predictions", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.partitions.alerts", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.partitions.dlq", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
 ];
 
 /// Keys whose every strong perturbation fails validation: that failure, naming the key's rule, is

@@ -1,0 +1,62 @@
+//! Topic set-up for `surgeguard run`: the topics a pipeline reads and writes, with their
+//! partitions and cleanup policies, created when missing.
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::Config;
+
+/// One topic surgeguard uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    /// Compacted topics keep the latest value per key (limits, breakers).
+    pub compacted: bool,
+}
+
+/// Every topic of the pipeline, inputs first.
+pub fn specs(cfg: &Config) -> Vec<TopicSpec> {
+    let t = &cfg.topics;
+    let p = &cfg.kafka.partitions;
+    let spec = |name: &str, partitions: i32, compacted: bool| TopicSpec { name: name.to_string(), partitions, compacted };
+    vec![
+        spec(&t.requests, p.requests, false),
+        spec(&t.outcomes, p.outcomes, false),
+        spec(&t.telemetry, p.telemetry, false),
+        spec(&t.admin, p.admin, false),
+        spec(&t.decisions, p.decisions, false),
+        spec(&t.limits, p.limits, true),
+        spec(&t.breakers, p.breakers, true),
+        spec(&t.predictions, p.predictions, false),
+        spec(&t.alerts, p.alerts, false),
+        spec(&t.dlq, p.dlq, false),
+    ]
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they are. Returns the
+/// names created.
+pub async fn ensure(client: &ClientConfig, cfg: &Config) -> Result<Vec<String>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client.create()?;
+    let specs = specs(cfg);
+    let new: Vec<NewTopic> = specs
+        .iter()
+        .map(|s| {
+            let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(cfg.kafka.replication_factor));
+            if s.compacted { t.set("cleanup.policy", "compact") } else { t }
+        })
+        .collect();
+    let results = admin.create_topics(&new, &AdminOptions::new()).await?;
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(KafkaError::AdminOp(code)).inspect_err(|_| tracing::error!(topic = %name, ?code, "cannot create topic")),
+        }
+    }
+    Ok(created)
+}

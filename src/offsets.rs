@@ -1,0 +1,106 @@
+//! Commit-after-delivery bookkeeping: which input offsets may be committed.
+//!
+//! Each consumed message is `begin`-ed with the number of output records it caused; each
+//! delivery report `ack`s one of them. An offset may be stored for commit only when the message
+//! and every earlier message of its partition have all their outputs acknowledged, so a crash
+//! never skips an input whose outputs were not written (at-least-once). Pure: no Kafka types.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// A topic partition, by topic name and partition number.
+pub type Partition = (String, i32);
+
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    /// Outputs still unacknowledged, per partition and offset (0 = done, waiting for earlier ones).
+    pending: HashMap<Partition, BTreeMap<i64, u32>>,
+}
+
+impl OffsetTracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a consumed message that caused `outputs` records. Returns the last offset of the
+    /// partition's fully delivered prefix when that moved (a message without outputs with
+    /// nothing pending before it is done at once). librdkafka's `offset_store` takes exactly
+    /// this offset and commits the one after it.
+    pub fn begin(&mut self, tp: &Partition, offset: i64, outputs: u32) -> Option<i64> {
+        let p = self.pending.entry(tp.clone()).or_default();
+        p.insert(offset, outputs);
+        if outputs == 0 { Self::drain(p) } else { None }
+    }
+
+    /// Acknowledges one delivered output of the message at `offset`. Returns the last offset of
+    /// the partition's fully delivered prefix, if it moved.
+    pub fn ack(&mut self, tp: &Partition, offset: i64) -> Option<i64> {
+        let p = self.pending.get_mut(tp)?;
+        if let Some(n) = p.get_mut(&offset) {
+            *n = n.saturating_sub(1);
+        }
+        Self::drain(p)
+    }
+
+    fn drain(p: &mut BTreeMap<i64, u32>) -> Option<i64> {
+        let mut next = None;
+        while let Some((&off, &n)) = p.first_key_value() {
+            if n > 0 {
+                break;
+            }
+            p.pop_first();
+            next = Some(off);
+        }
+        next
+    }
+
+    /// Messages with outputs still in flight.
+    pub fn in_flight(&self) -> usize {
+        self.pending.values().map(BTreeMap::len).sum()
+    }
+
+    /// Forgets a partition (revoked in a rebalance): its pending work will be redone by the new
+    /// owner from the last committed offset.
+    pub fn forget(&mut self, tp: &Partition) {
+        self.pending.remove(tp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(p: i32) -> Partition {
+        ("requests".to_string(), p)
+    }
+
+    #[test]
+    fn stores_only_a_fully_delivered_prefix() {
+        let mut t = OffsetTracker::new();
+        assert_eq!(t.begin(&tp(0), 10, 2), None);
+        assert_eq!(t.begin(&tp(0), 11, 1), None);
+        // 11's output arrives first: nothing may be stored, 10 is still pending.
+        assert_eq!(t.ack(&tp(0), 11), None);
+        assert_eq!(t.ack(&tp(0), 10), None);
+        assert_eq!(t.ack(&tp(0), 10), Some(11));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn messages_without_outputs_pass_straight_through_unless_blocked() {
+        let mut t = OffsetTracker::new();
+        assert_eq!(t.begin(&tp(0), 5, 0), Some(5));
+        assert_eq!(t.begin(&tp(0), 6, 1), None);
+        assert_eq!(t.begin(&tp(0), 7, 0), None, "blocked behind 6");
+        assert_eq!(t.ack(&tp(0), 6), Some(7));
+    }
+
+    #[test]
+    fn partitions_are_independent_and_can_be_forgotten() {
+        let mut t = OffsetTracker::new();
+        t.begin(&tp(0), 1, 1);
+        assert_eq!(t.begin(&tp(1), 1, 0), Some(1));
+        t.forget(&tp(0));
+        assert_eq!(t.ack(&tp(0), 1), None);
+        assert_eq!(t.in_flight(), 0);
+    }
+}

@@ -1,0 +1,252 @@
+//! `surgeguard run`: the Kafka shell around the topology.
+//!
+//! One consumer in the configured group reads the input topics; each message is decoded (or sent
+//! to the DLQ with KIP-1034 headers), processed by the same `Topology` replay uses, and its
+//! outputs are produced keyed as DESIGN.md says. Offsets are stored for commit only once every
+//! output of a message, and of every earlier message of its partition, is acknowledged by the
+//! broker (`OffsetTracker`): at-least-once. When the producer queue is full, consumption waits for
+//! deliveries instead of dropping anything. Acknowledgements are polled first (`biased`) so the
+//! number of messages in flight stays bounded by the producer queue.
+//!
+//! Not yet here (see the README's status): per-partition limiter state with a changelog topic
+//! (so two instances in one group split users and survive rebalances with their state),
+//! exactly-once transactions, and timers that fire on wall-clock time when no events arrive.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::Config;
+use crate::decode::{self, DecodeError};
+use crate::dlq;
+use crate::events::InputTopic;
+use crate::kafka_topics;
+use crate::offsets::{OffsetTracker, Partition};
+use crate::outputs::Output;
+use crate::topology::Topology;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("encoding an output: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("an output could not be delivered: {0}")]
+    Delivery(KafkaError),
+    #[error("the producer dropped a delivery report")]
+    Canceled,
+}
+
+/// What a run did, for its final log line and for tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub consumed: u64,
+    pub dead_lettered: u64,
+    pub produced: u64,
+}
+
+/// The client settings shared by every client: the brokers and the pass-through properties.
+pub fn client_config(cfg: &Config, brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in &cfg.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+fn input_topic(cfg: &Config, name: &str) -> Option<InputTopic> {
+    let t = &cfg.topics;
+    [
+        (&t.requests, InputTopic::Requests),
+        (&t.outcomes, InputTopic::Outcomes),
+        (&t.telemetry, InputTopic::Telemetry),
+        (&t.admin, InputTopic::Admin),
+    ]
+    .into_iter()
+    .find(|(n, _)| n.as_str() == name)
+    .map(|(_, t)| t)
+}
+
+fn output_topic<'a>(cfg: &'a Config, o: &Output) -> &'a str {
+    let t = &cfg.topics;
+    match o {
+        Output::Decision(_) => &t.decisions,
+        Output::Limit(_) => &t.limits,
+        Output::Breaker(_) => &t.breakers,
+        Output::Prediction(_) => &t.predictions,
+        Output::Alert(_) => &t.alerts,
+    }
+}
+
+type Acks = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = Result<(Partition, i64), RunError>> + Send>>>;
+
+struct Shell<'a> {
+    cfg: &'a Config,
+    consumer: &'a StreamConsumer,
+    producer: &'a FutureProducer,
+    tracker: OffsetTracker,
+    acks: Acks,
+    stats: RunStats,
+}
+
+impl Shell<'_> {
+    fn store(&self, tp: &Partition, offset: i64) {
+        // A partition revoked in a rebalance cannot take offsets any more; its new owner
+        // reprocesses from the last commit, which is what at-least-once allows.
+        if let Err(e) = self.consumer.store_offset(&tp.0, tp.1, offset) {
+            tracing::debug!(topic = %tp.0, partition = tp.1, offset, error = %e, "offset not stored");
+        }
+    }
+
+    fn on_ack(&mut self, done: Result<(Partition, i64), RunError>) -> Result<(), RunError> {
+        let (tp, offset) = done?;
+        if let Some(o) = self.tracker.ack(&tp, offset) {
+            self.store(&tp, o);
+        }
+        Ok(())
+    }
+
+    /// Enqueues one record; while the producer queue is full, waits for deliveries.
+    async fn send(&mut self, record: FutureRecord<'_, [u8], [u8]>, tp: &Partition, offset: i64) -> Result<(), RunError> {
+        let mut record = record;
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    self.stats.produced += 1;
+                    let tp = tp.clone();
+                    self.acks.push(Box::pin(async move {
+                        match delivery.await {
+                            Ok(Ok(_)) => Ok((tp, offset)),
+                            Ok(Err((e, _))) => Err(RunError::Delivery(e)),
+                            Err(_) => Err(RunError::Canceled),
+                        }
+                    }));
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    match self.acks.next().await {
+                        Some(done) => self.on_ack(done)?,
+                        None => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+                Err((e, _)) => return Err(RunError::Kafka(e)),
+            }
+        }
+    }
+}
+
+/// Runs the pipeline against `brokers` until `shutdown` completes, then finishes the work in
+/// flight, commits and leaves the group.
+pub async fn run(cfg: Arc<Config>, brokers: &str, shutdown: impl Future<Output = ()>) -> Result<RunStats, RunError> {
+    let base = client_config(&cfg, brokers);
+    if cfg.kafka.create_topics {
+        let created = kafka_topics::ensure(&base, &cfg).await?;
+        if !created.is_empty() {
+            tracing::info!(topics = ?created, "created missing topics");
+        }
+    }
+    let consumer: StreamConsumer = base
+        .clone()
+        .set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let producer: FutureProducer = base.clone().set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").create()?;
+    let t = &cfg.topics;
+    let inputs = [t.requests.as_str(), t.outcomes.as_str(), t.telemetry.as_str(), t.admin.as_str()];
+    consumer.subscribe(&inputs)?;
+    tracing::info!(brokers, group = %cfg.kafka.group_id, topics = ?inputs, "consuming");
+
+    let mut topology = Topology::new(cfg.clone());
+    let mut shell = Shell { cfg: &cfg, consumer: &consumer, producer: &producer, tracker: OffsetTracker::new(), acks: Acks::new(), stats: RunStats::default() };
+    let mut outs = Vec::new();
+    let mut buf = Vec::with_capacity(1024);
+    let mut report = tokio::time::interval(Duration::from_secs(30));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(done) = shell.acks.next() => shell.on_ack(done)?,
+            _ = report.tick() => {
+                let s = shell.stats;
+                tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.tracker.in_flight(), "progress");
+            }
+            msg = consumer.recv() => {
+                let m = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // librdkafka retries and reconnects by itself; say so and carry on.
+                        tracing::warn!(error = %e, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                shell.stats.consumed += 1;
+                let tp: Partition = (m.topic().to_string(), m.partition());
+                let offset = m.offset();
+                let payload = m.payload().unwrap_or(&[]);
+                let decoded = match input_topic(shell.cfg, &tp.0) {
+                    Some(topic) => decode::decode(topic, payload),
+                    None => Err(DecodeError::UnknownTopic(tp.0.clone())),
+                };
+                // Recorded before anything is sent: waiting for queue space may already bring
+                // this message's first acknowledgements.
+                match decoded {
+                    Ok(event) => {
+                        topology.process(event, &mut outs);
+                        if let Some(o) = shell.tracker.begin(&tp, offset, outs.len() as u32) {
+                            shell.store(&tp, o);
+                        }
+                        for o in outs.drain(..) {
+                            buf.clear();
+                            o.write_json(&mut buf)?;
+                            let record = FutureRecord::to(output_topic(shell.cfg, &o)).key(o.key().as_bytes()).payload(&buf[..]);
+                            shell.send(record, &tp, offset).await?;
+                        }
+                    }
+                    Err(e) => {
+                        shell.stats.dead_lettered += 1;
+                        shell.tracker.begin(&tp, offset, 1);
+                        tracing::debug!(topic = %tp.0, partition = tp.1, offset, error = %e, "to the DLQ");
+                        let mut headers = OwnedHeaders::new();
+                        for (k, v) in dlq::headers(&e, &tp.0, tp.1, offset) {
+                            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+                        }
+                        let mut record = FutureRecord::to(&shell.cfg.topics.dlq).payload(payload).headers(headers);
+                        if let Some(k) = m.key() {
+                            record = record.key(k);
+                        }
+                        shell.send(record, &tp, offset).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    tracing::info!(in_flight = shell.tracker.in_flight(), "shutting down: finishing deliveries");
+    while let Some(done) = shell.acks.next().await {
+        shell.on_ack(done)?;
+    }
+    let stats = shell.stats;
+    // Synchronous commit blocks: keep it off the async workers.
+    tokio::task::block_in_place(|| match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+        Err(e) => Err(e),
+    })?;
+    consumer.unsubscribe();
+    tracing::info!(consumed = stats.consumed, produced = stats.produced, dead_lettered = stats.dead_lettered, "stopped");
+    Ok(stats)
+}

@@ -159,6 +159,7 @@ impl AdaptiveLimits {
             predicted: self.predicted,
         };
         let worst = h.worst();
+        let previous_severity = self.severity;
         self.severity = if worst > self.cfg.severity_critical {
             LoadSeverity::Critical
         } else if worst > self.cfg.severity_high {
@@ -197,7 +198,9 @@ impl AdaptiveLimits {
         for i in 0..self.keys.len() {
             let k = &mut self.keys[i];
             let adjusted = (f64::from(k.baseline) * factor).round().clamp(f64::from(k.minimum), f64::from(k.maximum)) as u32;
-            if adjusted != k.adjusted {
+            // Severity is part of every update: publish all keys when it changes, so the
+            // compacted limits topic never shows a stale one.
+            if adjusted != k.adjusted || self.severity != previous_severity {
                 k.adjusted = adjusted;
                 k.window_limit = per_window(adjusted, window_s);
                 k.policy = policy(k.window_limit, window_s);
@@ -308,6 +311,18 @@ mod tests {
         assert_eq!(a.limit(0, 0).adjusted, 900);
         a.on_breaker("ai_secondary".into(), BreakerStateKind::HalfOpen, Millis(2), &mut out);
         assert_eq!(a.limit(0, 0).adjusted, 420);
+    }
+
+    #[test]
+    fn a_severity_change_alone_publishes_every_key() {
+        let mut a = limits();
+        let mut out = Vec::new();
+        a.on_health(Health { cpu: 0.1, memory: 0.1, db: 0.79, queue: 0.0, sources: 1 }, Millis(1), &mut out);
+        out.clear();
+        // db 0.79 → 0.89: the db multiplier stays ×0.7, severity goes normal → high.
+        a.on_health(Health { cpu: 0.1, memory: 0.1, db: 0.89, queue: 0.0, sources: 1 }, Millis(2), &mut out);
+        assert_eq!(out.len(), 9);
+        assert!(out.iter().all(|u| u.severity == LoadSeverity::High));
     }
 
     #[test]

@@ -82,6 +82,11 @@ impl Breaker {
         self.opened_at
     }
 
+    /// The probe budget while half-open.
+    pub fn half_open_probes(&self) -> Option<u32> {
+        (self.state == HalfOpen).then_some(self.cfg.half_open_probes)
+    }
+
     pub fn retry_at(&self) -> Option<Millis> {
         if self.state == Open { self.retry_at } else { None }
     }
@@ -177,7 +182,8 @@ impl Breaker {
         let c = Counts {
             calls: 1,
             failures: u32::from(weight > 0.0),
-            slow: u32::from(latency_ms >= f64::from(self.cfg.slow_call_duration_ms)),
+            // Slower than the threshold, as Resilience4j counts it.
+            slow: u32::from(latency_ms > f64::from(self.cfg.slow_call_duration_ms)),
             weight_milli: (weight * 1000.0).round() as u64,
         };
         let own = match self.state {
@@ -405,11 +411,11 @@ mod tests {
             slow_call_duration_ms: 1000,
             ..BreakerConfig::default()
         });
-        for latency in [1500.0, 999.0, 2000.0] {
+        for latency in [1500.0, 1000.0, 2000.0] {
             b.on_outcome(t(0), true, None, latency);
         }
-        assert_eq!(b.state(), Closed);
-        b.on_outcome(t(0), true, None, 1000.0);
+        assert_eq!(b.state(), Closed, "exactly the threshold is not slow");
+        b.on_outcome(t(0), true, None, 1000.5);
         assert_eq!(b.state(), Open, "3/4 slow ≥ 75 %");
     }
 

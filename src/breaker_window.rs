@@ -15,10 +15,10 @@ pub struct Counts {
 
 impl Counts {
     pub fn add(&mut self, other: Counts) {
-        self.calls += other.calls;
-        self.failures += other.failures;
-        self.slow += other.slow;
-        self.weight_milli += other.weight_milli;
+        self.calls = self.calls.saturating_add(other.calls);
+        self.failures = self.failures.saturating_add(other.failures);
+        self.slow = self.slow.saturating_add(other.slow);
+        self.weight_milli = self.weight_milli.saturating_add(other.weight_milli);
     }
 
     pub fn failure_rate(&self) -> f64 {

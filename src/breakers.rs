@@ -104,6 +104,7 @@ impl Breakers {
             calls: m.calls,
             opened_at: e.breaker.opened_at(),
             retry_at: e.breaker.retry_at(),
+            half_open_probes: e.breaker.half_open_probes(),
             fallback: e.plan.clone(),
         })
     }

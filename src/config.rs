@@ -254,7 +254,7 @@ pub struct BreakerConfig {
     pub failure_rate_threshold: f64,
     /// Trip when slow calls / calls ≥ this, once `minimum_calls` calls are in the window.
     pub slow_call_rate_threshold: f64,
-    /// A call at least this slow counts as slow.
+    /// A call slower than this counts as slow.
     pub slow_call_duration_ms: u32,
     /// No rate decision below this many calls in the window (Resilience4j `minimumNumberOfCalls`).
     pub minimum_calls: u32,

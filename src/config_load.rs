@@ -310,7 +310,7 @@ fn check_steps(errors: &mut Vec<ConfigError>, key: &str, steps: &[Step]) {
 
 fn check_breaker(errors: &mut Vec<ConfigError>, key: &str, b: &BreakerConfig) {
     check(errors, (1..=3600).contains(&b.window_s), format!("{key}.window_s"), || format!("expected 1..=3600 seconds, got {}", b.window_s));
-    check(errors, b.weight_threshold > 0.0, format!("{key}.weight_threshold"), || format!("expected > 0, got {}", b.weight_threshold));
+    check(errors, b.weight_threshold > 0.0 && b.weight_threshold <= 1e9, format!("{key}.weight_threshold"), || format!("expected a number in (0, 1e9], got {}", b.weight_threshold));
     for (name, v) in [("failure_rate_threshold", b.failure_rate_threshold), ("slow_call_rate_threshold", b.slow_call_rate_threshold)] {
         check(errors, v > 0.0 && v <= 1.0, format!("{key}.{name}"), || format!("expected a rate in (0, 1], got {v}"));
     }
@@ -323,7 +323,7 @@ fn check_breaker(errors: &mut Vec<ConfigError>, key: &str, b: &BreakerConfig) {
     });
     let ErrorWeights { timeout, rate_limit, server_error, client_error, other } = b.weights;
     for (name, w) in [("timeout", timeout), ("rate_limit", rate_limit), ("server_error", server_error), ("client_error", client_error), ("other", other)] {
-        check(errors, w >= 0.0, format!("{key}.weights.{name}"), || format!("expected a weight ≥ 0, got {w}"));
+        check(errors, (0.0..=1e6).contains(&w), format!("{key}.weights.{name}"), || format!("expected a weight in 0..=1e6, got {w}"));
     }
 }
 
@@ -359,8 +359,8 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         check(errors, t.minimum_guaranteed <= t.maximum_burst, format!("{key}.minimum_guaranteed"), || {
             format!("expected ≤ maximum_burst ({}), got {}", t.maximum_burst, t.minimum_guaranteed)
         });
-        check(errors, t.grace_window_s >= l.window_s, format!("{key}.grace_window_s"), || {
-            format!("expected ≥ limiter.window_s ({}), got {}", l.window_s, t.grace_window_s)
+        check(errors, t.grace_window_s >= l.window_s && t.grace_window_s <= 2_592_000, format!("{key}.grace_window_s"), || {
+            format!("expected ≥ limiter.window_s ({}) and ≤ 2592000 (30 days), got {}", l.window_s, t.grace_window_s)
         });
     }
     check(errors, !c.request_types.is_empty(), "request_types", || "expected at least one request type".into());

@@ -20,6 +20,9 @@ pub enum DecodeError {
     Json(String),
     #[error("field `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// Valid JSON with a field of the wrong type, a missing field or an unknown enum value.
+    #[error("field `{field}`: {reason}")]
+    Field { field: String, reason: String },
     #[error("field `ts`: {0}")]
     Time(#[from] TimeError),
     #[error("field `topic`: expected one of requests, outcomes, telemetry, admin, got `{0}`")]
@@ -32,7 +35,7 @@ impl DecodeError {
         match self {
             DecodeError::NotUtf8(_) => "not_utf8",
             DecodeError::Json(_) => "invalid_json",
-            DecodeError::Invalid { .. } => "invalid_field",
+            DecodeError::Invalid { .. } | DecodeError::Field { .. } => "invalid_field",
             DecodeError::Time(_) => "invalid_timestamp",
             DecodeError::UnknownTopic(_) => "unknown_topic",
         }
@@ -49,7 +52,27 @@ fn utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
 
 /// Parses already-validated text (serde_json's `StrRead` does not validate strings again).
 fn json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, DecodeError> {
-    serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))
+    serde_json::from_str(text).map_err(|e| explain::<T>(text, e))
+}
+
+/// Names the field behind a serde_json error when the JSON itself was valid, by parsing again
+/// with the path tracked (on the error path only, so decoding stays fast).
+fn explain<'a, T: Deserialize<'a>>(text: &'a str, e: serde_json::Error) -> DecodeError {
+    if !e.is_data() {
+        return DecodeError::Json(e.to_string());
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let Err(pe) = serde_path_to_error::deserialize::<_, T>(&mut de) else { return DecodeError::Json(e.to_string()) };
+    let path = pe.path().to_string();
+    let full = pe.into_inner().to_string();
+    let reason = full.split(" at line ").next().unwrap_or(&full).to_string();
+    if path.is_empty() || path == "." {
+        if let Some(name) = reason.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            return DecodeError::Field { field: name.to_string(), reason: "missing".into() };
+        }
+        return DecodeError::Json(full);
+    }
+    DecodeError::Field { field: path, reason }
 }
 
 fn non_empty(field: &'static str, value: Cow<'_, str>) -> Result<String, DecodeError> {
@@ -178,6 +201,8 @@ fn decode_telemetry_str(text: &str) -> Result<TelemetrySample, DecodeError> {
     }
     match (raw.queue_depth, raw.queue_capacity) {
         (_, Some(0)) => return Err(invalid("queue_capacity", "must be ≥ 1")),
+        (Some(_), None) => return Err(invalid("queue_capacity", "required with queue_depth")),
+        (None, Some(_)) => return Err(invalid("queue_depth", "required with queue_capacity")),
         (Some(d), Some(c)) if d > c => {
             return Err(invalid("queue_depth", format!("{d} exceeds queue_capacity {c}")));
         }
@@ -320,6 +345,19 @@ mod tests {
         assert!(err.to_string().contains("unknown variant `meltdown`"), "{err}");
         let err = decode_outcome(br#"{"ts":"2026-11-29T09:00:00Z","dependency":"ai","ok":true,"error":"timeout","latency_ms":1}"#).unwrap_err();
         assert!(err.to_string().contains("`error`"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_and_missing_fields_name_the_field() {
+        let e = decode_telemetry(br#"{"ts":"2026-11-29T09:00:00Z","source":"h1","cpu":"high","memory":0.5,"db_connections_in_use":1,"db_connections_max":2}"#).unwrap_err();
+        assert_eq!(e.kind(), "invalid_field");
+        assert!(e.to_string().starts_with("field `cpu`: invalid type: string \"high\""), "{e}");
+        let e = decode_outcome(br#"{"ts":"2026-11-29T09:00:00Z","dependency":"ai","ok":false,"error":"meltdown","latency_ms":1}"#).unwrap_err();
+        assert!(e.to_string().starts_with("field `error`: unknown variant `meltdown`"), "{e}");
+        let e = decode_request(br#"{"id":"r1","ts":"2026-11-29T09:00:00Z","tier":"pro","request_type":"s"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "field `user_id`: missing");
+        let e = decode_telemetry(br#"{"ts":"2026-11-29T09:00:00Z","source":"h1","cpu":0.1,"memory":0.5,"db_connections_in_use":1,"db_connections_max":2,"queue_depth":3}"#).unwrap_err();
+        assert!(e.to_string().contains("queue_capacity"), "{e}");
     }
 
     #[test]

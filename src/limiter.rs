@@ -12,7 +12,7 @@
 //! allowance (grace is forgotten up to half a grace window late). See the README, "How the
 //! limiter counts".
 //!
-//! State is 48 bytes per (user, request type), keyed by a keyed 64-bit hash of both (collisions
+//! State is 52 bytes per (user, request type) (64 with its key, as stored), keyed by a keyed 64-bit hash of both (collisions
 //! are negligible and cannot be crafted without the per-process key). Time only moves forward
 //! per key: an event older than the user's newest is counted as of the newest. The limiter holds
 //! no clock: `now` is the event's time.
@@ -46,7 +46,7 @@ pub struct Verdict {
     /// Seconds until the window's usage has fully expired, if no more requests come.
     pub reset_s: u64,
     /// Share of the grace allowance used in the current grace span, when grace was drawn on or
-    /// the request was throttled.
+    /// the request was throttled (none when the tier has no grace allowance).
     pub grace_used: Option<f64>,
 }
 
@@ -62,6 +62,8 @@ struct UserState {
     grace_prev2: u32,
     /// Number of the current half grace window (wrapping).
     grace_half: u32,
+    /// Length of the half grace windows the numbers above count in, in ms (tiers differ).
+    grace_half_ms: u32,
 }
 
 /// Hashes a key that is already a keyed 64-bit hash: pass it through.
@@ -112,9 +114,9 @@ impl Limiter {
         self.users.is_empty()
     }
 
-    /// Bytes of state per tracked key, excluding the map's own overhead.
+    /// Bytes of one map slot (key and state), excluding the map's control bytes and spare room.
     pub const fn state_bytes() -> usize {
-        std::mem::size_of::<UserState>() + std::mem::size_of::<u64>()
+        std::mem::size_of::<(u64, UserState)>()
     }
 
     fn key(&self, user_id: &str, request_type: u16) -> u64 {
@@ -128,7 +130,7 @@ impl Limiter {
         let bucket_ms = self.bucket_ms;
         let idx = now.0.div_euclid(bucket_ms) as u32;
         // Half grace windows, rounded up so that two of them always span the grace window.
-        let half_ms = ((quota.grace_window_ms + 1) / 2).max(1);
+        let half_ms = ((quota.grace_window_ms + 1) / 2).clamp(1, i64::from(u32::MAX));
         let half = now.0.div_euclid(half_ms) as u32;
         // Both numbers start at the key's first event: they wrap, so only differences are
         // meaningful (a grace half starting at 0 was "in the future" for half numbers ≥ 2^31,
@@ -136,7 +138,7 @@ impl Limiter {
         let st = self
             .users
             .entry(key)
-            .or_insert_with(|| UserState { head: idx, grace_half: half, ..UserState::default() });
+            .or_insert_with(|| UserState { head: idx, grace_half: half, grace_half_ms: half_ms as u32, ..UserState::default() });
 
         // Advance the ring to `idx` (never backwards), clearing buckets that fell out.
         let ahead = idx.wrapping_sub(st.head) as i32;
@@ -150,6 +152,11 @@ impl Limiter {
         let limit = u64::from(quota.limit);
         let cost64 = u64::from(cost);
 
+        // A request larger than the whole limit is never let through, not even on grace.
+        if cost64 > limit {
+            let reset_s = reset_secs(st, now, bucket_ms);
+            return Verdict { kind: DecisionKind::Throttle, remaining: limit.saturating_sub(used) as u32, reset_s, grace_used: None };
+        }
         if used + cost64 <= limit {
             let slot = &mut st.counts[(st.head as usize) % SLOTS];
             *slot = slot.saturating_add(cost);
@@ -160,6 +167,16 @@ impl Limiter {
 
         // Over the limit: try the grace allowance, counted over the current half grace window and
         // the two before it, a span that always covers (t − grace window, t].
+        if st.grace_half_ms != half_ms as u32 {
+            // The user's tier (and so its grace window) changed: the half numbers were counted on
+            // another scale. Keep all grace used so far, counted as the previous half of the new
+            // scale, so it goes on counting for at least half a new grace window.
+            st.grace_prev = st.grace_cur.saturating_add(st.grace_prev).saturating_add(st.grace_prev2);
+            st.grace_cur = 0;
+            st.grace_prev2 = 0;
+            st.grace_half = half;
+            st.grace_half_ms = half_ms as u32;
+        }
         let ahead = half.wrapping_sub(st.grace_half) as i32;
         if ahead > 0 {
             let (cur, prev) = (st.grace_cur, st.grace_prev);
@@ -176,17 +193,18 @@ impl Limiter {
         let allowance = u64::from(quota.grace_allowance);
         let remaining = limit.saturating_sub(used) as u32;
         let reset_s = reset_secs(st, now, bucket_ms);
-        let share = |units: u64| if allowance == 0 { 1.0 } else { (units as f64 / allowance as f64).min(1.0) };
+        // No allowance, no share to report (a tier without grace is not "running out" of it).
+        let share = |units: u64| (allowance > 0).then(|| (units as f64 / allowance as f64).min(1.0));
         if grace_used + cost64 <= allowance {
             st.grace_cur = st.grace_cur.saturating_add(cost);
             return Verdict {
                 kind: DecisionKind::AllowWithGrace,
                 remaining,
                 reset_s,
-                grace_used: Some(share(grace_used + cost64)),
+                grace_used: share(grace_used + cost64),
             };
         }
-        Verdict { kind: DecisionKind::Throttle, remaining, reset_s, grace_used: Some(share(grace_used)) }
+        Verdict { kind: DecisionKind::Throttle, remaining, reset_s, grace_used: share(grace_used) }
     }
 
     /// Forgets keys idle for `evict_idle_after_s` as of `now`; returns how many were dropped.
@@ -318,6 +336,30 @@ mod tests {
     }
 
     #[test]
+    fn requests_larger_than_the_limit_never_pass_even_with_grace() {
+        let mut l = Limiter::new(60, 3600);
+        let v = l.check("u", 0, at(0), 4, quota(1, 5));
+        assert_eq!((v.kind, v.grace_used), (Throttle, None));
+        assert_eq!(l.check("u", 0, at(1), 1, quota(1, 5)).kind, Allow);
+    }
+
+    #[test]
+    fn a_tier_change_keeps_the_grace_used_so_far() {
+        let mut l = Limiter::new(60, 3600);
+        let a = Quota { limit: 1, grace_allowance: 5, grace_window_ms: 60 * MIN };
+        let b = Quota { limit: 1, grace_allowance: 5, grace_window_ms: 120 * MIN };
+        assert_eq!(l.check("u", 0, at(0), 1, b).kind, Allow);
+        for i in 1..=5 {
+            assert_eq!(l.check("u", 0, at(i), 1, b).kind, AllowWithGrace);
+        }
+        // The same user, now on a tier with another grace window: no fresh allowance.
+        assert_eq!(l.check("u", 0, at(10), 1, a).kind, Throttle);
+        // ... until it has aged out at the new scale (at most a grace window and a half).
+        assert_eq!(l.check("u", 0, at(95 * MIN), 1, a).kind, Allow);
+        assert_eq!(l.check("u", 0, at(95 * MIN + 1), 1, a).kind, AllowWithGrace);
+    }
+
+    #[test]
     fn out_of_order_events_count_as_of_the_newest() {
         let mut l = Limiter::new(60, 3600);
         let q = quota(2, 0);
@@ -354,6 +396,6 @@ mod tests {
 
     #[test]
     fn state_is_small() {
-        assert!(Limiter::state_bytes() <= 56, "{}", Limiter::state_bytes());
+        assert!(Limiter::state_bytes() <= 64, "{}", Limiter::state_bytes());
     }
 }

@@ -161,18 +161,31 @@ impl Monitor {
         if open.m.minute >= minute {
             return;
         }
-        let Some(o) = self.current.take() else { return };
-        let closed = self.close(o);
-        let end = closed.minute.plus_ms(MINUTE_MS);
-        self.push_history(closed);
-        // Quiet minutes in between count as minutes without throttling, at the last known load.
+        let Some(end) = self.close_current(out) else { return };
+        // Quiet minutes in between count as minutes without throttling, at the last known load
+        // (evaluated with the next minute that closes).
         let gap = ((minute.0 - end.0) / MINUTE_MS).min(self.window as i64);
         for i in 0..gap {
             let start = Millis(minute.0 - (gap - i) * MINUTE_MS);
             self.push_history(MinuteMetrics { minute: start, load: self.last_load, ..Default::default() });
         }
-        self.evaluate(end, out);
         self.current = Some(Open { m: MinuteMetrics { minute, ..Default::default() }, ..Default::default() });
+    }
+
+    /// Closes the open minute and runs its rules; returns the minute's end.
+    fn close_current(&mut self, out: &mut Vec<Alert>) -> Option<Millis> {
+        let o = self.current.take()?;
+        let closed = self.close(o);
+        let end = closed.minute.plus_ms(MINUTE_MS);
+        self.push_history(closed);
+        self.evaluate(end, out);
+        Some(end)
+    }
+
+    /// End of input (a replay or backtest ran out): closes the open minute so its alerts are not
+    /// lost. A live service never calls this; its minutes close as time moves on.
+    pub fn finish(&mut self, out: &mut Vec<Alert>) {
+        self.close_current(out);
     }
 
     fn close(&self, o: Open) -> MinuteMetrics {
@@ -323,6 +336,29 @@ mod tests {
         assert_eq!(throttling[0].value, 101.0);
         let last = mon.history().last().unwrap();
         assert_eq!((last.throttled, last.mean_throttle_delay_s), (101, 2.0));
+    }
+
+    #[test]
+    fn a_long_gap_does_not_lose_the_closed_minutes_alerts() {
+        let mut mon = monitor();
+        let mut alerts = Vec::new();
+        for i in 0..105 {
+            mon.on_decision(&decision(minute(0).plus_ms(i), DecisionKind::Throttle), None);
+        }
+        mon.advance(minute(20).plus_ms(30_000), &mut alerts);
+        assert_eq!(alerts.iter().map(|a| (a.rule, a.ts)).collect::<Vec<_>>(), vec![("throttling", minute(1))]);
+    }
+
+    #[test]
+    fn finish_closes_the_last_minute() {
+        let mut mon = monitor();
+        let mut alerts = Vec::new();
+        for i in 0..101 {
+            mon.on_decision(&decision(minute(3).plus_ms(i), DecisionKind::Throttle), None);
+        }
+        mon.finish(&mut alerts);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].ts, minute(4));
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub struct BreakerState {
     pub opened_at: Option<Millis>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Millis>,
+    /// In half-open: how many trial calls gateways may let through before the breaker decides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half_open_probes: Option<u32>,
     pub fallback: Vec<FallbackStep>,
 }
 

@@ -4,6 +4,7 @@
 //! `telemetry`, `admin`, or the configured full topic name). Each output line is an output's JSON object
 //! with its `topic` (`decisions`, `limits`, `breakers`, `alerts`, `predictions`). Lines that fail
 //! to decode are handed to the caller with their line number and skipped. Blank lines are ignored.
+//! At the end of the input the monitor's last minute is closed, so its alerts are written too.
 //! The same input gives byte-identical output.
 
 use std::collections::BTreeMap;
@@ -89,6 +90,11 @@ pub fn replay<R: BufRead, W: Write>(
             output.write_all(&buf).map_err(ReplayError::Write)?;
             buf.clear();
         }
+    }
+    topology.finish(&mut outs);
+    for o in outs.drain(..) {
+        *summary.outputs.entry(o.topic()).or_insert(0) += 1;
+        o.write_tagged_line(&mut buf)?;
     }
     output.write_all(&buf).map_err(ReplayError::Write)?;
     output.flush().map_err(ReplayError::Write)?;

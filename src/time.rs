@@ -1,7 +1,8 @@
 //! Event time: milliseconds since the Unix epoch, parsed from and written as RFC 3339 UTC.
 //!
 //! Every state machine takes time as an argument of this type; nothing below the shell reads a
-//! clock. Parsing is strict RFC 3339 (`T` separator, explicit offset); output is always UTC with
+//! clock. Parsing is RFC 3339 (an explicit offset is required; a space may stand for the `T`, as
+//! RFC 3339 §5.6 allows); output is always UTC with
 //! millisecond precision (`2026-11-29T13:47:00.123Z`), so a replay writes byte-identical text.
 //! Finer input precision is truncated to the millisecond.
 
@@ -12,7 +13,8 @@ use serde::{Serialize, Serializer};
 
 /// Earliest accepted event time: 1970-01-01T00:00:00Z.
 pub const MIN_MS: i64 = 0;
-/// Latest accepted event time: 2100-01-01T00:00:00Z. Bounds keep window indices in `u32`.
+/// Latest accepted event time: 2100-01-01T00:00:00Z. (The limiter's window numbers wrap in `u32`
+/// and only their differences are used, which stay small.)
 pub const MAX_MS: i64 = 4_102_444_800_000;
 
 /// A point in event time, in milliseconds since the Unix epoch (UTC).

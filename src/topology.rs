@@ -56,6 +56,9 @@ pub struct Topology {
     next_sweep: Millis,
     counters: Counters,
     scratch_breakers: Vec<BreakerState>,
+    /// The configured dependencies: only their breakers move the api multiplier (an outcome for
+    /// any other name gets a breaker and published states, but must not cut every limit).
+    upstream: Vec<Arc<str>>,
 }
 
 fn index_of(names: &[Arc<str>], name: &str) -> Option<usize> {
@@ -83,6 +86,7 @@ impl Topology {
             next_sweep: Millis(i64::MIN),
             counters: Counters::default(),
             scratch_breakers: Vec::new(),
+            upstream: cfg.dependencies.keys().map(|k| Arc::from(k.as_str())).collect(),
             tiers,
             request_types,
         }
@@ -115,6 +119,14 @@ impl Topology {
             InputEvent::Telemetry(t) => self.on_telemetry(t, out),
             InputEvent::Admin(a) => self.on_admin(a, out),
         }
+    }
+
+    /// End of input: closes the monitor's open minute (replay and backtest call this; a live
+    /// service does not).
+    pub fn finish(&mut self, out: &mut Vec<Output>) {
+        let mut alerts = Vec::new();
+        self.monitor.finish(&mut alerts);
+        self.push_alerts(alerts, out);
     }
 
     /// Moves event time to `now` if it is later than the watermark, firing what is due.
@@ -219,7 +231,9 @@ impl Topology {
     fn breaker_states(&mut self, states: &mut Vec<BreakerState>, out: &mut Vec<Output>) {
         for s in states.drain(..) {
             let mut updates = Vec::new();
-            self.limits.on_breaker(s.dependency.clone(), s.state, s.ts, &mut updates);
+            if self.upstream.contains(&s.dependency) {
+                self.limits.on_breaker(s.dependency.clone(), s.state, s.ts, &mut updates);
+            }
             let mut alerts = Vec::new();
             self.monitor.on_breaker(&s, &mut alerts);
             self.counters.breaker_states += 1;

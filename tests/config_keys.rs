@@ -415,9 +415,10 @@ fn hand_events() -> Vec<InputEvent> {
         }
     }
 
-    // 10:40: an operator puts a dependency of its own through every admin state, then resets it.
+    // 10:40: an operator puts a configured dependency (so its state moves the api multiplier)
+    // through every admin state, then resets it.
     for (s, action) in [(0, AdminAction::ForceOpen), (10, AdminAction::Disable), (20, AdminAction::MetricsOnly), (30, AdminAction::Reset)] {
-        h.admin(at(100, s * 1000), "probe-admin", action);
+        h.admin(at(100, s * 1000), "database", action);
     }
 
     // 10:50: a late request; the sweep forgets users idle for an hour (not for two).
@@ -530,12 +531,8 @@ fn check_base(out: &[u8], summary: &ReplaySummary) {
         })
         .collect();
     assert_eq!(backoff, vec![30, 60, 120, 240, 300]);
-    let admin = transitions("probe-admin");
-    let want: Vec<(String, String)> = [("closed", "forced_open"), ("forced_open", "disabled"), ("disabled", "metrics_only"), ("metrics_only", "closed")]
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    assert_eq!(admin, want);
+    let admin: Vec<String> = transitions("database").into_iter().map(|(_, to)| to).collect();
+    assert!(admin.ends_with(&["forced_open", "disabled", "metrics_only", "closed"].map(String::from)), "database: {admin:?}");
     // Alerts: every rule fires, the correlation one twice (after its cool-down).
     let rules: Vec<&str> = of("alerts").map(|a| a["rule"].as_str().unwrap()).collect();
     for rule in ["throttling", "grace_usage", "breaker_tripped"] {

@@ -153,11 +153,15 @@ fn check_limiter(case: &LimiterCase) -> Result<(), String> {
                 }
             }
             AllowWithGrace | Throttle => {
+                if v.kind == AllowWithGrace && cost > limit {
+                    return Err(format!("a request larger than the limit was graced: {}", at()));
+                }
                 if u64::from(v.remaining) >= cost {
                     return Err(format!("over the limit, yet remaining {} ≥ cost: {}", v.remaining, at()));
                 }
                 let graced_recent = sum_in(h, t - grace_memory_ms, t, |k| k == AllowWithGrace);
-                if graced_recent + cost <= allowance && v.kind != AllowWithGrace {
+                // Grace never covers a request larger than the whole limit.
+                if cost <= limit && graced_recent + cost <= allowance && v.kind != AllowWithGrace {
                     return Err(format!(
                         "only {graced_recent} grace units in the last {grace_memory_ms} ms (allowance {allowance}), yet throttled: {}",
                         at()

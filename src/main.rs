@@ -54,6 +54,19 @@ enum Command {
         #[arg(long)]
         brokers: Option<String>,
     },
+    /// The seed's Monday-morning surge against a simulated backend, without and with
+    /// surgeguard, on an embedded Kafka (librdkafka's mock cluster); prints what it measured.
+    Demo {
+        /// The pipeline TOML file.
+        #[arg(long, default_value = "pipelines/default.toml")]
+        config: PathBuf,
+        /// Simulated seconds per real second (0: as fast as it goes, under a minute).
+        #[arg(long, default_value_t = 0.0)]
+        speed: f64,
+        /// Random seed of the demand and the backend.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// Generate synthetic input.
     Gen {
         #[command(subcommand)]
@@ -158,6 +171,28 @@ fn run_service(config: &Path, brokers: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_demo(config: &Path, speed: f64, seed: u64) -> anyhow::Result<()> {
+    use surgeguard::demo;
+    anyhow::ensure!(speed >= 0.0 && speed.is_finite(), "--speed must be 0 (as fast as possible) or a positive number");
+    let cfg = (*load(config)?).clone();
+    let opts = demo::DemoOptions { seed, speed };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let started = std::time::Instant::now();
+        eprintln!("1/2 the surge without protection (simulated backend only) …");
+        let without = demo::unprotected(&opts).await;
+        eprintln!("2/2 the surge through surgeguard run on an embedded Kafka cluster …");
+        let with = demo::protected(cfg, &opts, |brokers| {
+            println!("embedded Kafka (mock cluster) at {brokers}: try `kcat -b {brokers} -C -t surgeguard.decisions` while it runs");
+        })
+        .await?;
+        println!();
+        print!("{}", demo::table(&without, &with));
+        eprintln!("\ndone in {:.0} s", started.elapsed().as_secs_f64());
+        anyhow::Ok(())
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -179,6 +214,7 @@ fn main() -> ExitCode {
         },
         Command::Replay { config, input, out } => run_replay(&config, &input, out.as_deref()),
         Command::Run { config, brokers } => run_service(&config, brokers.as_deref()),
+        Command::Demo { config, speed, seed } => run_demo(&config, speed, seed),
         Command::Gen { what: Gen::Surge { scale, seed, requests_only, out } } => run_gen_surge(scale, seed, requests_only, out.as_deref()),
     };
     match result {

@@ -149,6 +149,17 @@ impl Shell<'_> {
 /// Runs the pipeline against `brokers` until `shutdown` completes, then finishes the work in
 /// flight, commits and leaves the group.
 pub async fn run(cfg: Arc<Config>, brokers: &str, shutdown: impl Future<Output = ()>) -> Result<RunStats, RunError> {
+    run_with(cfg, brokers, &[], shutdown).await
+}
+
+/// As `run`, with extra consumer properties (the embedded demo shortens fetch waits: the mock
+/// cluster holds every fetch for the full `fetch.wait.max.ms`).
+pub async fn run_with(
+    cfg: Arc<Config>,
+    brokers: &str,
+    consumer_overrides: &[(&str, &str)],
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunStats, RunError> {
     let base = client_config(&cfg, brokers);
     if cfg.kafka.create_topics {
         let created = kafka_topics::ensure(&base, &cfg).await?;
@@ -156,8 +167,11 @@ pub async fn run(cfg: Arc<Config>, brokers: &str, shutdown: impl Future<Output =
             tracing::info!(topics = ?created, "created missing topics");
         }
     }
-    let consumer: StreamConsumer = base
-        .clone()
+    let mut consumer_config = base.clone();
+    for (k, v) in consumer_overrides {
+        consumer_config.set(*k, *v);
+    }
+    let consumer: StreamConsumer = consumer_config
         .set("group.id", &cfg.kafka.group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")

@@ -67,21 +67,77 @@ fn concurrent_users(minute: f64) -> f64 {
     }
 }
 
+/// The surge's demand, one simulated second at a time: the users active at that second and the
+/// requests they make. `monday_surge` and the embedded demo both draw requests from it.
+pub struct Demand {
+    rng: SplitMix64,
+    users: Vec<(String, &'static str, f64)>,
+    scale: u32,
+    start: Millis,
+    request_no: u64,
+}
+
+impl Demand {
+    /// Length of the surge scenario, in seconds.
+    pub const SECONDS: i64 = 20 * 60;
+
+    pub fn new(seed: u64, scale: u32, start: Millis) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let users = (0..300 * scale as usize)
+            .map(|i| {
+                let tier = match rng.below(100) {
+                    0..=69 => "free",
+                    70..=94 => "pro",
+                    _ => "enterprise",
+                };
+                let rpm = if rng.below(10) == 0 { 90.0 } else { 6.0 };
+                (format!("user-{i:05}"), tier, rpm)
+            })
+            .collect();
+        Demand { rng, users, scale, start, request_no: 0 }
+    }
+
+    /// Concurrent users at `second` after the start.
+    pub fn active_users(&self, second: i64) -> usize {
+        (concurrent_users(second as f64 / 60.0) * f64::from(self.scale)) as usize
+    }
+
+    /// The requests of one second, in generation order (not sorted by time within the second).
+    pub fn second(&mut self, second: i64) -> Vec<RequestEvent> {
+        let active = self.active_users(second);
+        let mut out = Vec::new();
+        for (user, tier, rpm) in self.users.iter().take(active) {
+            let per_second = rpm / 60.0;
+            let mut n = per_second.floor() as u32;
+            if self.rng.unit() < per_second.fract() {
+                n += 1;
+            }
+            for _ in 0..n {
+                self.request_no += 1;
+                let ts = self.start.plus_ms(second * 1000 + self.rng.below(1000) as i64);
+                let request_type = match self.rng.below(10) {
+                    0 => "critical_business",
+                    1 => "batch",
+                    _ => "standard",
+                };
+                out.push(RequestEvent {
+                    id: format!("req-{:08}", self.request_no),
+                    ts,
+                    user_id: user.clone(),
+                    tier: (*tier).into(),
+                    request_type: request_type.into(),
+                    cost: 1,
+                });
+            }
+        }
+        out
+    }
+}
+
 /// The surge's events, sorted by event time (ties in generation order).
 pub fn monday_surge(s: &Surge) -> Vec<InputEvent> {
-    let mut rng = SplitMix64::new(s.seed);
-    let max_users = 300 * s.scale as usize;
-    let users: Vec<(String, &'static str, f64)> = (0..max_users)
-        .map(|i| {
-            let tier = match rng.below(100) {
-                0..=69 => "free",
-                70..=94 => "pro",
-                _ => "enterprise",
-            };
-            let rpm = if rng.below(10) == 0 { 90.0 } else { 6.0 };
-            (format!("user-{i:05}"), tier, rpm)
-        })
-        .collect();
+    let mut demand = Demand::new(s.seed, s.scale, s.start);
+    let mut rng = SplitMix64::new(s.seed ^ 0x5EED_BAC0);
     let mut events: Vec<(i64, u64, InputEvent)> = Vec::new();
     let mut seq = 0u64;
     let mut push = |events: &mut Vec<(i64, u64, InputEvent)>, e: InputEvent| {
@@ -90,66 +146,37 @@ pub fn monday_surge(s: &Surge) -> Vec<InputEvent> {
     };
     // Requests per second over the last minute, for the simulated backend.
     let mut recent = std::collections::VecDeque::from(vec![0u32; 60]);
-    let mut request_no = 0u64;
-    for second in 0..(20 * 60) {
-        let minute = second as f64 / 60.0;
-        let active = (concurrent_users(minute) * s.scale as f64) as usize;
+    for second in 0..Demand::SECONDS {
         let load_rpm: u32 = recent.iter().sum();
         let upstream_limit = 1000.0 * s.scale as f64;
-        let mut this_second = 0u32;
-        for (user, tier, rpm) in users.iter().take(active) {
-            let per_second = rpm / 60.0;
-            let mut n = per_second.floor() as u32;
-            if rng.unit() < per_second.fract() {
-                n += 1;
-            }
-            for _ in 0..n {
-                request_no += 1;
-                this_second += 1;
-                let ts = s.start.plus_ms(second * 1000 + rng.below(1000) as i64);
-                let request_type = match rng.below(10) {
-                    0 => "critical_business",
-                    1 => "batch",
-                    _ => "standard",
-                };
-                let id = format!("req-{request_no:08}");
-                if s.backend && request_type != "batch" {
-                    let over = (f64::from(load_rpm) / upstream_limit).max(0.0);
-                    let latency = 180.0 + 400.0 * over * over + rng.unit() * 60.0;
-                    let error = if over > 1.0 && rng.unit() < 1.0 - 1.0 / over {
-                        Some(ErrorClass::RateLimit)
-                    } else if rng.unit() < 0.002 + 0.03 * (over - 0.8).max(0.0) {
-                        Some(if rng.below(2) == 0 { ErrorClass::Timeout } else { ErrorClass::ServerError })
-                    } else {
-                        None
-                    };
-                    push(
-                        &mut events,
-                        InputEvent::Outcome(OutcomeEvent {
-                            ts: ts.plus_ms(latency as i64),
-                            dependency: "ai_primary".into(),
-                            ok: error.is_none(),
-                            error,
-                            latency_ms: latency.round(),
-                            request_id: Some(id.clone()),
-                        }),
-                    );
-                }
-                push(
-                    &mut events,
-                    InputEvent::Request(RequestEvent {
-                        id,
-                        ts,
-                        user_id: user.clone(),
-                        tier: (*tier).into(),
-                        request_type: request_type.into(),
-                        cost: 1,
-                    }),
-                );
-            }
+        let requests = demand.second(second);
+        for r in requests.iter().filter(|r| s.backend && r.request_type != "batch") {
+            let over = (f64::from(load_rpm) / upstream_limit).max(0.0);
+            let latency = 180.0 + 400.0 * over * over + rng.unit() * 60.0;
+            let error = if over > 1.0 && rng.unit() < 1.0 - 1.0 / over {
+                Some(ErrorClass::RateLimit)
+            } else if rng.unit() < 0.002 + 0.03 * (over - 0.8).max(0.0) {
+                Some(if rng.below(2) == 0 { ErrorClass::Timeout } else { ErrorClass::ServerError })
+            } else {
+                None
+            };
+            push(
+                &mut events,
+                InputEvent::Outcome(OutcomeEvent {
+                    ts: r.ts.plus_ms(latency as i64),
+                    dependency: "ai_primary".into(),
+                    ok: error.is_none(),
+                    error,
+                    latency_ms: latency.round(),
+                    request_id: Some(r.id.clone()),
+                }),
+            );
         }
         recent.pop_front();
-        recent.push_back(this_second);
+        recent.push_back(requests.len() as u32);
+        for r in requests {
+            push(&mut events, InputEvent::Request(r));
+        }
         if s.backend && second % 5 == 0 {
             let pressure = f64::from(load_rpm) / (2000.0 * s.scale as f64);
             for (h, max) in [("host-a", 66u32), ("host-b", 67), ("host-c", 67)] {

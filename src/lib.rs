@@ -23,6 +23,7 @@
 #![cfg_attr(not(test), deny(dead_code))]
 
 pub mod adaptive;
+pub mod bench;
 pub mod breaker;
 pub mod breaker_window;
 pub mod breakers;

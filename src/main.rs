@@ -67,6 +67,25 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// Throughput and produce→decision latency of `surgeguard run` on a broker, beside a
+    /// passthrough (consume → produce, no processing) on the same broker in the same run.
+    Bench {
+        /// The pipeline TOML file.
+        #[arg(long, default_value = "pipelines/default.toml")]
+        config: PathBuf,
+        /// Bootstrap servers of the broker to measure on.
+        #[arg(long)]
+        brokers: String,
+        /// Events for the throughput phase.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Events per second in the latency phase.
+        #[arg(long, default_value_t = 50_000)]
+        rate: u32,
+        /// Seconds of the latency phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
     /// Generate synthetic input.
     Gen {
         #[command(subcommand)]
@@ -193,6 +212,14 @@ fn run_demo(config: &Path, speed: f64, seed: u64) -> anyhow::Result<()> {
     })
 }
 
+fn run_bench(config: &Path, brokers: &str, opts: surgeguard::bench::BenchOptions) -> anyhow::Result<()> {
+    let cfg = load(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let (pt, sg) = runtime.block_on(surgeguard::bench::bench(&cfg, brokers, &opts))?;
+    print!("{}", surgeguard::bench::report(&pt, &sg, &opts));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -215,6 +242,9 @@ fn main() -> ExitCode {
         Command::Replay { config, input, out } => run_replay(&config, &input, out.as_deref()),
         Command::Run { config, brokers } => run_service(&config, brokers.as_deref()),
         Command::Demo { config, speed, seed } => run_demo(&config, speed, seed),
+        Command::Bench { config, brokers, events, rate, seconds } => {
+            run_bench(&config, &brokers, surgeguard::bench::BenchOptions { events, rate, seconds })
+        }
         Command::Gen { what: Gen::Surge { scale, seed, requests_only, out } } => run_gen_surge(scale, seed, requests_only, out.as_deref()),
     };
     match result {

@@ -12,9 +12,10 @@
 //! (so two instances in one group split users and survive rebalances with their state),
 //! exactly-once transactions, and timers that fire on wall-clock time when no events arrive.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -23,6 +24,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
@@ -97,14 +99,36 @@ struct Shell<'a> {
     tracker: OffsetTracker,
     acks: Acks,
     stats: RunStats,
+    /// Offsets ready to store, per partition, handed to librdkafka in batches (`flush_offsets`).
+    ready: HashMap<Partition, i64>,
+    last_flush: Instant,
 }
 
 impl Shell<'_> {
-    fn store(&self, tp: &Partition, offset: i64) {
+    fn store(&mut self, tp: &Partition, offset: i64) {
+        self.ready.insert(tp.clone(), offset);
+        if self.last_flush.elapsed() >= Duration::from_millis(50) {
+            self.flush_offsets();
+        }
+    }
+
+    /// Stores the ready offsets with librdkafka (which commits them with the next auto-commit).
+    fn flush_offsets(&mut self) {
+        self.last_flush = Instant::now();
+        if self.ready.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in self.ready.drain() {
+            // librdkafka's store takes the next offset to consume in a list.
+            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1)) {
+                tracing::warn!(%topic, partition, offset, error = %e, "offset not stored");
+            }
+        }
         // A partition revoked in a rebalance cannot take offsets any more; its new owner
         // reprocesses from the last commit, which is what at-least-once allows.
-        if let Err(e) = self.consumer.store_offset(&tp.0, tp.1, offset) {
-            tracing::debug!(topic = %tp.0, partition = tp.1, offset, error = %e, "offset not stored");
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            tracing::debug!(error = %e, "offsets not stored");
         }
     }
 
@@ -184,7 +208,16 @@ pub async fn run_with(
     tracing::info!(brokers, group = %cfg.kafka.group_id, topics = ?inputs, "consuming");
 
     let mut topology = Topology::new(cfg.clone());
-    let mut shell = Shell { cfg: &cfg, consumer: &consumer, producer: &producer, tracker: OffsetTracker::new(), acks: Acks::new(), stats: RunStats::default() };
+    let mut shell = Shell {
+        cfg: &cfg,
+        consumer: &consumer,
+        producer: &producer,
+        tracker: OffsetTracker::new(),
+        acks: Acks::new(),
+        stats: RunStats::default(),
+        ready: HashMap::new(),
+        last_flush: Instant::now(),
+    };
     let mut outs = Vec::new();
     let mut buf = Vec::with_capacity(1024);
     let mut report = tokio::time::interval(Duration::from_secs(30));
@@ -195,6 +228,7 @@ pub async fn run_with(
             _ = &mut shutdown => break,
             Some(done) = shell.acks.next() => shell.on_ack(done)?,
             _ = report.tick() => {
+                shell.flush_offsets();
                 let s = shell.stats;
                 tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.tracker.in_flight(), "progress");
             }
@@ -254,6 +288,7 @@ pub async fn run_with(
     while let Some(done) = shell.acks.next().await {
         shell.on_ack(done)?;
     }
+    shell.flush_offsets();
     let stats = shell.stats;
     // Synchronous commit blocks: keep it off the async workers.
     tokio::task::block_in_place(|| match consumer.commit_consumer_state(CommitMode::Sync) {

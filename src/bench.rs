@@ -1,0 +1,340 @@
+//! `surgeguard bench`: end-to-end throughput and produce→decision latency of `surgeguard run` on
+//! a real broker, beside a passthrough (consume → produce the same bytes, no processing) on the
+//! same broker in the same run, so the ratio says what the processing costs.
+//!
+//! Each side gets its own topics. Throughput: N request events are produced first, then the
+//! processor starts; the rate is measured from its first output to its last. Latency: events are
+//! then produced at a fixed rate, each stamped with its send time as its event time, and the
+//! latency of an output is the time it is read minus that stamp (same clock: one machine).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::Config;
+use crate::events::RequestEvent;
+use crate::kafka_topics;
+use crate::runtime::{self, RunError};
+use crate::scenario::{Demand, Surge};
+use crate::time::Millis;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("surgeguard run: {0}")]
+    Run(#[from] RunError),
+    #[error("encoding: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("only {got} of {want} outputs arrived within {secs} s")]
+    Incomplete { got: usize, want: usize, secs: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Events for the throughput phase.
+    pub events: usize,
+    /// Events per second in the latency phase.
+    pub rate: u32,
+    /// Seconds of the latency phase.
+    pub seconds: u32,
+}
+
+/// One side's figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Figures {
+    pub events_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub latency_samples: usize,
+    /// Events per second actually produced in the latency phase.
+    pub offered_per_s: f64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Request events for the benchmark: the surge's users and mix, at any volume.
+fn requests(n: usize, seed: u64) -> Vec<RequestEvent> {
+    let surge = Surge { seed, scale: 20, ..Surge::default() };
+    let mut demand = Demand::new(surge.seed, surge.scale, surge.start);
+    let mut out = Vec::with_capacity(n);
+    let mut second = 0;
+    while out.len() < n {
+        out.extend(demand.second(second % Demand::SECONDS));
+        second += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+async fn produce(producer: &FutureProducer, topic: &str, events: &[RequestEvent], stamp_now: bool, rate: Option<u32>) -> Result<f64, BenchError> {
+    let started = Instant::now();
+    let mut acks = FuturesUnordered::new();
+    let mut buf = Vec::with_capacity(256);
+    for (i, e) in events.iter().enumerate() {
+        if let Some(r) = rate {
+            let due = started + Duration::from_secs_f64(i as f64 / f64::from(r));
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        let mut e = e.clone();
+        if stamp_now {
+            e.ts = Millis(now_ms());
+        }
+        buf.clear();
+        serde_json::to_writer(&mut buf, &e)?;
+        let mut record = FutureRecord::to(topic).key(e.user_id.as_bytes()).payload(&buf[..]);
+        loop {
+            match producer.send_result(record) {
+                Ok(f) => {
+                    acks.push(f);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    if let Some(r) = acks.next().await {
+                        r.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
+                    }
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        while acks.len() > 100_000 {
+            if let Some(r) = acks.next().await {
+                r.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    while let Some(r) = acks.next().await {
+        r.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
+    }
+    Ok(events.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Reads `want` outputs from `topic`; returns the first and last arrival and the latencies (ms)
+/// of outputs whose `ts` is at or after `stamped_from`.
+async fn read(consumer: &StreamConsumer, want: usize, stamped_from: i64, timeout: Duration) -> Result<(Instant, Instant, Vec<f64>), BenchError> {
+    let deadline = Instant::now() + timeout;
+    let (mut first, mut last) = (None, Instant::now());
+    let mut latencies = Vec::new();
+    let mut got = 0;
+    while got < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(m) = tokio::time::timeout(left.max(Duration::from_millis(1)), consumer.recv()).await else {
+            return Err(BenchError::Incomplete { got, want, secs: timeout.as_secs() });
+        };
+        let m = m?;
+        let at = Instant::now();
+        first.get_or_insert(at);
+        last = at;
+        got += 1;
+        if let Some(ts) = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+            .and_then(|v| v["ts"].as_str().and_then(|t| Millis::parse_rfc3339(t).ok()))
+        {
+            if ts.0 >= stamped_from {
+                latencies.push((now_ms() - ts.0) as f64);
+            }
+        }
+    }
+    Ok((first.unwrap_or(last), last, latencies))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// A plain consume → produce loop, as fast as librdkafka goes (auto commit, no processing).
+async fn passthrough(brokers: String, input: String, output: String, group: String, stop: impl Future<Output = ()>) -> Result<(), BenchError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", &group)
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create()?;
+    consumer.subscribe(&[&input])?;
+    let mut acks: FuturesUnordered<rdkafka::producer::DeliveryFuture> = FuturesUnordered::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            Some(r) = acks.next(), if !acks.is_empty() => {
+                r.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
+            }
+            m = consumer.recv() => {
+                let m = m?;
+                let mut record = FutureRecord::to(&output).payload(m.payload().unwrap_or(&[]));
+                if let Some(k) = m.key() {
+                    record = record.key(k);
+                }
+                loop {
+                    match producer.send_result(record) {
+                        Ok(f) => { acks.push(f); break; }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            record = back;
+                            if let Some(r) = acks.next().await {
+                                r.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
+                            }
+                        }
+                        Err((e, _)) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Measures one side: `start` launches the processor (reading `input`, writing `output`) and
+/// returns its handle; the returned sender stops it.
+async fn measure<F, Fut>(brokers: &str, input: &str, output: &str, opts: &BenchOptions, events: &[RequestEvent], start: F) -> Result<Figures, BenchError>
+where
+    F: FnOnce(tokio::sync::oneshot::Receiver<()>) -> Fut,
+    Fut: Future<Output = tokio::task::JoinHandle<Result<(), BenchError>>>,
+{
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create()?;
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{output}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    reader.subscribe(&[output])?;
+    let (throughput_events, latency_events) = events.split_at(opts.events);
+    produce(&producer, input, throughput_events, false, None).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let handle = start(stopped).await;
+    let (first, last, _) = read(&reader, throughput_events.len(), i64::MAX, Duration::from_secs(300)).await?;
+    let events_per_s = (throughput_events.len().saturating_sub(1)) as f64 / (last - first).as_secs_f64().max(1e-9);
+
+    let stamped_from = now_ms();
+    // The reader gets a task of its own, so reading never delays the paced producer.
+    let want = latency_events.len();
+    let timeout = Duration::from_secs(u64::from(opts.seconds) + 120);
+    let reading = tokio::spawn(async move { read(&reader, want, stamped_from, timeout).await });
+    let offered_per_s = produce(&producer, input, latency_events, true, Some(opts.rate)).await?;
+    let (_, _, mut latencies) = match reading.await {
+        Ok(r) => r?,
+        Err(e) => return Err(BenchError::Incomplete { got: 0, want: e.is_cancelled() as usize, secs: timeout.as_secs() }),
+    };
+    stop.send(()).ok();
+    match handle.await {
+        Ok(r) => r?,
+        Err(e) => tracing::warn!(error = %e, "processor task ended abnormally"),
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(Figures {
+        events_per_s,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        latency_samples: latencies.len(),
+        offered_per_s,
+    })
+}
+
+/// Runs both sides; returns (passthrough, surgeguard).
+pub async fn bench(cfg: &Config, brokers: &str, opts: &BenchOptions) -> Result<(Figures, Figures), BenchError> {
+    let run_id = format!("bench-{}", now_ms());
+    let events = requests(opts.events + (opts.rate as usize * opts.seconds as usize), 11);
+
+    // Passthrough: its own input and output topics.
+    let mut pt_cfg = cfg.clone();
+    pt_cfg.topics.requests = format!("{run_id}.pt.in");
+    pt_cfg.topics.decisions = format!("{run_id}.pt.out");
+    let admin_cfg = runtime::client_config(cfg, brokers);
+    create(&admin_cfg, &pt_cfg, &[&pt_cfg.topics.requests, &pt_cfg.topics.decisions]).await?;
+    let (b, i, o, g) = (brokers.to_string(), pt_cfg.topics.requests.clone(), pt_cfg.topics.decisions.clone(), format!("{run_id}.pt"));
+    let (i2, o2) = (i.clone(), o.clone());
+    let passthrough_figures = measure(brokers, &i, &o, opts, &events, |stopped| async move {
+        tokio::spawn(passthrough(b, i2, o2, g, async { stopped.await.ok(); }))
+    })
+    .await?;
+
+    // surgeguard run: every topic of the pipeline under the run's prefix.
+    let mut sg = cfg.clone();
+    for (name, slot) in [
+        ("requests", &mut sg.topics.requests),
+        ("outcomes", &mut sg.topics.outcomes),
+        ("telemetry", &mut sg.topics.telemetry),
+        ("admin", &mut sg.topics.admin),
+        ("decisions", &mut sg.topics.decisions),
+        ("limits", &mut sg.topics.limits),
+        ("breakers", &mut sg.topics.breakers),
+        ("predictions", &mut sg.topics.predictions),
+        ("alerts", &mut sg.topics.alerts),
+        ("dlq", &mut sg.topics.dlq),
+    ] {
+        *slot = format!("{run_id}.sg.{name}");
+    }
+    sg.kafka.group_id = format!("{run_id}.sg");
+    sg.kafka.create_topics = false;
+    kafka_topics::ensure(&admin_cfg, &Config { kafka: crate::config::KafkaConfig { create_topics: true, ..sg.kafka.clone() }, ..sg.clone() }).await?;
+    let sg = Arc::new(sg);
+    let (i, o) = (sg.topics.requests.clone(), sg.topics.decisions.clone());
+    let b = brokers.to_string();
+    let sg_figures = measure(brokers, &i, &o, opts, &events, |stopped| async move {
+        tokio::spawn(async move {
+            runtime::run(sg, &b, async { stopped.await.ok(); }).await?;
+            Ok(())
+        })
+    })
+    .await?;
+    Ok((passthrough_figures, sg_figures))
+}
+
+async fn create(admin_cfg: &ClientConfig, cfg: &Config, names: &[&str]) -> Result<(), BenchError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = admin_cfg.create()?;
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, cfg.kafka.partitions.requests, TopicReplication::Fixed(cfg.kafka.replication_factor)))
+        .collect();
+    for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        if let Err((name, code)) = r {
+            if code != RDKafkaErrorCode::TopicAlreadyExists {
+                tracing::error!(topic = %name, ?code, "cannot create topic");
+                return Err(KafkaError::AdminOp(code).into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The figures side by side.
+pub fn report(pt: &Figures, sg: &Figures, opts: &BenchOptions) -> String {
+    format!(
+        "                         passthrough   surgeguard run   ratio\n\
+         throughput (events/s)    {:>11.0}   {:>14.0}   {:.2}\n\
+         latency p50 (ms)         {:>11.1}   {:>14.1}\n\
+         latency p99 (ms)         {:>11.1}   {:>14.1}\n\
+         latency phase: {} events/s asked for {} s; produced at {:.0} (passthrough) and {:.0} (surgeguard) events/s\n",
+        pt.events_per_s,
+        sg.events_per_s,
+        sg.events_per_s / pt.events_per_s,
+        pt.p50_ms,
+        sg.p50_ms,
+        pt.p99_ms,
+        sg.p99_ms,
+        opts.rate,
+        opts.seconds,
+        pt.offered_per_s,
+        sg.offered_per_s,
+    )
+}

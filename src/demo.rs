@@ -63,7 +63,7 @@ pub struct RunReport {
     /// Whether the run ended on a good second (the last outage was over).
     pub recovered: bool,
     /// Consecutive bad seconds up to now.
-    streak: u64,
+    pub streak: u64,
     pub alerts: u64,
     pub breaker_trips: u64,
 }
@@ -71,6 +71,11 @@ pub struct RunReport {
 impl RunReport {
     pub fn success_rate(&self) -> f64 {
         if self.admitted == 0 { 1.0 } else { self.ok as f64 / self.admitted as f64 }
+    }
+
+    /// Answered requests of all requests made (throttled ones count as not served).
+    pub fn served_share(&self) -> f64 {
+        if self.requests == 0 { 1.0 } else { self.ok as f64 / self.requests as f64 }
     }
 
     pub fn availability(&self) -> f64 {
@@ -247,20 +252,19 @@ pub async fn protected(cfg: Config, opts: &DemoOptions, on_ready: impl FnOnce(&s
 /// The seed's comparison table, from what the two runs measured.
 pub fn table(without: &RunReport, with: &RunReport) -> String {
     let pct = |x: f64| format!("{:.1} %", x * 100.0);
-    let outage = |r: &RunReport| match (r.outage_s, r.recovered) {
-        (None, _) => "no outage".to_string(),
-        (Some(s), true) => format!("{s} s (longest outage)"),
-        (Some(s), false) => format!("not recovered ({s} s down at the end)"),
-    };
+    let outage = |r: &RunReport| r.outage_s.map_or_else(|| "none".to_string(), |s| format!("{s} s"));
+    let end = |r: &RunReport| if r.recovered { "healthy".to_string() } else { format!("down for {} s", r.streak) };
     let rows: Vec<(&str, String, String)> = vec![
         ("requests", without.requests.to_string(), with.requests.to_string()),
         ("throttled by surgeguard", "-".into(), with.throttled.to_string()),
         ("availability (seconds with ≥ 95 % served)", pct(without.availability()), pct(with.availability())),
         ("success rate (of admitted requests)", pct(without.success_rate()), pct(with.success_rate())),
+        ("answered (of all requests, throttled = not)", pct(without.served_share()), pct(with.served_share())),
         ("served from the fallback plan", without.degraded.to_string(), with.degraded.to_string()),
         ("failed requests", without.failed.to_string(), with.failed.to_string()),
         ("timed-out requests", without.timed_out.to_string(), with.timed_out.to_string()),
-        ("time to recover", outage(without), outage(with)),
+        ("longest outage (consecutive bad seconds)", outage(without), outage(with)),
+        ("at the end of the surge", end(without), end(with)),
         ("breaker trips", "-".into(), with.breaker_trips.to_string()),
         ("alerts raised", "-".into(), with.alerts.to_string()),
     ];

@@ -12,6 +12,8 @@ pub const MESSAGE: &str = "__streams.errors.message";
 pub const TOPIC: &str = "__streams.errors.topic";
 pub const PARTITION: &str = "__streams.errors.partition";
 pub const OFFSET: &str = "__streams.errors.offset";
+/// Set when the value was cut to fit the DLQ: the original length in bytes.
+pub const TRUNCATED: &str = "__surgeguard.dlq.original_length";
 
 /// The headers of the dead-letter record for `error` on the input at `topic`/`partition`/`offset`.
 pub fn headers(error: &DecodeError, topic: &str, partition: i32, offset: i64) -> Vec<(&'static str, String)> {

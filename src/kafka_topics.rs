@@ -49,7 +49,9 @@ pub async fn ensure(client: &ClientConfig, cfg: &Config) -> Result<Vec<String>, 
             if s.compacted { t.set("cleanup.policy", "compact") } else { t }
         })
         .collect();
-    let results = admin.create_topics(&new, &AdminOptions::new()).await?;
+    // Fail within half a minute when no broker answers, instead of waiting without a word.
+    let options = AdminOptions::new().request_timeout(Some(std::time::Duration::from_secs(30))).operation_timeout(Some(std::time::Duration::from_secs(30)));
+    let results = admin.create_topics(&new, &options).await?;
     let mut created = Vec::new();
     for r in results {
         match r {

@@ -27,7 +27,9 @@ impl OffsetTracker {
     /// this offset and commits the one after it.
     pub fn begin(&mut self, tp: &Partition, offset: i64, outputs: u32) -> Option<i64> {
         let p = self.pending.entry(tp.clone()).or_default();
-        p.insert(offset, outputs);
+        // A message consumed again (the partition came back after a rebalance) while its first
+        // outputs are still in flight needs both sets delivered: the counts add up.
+        *p.entry(offset).or_insert(0) += outputs;
         if outputs == 0 { Self::drain(p) } else { None }
     }
 
@@ -92,6 +94,18 @@ mod tests {
         assert_eq!(t.begin(&tp(0), 6, 1), None);
         assert_eq!(t.begin(&tp(0), 7, 0), None, "blocked behind 6");
         assert_eq!(t.ack(&tp(0), 6), Some(7));
+    }
+
+    #[test]
+    fn a_redelivered_message_waits_for_both_deliveries() {
+        let mut t = OffsetTracker::new();
+        assert_eq!(t.begin(&tp(0), 10, 3), None);
+        // Consumed again before its first outputs were acknowledged: one more output.
+        assert_eq!(t.begin(&tp(0), 10, 1), None);
+        for _ in 0..3 {
+            assert_eq!(t.ack(&tp(0), 10), None);
+        }
+        assert_eq!(t.ack(&tp(0), 10), Some(10));
     }
 
     #[test]

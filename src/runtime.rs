@@ -38,7 +38,7 @@ use crate::topology::Topology;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("kafka: {0}")]
+    #[error(transparent)]
     Kafka(#[from] KafkaError),
     #[error("encoding an output: {0}")]
     Encode(#[from] serde_json::Error),
@@ -90,6 +90,14 @@ fn output_topic<'a>(cfg: &'a Config, o: &Output) -> &'a str {
     }
 }
 
+/// The most of a bad input's value kept in its DLQ record (the producer refuses records over
+/// `message.max.bytes`, 1 MB by default).
+const DLQ_MAX_VALUE: usize = 512 * 1024;
+
+/// How long shutdown waits for the deliveries in flight before giving up on them (their offsets
+/// are then not committed, so they are processed again after the restart).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
 type Acks = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = Result<(Partition, i64), RunError>> + Send>>>;
 
 struct Shell<'a> {
@@ -101,11 +109,17 @@ struct Shell<'a> {
     stats: RunStats,
     /// Offsets ready to store, per partition, handed to librdkafka in batches (`flush_offsets`).
     ready: HashMap<Partition, i64>,
+    /// The highest offset stored per partition: a store never moves backwards.
+    stored: HashMap<Partition, i64>,
     last_flush: Instant,
 }
 
 impl Shell<'_> {
     fn store(&mut self, tp: &Partition, offset: i64) {
+        if self.stored.get(tp).is_some_and(|&s| s >= offset) {
+            return;
+        }
+        self.stored.insert(tp.clone(), offset);
         self.ready.insert(tp.clone(), offset);
         if self.last_flush.elapsed() >= Duration::from_millis(50) {
             self.flush_offsets();
@@ -186,6 +200,7 @@ pub async fn run_with(
 ) -> Result<RunStats, RunError> {
     let base = client_config(&cfg, brokers);
     if cfg.kafka.create_topics {
+        tracing::info!(brokers, "checking topics (and creating the missing ones)");
         let created = kafka_topics::ensure(&base, &cfg).await?;
         if !created.is_empty() {
             tracing::info!(topics = ?created, "created missing topics");
@@ -216,6 +231,7 @@ pub async fn run_with(
         acks: Acks::new(),
         stats: RunStats::default(),
         ready: HashMap::new(),
+        stored: HashMap::new(),
         last_flush: Instant::now(),
     };
     let mut outs = Vec::new();
@@ -273,7 +289,15 @@ pub async fn run_with(
                         for (k, v) in dlq::headers(&e, &tp.0, tp.1, offset) {
                             headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
                         }
-                        let mut record = FutureRecord::to(&shell.cfg.topics.dlq).payload(payload).headers(headers);
+                        // A value too large for the producer would stop the service on every
+                        // restart: keep its head, and say so.
+                        let kept = if payload.len() > DLQ_MAX_VALUE {
+                            headers = headers.insert(Header { key: dlq::TRUNCATED, value: Some(payload.len().to_string().as_bytes()) });
+                            &payload[..DLQ_MAX_VALUE]
+                        } else {
+                            payload
+                        };
+                        let mut record = FutureRecord::to(&shell.cfg.topics.dlq).payload(kept).headers(headers);
                         if let Some(k) = m.key() {
                             record = record.key(k);
                         }
@@ -285,8 +309,15 @@ pub async fn run_with(
     }
 
     tracing::info!(in_flight = shell.tracker.in_flight(), "shutting down: finishing deliveries");
-    while let Some(done) = shell.acks.next().await {
-        shell.on_ack(done)?;
+    let drain = async {
+        while let Some(done) = shell.acks.next().await {
+            shell.on_ack(done)?;
+        }
+        Ok::<(), RunError>(())
+    };
+    match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
+        Ok(r) => r?,
+        Err(_) => tracing::warn!(in_flight = shell.tracker.in_flight(), "deliveries still in flight after {DRAIN_TIMEOUT:?}: their inputs will be processed again"),
     }
     shell.flush_offsets();
     let stats = shell.stats;

@@ -237,7 +237,7 @@ async fn decides_every_request_dead_letters_malformed_input_and_commits_after_de
 #[ignore = "needs a Kafka broker: scripts/test starts one"]
 async fn every_request_is_decided_after_a_kill_9_mid_stream() {
     let p = Pipeline::new("crash");
-    let events = requests(20_000);
+    let events = requests(100_000);
     let ids: BTreeSet<String> = events.iter().map(|(_, v)| serde_json::from_slice::<serde_json::Value>(v).unwrap()["id"].as_str().unwrap().to_string()).collect();
     let first = p.start();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -250,6 +250,13 @@ async fn every_request_is_decided_after_a_kill_9_mid_stream() {
     });
     assert!(partial.len() >= 2000, "no progress before the kill: {}", partial.len());
     first.kill9();
+    // The kill must land mid-stream, or this test proves nothing.
+    let mut n = 0;
+    let at_kill = read_until(&p.topic("decisions"), Duration::from_secs(10), |_| {
+        n += 1;
+        n >= ids.len()
+    });
+    assert!(at_kill.len() < ids.len(), "the service had decided everything before the kill");
     let second = p.start();
     let mut seen = BTreeSet::new();
     let decisions = read_until(&p.topic("decisions"), Duration::from_secs(120), |m| {

@@ -46,7 +46,13 @@ pub enum RunError {
     Delivery(KafkaError),
     #[error("the producer dropped a delivery report")]
     Canceled,
+    #[error("the consumer has failed for {0:?} without a single message: {1}")]
+    ConsumerDown(Duration, KafkaError),
 }
+
+/// How long consumer errors may go on, without any message in between, before the service stops
+/// (librdkafka retries transient errors by itself; this catches the ones that never end).
+const CONSUMER_GIVE_UP: Duration = Duration::from_secs(300);
 
 /// What a run did, for its final log line and for tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -237,6 +243,7 @@ pub async fn run_with(
     let mut outs = Vec::new();
     let mut buf = Vec::with_capacity(1024);
     let mut report = tokio::time::interval(Duration::from_secs(30));
+    let mut failing_since: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -250,9 +257,17 @@ pub async fn run_with(
             }
             msg = consumer.recv() => {
                 let m = match msg {
-                    Ok(m) => m,
+                    Ok(m) => {
+                        failing_since = None;
+                        m
+                    }
                     Err(e) => {
-                        // librdkafka retries and reconnects by itself; say so and carry on.
+                        // librdkafka retries and reconnects by itself; say so and carry on,
+                        // unless nothing but errors has come for CONSUMER_GIVE_UP.
+                        let since = *failing_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= CONSUMER_GIVE_UP {
+                            return Err(RunError::ConsumerDown(since.elapsed(), e));
+                        }
                         tracing::warn!(error = %e, "consumer error");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;

@@ -35,6 +35,8 @@ pub enum BenchError {
     Run(#[from] RunError),
     #[error("encoding: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("the reader task failed: {0}")]
+    Task(String),
     #[error("only {got} of {want} outputs arrived within {secs} s")]
     Incomplete { got: usize, want: usize, secs: u64 },
 }
@@ -232,7 +234,7 @@ where
     let offered_per_s = produce(&producer, input, latency_events, true, Some(opts.rate)).await?;
     let (_, _, mut latencies) = match reading.await {
         Ok(r) => r?,
-        Err(e) => return Err(BenchError::Incomplete { got: 0, want: e.is_cancelled() as usize, secs: timeout.as_secs() }),
+        Err(e) => return Err(BenchError::Task(e.to_string())),
     };
     stop.send(()).ok();
     match handle.await {
@@ -259,7 +261,12 @@ pub async fn bench(cfg: &Config, brokers: &str, opts: &BenchOptions) -> Result<(
     pt_cfg.topics.requests = format!("{run_id}.pt.in");
     pt_cfg.topics.decisions = format!("{run_id}.pt.out");
     let admin_cfg = runtime::client_config(cfg, brokers);
-    create(&admin_cfg, &pt_cfg, &[&pt_cfg.topics.requests, &pt_cfg.topics.decisions]).await?;
+    let partitions = cfg.kafka.partitions.requests;
+    let pt_specs: Vec<kafka_topics::TopicSpec> = [&pt_cfg.topics.requests, &pt_cfg.topics.decisions]
+        .iter()
+        .map(|name| kafka_topics::TopicSpec { name: name.to_string(), partitions, compacted: false })
+        .collect();
+    kafka_topics::create(&admin_cfg, &pt_specs, cfg.kafka.replication_factor).await?;
     let (b, i, o, g) = (brokers.to_string(), pt_cfg.topics.requests.clone(), pt_cfg.topics.decisions.clone(), format!("{run_id}.pt"));
     let (i2, o2) = (i.clone(), o.clone());
     let passthrough_figures = measure(brokers, &i, &o, opts, &events, |stopped| async move {
@@ -284,8 +291,9 @@ pub async fn bench(cfg: &Config, brokers: &str, opts: &BenchOptions) -> Result<(
         *slot = format!("{run_id}.sg.{name}");
     }
     sg.kafka.group_id = format!("{run_id}.sg");
+    // Created here, before the clock starts, not by the service.
     sg.kafka.create_topics = false;
-    kafka_topics::ensure(&admin_cfg, &Config { kafka: crate::config::KafkaConfig { create_topics: true, ..sg.kafka.clone() }, ..sg.clone() }).await?;
+    kafka_topics::ensure(&admin_cfg, &sg).await?;
     let sg = Arc::new(sg);
     let (i, o) = (sg.topics.requests.clone(), sg.topics.decisions.clone());
     let b = brokers.to_string();
@@ -297,24 +305,6 @@ pub async fn bench(cfg: &Config, brokers: &str, opts: &BenchOptions) -> Result<(
     })
     .await?;
     Ok((passthrough_figures, sg_figures))
-}
-
-async fn create(admin_cfg: &ClientConfig, cfg: &Config, names: &[&str]) -> Result<(), BenchError> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = admin_cfg.create()?;
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .map(|n| NewTopic::new(n, cfg.kafka.partitions.requests, TopicReplication::Fixed(cfg.kafka.replication_factor)))
-        .collect();
-    for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
-        if let Err((name, code)) = r {
-            if code != RDKafkaErrorCode::TopicAlreadyExists {
-                tracing::error!(topic = %name, ?code, "cannot create topic");
-                return Err(KafkaError::AdminOp(code).into());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The figures side by side.

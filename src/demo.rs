@@ -63,7 +63,7 @@ pub struct RunReport {
     /// Whether the run ended on a good second (the last outage was over).
     pub recovered: bool,
     /// Consecutive bad seconds up to now.
-    pub streak: u64,
+    streak: u64,
     pub alerts: u64,
     pub breaker_trips: u64,
 }

@@ -40,24 +40,31 @@ pub fn specs(cfg: &Config) -> Vec<TopicSpec> {
 /// Creates the topics that do not exist yet; existing ones are left as they are. Returns the
 /// names created.
 pub async fn ensure(client: &ClientConfig, cfg: &Config) -> Result<Vec<String>, KafkaError> {
+    create(client, &specs(cfg), cfg.kafka.replication_factor).await
+}
+
+/// Creates the given topics where missing, with `replication` (-1: the broker's default).
+pub async fn create(client: &ClientConfig, specs: &[TopicSpec], replication: i32) -> Result<Vec<String>, KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client.create()?;
-    let specs = specs(cfg);
     let new: Vec<NewTopic> = specs
         .iter()
         .map(|s| {
-            let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(cfg.kafka.replication_factor));
+            let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication));
             if s.compacted { t.set("cleanup.policy", "compact") } else { t }
         })
         .collect();
     // Fail within half a minute when no broker answers, instead of waiting without a word.
-    let options = AdminOptions::new().request_timeout(Some(std::time::Duration::from_secs(30))).operation_timeout(Some(std::time::Duration::from_secs(30)));
-    let results = admin.create_topics(&new, &options).await?;
+    let timeout = Some(std::time::Duration::from_secs(30));
+    let options = AdminOptions::new().request_timeout(timeout).operation_timeout(timeout);
     let mut created = Vec::new();
-    for r in results {
+    for r in admin.create_topics(&new, &options).await? {
         match r {
             Ok(name) => created.push(name),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => return Err(KafkaError::AdminOp(code)).inspect_err(|_| tracing::error!(topic = %name, ?code, "cannot create topic")),
+            Err((name, code)) => {
+                tracing::error!(topic = %name, ?code, "cannot create topic");
+                return Err(KafkaError::AdminOp(code));
+            }
         }
     }
     Ok(created)

@@ -4,11 +4,13 @@
 
 use std::borrow::Cow;
 
+use compact_str::CompactString;
 use serde::Deserialize;
 
 use crate::events::{
     AdminAction, AdminEvent, ErrorClass, InputEvent, InputTopic, OutcomeEvent, RequestEvent, TelemetrySample,
 };
+use crate::flat_json::{self, Scalar};
 use crate::time::{Millis, TimeError};
 
 /// Why an input could not be decoded.
@@ -75,11 +77,11 @@ fn explain<'a, T: Deserialize<'a>>(text: &'a str, e: serde_json::Error) -> Decod
     DecodeError::Field { field: path, reason }
 }
 
-fn non_empty(field: &'static str, value: Cow<'_, str>) -> Result<String, DecodeError> {
+fn non_empty<'a, T: From<Cow<'a, str>>>(field: &'static str, value: Cow<'a, str>) -> Result<T, DecodeError> {
     if value.is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
-    Ok(value.into_owned())
+    Ok(T::from(value))
 }
 
 fn unit_interval(field: &'static str, v: f64) -> Result<f64, DecodeError> {
@@ -90,7 +92,22 @@ fn unit_interval(field: &'static str, v: f64) -> Result<f64, DecodeError> {
     }
 }
 
+/// Sets a field the fast path read, refusing a second occurrence (serde refuses duplicate fields).
+fn set_once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(value?);
+    Some(())
+}
+
+/// An optional field's value: `null` is `None`, as serde reads it.
+fn nullable<'a, T>(v: Scalar<'a>, read: impl FnOnce(Scalar<'a>) -> Option<T>) -> Option<Option<T>> {
+    if v == Scalar::Null { Some(None) } else { read(v).map(Some) }
+}
+
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct RawRequest<'a> {
     #[serde(borrow)]
     id: Cow<'a, str>,
@@ -110,8 +127,35 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestEvent, DecodeError> {
     decode_request_str(utf8(bytes)?)
 }
 
+impl<'a> RawRequest<'a> {
+    /// The fast path (see `flat_json`); `None` sends the text to serde_json.
+    fn flat(text: &'a str) -> Option<Self> {
+        let (mut id, mut ts, mut user_id, mut tier, mut request_type, mut cost) = (None, None, None, None, None, None);
+        flat_json::fields(text, |key, v| match key {
+            "id" => set_once(&mut id, v.str()),
+            "ts" => set_once(&mut ts, v.str()),
+            "user_id" => set_once(&mut user_id, v.str()),
+            "tier" => set_once(&mut tier, v.str()),
+            "request_type" => set_once(&mut request_type, v.str()),
+            "cost" => set_once(&mut cost, nullable(v, Scalar::f64)),
+            _ => Some(()),
+        })?;
+        Some(RawRequest {
+            id: Cow::Borrowed(id?),
+            ts: Cow::Borrowed(ts?),
+            user_id: Cow::Borrowed(user_id?),
+            tier: Cow::Borrowed(tier?),
+            request_type: Cow::Borrowed(request_type?),
+            cost: cost.flatten(),
+        })
+    }
+}
+
 fn decode_request_str(text: &str) -> Result<RequestEvent, DecodeError> {
-    let raw: RawRequest = json(text)?;
+    let raw = match RawRequest::flat(text) {
+        Some(raw) => raw,
+        None => json(text)?,
+    };
     let cost = match raw.cost {
         None => 1,
         Some(c) if c < 0.0 => return Err(invalid("cost", format!("must not be negative, got {c}"))),
@@ -131,6 +175,7 @@ fn decode_request_str(text: &str) -> Result<RequestEvent, DecodeError> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct RawOutcome<'a> {
     #[serde(borrow)]
     ts: Cow<'a, str>,
@@ -148,8 +193,36 @@ pub fn decode_outcome(bytes: &[u8]) -> Result<OutcomeEvent, DecodeError> {
     decode_outcome_str(utf8(bytes)?)
 }
 
+impl<'a> RawOutcome<'a> {
+    /// The fast path (see `flat_json`); `None` sends the text to serde_json.
+    fn flat(text: &'a str) -> Option<Self> {
+        let (mut ts, mut dependency, mut ok, mut error, mut latency_ms, mut request_id) =
+            (None, None, None, None, None, None);
+        flat_json::fields(text, |key, v| match key {
+            "ts" => set_once(&mut ts, v.str()),
+            "dependency" => set_once(&mut dependency, v.str()),
+            "ok" => set_once(&mut ok, v.bool()),
+            "error" => set_once(&mut error, nullable(v, |v| v.str().and_then(ErrorClass::from_name))),
+            "latency_ms" => set_once(&mut latency_ms, v.f64()),
+            "request_id" => set_once(&mut request_id, nullable(v, Scalar::str)),
+            _ => Some(()),
+        })?;
+        Some(RawOutcome {
+            ts: Cow::Borrowed(ts?),
+            dependency: Cow::Borrowed(dependency?),
+            ok: ok?,
+            error: error.flatten(),
+            latency_ms: latency_ms?,
+            request_id: request_id.flatten().map(Cow::Borrowed),
+        })
+    }
+}
+
 fn decode_outcome_str(text: &str) -> Result<OutcomeEvent, DecodeError> {
-    let raw: RawOutcome = json(text)?;
+    let raw = match RawOutcome::flat(text) {
+        Some(raw) => raw,
+        None => json(text)?,
+    };
     if raw.ok && raw.error.is_some() {
         return Err(invalid("error", "must be absent when `ok` is true"));
     }
@@ -162,7 +235,7 @@ fn decode_outcome_str(text: &str) -> Result<OutcomeEvent, DecodeError> {
         ok: raw.ok,
         error: if raw.ok { None } else { Some(raw.error.unwrap_or(ErrorClass::Other)) },
         latency_ms: raw.latency_ms,
-        request_id: raw.request_id.map(Cow::into_owned),
+        request_id: raw.request_id.map(CompactString::from),
     })
 }
 
@@ -300,9 +373,8 @@ pub fn decode_tagged_with(bytes: &[u8], resolve: impl Fn(&str) -> Option<InputTo
 /// decoder then parses the whole line, so a malformed rest is still refused.
 fn leading_topic(text: &str) -> Option<&str> {
     let rest = text.strip_prefix("{\"topic\":\"")?;
-    let end = rest.find('"')?;
-    let name = &rest[..end];
-    (!name.contains('\\') && rest[end + 1..].starts_with(',')).then_some(name)
+    let end = rest.bytes().position(|b| b == b'"' || b == b'\\')?;
+    (rest.as_bytes()[end..].starts_with(b"\",")).then(|| &rest[..end])
 }
 
 #[cfg(test)]
@@ -388,5 +460,128 @@ mod tests {
         assert!(matches!(decode_tagged(line.as_bytes()), Err(DecodeError::UnknownTopic(_))));
         assert!(decode_tagged(REQ.as_bytes()).unwrap_err().to_string().contains("topic"));
         assert!(matches!(decode_tagged(b"\xff\xfe"), Err(DecodeError::NotUtf8(0))));
+    }
+
+    /// A JSON value as text: mostly what producers write, sometimes what only serde_json reads.
+    fn value_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "[a-z0-9_-]{0,12}".prop_map(|s| format!("\"{s}\"")),
+            any::<String>().prop_map(|s| serde_json::to_string(&s).expect("a string serialises")),
+            "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,18})?([eE][+-]?[0-9]{1,3})?",
+            "[-+.0-9eE]{1,6}",
+            Just("true".to_string()),
+            Just("false".to_string()),
+            Just("null".to_string()),
+            Just("{\"x\":1}".to_string()),
+            Just("[1,2]".to_string()),
+            prop::sample::select(vec!["timeout", "rate_limit", "server_error", "other", "Timeout"])
+                .prop_map(|s| format!("\"{s}\"")),
+            Just("\"2026-11-29T09:00:00.123Z\"".to_string()),
+        ]
+    }
+
+    /// A value of the type a field wants, most of the time.
+    fn typed_value(kind: char) -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let typed = match kind {
+            's' => prop_oneof![
+                "[a-z0-9_-]{1,12}".prop_map(|s| format!("\"{s}\"")),
+                Just("\"2026-11-29T09:00:00.123Z\"".to_string()),
+                Just("\"timeout\"".to_string()),
+            ]
+            .boxed(),
+            'e' => prop::sample::select(vec!["timeout", "rate_limit", "server_error", "client_error", "other", "null"])
+                .prop_map(|s| if s == "null" { s.to_string() } else { format!("\"{s}\"") })
+                .boxed(),
+            'n' => "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,18})?([eE][+-]?[0-9]{1,3})?".boxed(),
+            _ => prop::sample::select(vec!["true".to_string(), "false".to_string()]).boxed(),
+        };
+        prop_oneof![4 => typed, 1 => value_text()]
+    }
+
+    /// A flat object with each of these fields (name, kind: s/n/b, e for an error class) in some order, some extra or
+    /// repeated fields, with or without spaces.
+    fn object_text(keys: &'static [(&'static str, char)]) -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let present: Vec<_> = keys.iter().map(|&(k, kind)| (Just(k), typed_value(kind))).collect();
+        let names: Vec<&'static str> = keys.iter().map(|&(k, _)| k).chain(["topic", "extra"]).collect();
+        let extra = prop::collection::vec((prop::sample::select(names), value_text()), 0..3);
+        let keep = prop::collection::vec(prop::bool::weighted(0.95), keys.len());
+        (present, extra, keep, any::<bool>())
+            .prop_flat_map(|(present, extra, keep, spaced)| {
+                let fields: Vec<(&str, String)> = present
+                    .into_iter()
+                    .zip(keep)
+                    .filter_map(|(f, k)| k.then_some(f))
+                    .chain(extra)
+                    .collect();
+                (Just(fields).prop_shuffle(), Just(spaced))
+            })
+            .prop_map(|(fields, spaced)| {
+                let sep = if spaced { " , " } else { "," };
+                let colon = if spaced { " : " } else { ":" };
+                let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\"{colon}{v}")).collect();
+                format!("{{{}}}", body.join(sep))
+            })
+    }
+
+    const REQUEST_FIELDS: &[(&str, char)] =
+        &[("id", 's'), ("ts", 's'), ("user_id", 's'), ("tier", 's'), ("request_type", 's'), ("cost", 'n')];
+    const OUTCOME_FIELDS: &[(&str, char)] = &[
+        ("ts", 's'),
+        ("dependency", 's'),
+        ("ok", 'b'),
+        ("error", 'e'),
+        ("latency_ms", 'n'),
+        ("request_id", 's'),
+    ];
+
+    /// The generators reach the fast path often, so the properties below test something.
+    #[test]
+    fn generated_objects_often_take_the_fast_path() {
+        use proptest::strategy::{Strategy, ValueTree};
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut requests, mut outcomes) = (0, 0);
+        for _ in 0..500 {
+            let r = object_text(REQUEST_FIELDS).new_tree(&mut runner).expect("generates").current();
+            requests += usize::from(RawRequest::flat(&r).is_some());
+            let o = object_text(OUTCOME_FIELDS).new_tree(&mut runner).expect("generates").current();
+            outcomes += usize::from(RawOutcome::flat(&o).is_some());
+        }
+        assert!(requests > 40 && outcomes > 40, "fast path taken for {requests} requests, {outcomes} outcomes of 500");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whenever the fast path answers, it reads exactly what serde_json reads.
+        #[test]
+        fn fast_path_reads_requests_as_serde_does(text in object_text(REQUEST_FIELDS)) {
+            if let Some(fast) = RawRequest::flat(&text) {
+                let slow: Result<RawRequest, _> = serde_json::from_str(&text);
+                proptest::prop_assert_eq!(Some(fast), slow.ok(), "{}", text);
+            }
+        }
+
+        #[test]
+        fn fast_path_reads_outcomes_as_serde_does(text in object_text(OUTCOME_FIELDS)) {
+            if let Some(fast) = RawOutcome::flat(&text) {
+                let slow: Result<RawOutcome, _> = serde_json::from_str(&text);
+                proptest::prop_assert_eq!(Some(fast), slow.ok(), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn plain_lines_take_the_fast_path() {
+        let line = REQ.replacen('{', r#"{"topic":"requests","#, 1);
+        assert!(RawRequest::flat(&line).is_some());
+        let outcome = r#"{"topic":"outcomes","ts":"2026-11-30T09:00:00.196Z","dependency":"ai_primary","ok":false,"error":"timeout","latency_ms":181.5,"request_id":"req-1"}"#;
+        assert!(RawOutcome::flat(outcome).is_some());
+        // Escapes go to serde_json, which unescapes them.
+        let escaped = REQ.replace(r#""u1""#, r#""u\u00311""#);
+        assert!(RawRequest::flat(&escaped).is_none());
+        assert_eq!(decode_request(escaped.as_bytes()).unwrap().user_id, "u11");
     }
 }

@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use compact_str::CompactString;
+
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -158,14 +160,14 @@ pub async fn protected(cfg: Config, opts: &DemoOptions, on_ready: impl FnOnce(&s
     let mut backend = Backend::new(opts.seed);
     let mut report = RunReport::default();
     let mut breakers: BTreeMap<String, (String, u32)> = BTreeMap::new();
-    let mut allowed: HashSet<String> = HashSet::new();
+    let mut allowed: HashSet<CompactString> = HashSet::new();
     let started = Instant::now();
     let mut buf = Vec::new();
     for second in 0..Demand::SECONDS {
         pace(started, second, opts.speed).await;
         let requests = demand.second(second);
         report.requests += requests.len() as u64;
-        let mut pending: HashSet<String> = requests.iter().map(|r| r.id.clone()).collect();
+        let mut pending: HashSet<CompactString> = requests.iter().map(|r| r.id.clone()).collect();
         let mut sends = Vec::with_capacity(requests.len());
         for r in &requests {
             buf.clear();
@@ -187,9 +189,9 @@ pub async fn protected(cfg: Config, opts: &DemoOptions, on_ready: impl FnOnce(&s
             let m = msg?;
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or(b"{}")) else { continue };
             if m.topic() == t.decisions {
-                let id = v["request_id"].as_str().unwrap_or_default().to_string();
-                if pending.remove(&id) && v["decision"] != "throttle" {
-                    allowed.insert(id);
+                let id = v["request_id"].as_str().unwrap_or_default();
+                if pending.remove(id) && v["decision"] != "throttle" {
+                    allowed.insert(id.into());
                 }
             } else if m.topic() == t.breakers {
                 let state = v["state"].as_str().unwrap_or_default().to_string();

@@ -4,17 +4,19 @@
 //! `TelemetrySample` always has utilisations in 0..=1. Producers write the JSON forms described in
 //! DESIGN.md; unknown fields are ignored so producers can add fields without breaking us.
 
+use compact_str::CompactString;
+
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
 /// One API request, keyed by `user_id` on `surgeguard.requests`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RequestEvent {
-    pub id: String,
+    pub id: CompactString,
     pub ts: Millis,
-    pub user_id: String,
-    pub tier: String,
-    pub request_type: String,
+    pub user_id: CompactString,
+    pub tier: CompactString,
+    pub request_type: CompactString,
     /// Weight of the request in quota units (default 1).
     pub cost: u32,
 }
@@ -38,20 +40,32 @@ impl ErrorClass {
         ErrorClass::ClientError,
         ErrorClass::Other,
     ];
+
+    /// The class with this wire name (`timeout`, `rate_limit`, …).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "timeout" => ErrorClass::Timeout,
+            "rate_limit" => ErrorClass::RateLimit,
+            "server_error" => ErrorClass::ServerError,
+            "client_error" => ErrorClass::ClientError,
+            "other" => ErrorClass::Other,
+            _ => return None,
+        })
+    }
 }
 
 /// The outcome of one call to a dependency, keyed by `dependency` on `surgeguard.outcomes`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OutcomeEvent {
     pub ts: Millis,
-    pub dependency: String,
+    pub dependency: CompactString,
     pub ok: bool,
     /// Set when `ok` is false (a failure without a class counts as `other`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorClass>,
     pub latency_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
+    pub request_id: Option<CompactString>,
 }
 
 /// A host's resource sample, keyed by `source` on `surgeguard.telemetry`.

@@ -12,7 +12,7 @@
 //! - [`monitor`]: per-minute metrics and alert rules; [`strategy`]: the throttling table;
 //! - [`topology`]: wires the above together; every runtime drives it.
 //!
-//! The wire: [`events`] (inputs), [`decode`] (bytes → inputs), [`outputs`] (output records),
+//! The wire: [`events`] (inputs), [`decode`] (bytes → inputs, with a fast path in `flat_json`), [`outputs`] (output records), [`encode`] (outputs → bytes),
 //! [`time`] (event time). Config: [`config`] (structs and defaults), [`config_load`] (parse and
 //! validate). Test and benchmark inputs: [`scenario`]. The shell: [`replay`] (JSON lines through the topology),
 //! [`runtime`] (`surgeguard run`: Kafka in and out, with [`offsets`] for commit-after-delivery,
@@ -32,8 +32,10 @@ pub mod config_load;
 pub mod decode;
 pub mod demo;
 pub mod dlq;
+pub mod encode;
 pub mod events;
 pub mod fallback;
+mod flat_json;
 pub mod health;
 pub mod kafka_topics;
 pub mod limiter;

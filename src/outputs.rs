@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use compact_str::CompactString;
+
 use serde::{Deserialize, Serialize};
 
 use crate::time::Millis;
@@ -63,9 +65,9 @@ impl Strategy {
 /// `RateLimit-Reset` and `RateLimit-Policy`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Decision {
-    pub request_id: String,
+    pub request_id: CompactString,
     pub ts: Millis,
-    pub user_id: String,
+    pub user_id: CompactString,
     pub tier: Arc<str>,
     pub request_type: Arc<str>,
     pub decision: DecisionKind,
@@ -78,10 +80,10 @@ pub struct Decision {
     pub severity: LoadSeverity,
     /// The tier the request named when it was not configured (the default tier was applied).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub unknown_tier: Option<String>,
+    pub unknown_tier: Option<CompactString>,
     /// The request type the request named when it was not configured (the default was applied).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub unknown_request_type: Option<String>,
+    pub unknown_request_type: Option<CompactString>,
 }
 
 /// The factors applied to a baseline limit.
@@ -245,7 +247,7 @@ impl Output {
     /// Appends the JSON value to `buf`.
     pub fn write_json(&self, buf: &mut Vec<u8>) -> serde_json::Result<()> {
         match self {
-            Output::Decision(v) => serde_json::to_writer(&mut *buf, v),
+            Output::Decision(v) => crate::encode::write_decision(buf, v),
             Output::Limit(v) => serde_json::to_writer(&mut *buf, v),
             Output::Breaker(v) => serde_json::to_writer(&mut *buf, v),
             Output::Prediction(v) => serde_json::to_writer(&mut *buf, v),

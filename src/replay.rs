@@ -58,18 +58,13 @@ pub fn replay<R: BufRead, W: Write>(
     };
     let mut topology = Topology::new(cfg.clone());
     let mut summary = ReplaySummary::default();
-    let mut line = Vec::with_capacity(512);
     let mut outs = Vec::new();
     let mut buf = Vec::with_capacity(64 * 1024);
-    loop {
-        line.clear();
-        if input.read_until(b'\n', &mut line).map_err(ReplayError::Read)? == 0 {
-            break;
-        }
+    for_each_line(&mut input, |line| {
         summary.lines += 1;
         let text = line.trim_ascii();
         if text.is_empty() {
-            continue;
+            return Ok(());
         }
         match decode_tagged_with(text, resolve) {
             Ok(event) => {
@@ -79,7 +74,7 @@ pub fn replay<R: BufRead, W: Write>(
             Err(e) => {
                 summary.skipped += 1;
                 on_skip(summary.lines, &e);
-                continue;
+                return Ok(());
             }
         }
         for o in outs.drain(..) {
@@ -90,7 +85,8 @@ pub fn replay<R: BufRead, W: Write>(
             output.write_all(&buf).map_err(ReplayError::Write)?;
             buf.clear();
         }
-    }
+        Ok(())
+    })?;
     topology.finish(&mut outs);
     for o in outs.drain(..) {
         *summary.outputs.entry(o.topic()).or_insert(0) += 1;
@@ -101,4 +97,68 @@ pub fn replay<R: BufRead, W: Write>(
     summary.counters = topology.counters();
     summary.tracked_users = topology.tracked_users();
     Ok(summary)
+}
+
+/// Calls `f` with each line of `input`, without its `\n`. A line that lies within the reader's
+/// buffer is borrowed from it; only a line split across two fills is copied.
+fn for_each_line<R: BufRead>(
+    input: &mut R,
+    mut f: impl FnMut(&[u8]) -> Result<(), ReplayError>,
+) -> Result<(), ReplayError> {
+    let mut partial = Vec::new();
+    loop {
+        let avail = input.fill_buf().map_err(ReplayError::Read)?;
+        if avail.is_empty() {
+            return if partial.is_empty() { Ok(()) } else { f(&partial) };
+        }
+        let filled = avail.len();
+        let mut rest = avail;
+        if !partial.is_empty() {
+            let Some(end) = memchr::memchr(b'\n', rest) else {
+                partial.extend_from_slice(rest);
+                input.consume(filled);
+                continue;
+            };
+            partial.extend_from_slice(&rest[..end]);
+            f(&partial)?;
+            partial.clear();
+            rest = &rest[end + 1..];
+        }
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', rest) {
+            f(&rest[start..end])?;
+            start = end + 1;
+        }
+        partial.extend_from_slice(&rest[start..]);
+        input.consume(filled);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(text: &[u8], capacity: usize) -> Vec<Vec<u8>> {
+        let mut input = io::BufReader::with_capacity(capacity, text);
+        let mut got = Vec::new();
+        for_each_line(&mut input, |l| {
+            got.push(l.to_vec());
+            Ok(())
+        })
+        .expect("in-memory input");
+        got
+    }
+
+    #[test]
+    fn lines_split_across_buffer_fills_come_out_whole() {
+        let text = b"first line\n\nsecond, longer than the buffer\nx\nlast without newline";
+        let want: Vec<Vec<u8>> = text.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+        for capacity in [1, 2, 3, 7, 16, 1 << 16] {
+            assert_eq!(lines_of(text, capacity), want, "capacity {capacity}");
+        }
+        let mut ended = text.to_vec();
+        ended.push(b'\n');
+        assert_eq!(lines_of(&ended, 5), want, "a final newline adds no empty line");
+        assert!(lines_of(b"", 4).is_empty());
+    }
 }

@@ -10,6 +10,8 @@
 //! The upstream AI API answers `rate_limit` beyond 1000 requests per minute and slows down with
 //! load; three hosts report CPU, memory and a 200-connection database pool every 5 seconds.
 
+use compact_str::CompactString;
+
 use crate::events::{ErrorClass, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
 use crate::time::Millis;
 
@@ -71,7 +73,7 @@ fn concurrent_users(minute: f64) -> f64 {
 /// requests they make. `monday_surge` and the embedded demo both draw requests from it.
 pub struct Demand {
     rng: SplitMix64,
-    users: Vec<(String, &'static str, f64)>,
+    users: Vec<(CompactString, &'static str, f64)>,
     scale: u32,
     start: Millis,
     request_no: u64,
@@ -91,7 +93,7 @@ impl Demand {
                     _ => "enterprise",
                 };
                 let rpm = if rng.below(10) == 0 { 90.0 } else { 6.0 };
-                (format!("user-{i:05}"), tier, rpm)
+                (compact_str::format_compact!("user-{i:05}"), tier, rpm)
             })
             .collect();
         Demand { rng, users, scale, start, request_no: 0 }
@@ -121,7 +123,7 @@ impl Demand {
                     _ => "standard",
                 };
                 out.push(RequestEvent {
-                    id: format!("req-{:08}", self.request_no),
+                    id: compact_str::format_compact!("req-{:08}", self.request_no),
                     ts,
                     user_id: user.clone(),
                     tier: (*tier).into(),

@@ -14,6 +14,8 @@
 
 use std::collections::VecDeque;
 
+use compact_str::CompactString;
+
 use crate::events::{ErrorClass, OutcomeEvent, TelemetrySample};
 use crate::scenario::SplitMix64;
 use crate::time::Millis;
@@ -27,7 +29,7 @@ const TIMEOUT_S: f64 = 10.0;
 /// One request the gateway let through.
 #[derive(Debug, Clone)]
 pub struct Admitted {
-    pub id: String,
+    pub id: CompactString,
 }
 
 /// What happened in one simulated second.
@@ -153,7 +155,7 @@ impl Backend {
 }
 
 fn outcome(ts: Millis, ok: bool, error: Option<ErrorClass>, latency_ms: f64, request_id: &str) -> OutcomeEvent {
-    OutcomeEvent { ts, dependency: "ai_primary".into(), ok, error, latency_ms: latency_ms.round(), request_id: Some(request_id.to_string()) }
+    OutcomeEvent { ts, dependency: "ai_primary".into(), ok, error, latency_ms: latency_ms.round(), request_id: Some(request_id.into()) }
 }
 
 #[cfg(test)]
@@ -161,7 +163,7 @@ mod tests {
     use super::*;
 
     fn admitted(n: usize) -> Vec<Admitted> {
-        (0..n).map(|i| Admitted { id: format!("r{i}") }).collect()
+        (0..n).map(|i| Admitted { id: compact_str::format_compact!("r{i}") }).collect()
     }
 
     #[test]

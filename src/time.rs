@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Datelike, NaiveDateTime, Timelike};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike};
 use serde::{Serialize, Serializer};
 
 /// Earliest accepted event time: 1970-01-01T00:00:00Z.
@@ -37,9 +37,12 @@ impl Millis {
 
     /// Parses a strict RFC 3339 timestamp with any offset and converts it to UTC.
     pub fn parse_rfc3339(text: &str) -> Result<Self, TimeError> {
-        let parsed = DateTime::parse_from_rfc3339(text)
-            .map_err(|_| TimeError::NotRfc3339(truncate(text)))?;
-        let ms = parsed.timestamp_millis();
+        let ms = match plain_utc_ms(text) {
+            Some(ms) => ms,
+            None => DateTime::parse_from_rfc3339(text)
+                .map_err(|_| TimeError::NotRfc3339(truncate(text)))?
+                .timestamp_millis(),
+        };
         if !(MIN_MS..MAX_MS).contains(&ms) {
             return Err(TimeError::OutOfRange(truncate(text)));
         }
@@ -81,6 +84,29 @@ impl Millis {
             }
         }
     }
+}
+
+/// The form surgeguard writes and most producers do, `YYYY-MM-DDTHH:MM:SS[.mmm]Z`, read without
+/// the general parser. `None` for any other form, which the general parser then reads (it also
+/// takes other offsets, other fraction lengths, a space or lowercase `t`, leap seconds).
+fn plain_utc_ms(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let num = |from: usize, to: usize| {
+        b.get(from..to)?.iter().try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+    };
+    let ms = match b.len() {
+        20 => 0,
+        24 if b[19] == b'.' => num(20, 23)?,
+        _ => return None,
+    };
+    let punctuation = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (b.len() - 1, b'Z')];
+    if punctuation.iter().any(|&(at, c)| b[at] != c) {
+        return None;
+    }
+    let year = i32::try_from(num(0, 4)?).ok()?;
+    let date = NaiveDate::from_ymd_opt(year, num(5, 7)?, num(8, 10)?)?;
+    let at = date.and_hms_milli_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?, ms)?;
+    Some(at.and_utc().timestamp_millis())
 }
 
 fn truncate(text: &str) -> String {
@@ -133,6 +159,45 @@ mod tests {
         for ms in [0, 1, 999, 1_764_000_000_123, MAX_MS - 1] {
             let s = Millis(ms).to_string();
             assert_eq!(Millis::parse_rfc3339(&s).unwrap(), Millis(ms), "{s}");
+        }
+    }
+
+    #[test]
+    fn plain_form_reads_as_the_general_parser_does() {
+        let general = |t: &str| DateTime::parse_from_rfc3339(t).ok().map(|d| d.timestamp_millis());
+        let mut ms = 0i64;
+        while ms < MAX_MS {
+            let text = Millis(ms).to_string();
+            assert_eq!(plain_utc_ms(&text), general(&text), "{text}");
+            let whole = &text.replace(&text[19..23], "");
+            assert_eq!(plain_utc_ms(whole), general(whole), "{whole}");
+            ms += 7_777_777_777;
+        }
+        for text in [
+            "2024-02-29T23:59:59.999Z",
+            "2026-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-31T00:00:00Z",
+            "2026-11-29T24:00:00Z",
+            "2026-11-29T23:60:00Z",
+            "2026-11-29T23:59:60Z",
+            "2026-11-29T23:59:60.500Z",
+            "2026-11-29T13:47:00.12Z",
+            "2026-11-29t13:47:00Z",
+            "2026-11-29T13:47:00z",
+            "2026-11-29T13:47:0aZ",
+            "2026-11-29T13:47:00+00:00",
+            "+026-11-29T13:47:00Z",
+            "2026-11-29T13:47:00.-12Z",
+        ] {
+            if let Some(ms) = plain_utc_ms(text) {
+                assert_eq!(Some(ms), general(text), "{text}");
+            }
+            assert_eq!(
+                Millis::parse_rfc3339(text).ok().map(|m| m.0),
+                general(text).filter(|ms| (MIN_MS..MAX_MS).contains(ms)),
+                "{text}"
+            );
         }
     }
 

@@ -270,7 +270,7 @@ impl Hand {
     fn req(&mut self, ts: Millis, user: &str, tier: &str, request_type: &str, cost: u32) {
         self.n += 1;
         self.events.push(InputEvent::Request(RequestEvent {
-            id: format!("probe-{:06}", self.n),
+            id: format!("probe-{:06}", self.n).into(),
             ts,
             user_id: user.into(),
             tier: tier.into(),

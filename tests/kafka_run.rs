@@ -117,7 +117,7 @@ fn requests(n: usize) -> Vec<(String, Vec<u8>)> {
             _ => None,
         })
         .take(n)
-        .map(|r| (r.user_id.clone(), serde_json::to_vec(&r).expect("encodable")))
+        .map(|r| (r.user_id.to_string(), serde_json::to_vec(&r).expect("encodable")))
         .collect()
 }
 

@@ -44,7 +44,7 @@ async fn nothing_is_lost_when_a_broker_goes_down_and_requests_fail() {
         })
         .take(6000)
         .collect();
-    let ids: BTreeSet<String> = requests.iter().map(|r| r.id.clone()).collect();
+    let ids: BTreeSet<String> = requests.iter().map(|r| r.id.to_string()).collect();
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create().expect("producer");
     // Everything is enqueued without waiting: while broker 2 is down, the partitions it leads
     // take nothing, for our producer and for surgeguard's alike, until it is back.
@@ -62,7 +62,7 @@ async fn nothing_is_lost_when_a_broker_goes_down_and_requests_fail() {
             cluster.broker_up(2).expect("broker up");
         }
         let value = serde_json::to_vec(r).expect("encodable");
-        let record = FutureRecord::to(&cfg.topics.requests).key(&r.user_id).payload(&value);
+        let record = FutureRecord::to(&cfg.topics.requests).key(r.user_id.as_str()).payload(&value);
         pending.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueued"));
     }
     for p in pending {

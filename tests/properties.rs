@@ -305,9 +305,9 @@ fn request_event() -> impl Strategy<Value = InputEvent> {
     (0..4usize, select(TIERS.to_vec()), select(REQUEST_TYPES.to_vec()), prop_oneof![4 => Just(1u32), 1 => 1u32..=5])
         .prop_map(|(u, tier, rt, cost)| {
             InputEvent::Request(RequestEvent {
-                id: String::new(),
+                id: Default::default(),
                 ts: Millis(0),
-                user_id: format!("u{u}"),
+                user_id: format!("u{u}").into(),
                 tier: tier.into(),
                 request_type: rt.into(),
                 cost,
@@ -324,7 +324,7 @@ fn outcome_event() -> impl Strategy<Value = InputEvent> {
                 ok,
                 error: if ok { None } else { Some(class) },
                 latency_ms,
-                request_id: req.map(|r| format!("r{r}")),
+                request_id: req.map(|r| format!("r{r}").into()),
             })
         })
 }
@@ -385,7 +385,7 @@ fn event_stream() -> impl Strategy<Value = Vec<InputEvent>> {
             t += gap;
             set_ts(&mut e, Millis((t + jitter).clamp(MIN_MS, MAX_MS - 1)));
             if let InputEvent::Request(r) = &mut e {
-                r.id = format!("r{i}");
+                r.id = format!("r{i}").into();
             }
             events.push(e);
         }
@@ -408,7 +408,7 @@ proptest! {
 
         let want: Vec<String> = events
             .iter()
-            .filter_map(|e| match e { InputEvent::Request(r) => Some(r.id.clone()), _ => None })
+            .filter_map(|e| match e { InputEvent::Request(r) => Some(r.id.to_string()), _ => None })
             .collect();
         let mut got = Vec::new();
         for line in std::str::from_utf8(&a).expect("UTF-8 output").lines() {
@@ -438,11 +438,11 @@ fn any_text() -> impl Strategy<Value = String> {
 fn any_request() -> impl Strategy<Value = RequestEvent> {
     (any_text(), MIN_MS..MAX_MS, any_text(), any_text(), any_text(), prop_oneof![Just(1u32), 1u32..=u32::MAX])
         .prop_map(|(id, ts, user_id, tier, request_type, cost)| RequestEvent {
-            id,
+            id: id.into(),
             ts: Millis(ts),
-            user_id,
-            tier,
-            request_type,
+            user_id: user_id.into(),
+            tier: tier.into(),
+            request_type: request_type.into(),
             cost,
         })
 }

@@ -49,7 +49,11 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> DecodeError {
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
-    std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))
+    // SIMD validation (AVX2 or SSE4.2, detected at run time); std's on failure, for the position.
+    match simdutf8::basic::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        Err(_) => std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.valid_up_to())),
+    }
 }
 
 /// Parses already-validated text (serde_json's `StrRead` does not validate strings again).

@@ -91,16 +91,31 @@ fn string(text: &str, i: usize) -> Option<(&str, usize)> {
         return None;
     }
     let start = i + 1;
-    // Strings here are short (ids, names), where a plain loop beats a SIMD search's set-up.
-    let mut end = start;
-    loop {
-        match *b.get(end)? {
-            b'"' => break,
-            c if c < 0x20 || c == b'\\' => return None,
-            _ => end += 1,
-        }
+    let end = start + special_byte(b.get(start..)?)?;
+    if b[end] != b'"' {
+        return None;
     }
     Some((text.get(start..end)?, end + 1))
+}
+
+/// The index of the first `"`, `\\` or control character in `b`, eight bytes at a time.
+fn special_byte(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte that is zero (exact up to the first one, which is all we use).
+    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let mut at = 0;
+    while let Some(chunk) = b.get(at..at + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().ok()?);
+        let found = zero_bytes(w ^ (ONES * u64::from(b'"')))
+            | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS);
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    b[at..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).map(|i| at + i)
 }
 
 fn scalar(text: &str, i: usize) -> Option<(Scalar<'_>, usize)> {
@@ -209,6 +224,24 @@ mod tests {
             r#"{"a":1 "b":2}"#,
         ] {
             assert_eq!(collect(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn special_bytes_are_found_at_any_offset() {
+        for len in 0..40 {
+            for special in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                for at in 0..len {
+                    // Neighbours just above and below the special bytes must not be mistaken for them.
+                    let mut b: Vec<u8> = (0..len).map(|i| [b'!', b'#', b'[', b']', 0x20, 0x7f, 0xc3, 0xa9][i % 8]).collect();
+                    assert_eq!(special_byte(&b), None, "{b:?}");
+                    b[at] = special;
+                    if at + 1 < len {
+                        b[at + 1] = b'"';
+                    }
+                    assert_eq!(special_byte(&b), Some(at), "{b:?}");
+                }
+            }
         }
     }
 

@@ -39,6 +39,8 @@ pub struct HealthView {
     aggregate: Aggregate,
     sources: BTreeMap<String, TelemetrySample>,
     current: Health,
+    /// No source goes stale before this time (a lower bound, so `expire` can skip the scan).
+    next_expiry_ms: i64,
 }
 
 impl HealthView {
@@ -48,6 +50,7 @@ impl HealthView {
             aggregate: cfg.cpu_memory_aggregate,
             sources: BTreeMap::new(),
             current: Health::default(),
+            next_expiry_ms: i64::MAX,
         }
     }
 
@@ -58,6 +61,7 @@ impl HealthView {
     /// Takes a sample (older samples than a source's latest are ignored); returns whether the
     /// view changed.
     pub fn on_sample(&mut self, sample: TelemetrySample) -> bool {
+        self.next_expiry_ms = self.next_expiry_ms.min(sample.ts.0.saturating_add(self.stale_after_ms));
         match self.sources.get_mut(&sample.source) {
             Some(prev) if prev.ts > sample.ts => return false,
             Some(prev) => *prev = sample,
@@ -70,9 +74,14 @@ impl HealthView {
 
     /// Drops sources gone stale by `now`; returns whether the view changed.
     pub fn expire(&mut self, now: Millis) -> bool {
+        if now.0 <= self.next_expiry_ms {
+            return false;
+        }
         let before = self.sources.len();
         let horizon = now.0 - self.stale_after_ms;
         self.sources.retain(|_, s| s.ts.0 >= horizon);
+        self.next_expiry_ms =
+            self.sources.values().map(|s| s.ts.0.saturating_add(self.stale_after_ms)).min().unwrap_or(i64::MAX);
         before != self.sources.len() && self.recompute()
     }
 

@@ -222,15 +222,23 @@ pub enum Output {
 }
 
 impl Output {
+    /// The short topic names (the part after `surgeguard.`), indexed by [`Output::kind`].
+    pub const TOPICS: [&'static str; 5] = ["decisions", "limits", "breakers", "predictions", "alerts"];
+
+    /// The output's index in [`Output::TOPICS`].
+    pub fn kind(&self) -> usize {
+        match self {
+            Output::Decision(_) => 0,
+            Output::Limit(_) => 1,
+            Output::Breaker(_) => 2,
+            Output::Prediction(_) => 3,
+            Output::Alert(_) => 4,
+        }
+    }
+
     /// The short topic name (the part after `surgeguard.`).
     pub fn topic(&self) -> &'static str {
-        match self {
-            Output::Decision(_) => "decisions",
-            Output::Limit(_) => "limits",
-            Output::Breaker(_) => "breakers",
-            Output::Prediction(_) => "predictions",
-            Output::Alert(_) => "alerts",
-        }
+        Self::TOPICS[self.kind()]
     }
 
     /// The Kafka message key DESIGN.md assigns to this output.

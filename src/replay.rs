@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::decode::{DecodeError, decode_tagged_with};
 use crate::events::InputTopic;
+use crate::outputs::Output;
 use crate::topology::{Counters, Topology};
 
 /// What a replay did.
@@ -60,6 +61,7 @@ pub fn replay<R: BufRead, W: Write>(
     let mut summary = ReplaySummary::default();
     let mut outs = Vec::new();
     let mut buf = Vec::with_capacity(64 * 1024);
+    let mut counts = [0u64; Output::TOPICS.len()];
     for_each_line(&mut input, |line| {
         summary.lines += 1;
         let text = line.trim_ascii();
@@ -78,7 +80,7 @@ pub fn replay<R: BufRead, W: Write>(
             }
         }
         for o in outs.drain(..) {
-            *summary.outputs.entry(o.topic()).or_insert(0) += 1;
+            counts[o.kind()] += 1;
             o.write_tagged_line(&mut buf)?;
         }
         if buf.len() >= 60 * 1024 {
@@ -89,10 +91,11 @@ pub fn replay<R: BufRead, W: Write>(
     })?;
     topology.finish(&mut outs);
     for o in outs.drain(..) {
-        *summary.outputs.entry(o.topic()).or_insert(0) += 1;
+        counts[o.kind()] += 1;
         o.write_tagged_line(&mut buf)?;
     }
     output.write_all(&buf).map_err(ReplayError::Write)?;
+    summary.outputs = Output::TOPICS.into_iter().zip(counts).filter(|&(_, n)| n > 0).collect();
     output.flush().map_err(ReplayError::Write)?;
     summary.counters = topology.counters();
     summary.tracked_users = topology.tracked_users();

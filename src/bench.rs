@@ -264,7 +264,7 @@ pub async fn bench(cfg: &Config, brokers: &str, opts: &BenchOptions) -> Result<(
     let partitions = cfg.kafka.partitions.requests;
     let pt_specs: Vec<kafka_topics::TopicSpec> = [&pt_cfg.topics.requests, &pt_cfg.topics.decisions]
         .iter()
-        .map(|name| kafka_topics::TopicSpec { name: name.to_string(), partitions, compacted: false })
+        .map(|name| kafka_topics::TopicSpec::new(name, partitions))
         .collect();
     kafka_topics::create(&admin_cfg, &pt_specs, cfg.kafka.replication_factor).await?;
     let (b, i, o, g) = (brokers.to_string(), pt_cfg.topics.requests.clone(), pt_cfg.topics.decisions.clone(), format!("{run_id}.pt"));
@@ -287,6 +287,7 @@ pub async fn bench(cfg: &Config, brokers: &str, opts: &BenchOptions) -> Result<(
         ("predictions", &mut sg.topics.predictions),
         ("alerts", &mut sg.topics.alerts),
         ("dlq", &mut sg.topics.dlq),
+        ("limiter-changelog", &mut sg.topics.changelog),
     ] {
         *slot = format!("{run_id}.sg.{name}");
     }

@@ -455,6 +455,8 @@ pub struct TopicsConfig {
     pub predictions: String,
     pub alerts: String,
     pub dlq: String,
+    /// Per-user limiter state (compacted), one partition per requests partition.
+    pub changelog: String,
 }
 
 impl Default for TopicsConfig {
@@ -471,6 +473,7 @@ impl Default for TopicsConfig {
             predictions: t("predictions"),
             alerts: t("alerts"),
             dlq: t("dlq"),
+            changelog: t("limiter-changelog"),
         }
     }
 }

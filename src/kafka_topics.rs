@@ -14,26 +14,48 @@ use crate::config::Config;
 pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
-    /// Compacted topics keep the latest value per key (limits, breakers).
-    pub compacted: bool,
+    /// Topic configs set at creation: compacted topics keep the latest value per key (limits,
+    /// breakers, the limiter changelog).
+    pub configs: Vec<(&'static str, String)>,
+}
+
+impl TopicSpec {
+    pub fn new(name: &str, partitions: i32) -> Self {
+        TopicSpec { name: name.to_string(), partitions, configs: Vec::new() }
+    }
+
+    fn with(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.configs.push((key, value.into()));
+        self
+    }
+}
+
+/// How long the changelog keeps a state no one updates: twice the limiter's idle eviction, and
+/// at least a day (record times are wall-clock, event times may lag them).
+pub fn changelog_retention_ms(cfg: &Config) -> i64 {
+    (2 * i64::from(cfg.limiter.evict_idle_after_s) * 1000).max(86_400_000)
 }
 
 /// Every topic of the pipeline, inputs first.
 pub fn specs(cfg: &Config) -> Vec<TopicSpec> {
     let t = &cfg.topics;
     let p = &cfg.kafka.partitions;
-    let spec = |name: &str, partitions: i32, compacted: bool| TopicSpec { name: name.to_string(), partitions, compacted };
+    let compacted = |name: &str, partitions: i32| TopicSpec::new(name, partitions).with("cleanup.policy", "compact");
     vec![
-        spec(&t.requests, p.requests, false),
-        spec(&t.outcomes, p.outcomes, false),
-        spec(&t.telemetry, p.telemetry, false),
-        spec(&t.admin, p.admin, false),
-        spec(&t.decisions, p.decisions, false),
-        spec(&t.limits, p.limits, true),
-        spec(&t.breakers, p.breakers, true),
-        spec(&t.predictions, p.predictions, false),
-        spec(&t.alerts, p.alerts, false),
-        spec(&t.dlq, p.dlq, false),
+        TopicSpec::new(&t.requests, p.requests),
+        TopicSpec::new(&t.outcomes, p.outcomes),
+        TopicSpec::new(&t.telemetry, p.telemetry),
+        TopicSpec::new(&t.admin, p.admin),
+        TopicSpec::new(&t.decisions, p.decisions),
+        compacted(&t.limits, p.limits),
+        compacted(&t.breakers, p.breakers),
+        TopicSpec::new(&t.predictions, p.predictions),
+        TopicSpec::new(&t.alerts, p.alerts),
+        TopicSpec::new(&t.dlq, p.dlq),
+        // Deleted by age as well, so users idle past eviction leave it.
+        TopicSpec::new(&t.changelog, p.requests)
+            .with("cleanup.policy", "compact,delete")
+            .with("retention.ms", changelog_retention_ms(cfg).to_string()),
     ]
 }
 
@@ -49,8 +71,9 @@ pub async fn create(client: &ClientConfig, specs: &[TopicSpec], replication: i32
     let new: Vec<NewTopic> = specs
         .iter()
         .map(|s| {
-            let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication));
-            if s.compacted { t.set("cleanup.policy", "compact") } else { t }
+            s.configs
+                .iter()
+                .fold(NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication)), |t, (k, v)| t.set(k, v))
         })
         .collect();
     // Fail within half a minute when no broker answers, instead of waiting without a word.

@@ -20,6 +20,8 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use serde::{Deserialize, Serialize};
+
 use crate::outputs::DecisionKind;
 use crate::time::Millis;
 
@@ -64,6 +66,26 @@ struct UserState {
     grace_half: u32,
     /// Length of the half grace windows the numbers above count in, in ms (tiers differ).
     grace_half_ms: u32,
+}
+
+/// One key's state as the changelog topic carries it. Bucket and half-window numbers are absolute
+/// (event time divided by their length, wrapped to 32 bits), so the state means the same in any
+/// process with the same window config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedState {
+    pub bucket_ms: i64,
+    pub head: u32,
+    pub counts: [u32; SLOTS],
+    /// Grace units of the current half grace window and of the two before it.
+    pub grace: [u32; 3],
+    pub grace_half: u32,
+    pub grace_half_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImportError {
+    #[error("state counted in {saved} ms buckets, but the window now has {current} ms buckets")]
+    Window { saved: i64, current: i64 },
 }
 
 /// Hashes a key that is already a keyed 64-bit hash: pass it through.
@@ -127,84 +149,73 @@ impl Limiter {
     /// it is let through.
     pub fn check(&mut self, user_id: &str, request_type: u16, now: Millis, cost: u32, quota: Quota) -> Verdict {
         let key = self.key(user_id, request_type);
-        let bucket_ms = self.bucket_ms;
-        let idx = now.0.div_euclid(bucket_ms) as u32;
+        let (idx, half, half_ms) = self.numbers(now, quota);
+        let st = self.users.entry(key).or_insert_with(|| UserState {
+            head: idx,
+            grace_half: half,
+            grace_half_ms: half_ms as u32,
+            ..UserState::default()
+        });
+        decide(st, self.bucket_ms, idx, half, half_ms, now, cost, quota)
+    }
+
+    /// The bucket number, the half grace window's number and its length at `now`.
+    fn numbers(&self, now: Millis, quota: Quota) -> (u32, u32, i64) {
+        let idx = now.0.div_euclid(self.bucket_ms) as u32;
         // Half grace windows, rounded up so that two of them always span the grace window.
         let half_ms = ((quota.grace_window_ms + 1) / 2).clamp(1, i64::from(u32::MAX));
-        let half = now.0.div_euclid(half_ms) as u32;
         // Both numbers start at the key's first event: they wrap, so only differences are
         // meaningful (a grace half starting at 0 was "in the future" for half numbers ≥ 2^31,
         // i.e. with grace windows under ~1.7 s, and grace then never came back).
-        let st = self
-            .users
-            .entry(key)
-            .or_insert_with(|| UserState { head: idx, grace_half: half, grace_half_ms: half_ms as u32, ..UserState::default() });
+        let half = now.0.div_euclid(half_ms) as u32;
+        (idx, half, half_ms)
+    }
 
-        // Advance the ring to `idx` (never backwards), clearing buckets that fell out.
-        let ahead = idx.wrapping_sub(st.head) as i32;
-        if ahead > 0 {
-            for k in 1..=ahead.min(SLOTS as i32) as u32 {
-                st.counts[(st.head.wrapping_add(k) as usize) % SLOTS] = 0;
-            }
-            st.head = idx;
-        }
-        let used: u64 = st.counts.iter().map(|&c| u64::from(c)).sum();
-        let limit = u64::from(quota.limit);
-        let cost64 = u64::from(cost);
+    /// One key's state, for the changelog (`None` when the key is not tracked).
+    pub fn export(&self, user_id: &str, request_type: u16) -> Option<SavedState> {
+        let st = self.users.get(&self.key(user_id, request_type))?;
+        Some(SavedState {
+            bucket_ms: self.bucket_ms,
+            head: st.head,
+            counts: st.counts,
+            grace: [st.grace_cur, st.grace_prev, st.grace_prev2],
+            grace_half: st.grace_half,
+            grace_half_ms: st.grace_half_ms,
+        })
+    }
 
-        // A request larger than the whole limit is never let through, not even on grace.
-        if cost64 > limit {
-            let reset_s = reset_secs(st, now, bucket_ms);
-            return Verdict { kind: DecisionKind::Throttle, remaining: limit.saturating_sub(used) as u32, reset_s, grace_used: None };
+    /// Puts back a key's state from the changelog, replacing what is tracked for it. Refused
+    /// when it was counted in buckets of another length (the window changed in between).
+    pub fn import(&mut self, user_id: &str, request_type: u16, saved: &SavedState) -> Result<(), ImportError> {
+        if saved.bucket_ms != self.bucket_ms {
+            return Err(ImportError::Window { saved: saved.bucket_ms, current: self.bucket_ms });
         }
-        if used + cost64 <= limit {
-            let slot = &mut st.counts[(st.head as usize) % SLOTS];
-            *slot = slot.saturating_add(cost);
-            let remaining = (limit - used - cost64) as u32;
-            let reset_s = reset_secs(st, now, bucket_ms);
-            return Verdict { kind: DecisionKind::Allow, remaining, reset_s, grace_used: None };
-        }
+        let [grace_cur, grace_prev, grace_prev2] = saved.grace;
+        let st = UserState {
+            counts: saved.counts,
+            head: saved.head,
+            grace_cur,
+            grace_prev,
+            grace_prev2,
+            grace_half: saved.grace_half,
+            grace_half_ms: saved.grace_half_ms,
+        };
+        self.users.insert(self.key(user_id, request_type), st);
+        Ok(())
+    }
 
-        // Over the limit: try the grace allowance, counted over the current half grace window and
-        // the two before it, a span that always covers (t − grace window, t].
-        if st.grace_half_ms != half_ms as u32 {
-            // The user's tier (and so its grace window) changed: the half numbers were counted on
-            // another scale. Keep all grace used so far, counted as the previous half of the new
-            // scale, so it goes on counting for at least half a new grace window.
-            st.grace_prev = st.grace_cur.saturating_add(st.grace_prev).saturating_add(st.grace_prev2);
-            st.grace_cur = 0;
-            st.grace_prev2 = 0;
-            st.grace_half = half;
-            st.grace_half_ms = half_ms as u32;
-        }
-        let ahead = half.wrapping_sub(st.grace_half) as i32;
-        if ahead > 0 {
-            let (cur, prev) = (st.grace_cur, st.grace_prev);
-            st.grace_prev2 = match ahead {
-                1 => prev,
-                2 => cur,
-                _ => 0,
-            };
-            st.grace_prev = if ahead == 1 { cur } else { 0 };
-            st.grace_cur = 0;
-            st.grace_half = half;
-        }
-        let grace_used = u64::from(st.grace_cur) + u64::from(st.grace_prev) + u64::from(st.grace_prev2);
-        let allowance = u64::from(quota.grace_allowance);
-        let remaining = limit.saturating_sub(used) as u32;
-        let reset_s = reset_secs(st, now, bucket_ms);
-        // No allowance, no share to report (a tier without grace is not "running out" of it).
-        let share = |units: u64| (allowance > 0).then(|| (units as f64 / allowance as f64).min(1.0));
-        if grace_used + cost64 <= allowance {
-            st.grace_cur = st.grace_cur.saturating_add(cost);
-            return Verdict {
-                kind: DecisionKind::AllowWithGrace,
-                remaining,
-                reset_s,
-                grace_used: share(grace_used + cost64),
-            };
-        }
-        Verdict { kind: DecisionKind::Throttle, remaining, reset_s, grace_used: share(grace_used) }
+    /// The verdict `check` would give, without counting anything: for a request the state
+    /// already counted (one processed again after a restart, whose effect the restored state
+    /// holds).
+    pub fn peek(&self, user_id: &str, request_type: u16, now: Millis, cost: u32, quota: Quota) -> Verdict {
+        let (idx, half, half_ms) = self.numbers(now, quota);
+        let mut st = self.users.get(&self.key(user_id, request_type)).copied().unwrap_or(UserState {
+            head: idx,
+            grace_half: half,
+            grace_half_ms: half_ms as u32,
+            ..UserState::default()
+        });
+        decide(&mut st, self.bucket_ms, idx, half, half_ms, now, cost, quota)
     }
 
     /// Forgets keys idle for `evict_idle_after_s` as of `now`; returns how many were dropped.
@@ -236,6 +247,76 @@ impl Limiter {
     pub fn reserve(&mut self, additional: usize) {
         self.users.reserve(additional);
     }
+}
+
+/// The sliding-window check on one key's state (see `Limiter::check`).
+#[allow(clippy::too_many_arguments)]
+fn decide(st: &mut UserState, bucket_ms: i64, idx: u32, half: u32, half_ms: i64, now: Millis, cost: u32, quota: Quota) -> Verdict {
+    // Advance the ring to `idx` (never backwards), clearing buckets that fell out.
+    let ahead = idx.wrapping_sub(st.head) as i32;
+    if ahead > 0 {
+        for k in 1..=ahead.min(SLOTS as i32) as u32 {
+            st.counts[(st.head.wrapping_add(k) as usize) % SLOTS] = 0;
+        }
+        st.head = idx;
+    }
+    let used: u64 = st.counts.iter().map(|&c| u64::from(c)).sum();
+    let limit = u64::from(quota.limit);
+    let cost64 = u64::from(cost);
+
+    // A request larger than the whole limit is never let through, not even on grace.
+    if cost64 > limit {
+        let reset_s = reset_secs(st, now, bucket_ms);
+        return Verdict { kind: DecisionKind::Throttle, remaining: limit.saturating_sub(used) as u32, reset_s, grace_used: None };
+    }
+    if used + cost64 <= limit {
+        let slot = &mut st.counts[(st.head as usize) % SLOTS];
+        *slot = slot.saturating_add(cost);
+        let remaining = (limit - used - cost64) as u32;
+        let reset_s = reset_secs(st, now, bucket_ms);
+        return Verdict { kind: DecisionKind::Allow, remaining, reset_s, grace_used: None };
+    }
+
+    // Over the limit: try the grace allowance, counted over the current half grace window and
+    // the two before it, a span that always covers (t − grace window, t].
+    if st.grace_half_ms != half_ms as u32 {
+        // The user's tier (and so its grace window) changed: the half numbers were counted on
+        // another scale. Keep all grace used so far, counted as the previous half of the new
+        // scale, so it goes on counting for at least half a new grace window.
+        st.grace_prev = st.grace_cur.saturating_add(st.grace_prev).saturating_add(st.grace_prev2);
+        st.grace_cur = 0;
+        st.grace_prev2 = 0;
+        st.grace_half = half;
+        st.grace_half_ms = half_ms as u32;
+    }
+    let ahead = half.wrapping_sub(st.grace_half) as i32;
+    if ahead > 0 {
+        let (cur, prev) = (st.grace_cur, st.grace_prev);
+        st.grace_prev2 = match ahead {
+            1 => prev,
+            2 => cur,
+            _ => 0,
+        };
+        st.grace_prev = if ahead == 1 { cur } else { 0 };
+        st.grace_cur = 0;
+        st.grace_half = half;
+    }
+    let grace_used = u64::from(st.grace_cur) + u64::from(st.grace_prev) + u64::from(st.grace_prev2);
+    let allowance = u64::from(quota.grace_allowance);
+    let remaining = limit.saturating_sub(used) as u32;
+    let reset_s = reset_secs(st, now, bucket_ms);
+    // No allowance, no share to report (a tier without grace is not "running out" of it).
+    let share = |units: u64| (allowance > 0).then(|| (units as f64 / allowance as f64).min(1.0));
+    if grace_used + cost64 <= allowance {
+        st.grace_cur = st.grace_cur.saturating_add(cost);
+        return Verdict {
+            kind: DecisionKind::AllowWithGrace,
+            remaining,
+            reset_s,
+            grace_used: share(grace_used + cost64),
+        };
+    }
+    Verdict { kind: DecisionKind::Throttle, remaining, reset_s, grace_used: share(grace_used) }
 }
 
 /// Seconds until the newest counted bucket leaves the checked span (full quota again).
@@ -304,6 +385,43 @@ mod tests {
         assert_eq!(l.check("u", 0, at(65_000), 1, q).kind, Throttle);
         let v = l.check("u", 0, at(70_000), 2, q);
         assert_eq!((v.kind, v.remaining), (Allow, 0));
+    }
+
+    #[test]
+    fn exported_state_carries_on_in_another_limiter() {
+        // Two limiters (another process: another hash key) given the same history decide alike.
+        let q = Quota { limit: 5, grace_allowance: 2, grace_window_ms: 20 * 60_000 };
+        let (mut a, mut uninterrupted) = (Limiter::new(60, 3600), Limiter::new(60, 3600));
+        for i in 0..6 {
+            a.check("u", 1, at(i * 7_000), 1, q);
+            uninterrupted.check("u", 1, at(i * 7_000), 1, q);
+        }
+        let saved = a.export("u", 1).expect("tracked");
+        assert_eq!(a.export("u", 0), None);
+        let mut b = Limiter::new(60, 3600);
+        b.import("u", 1, &saved).expect("same window");
+        for i in 6..40 {
+            let t = at(i * 7_000);
+            assert_eq!(b.check("u", 1, t, 1, q), uninterrupted.check("u", 1, t, 1, q), "request {i}");
+        }
+        assert_eq!(b.export("u", 1), uninterrupted.export("u", 1));
+        let mut other_window = Limiter::new(30, 3600);
+        assert!(matches!(other_window.import("u", 1, &saved), Err(ImportError::Window { .. })));
+    }
+
+    #[test]
+    fn peek_decides_like_check_without_counting() {
+        let mut l = Limiter::new(60, 3600);
+        let q = quota(2, 1);
+        for i in 0..4 {
+            let peeked = l.peek("u", 0, at(i), 1, q);
+            assert_eq!(peeked, l.check("u", 0, at(i), 1, q), "request {i}");
+        }
+        let before = l.export("u", 0);
+        l.peek("u", 0, at(10), 1, q);
+        assert_eq!(l.export("u", 0), before);
+        assert_eq!(l.peek("nobody", 0, at(10), 1, q).kind, Allow);
+        assert!(!l.tracks("nobody", 0));
     }
 
     #[test]

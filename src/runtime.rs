@@ -8,13 +8,18 @@
 //! deliveries instead of dropping anything. Acknowledgements are polled first (`biased`) so the
 //! number of messages in flight stays bounded by the producer queue.
 //!
-//! Not yet here (see the README's status): per-partition limiter state with a changelog topic
-//! (so two instances in one group split users and survive rebalances with their state),
-//! exactly-once transactions, and timers that fire on wall-clock time when no events arrive.
+//! Scale-out: requests count in the limiter of their input partition, and each decision's user
+//! state goes to the changelog topic (`changelog.rs`); when partitions move between instances,
+//! `rebalance.rs` commits what was done and restores what arrives before it is processed.
+//!
+//! Not yet here (see the README's status): control events (outcomes, telemetry, admin) are
+//! split between instances like requests, so each instance's health, breakers and limits see
+//! only part of them; exactly-once transactions; timers that fire on wall-clock time when no
+//! events arrive.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -23,7 +28,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -34,7 +39,9 @@ use crate::events::InputTopic;
 use crate::kafka_topics;
 use crate::offsets::{OffsetTracker, Partition};
 use crate::outputs::Output;
-use crate::topology::Topology;
+use crate::rebalance::{self, RunContext, Shared};
+use crate::topology::{Counted, Topology};
+use crate::changelog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -48,6 +55,10 @@ pub enum RunError {
     Canceled,
     #[error("the consumer has failed for {0:?} without a single message: {1}")]
     ConsumerDown(Duration, KafkaError),
+    #[error("restoring limiter state from the changelog: {0}")]
+    Restore(String),
+    #[error("topic {changelog} has {has} partitions, fewer than {requests} ({needs}): each requests partition keeps its state in the changelog partition of the same number")]
+    ChangelogPartitions { changelog: String, has: usize, requests: String, needs: usize },
 }
 
 /// How long consumer errors may go on, without any message in between, before the service stops
@@ -59,6 +70,8 @@ const CONSUMER_GIVE_UP: Duration = Duration::from_secs(300);
 pub struct RunStats {
     pub consumed: u64,
     pub dead_lettered: u64,
+    /// Requests decided again without being counted: the restored changelog state held them.
+    pub already_counted: u64,
     pub produced: u64,
 }
 
@@ -100,6 +113,9 @@ fn output_topic<'a>(cfg: &'a Config, o: &Output) -> &'a str {
 /// `message.max.bytes`, 1 MB by default).
 const DLQ_MAX_VALUE: usize = 512 * 1024;
 
+/// How long reading a partition's changelog may take before the service gives up.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// How long shutdown waits for the deliveries in flight before giving up on them (their offsets
 /// are then not committed, so they are processed again after the restart).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -108,7 +124,7 @@ type Acks = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = Result<(Parti
 
 struct Shell<'a> {
     cfg: &'a Config,
-    consumer: &'a StreamConsumer,
+    consumer: &'a StreamConsumer<RunContext>,
     producer: &'a FutureProducer,
     tracker: OffsetTracker,
     acks: Acks,
@@ -216,19 +232,29 @@ pub async fn run_with(
     for (k, v) in consumer_overrides {
         consumer_config.set(*k, *v);
     }
-    let consumer: StreamConsumer = consumer_config
+    let producer: FutureProducer = base.clone().set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").create()?;
+    let t = &cfg.topics;
+    check_changelog_partitions(&producer, t)?;
+    let shared = Arc::new(Mutex::new(Shared::new(Topology::new(cfg.clone()))));
+    let context = RunContext {
+        shared: shared.clone(),
+        requests_topic: t.requests.clone(),
+        changelog_topic: t.changelog.clone(),
+        restore_client: consumer_config.clone(),
+        producer: producer.clone(),
+        restore_timeout: RESTORE_TIMEOUT,
+        flush_timeout: DRAIN_TIMEOUT,
+    };
+    let consumer: StreamConsumer<RunContext> = consumer_config
         .set("group.id", &cfg.kafka.group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .create()?;
-    let producer: FutureProducer = base.clone().set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").create()?;
-    let t = &cfg.topics;
+        .create_with_context(context)?;
     let inputs = [t.requests.as_str(), t.outcomes.as_str(), t.telemetry.as_str(), t.admin.as_str()];
     consumer.subscribe(&inputs)?;
     tracing::info!(brokers, group = %cfg.kafka.group_id, topics = ?inputs, "consuming");
 
-    let mut topology = Topology::new(cfg.clone());
     let mut shell = Shell {
         cfg: &cfg,
         consumer: &consumer,
@@ -251,6 +277,9 @@ pub async fn run_with(
             _ = &mut shutdown => break,
             Some(done) = shell.acks.next() => shell.on_ack(done)?,
             _ = report.tick() => {
+                if let Some(e) = rebalance::lock(&shared).failed.take() {
+                    return Err(RunError::Restore(e));
+                }
                 shell.flush_offsets();
                 let s = shell.stats;
                 tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.tracker.in_flight(), "progress");
@@ -285,8 +314,29 @@ pub async fn run_with(
                 // this message's first acknowledgements.
                 match decoded {
                     Ok(event) => {
-                        topology.process(event, &mut outs);
-                        if let Some(o) = shell.tracker.begin(&tp, offset, outs.len() as u32) {
+                        let state = {
+                            let mut sh = rebalance::lock(&shared);
+                            if let Some(e) = sh.failed.take() {
+                                return Err(RunError::Restore(e));
+                            }
+                            let is_request = tp.0 == shell.cfg.topics.requests;
+                            let counted = if is_request { sh.counted(tp.1, offset) } else { Some(Counted::No) };
+                            // A requests partition this instance no longer owns: its new owner
+                            // decides the message.
+                            let Some(counted) = counted else { continue };
+                            shell.stats.already_counted += u64::from(counted == Counted::Already);
+                            sh.topology.process_in(tp.1, event, counted, &mut outs);
+                            sh.processed(&tp, offset);
+                            match (is_request, counted, outs.iter().find_map(decision)) {
+                                (true, Counted::No, Some((user, rt))) => sh
+                                    .topology
+                                    .saved_state(tp.1, user, rt)
+                                    .map(|state| (changelog::key(rt, user), changelog::Record { user_id: user.into(), request_type: rt.into(), offset, state })),
+                                _ => None,
+                            }
+                        };
+                        let n = outs.len() + usize::from(state.is_some());
+                        if let Some(o) = shell.tracker.begin(&tp, offset, n as u32) {
                             shell.store(&tp, o);
                         }
                         for o in outs.drain(..) {
@@ -294,6 +344,12 @@ pub async fn run_with(
                             o.write_json(&mut buf)?;
                             let record = FutureRecord::to(output_topic(shell.cfg, &o)).key(o.key().as_bytes()).payload(&buf[..]);
                             shell.send(record, &tp, offset).await?;
+                        }
+                        if let Some((key, record)) = state {
+                            buf.clear();
+                            serde_json::to_writer(&mut buf, &record)?;
+                            let r = FutureRecord::to(&shell.cfg.topics.changelog).partition(tp.1).key(key.as_bytes()).payload(&buf[..]);
+                            shell.send(r, &tp, offset).await?;
                         }
                     }
                     Err(e) => {
@@ -342,6 +398,33 @@ pub async fn run_with(
         Err(e) => Err(e),
     })?;
     consumer.unsubscribe();
-    tracing::info!(consumed = stats.consumed, produced = stats.produced, dead_lettered = stats.dead_lettered, "stopped");
+    tracing::info!(
+        consumed = stats.consumed,
+        produced = stats.produced,
+        dead_lettered = stats.dead_lettered,
+        already_counted = stats.already_counted,
+        "stopped"
+    );
     Ok(stats)
+}
+
+/// The user and request type of a decision among a request's outputs.
+fn decision(o: &Output) -> Option<(&str, &str)> {
+    match o {
+        Output::Decision(d) => Some((&d.user_id, &d.request_type)),
+        _ => None,
+    }
+}
+
+/// Refuses to start when the changelog has fewer partitions than the requests topic.
+fn check_changelog_partitions(producer: &FutureProducer, t: &crate::config::TopicsConfig) -> Result<(), RunError> {
+    let count = |topic: &str| -> Result<usize, RunError> {
+        let md = tokio::task::block_in_place(|| producer.client().fetch_metadata(Some(topic), Duration::from_secs(30)))?;
+        Ok(md.topics().first().map_or(0, |m| m.partitions().len()))
+    };
+    let (requests, changelog) = (count(&t.requests)?, count(&t.changelog)?);
+    if changelog < requests {
+        return Err(RunError::ChangelogPartitions { changelog: t.changelog.clone(), has: changelog, requests: t.requests.clone(), needs: requests });
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::breaker::Breaker;
 use crate::events::{AdminAction, AdminEvent, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
 use crate::health::HealthView;
-use crate::limiter::{Limiter, Quota};
+use crate::limiter::{ImportError, Limiter, Quota, SavedState};
 use crate::monitor::Monitor;
 use crate::outputs::{BreakerState, Decision, DecisionKind, Output};
 use crate::strategy::StrategyTable;
@@ -40,13 +40,35 @@ pub struct Counters {
     pub evicted_users: u64,
 }
 
+/// Whether a request is already counted in the limiter's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    No,
+    /// Processed again after a restart or rebalance, and the state restored from the changelog
+    /// already holds it.
+    Already,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("request type `{0}` is not configured")]
+    UnknownRequestType(String),
+    #[error(transparent)]
+    Import(#[from] ImportError),
+}
+
 pub struct Topology {
     tiers: Vec<Arc<str>>,
     request_types: Vec<Arc<str>>,
     default_tier: usize,
     default_request_type: usize,
     strategies: StrategyTable,
-    limiter: Limiter,
+    /// Per-user state, one limiter per input partition of the requests topic (replay uses
+    /// partition 0), so a partition's state can be restored and dropped as it moves between
+    /// instances.
+    limiters: Vec<Option<Limiter>>,
+    window_s: u32,
+    evict_idle_after_s: u32,
     limits: AdaptiveLimits,
     health: HealthView,
     breakers: Breakers,
@@ -76,7 +98,9 @@ impl Topology {
             default_tier: index_of(&tiers, &cfg.limiter.default_tier).unwrap_or(0),
             default_request_type: index_of(&request_types, &cfg.limiter.default_request_type).unwrap_or(0),
             strategies: StrategyTable::compile(&cfg.throttle, &tier_names, &rt_names),
-            limiter: Limiter::new(cfg.limiter.window_s, cfg.limiter.evict_idle_after_s),
+            limiters: Vec::new(),
+            window_s: cfg.limiter.window_s,
+            evict_idle_after_s: cfg.limiter.evict_idle_after_s,
             limits: AdaptiveLimits::new(&cfg, &tier_names, &rt_names),
             health: HealthView::new(&cfg.health),
             breakers: Breakers::new(cfg.clone()),
@@ -97,7 +121,37 @@ impl Topology {
     }
 
     pub fn tracked_users(&self) -> usize {
-        self.limiter.len()
+        self.limiters.iter().flatten().map(Limiter::len).sum()
+    }
+
+    fn limiter(&mut self, partition: i32) -> &mut Limiter {
+        let i = usize::try_from(partition).unwrap_or(0);
+        if self.limiters.len() <= i {
+            self.limiters.resize_with(i + 1, || None);
+        }
+        let (window_s, evict) = (self.window_s, self.evict_idle_after_s);
+        self.limiters[i].get_or_insert_with(|| Limiter::new(window_s, evict))
+    }
+
+    /// One user's limiter state in `partition` for a request type, for the changelog.
+    pub fn saved_state(&self, partition: i32, user_id: &str, request_type: &str) -> Option<SavedState> {
+        let rt = index_of(&self.request_types, request_type)?;
+        let limiter = self.limiters.get(usize::try_from(partition).ok()?)?.as_ref()?;
+        limiter.export(user_id, rt as u16)
+    }
+
+    /// Puts back one user's state in `partition` from the changelog.
+    pub fn restore(&mut self, partition: i32, user_id: &str, request_type: &str, saved: &SavedState) -> Result<(), RestoreError> {
+        let rt = index_of(&self.request_types, request_type)
+            .ok_or_else(|| RestoreError::UnknownRequestType(request_type.chars().take(64).collect()))?;
+        Ok(self.limiter(partition).import(user_id, rt as u16, saved)?)
+    }
+
+    /// Forgets the state of a partition this instance no longer owns.
+    pub fn drop_partition(&mut self, partition: i32) {
+        if let Some(slot) = usize::try_from(partition).ok().and_then(|i| self.limiters.get_mut(i)) {
+            *slot = None;
+        }
     }
 
     pub fn monitor(&self) -> &Monitor {
@@ -109,12 +163,19 @@ impl Topology {
         self.watermark
     }
 
-    /// Processes one event, appending its outputs to `out`.
+    /// Processes one event, appending its outputs to `out` (requests count in partition 0).
     pub fn process(&mut self, event: InputEvent, out: &mut Vec<Output>) {
+        self.process_in(0, event, Counted::No, out);
+    }
+
+    /// Processes one event whose requests count in the limiter of `partition`. A request the
+    /// partition's restored state already counted (`Counted::Already`) is decided without being
+    /// counted again.
+    pub fn process_in(&mut self, partition: i32, event: InputEvent, counted: Counted, out: &mut Vec<Output>) {
         let ts = event.ts();
         self.advance(ts, out);
         match event {
-            InputEvent::Request(r) => self.on_request(r, out),
+            InputEvent::Request(r) => self.on_request(partition, counted, r, out),
             InputEvent::Outcome(o) => self.on_outcome(o, out),
             InputEvent::Telemetry(t) => self.on_telemetry(t, out),
             InputEvent::Admin(a) => self.on_admin(a, out),
@@ -152,7 +213,8 @@ impl Topology {
                 self.monitor.advance(now, &mut alerts);
                 self.push_alerts(alerts, out);
                 if now >= self.next_sweep {
-                    self.counters.evicted_users += self.limiter.sweep(now) as u64;
+                    let evicted: usize = self.limiters.iter_mut().flatten().map(|l| l.sweep(now)).sum();
+                    self.counters.evicted_users += evicted as u64;
                     self.next_sweep = now.plus_ms(self.sweep_every_ms);
                 }
             }
@@ -170,7 +232,7 @@ impl Topology {
         out.extend(alerts.into_iter().map(Output::Alert));
     }
 
-    fn on_request(&mut self, ev: RequestEvent, out: &mut Vec<Output>) {
+    fn on_request(&mut self, partition: i32, counted: Counted, ev: RequestEvent, out: &mut Vec<Output>) {
         self.counters.requests += 1;
         let (tier, unknown_tier) = match index_of(&self.tiers, &ev.tier) {
             Some(i) => (i, None),
@@ -182,8 +244,13 @@ impl Topology {
         };
         self.counters.unknown_tier += u64::from(unknown_tier.is_some());
         let k = self.limits.limit(tier, rt);
-        let quota = Quota { limit: k.window_limit, grace_allowance: k.grace_allowance, grace_window_ms: k.grace_window_ms };
-        let v = self.limiter.check(&ev.user_id, rt as u16, ev.ts, ev.cost, quota);
+        let (limit, policy) = (k.window_limit, k.policy.clone());
+        let quota = Quota { limit, grace_allowance: k.grace_allowance, grace_window_ms: k.grace_window_ms };
+        let limiter = self.limiter(partition);
+        let v = match counted {
+            Counted::No => limiter.check(&ev.user_id, rt as u16, ev.ts, ev.cost, quota),
+            Counted::Already => limiter.peek(&ev.user_id, rt as u16, ev.ts, ev.cost, quota),
+        };
         let severity = self.limits.severity();
         let strategy = match v.kind {
             DecisionKind::Allow => {
@@ -207,10 +274,10 @@ impl Topology {
             request_type: self.request_types[rt].clone(),
             decision: v.kind,
             strategy,
-            limit: k.window_limit,
+            limit,
             remaining: v.remaining,
             reset_s: v.reset_s,
-            policy: k.policy.clone(),
+            policy,
             severity,
             unknown_tier,
             unknown_request_type,

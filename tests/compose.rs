@@ -1,6 +1,6 @@
 //! docker-compose.yml cannot run here (no Docker engine), so this holds it to what the scripts
 //! run: valid YAML, the same Kafka version as scripts/kafka, the same broker settings, and the
-//! same topics (names, partitions, compaction) as `surgeguard run` creates from the default
+//! same topics (names, partitions, topic configs) as `surgeguard run` creates from the default
 //! pipeline.
 
 mod support;
@@ -47,16 +47,27 @@ fn compose_runs_the_same_kafka_as_the_scripts() {
 fn compose_creates_the_topics_surgeguard_run_would() {
     let c = compose();
     let script = c["services"]["kafka-init"]["command"][0].as_str().expect("kafka-init command");
-    let created: BTreeMap<String, (i32, bool)> = script
+    // `create NAME PARTITIONS [--config KEY=VALUE]…`
+    let created: BTreeMap<String, (i32, Vec<(String, String)>)> = script
         .lines()
         .map(str::trim)
         .filter_map(|l| l.strip_prefix("create "))
         .map(|l| {
             let words: Vec<&str> = l.split_whitespace().collect();
-            (words[0].to_string(), (words[1].parse().expect("partitions"), l.contains("cleanup.policy=compact")))
+            let configs = words
+                .windows(2)
+                .filter(|w| w[0] == "--config")
+                .map(|w| {
+                    let (k, v) = w[1].split_once('=').expect("--config KEY=VALUE");
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            (words[0].to_string(), (words[1].parse().expect("partitions"), configs))
         })
         .collect();
-    let want: BTreeMap<String, (i32, bool)> =
-        kafka_topics::specs(&support::default_config()).into_iter().map(|s| (s.name, (s.partitions, s.compacted))).collect();
+    let want: BTreeMap<String, (i32, Vec<(String, String)>)> = kafka_topics::specs(&support::default_config())
+        .into_iter()
+        .map(|s| (s.name, (s.partitions, s.configs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())))
+        .collect();
     assert_eq!(created, want);
 }

@@ -20,6 +20,7 @@ use surgeguard::scenario::{Surge, monday_surge};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_when_a_broker_goes_down_and_requests_fail() {
+    let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
     let cluster = MockCluster::new(3).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
     let mut cfg = Config::default();

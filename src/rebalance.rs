@@ -1,0 +1,177 @@
+//! What `surgeguard run` does when the consumer group moves partitions between instances.
+//!
+//! - **Revoked:** before the partitions go, every output produced so far is delivered
+//!   (`flush`) and the offsets of what was processed are committed synchronously, so the next
+//!   owner starts exactly after the last request this instance decided. If the flush times out,
+//!   nothing is committed and the next owner processes those requests again (at-least-once).
+//! - **Assigned:** before any message of a newly assigned requests partition is fetched, its
+//!   limiter state is restored from the changelog (`changelog::restore`). With eager rebalancing
+//!   (the default) every partition is revoked and reassigned at each rebalance; a partition this
+//!   instance had just before keeps its state, since no one else could own it in between.
+//!
+//! The callbacks run inside the consumer's poll, on the task that runs the pipeline, so they see
+//! the topology between two messages. They block (flush, commit, restore): they run under
+//! `block_in_place`, off the async workers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::util::Timeout;
+
+use crate::changelog;
+use crate::offsets::Partition;
+use crate::topology::{Counted, Topology};
+
+/// The pipeline's state, shared by the main loop and the rebalance callbacks.
+pub struct Shared {
+    pub topology: Topology,
+    /// Requests partitions owned now, each with the input offset up to which its restored state
+    /// already counts the requests.
+    owned: HashMap<i32, Option<i64>>,
+    /// Partitions revoked in the last eager rebalance, with what `owned` had for them.
+    revoked: HashMap<i32, Option<i64>>,
+    /// The last offset processed per input partition: committed when the partition is revoked.
+    processed: HashMap<Partition, i64>,
+    /// A failure inside a callback, which the main loop turns into an error.
+    pub failed: Option<String>,
+}
+
+impl Shared {
+    pub fn new(topology: Topology) -> Self {
+        Shared { topology, owned: HashMap::new(), revoked: HashMap::new(), processed: HashMap::new(), failed: None }
+    }
+
+    /// How a request at `offset` of requests partition `partition` counts; `None` when this
+    /// instance does not own the partition (a message fetched before it was revoked).
+    pub fn counted(&self, partition: i32, offset: i64) -> Option<Counted> {
+        let up_to = self.owned.get(&partition)?;
+        Some(if up_to.is_some_and(|o| offset <= o) { Counted::Already } else { Counted::No })
+    }
+
+    pub fn processed(&mut self, tp: &Partition, offset: i64) {
+        match self.processed.get_mut(tp) {
+            Some(o) => *o = (*o).max(offset),
+            None => {
+                self.processed.insert(tp.clone(), offset);
+            }
+        }
+    }
+}
+
+pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The consumer context of `surgeguard run`.
+pub struct RunContext {
+    pub shared: Arc<Mutex<Shared>>,
+    pub requests_topic: String,
+    pub changelog_topic: String,
+    /// Client settings for the changelog reader (brokers, pass-through properties).
+    pub restore_client: ClientConfig,
+    pub producer: FutureProducer,
+    pub restore_timeout: Duration,
+    pub flush_timeout: Duration,
+}
+
+impl ClientContext for RunContext {}
+
+impl ConsumerContext for RunContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => tokio::task::block_in_place(|| self.on_revoke(consumer, tpl)),
+            Rebalance::Assign(tpl) => tokio::task::block_in_place(|| self.on_assign(consumer, tpl)),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+impl RunContext {
+    fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let mut shared = lock(&self.shared);
+        let revoked: Vec<Partition> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        tracing::info!(partitions = revoked.len(), "partitions revoked: delivering outputs and committing");
+        let mut commit = TopicPartitionList::new();
+        match self.producer.flush(Timeout::After(self.flush_timeout)) {
+            Ok(()) => {
+                for tp in &revoked {
+                    if let Some(&o) = shared.processed.get(tp)
+                        && let Err(e) = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(o + 1))
+                    {
+                        tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "offset not committed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "outputs not all delivered before the revocation: the next owner processes them again"),
+        }
+        if commit.count() > 0 {
+            // Stored as well: librdkafka commits the stored offsets of revoked partitions itself,
+            // and would otherwise move the commit back to the last one the main loop stored.
+            if let Err(e) = consumer.store_offsets(&commit) {
+                tracing::warn!(error = %e, "offsets not stored on revocation");
+            }
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                tracing::warn!(error = %e, "commit on revocation failed: the next owner processes those requests again");
+            }
+        }
+        let eager = !matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        shared.revoked.clear();
+        for tp in &revoked {
+            shared.processed.remove(tp);
+            if tp.0 == self.requests_topic
+                && let Some(up_to) = shared.owned.remove(&tp.1)
+            {
+                if eager {
+                    shared.revoked.insert(tp.1, up_to);
+                } else {
+                    shared.topology.drop_partition(tp.1);
+                }
+            }
+        }
+    }
+
+    fn on_assign(&self, _consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let mut shared = lock(&self.shared);
+        let assigned: HashSet<i32> =
+            tpl.elements().iter().filter(|e| e.topic() == self.requests_topic).map(|e| e.partition()).collect();
+        let mut to_restore = Vec::new();
+        for &p in &assigned {
+            match shared.revoked.remove(&p) {
+                Some(up_to) => {
+                    shared.owned.insert(p, up_to);
+                }
+                None => to_restore.push(p),
+            }
+        }
+        let gone: Vec<i32> = shared.revoked.drain().map(|(p, _)| p).collect();
+        for p in gone {
+            shared.topology.drop_partition(p);
+        }
+        to_restore.sort_unstable();
+        if to_restore.is_empty() {
+            return;
+        }
+        tracing::info!(partitions = ?to_restore, topic = %self.changelog_topic, "restoring limiter state");
+        let started = std::time::Instant::now();
+        match changelog::restore(&self.restore_client, &self.changelog_topic, &to_restore, &mut shared.topology, self.restore_timeout) {
+            Ok(done) => {
+                for (&p, r) in &done {
+                    shared.owned.insert(p, r.counted_up_to);
+                }
+                let records: u64 = done.values().map(|r| r.records).sum();
+                let skipped: u64 = done.values().map(|r| r.skipped).sum();
+                tracing::info!(partitions = ?to_restore, records, skipped, took = ?started.elapsed(), "limiter state restored");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "restoring limiter state failed");
+                shared.failed = Some(e.to_string());
+            }
+        }
+    }
+}

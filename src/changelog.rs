@@ -25,6 +25,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use crate::kafka_topics;
 use crate::limiter::SavedState;
 use crate::topology::Topology;
 
@@ -94,16 +95,7 @@ pub fn restore(
     let started = Instant::now();
     let mut targets: HashMap<i32, i64> = HashMap::new();
     for &p in partitions {
-        let (low, high) = loop {
-            match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
-                Ok(marks) => break marks,
-                Err(e) if started.elapsed() < timeout => {
-                    tracing::debug!(partition = p, error = %e, "changelog watermarks not known yet");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let (low, high) = kafka_topics::watermarks(&consumer, topic, p, timeout.saturating_sub(started.elapsed()))?;
         if high > low {
             targets.insert(p, high);
         }

@@ -492,6 +492,9 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     /// Replication factor of created topics; -1 takes the broker's default.
     pub replication_factor: i32,
+    /// How far back (seconds) a starting instance reads outcomes, telemetry and admin actions to
+    /// rebuild breakers and the health view before it decides anything.
+    pub control_lookback_s: u32,
     /// Partitions of each created topic.
     pub partitions: TopicPartitions,
     /// librdkafka properties for every client, passed through as they are (security.protocol,
@@ -506,6 +509,7 @@ impl Default for KafkaConfig {
             group_id: "surgeguard".into(),
             create_topics: true,
             replication_factor: -1,
+            control_lookback_s: 600,
             partitions: TopicPartitions::default(),
             properties: BTreeMap::new(),
         }

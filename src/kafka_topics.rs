@@ -1,7 +1,10 @@
 //! Topic set-up for `surgeguard run`: the topics a pipeline reads and writes, with their
 //! partitions and cleanup policies, created when missing.
 
+use std::time::{Duration, Instant};
+
 use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
@@ -91,4 +94,25 @@ pub async fn create(client: &ClientConfig, specs: &[TopicSpec], replication: i32
         }
     }
     Ok(created)
+}
+
+/// A partition's low and high watermarks. A client that was just assigned a partition may not
+/// have its metadata yet (librdkafka answers "unknown partition"): it asks again until `timeout`.
+pub fn watermarks<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), KafkaError> {
+    let started = Instant::now();
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(marks) => return Ok(marks),
+            Err(e) if started.elapsed() < timeout => {
+                tracing::debug!(topic, partition, error = %e, "watermarks not known yet");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

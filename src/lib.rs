@@ -30,6 +30,7 @@ pub mod breakers;
 pub mod changelog;
 pub mod config;
 pub mod config_load;
+pub mod control;
 pub mod decode;
 pub mod demo;
 pub mod dlq;

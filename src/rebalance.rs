@@ -54,6 +54,12 @@ impl Shared {
         Some(if up_to.is_some_and(|o| offset <= o) { Counted::Already } else { Counted::No })
     }
 
+    /// Whether this instance owns partition 0 of the requests topic, and so publishes the control
+    /// side's outputs (see `control.rs`).
+    pub fn is_leader(&self) -> bool {
+        self.owned.contains_key(&0)
+    }
+
     pub fn processed(&mut self, tp: &Partition, offset: i64) {
         match self.processed.get_mut(tp) {
             Some(o) => *o = (*o).max(offset),

@@ -27,7 +27,7 @@ use futures_util::stream::FuturesUnordered;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
@@ -42,6 +42,7 @@ use crate::outputs::Output;
 use crate::rebalance::{self, RunContext, Shared};
 use crate::topology::{Counted, Topology};
 use crate::changelog;
+use crate::control;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -85,7 +86,7 @@ pub fn client_config(cfg: &Config, brokers: &str) -> ClientConfig {
     c
 }
 
-fn input_topic(cfg: &Config, name: &str) -> Option<InputTopic> {
+pub(crate) fn input_topic(cfg: &Config, name: &str) -> Option<InputTopic> {
     let t = &cfg.topics;
     [
         (&t.requests, InputTopic::Requests),
@@ -113,6 +114,9 @@ fn output_topic<'a>(cfg: &'a Config, o: &Output) -> &'a str {
 /// `message.max.bytes`, 1 MB by default).
 const DLQ_MAX_VALUE: usize = 512 * 1024;
 
+/// How long a starting instance reads the control topics' recent past before it goes on.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// How long reading a partition's changelog may take before the service gives up.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -134,6 +138,19 @@ struct Shell<'a> {
     /// The highest offset stored per partition: a store never moves backwards.
     stored: HashMap<Partition, i64>,
     last_flush: Instant,
+    /// Whether this instance publishes the control side's outputs (`control.rs`).
+    leader: bool,
+    outs: Vec<Output>,
+    buf: Vec<u8>,
+}
+
+/// Which consumer a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The group's consumer: a requests partition this instance owns.
+    Requests,
+    /// The control consumer: outcomes, telemetry, admin (every instance reads them all).
+    Control,
 }
 
 impl Shell<'_> {
@@ -174,6 +191,122 @@ impl Shell<'_> {
             self.store(&tp, o);
         }
         Ok(())
+    }
+
+    /// Decodes, processes and publishes one input message.
+    async fn handle(&mut self, shared: &Mutex<Shared>, m: &BorrowedMessage<'_>, source: Source) -> Result<(), RunError> {
+        self.stats.consumed += 1;
+        let tp: Partition = (m.topic().to_string(), m.partition());
+        let offset = m.offset();
+        let payload = m.payload().unwrap_or(&[]);
+        let decoded = match input_topic(self.cfg, &tp.0) {
+            Some(topic) => decode::decode(topic, payload),
+            None => Err(DecodeError::UnknownTopic(tp.0.clone())),
+        };
+        let mut outs = std::mem::take(&mut self.outs);
+        let state = {
+            let mut sh = rebalance::lock(shared);
+            if let Some(e) = sh.failed.take() {
+                return Err(RunError::Restore(e));
+            }
+            let leader = sh.is_leader();
+            if leader && !self.leader {
+                tracing::info!("leading: publishing the control side's outputs");
+                sh.topology.snapshot("leader", &mut outs);
+            }
+            self.leader = leader;
+            let counted = match source {
+                Source::Requests => sh.counted(tp.1, offset),
+                Source::Control => Some(Counted::No),
+            };
+            // A requests partition this instance no longer owns: its new owner decides the
+            // message.
+            let Some(counted) = counted else {
+                self.outs = outs;
+                return Ok(());
+            };
+            match decoded {
+                Ok(event) => {
+                    self.stats.already_counted += u64::from(counted == Counted::Already);
+                    sh.topology.process_in(tp.1, event, counted, &mut outs);
+                    if source == Source::Requests {
+                        sh.processed(&tp, offset);
+                    }
+                    Ok(match (source, counted, outs.iter().find_map(decision)) {
+                        (Source::Requests, Counted::No, Some((user, rt))) => sh.topology.saved_state(tp.1, user, rt).map(|state| {
+                            (changelog::key(rt, user), changelog::Record { user_id: user.into(), request_type: rt.into(), offset, state })
+                        }),
+                        _ => None,
+                    })
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let state = match state {
+            Ok(state) => state,
+            Err(e) => {
+                self.outs = outs;
+                // Control messages are every instance's: the leader dead-letters them.
+                if source == Source::Requests || self.leader {
+                    self.dead_letter(m, &tp, offset, &e).await?;
+                }
+                return Ok(());
+            }
+        };
+        // Other instances publish the control side's outputs only when they lead.
+        if !self.leader {
+            outs.retain(|o| matches!(o, Output::Decision(_)));
+        }
+        // Recorded before anything is sent (waiting for queue space may already bring this
+        // message's first acknowledgements). Control partitions are never committed.
+        if source == Source::Requests {
+            let n = outs.len() + usize::from(state.is_some());
+            if let Some(o) = self.tracker.begin(&tp, offset, n as u32) {
+                self.store(&tp, o);
+            }
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        for o in outs.drain(..) {
+            buf.clear();
+            o.write_json(&mut buf)?;
+            let record = FutureRecord::to(output_topic(self.cfg, &o)).key(o.key().as_bytes()).payload(&buf[..]);
+            self.send(record, &tp, offset).await?;
+        }
+        if let Some((key, record)) = state {
+            buf.clear();
+            serde_json::to_writer(&mut buf, &record)?;
+            let r = FutureRecord::to(&self.cfg.topics.changelog).partition(tp.1).key(key.as_bytes()).payload(&buf[..]);
+            self.send(r, &tp, offset).await?;
+        }
+        self.buf = buf;
+        self.outs = outs;
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, m: &BorrowedMessage<'_>, tp: &Partition, offset: i64, e: &DecodeError) -> Result<(), RunError> {
+        self.stats.dead_lettered += 1;
+        if tp.0 == self.cfg.topics.requests {
+            self.tracker.begin(tp, offset, 1);
+        }
+        tracing::debug!(topic = %tp.0, partition = tp.1, offset, error = %e, "to the DLQ");
+        let payload = m.payload().unwrap_or(&[]);
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in dlq::headers(e, &tp.0, tp.1, offset) {
+            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        // A value too large for the producer would stop the service on every restart: keep its
+        // head, and say so.
+        let kept = if payload.len() > DLQ_MAX_VALUE {
+            headers = headers.insert(Header { key: dlq::TRUNCATED, value: Some(payload.len().to_string().as_bytes()) });
+            &payload[..DLQ_MAX_VALUE]
+        } else {
+            payload
+        };
+        let mut record = FutureRecord::to(&self.cfg.topics.dlq).payload(kept).headers(headers);
+        if let Some(k) = m.key() {
+            record = record.key(k);
+        }
+        self.send(record, tp, offset).await
     }
 
     /// Enqueues one record; while the producer queue is full, waits for deliveries.
@@ -235,7 +368,20 @@ pub async fn run_with(
     let producer: FutureProducer = base.clone().set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").create()?;
     let t = &cfg.topics;
     check_changelog_partitions(&producer, t)?;
-    let shared = Arc::new(Mutex::new(Shared::new(Topology::new(cfg.clone()))));
+    // The control side first: every partition of the control topics, from the lookback on,
+    // folded into the topology before this instance decides anything.
+    let control: StreamConsumer = consumer_config
+        .clone()
+        .set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut topology = Topology::new(cfg.clone());
+    let ends = control::assign(&control, &cfg)?;
+    let started = Instant::now();
+    let read = control::catch_up(&control, &cfg, ends, &mut topology, CATCH_UP_TIMEOUT).await;
+    tracing::info!(messages = read, took = ?started.elapsed(), lookback_s = cfg.kafka.control_lookback_s, "control state rebuilt from the control topics");
+
+    let shared = Arc::new(Mutex::new(Shared::new(topology)));
     let context = RunContext {
         shared: shared.clone(),
         requests_topic: t.requests.clone(),
@@ -251,9 +397,8 @@ pub async fn run_with(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .create_with_context(context)?;
-    let inputs = [t.requests.as_str(), t.outcomes.as_str(), t.telemetry.as_str(), t.admin.as_str()];
-    consumer.subscribe(&inputs)?;
-    tracing::info!(brokers, group = %cfg.kafka.group_id, topics = ?inputs, "consuming");
+    consumer.subscribe(&[t.requests.as_str()])?;
+    tracing::info!(brokers, group = %cfg.kafka.group_id, requests = %t.requests, control = ?[&t.outcomes, &t.telemetry, &t.admin], "consuming");
 
     let mut shell = Shell {
         cfg: &cfg,
@@ -265,116 +410,47 @@ pub async fn run_with(
         ready: HashMap::new(),
         stored: HashMap::new(),
         last_flush: Instant::now(),
+        leader: false,
+        outs: Vec::new(),
+        buf: Vec::with_capacity(1024),
     };
-    let mut outs = Vec::new();
-    let mut buf = Vec::with_capacity(1024);
     let mut report = tokio::time::interval(Duration::from_secs(30));
     let mut failing_since: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let msg = tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            Some(done) = shell.acks.next() => shell.on_ack(done)?,
+            Some(done) = shell.acks.next() => {
+                shell.on_ack(done)?;
+                continue;
+            }
             _ = report.tick() => {
                 if let Some(e) = rebalance::lock(&shared).failed.take() {
                     return Err(RunError::Restore(e));
                 }
                 shell.flush_offsets();
                 let s = shell.stats;
-                tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.tracker.in_flight(), "progress");
+                tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.tracker.in_flight(), leader = shell.leader, "progress");
+                continue;
             }
-            msg = consumer.recv() => {
-                let m = match msg {
-                    Ok(m) => {
-                        failing_since = None;
-                        m
-                    }
-                    Err(e) => {
-                        // librdkafka retries and reconnects by itself; say so and carry on,
-                        // unless nothing but errors has come for CONSUMER_GIVE_UP.
-                        let since = *failing_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() >= CONSUMER_GIVE_UP {
-                            return Err(RunError::ConsumerDown(since.elapsed(), e));
-                        }
-                        tracing::warn!(error = %e, "consumer error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                shell.stats.consumed += 1;
-                let tp: Partition = (m.topic().to_string(), m.partition());
-                let offset = m.offset();
-                let payload = m.payload().unwrap_or(&[]);
-                let decoded = match input_topic(shell.cfg, &tp.0) {
-                    Some(topic) => decode::decode(topic, payload),
-                    None => Err(DecodeError::UnknownTopic(tp.0.clone())),
-                };
-                // Recorded before anything is sent: waiting for queue space may already bring
-                // this message's first acknowledgements.
-                match decoded {
-                    Ok(event) => {
-                        let state = {
-                            let mut sh = rebalance::lock(&shared);
-                            if let Some(e) = sh.failed.take() {
-                                return Err(RunError::Restore(e));
-                            }
-                            let is_request = tp.0 == shell.cfg.topics.requests;
-                            let counted = if is_request { sh.counted(tp.1, offset) } else { Some(Counted::No) };
-                            // A requests partition this instance no longer owns: its new owner
-                            // decides the message.
-                            let Some(counted) = counted else { continue };
-                            shell.stats.already_counted += u64::from(counted == Counted::Already);
-                            sh.topology.process_in(tp.1, event, counted, &mut outs);
-                            sh.processed(&tp, offset);
-                            match (is_request, counted, outs.iter().find_map(decision)) {
-                                (true, Counted::No, Some((user, rt))) => sh
-                                    .topology
-                                    .saved_state(tp.1, user, rt)
-                                    .map(|state| (changelog::key(rt, user), changelog::Record { user_id: user.into(), request_type: rt.into(), offset, state })),
-                                _ => None,
-                            }
-                        };
-                        let n = outs.len() + usize::from(state.is_some());
-                        if let Some(o) = shell.tracker.begin(&tp, offset, n as u32) {
-                            shell.store(&tp, o);
-                        }
-                        for o in outs.drain(..) {
-                            buf.clear();
-                            o.write_json(&mut buf)?;
-                            let record = FutureRecord::to(output_topic(shell.cfg, &o)).key(o.key().as_bytes()).payload(&buf[..]);
-                            shell.send(record, &tp, offset).await?;
-                        }
-                        if let Some((key, record)) = state {
-                            buf.clear();
-                            serde_json::to_writer(&mut buf, &record)?;
-                            let r = FutureRecord::to(&shell.cfg.topics.changelog).partition(tp.1).key(key.as_bytes()).payload(&buf[..]);
-                            shell.send(r, &tp, offset).await?;
-                        }
-                    }
-                    Err(e) => {
-                        shell.stats.dead_lettered += 1;
-                        shell.tracker.begin(&tp, offset, 1);
-                        tracing::debug!(topic = %tp.0, partition = tp.1, offset, error = %e, "to the DLQ");
-                        let mut headers = OwnedHeaders::new();
-                        for (k, v) in dlq::headers(&e, &tp.0, tp.1, offset) {
-                            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
-                        }
-                        // A value too large for the producer would stop the service on every
-                        // restart: keep its head, and say so.
-                        let kept = if payload.len() > DLQ_MAX_VALUE {
-                            headers = headers.insert(Header { key: dlq::TRUNCATED, value: Some(payload.len().to_string().as_bytes()) });
-                            &payload[..DLQ_MAX_VALUE]
-                        } else {
-                            payload
-                        };
-                        let mut record = FutureRecord::to(&shell.cfg.topics.dlq).payload(kept).headers(headers);
-                        if let Some(k) = m.key() {
-                            record = record.key(k);
-                        }
-                        shell.send(record, &tp, offset).await?;
-                    }
+            m = control.recv() => m.map(|m| (m, Source::Control)),
+            m = consumer.recv() => m.map(|m| (m, Source::Requests)),
+        };
+        match msg {
+            Ok((m, source)) => {
+                failing_since = None;
+                shell.handle(&shared, &m, source).await?;
+            }
+            Err(e) => {
+                // librdkafka retries and reconnects by itself; say so and carry on, unless
+                // nothing but errors has come for CONSUMER_GIVE_UP.
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= CONSUMER_GIVE_UP {
+                    return Err(RunError::ConsumerDown(since.elapsed(), e));
                 }
+                tracing::warn!(error = %e, "consumer error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }

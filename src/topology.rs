@@ -182,6 +182,15 @@ impl Topology {
         }
     }
 
+    /// Every current limit as of the latest event time, with `reason` (nothing before the first
+    /// event, whose outputs include every limit anyway).
+    pub fn snapshot(&self, reason: &str, out: &mut Vec<Output>) {
+        let Some(now) = self.watermark else { return };
+        let mut updates = Vec::new();
+        self.limits.snapshot(now, reason, &mut updates);
+        out.extend(updates.into_iter().map(Output::Limit));
+    }
+
     /// End of input: closes the monitor's open minute (replay and backtest call this; a live
     /// service does not).
     pub fn finish(&mut self, out: &mut Vec<Output>) {

@@ -45,6 +45,7 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
     ("kafka.group_id", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.create_topics", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.replication_factor", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.control_lookback_s", "Kafka runtime only: where a starting `surgeguard run` begins reading the control topics; replay reads its whole input"),
     ("kafka.partitions.requests", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.partitions.outcomes", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.partitions.telemetry", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),

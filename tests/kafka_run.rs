@@ -16,7 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use surgeguard::changelog;
 use surgeguard::config::Config;
-use surgeguard::events::{InputEvent, RequestEvent};
+use surgeguard::events::{InputEvent, RequestEvent, TelemetrySample};
 use surgeguard::outputs::Output;
 use surgeguard::scenario::{Surge, monday_surge};
 use surgeguard::topology::Topology;
@@ -433,4 +433,87 @@ async fn a_second_instance_joining_mid_stream_changes_no_decision() {
     // The second instance restored state the first had written, or this proves little.
     let restored = log_field_sum(&log, "limiter state restored", "records");
     assert!(restored > 0, "the second instance restored no changelog records");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+async fn every_instance_applies_the_limits_the_control_side_sets() {
+    let p = Pipeline::new("control");
+    let surge = Surge { backend: false, scale: 4, ..Surge::default() };
+    // Three hosts at 95 % CPU: load is critical and every limit is cut, on every instance.
+    let telemetry: Vec<TelemetrySample> = ["host-a", "host-b", "host-c"]
+        .iter()
+        .map(|&source| TelemetrySample {
+            ts: surge.start,
+            source: source.into(),
+            cpu: 0.95,
+            memory: 0.5,
+            db_connections_in_use: 10,
+            db_connections_max: 100,
+            queue_depth: None,
+            queue_capacity: None,
+        })
+        .collect();
+    // Requests while those samples are fresh (health drops a source 30 s after its sample).
+    let events: Vec<RequestEvent> = monday_surge(&surge)
+        .into_iter()
+        .filter_map(|e| match e {
+            InputEvent::Request(r) if r.ts.0 < surge.start.0 + 25_000 => Some(r),
+            _ => None,
+        })
+        .collect();
+    let mut reference = Topology::new(std::sync::Arc::new(Config::default()));
+    let mut outs = Vec::new();
+    for t in &telemetry {
+        reference.process(InputEvent::Telemetry(t.clone()), &mut outs);
+    }
+    let mut want = BTreeMap::new();
+    for e in &events {
+        reference.process(InputEvent::Request(e.clone()), &mut outs);
+        for o in outs.drain(..) {
+            if let Output::Decision(d) = o {
+                want.insert(d.request_id.to_string(), serde_json::to_value(&d).expect("decision JSON"));
+            }
+        }
+    }
+    assert!(want.len() > 500 && want.values().all(|d| d["severity"] == "critical"), "the reference must run at critical load");
+
+    let (log_a, log_b) = (std::env::temp_dir().join(format!("{}.a.log", p.prefix)), std::env::temp_dir().join(format!("{}.b.log", p.prefix)));
+    let a = p.start_logging_to(&log_a);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = p.start_logging_to(&log_b);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let samples: Vec<(String, Vec<u8>)> = telemetry.iter().map(|t| (t.source.clone(), serde_json::to_vec(t).expect("encodable"))).collect();
+    produce(&p.topic("telemetry"), &samples).await;
+    // The leader publishes the cut limits; give the other instance as long to read the samples.
+    let cut = read_until(&p.topic("limits"), Duration::from_secs(30), |m| {
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or(b"{}")).expect("limit JSON");
+        v["severity"] == "critical"
+    });
+    assert!(cut.last().is_some_and(|m| m.payload().is_some_and(|b| String::from_utf8_lossy(b).contains("critical"))), "no critical limit update published");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce(&p.topic("requests"), &encoded(&events)).await;
+    let mut seen = BTreeSet::new();
+    let decisions = read_until(&p.topic("decisions"), Duration::from_secs(60), |m| {
+        seen.extend(decided_ids(std::slice::from_ref(m)).into_keys());
+        seen.len() >= want.len()
+    });
+    let got = first_decisions(&decisions);
+    let differ: Vec<_> = want.iter().filter(|(id, d)| got.get(*id) != Some(d)).take(3).collect();
+    assert!(differ.is_empty(), "decisions that differ from one instance's that saw the telemetry first, e.g. {differ:?}");
+    assert!(b.stop().success());
+    assert!(a.stop().success());
+
+    // Both instances decided requests (each consumed more than the three samples), and only one
+    // of them published the limits: no limit update appears twice.
+    for log in [&log_a, &log_b] {
+        let consumed = log_field_sum(log, "stopped", "consumed");
+        assert!(consumed > samples.len() as u64, "an instance decided no request: consumed {consumed}");
+    }
+    let limits = read_until(&p.topic("limits"), Duration::from_secs(5), |_| false);
+    let mut per_update = BTreeMap::new();
+    for m in &limits {
+        *per_update.entry(m.payload().map(<[u8]>::to_vec)).or_insert(0) += 1;
+    }
+    assert!(per_update.values().all(|&n| n == 1), "a limit update was published by more than one instance");
 }

@@ -6,8 +6,10 @@
 //! breakers and adaptive limits and applies the same current limits to its requests.
 //!
 //! A starting instance first reads the last `kafka.control_lookback_s` of the control topics
-//! (found by timestamp) up to their ends, to rebuild breaker windows and the health view, before
-//! it joins the group and decides anything. Only one instance publishes what the control side
+//! (found by timestamp) up to the offsets the group has committed for them, without publishing,
+//! to rebuild breaker windows and the health view, before it joins the group and decides
+//! anything (see `assign`); after that it reads on once the group has given it its partitions,
+//! when it knows whether it leads. Only one instance publishes what the control side
 //! produces (limit updates, breaker states, alerts, and control messages that fail to decode):
 //! the leader, the instance that owns partition 0 of the requests topic. An instance that
 //! becomes leader first publishes every current limit, so the compacted limits topic is whole.
@@ -15,6 +17,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -40,18 +43,26 @@ fn control_partitions(consumer: &StreamConsumer, cfg: &Config) -> Result<Vec<Par
     Ok(out)
 }
 
-/// Assigns every control partition from `lookback` ago; returns each partition's end at the time
-/// (what the catch-up reads up to).
-pub fn assign(consumer: &StreamConsumer, cfg: &Config) -> Result<HashMap<Partition, i64>, KafkaError> {
+/// Assigns every control partition; returns, per partition, the end of what the catch-up reads
+/// without publishing.
+///
+/// The group commits the control partitions too (the leader does, after publishing), so a
+/// partition is read from the earlier of `control_lookback_s` ago and the group's committed
+/// offset: what lies before the committed offset was published already and only rebuilds state;
+/// what lies after it is new, and the main loop processes (and the leader publishes) it. A group
+/// that never committed treats everything from the lookback on as new.
+pub fn assign(consumer: &StreamConsumer, cfg: &Config) -> Result<CatchUp, KafkaError> {
     let partitions = control_partitions(consumer, cfg)?;
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let since = now_ms - i64::from(cfg.kafka.control_lookback_s) * 1000;
     let mut by_time = TopicPartitionList::new();
+    let mut all = TopicPartitionList::new();
     for (topic, p) in &partitions {
         by_time.add_partition_offset(topic, *p, Offset::Offset(since))?;
+        all.add_partition(topic, *p);
     }
     // The first offset at or after `since` per partition (the end when nothing is that new).
-    let starts = match tokio::task::block_in_place(|| consumer.offsets_for_times(by_time, METADATA_TIMEOUT)) {
+    let from_time = match tokio::task::block_in_place(|| consumer.offsets_for_times(by_time, METADATA_TIMEOUT)) {
         Ok(tpl) => tpl,
         Err(e) => {
             tracing::warn!(error = %e, "control topics: offsets by time unavailable, reading from the start");
@@ -62,46 +73,82 @@ pub fn assign(consumer: &StreamConsumer, cfg: &Config) -> Result<HashMap<Partiti
             tpl
         }
     };
-    consumer.assign(&starts)?;
-    let mut ends = HashMap::new();
+    let committed = tokio::task::block_in_place(|| consumer.committed_offsets(all, METADATA_TIMEOUT))?;
+    let offset_in = |tpl: &TopicPartitionList, topic: &str, p: i32| {
+        tpl.find_partition(topic, p).and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+    };
+    let mut resume = TopicPartitionList::new();
+    let mut catch_up = CatchUp::default();
     for (topic, p) in partitions {
         let (low, high) = tokio::task::block_in_place(|| kafka_topics::watermarks(consumer, &topic, p, METADATA_TIMEOUT))?;
-        if high > low {
-            ends.insert((topic, p), high);
+        let lookback = offset_in(&from_time, &topic, p).unwrap_or(high).max(low);
+        let start = match offset_in(&committed, &topic, p) {
+            Some(c) => c.min(lookback).max(low),
+            None => lookback,
+        };
+        let silent_end = offset_in(&committed, &topic, p).map_or(start, |c| c.min(high)).max(start);
+        resume.add_partition_offset(&topic, p, Offset::Offset(silent_end))?;
+        if silent_end > start {
+            catch_up.ranges.push(((topic, p), start, silent_end));
         }
     }
-    Ok(ends)
+    consumer.assign(&resume)?;
+    Ok(catch_up)
 }
 
-/// Reads the control partitions up to the ends `assign` found, folding them into `topology`
+/// What a starting instance reads without publishing: per partition, `[start, end)`.
+#[derive(Debug, Default)]
+pub struct CatchUp {
+    pub ranges: Vec<(Partition, i64, i64)>,
+}
+
+/// Reads the ranges `assign` planned with a consumer of its own, folding them into `topology`
 /// without publishing anything. Gives up waiting after `timeout` (and says so).
-pub async fn catch_up(consumer: &StreamConsumer, cfg: &Config, mut ends: HashMap<Partition, i64>, topology: &mut Topology, timeout: Duration) -> u64 {
+pub async fn catch_up(client: &ClientConfig, plan: CatchUp, topology: &mut Topology, cfg: &Config, timeout: Duration) -> Result<u64, KafkaError> {
+    if plan.ranges.is_empty() {
+        return Ok(0);
+    }
+    let consumer: StreamConsumer = client.clone().set("enable.auto.commit", "false").create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends: HashMap<Partition, i64> = HashMap::new();
+    for (tp, start, end) in plan.ranges {
+        tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(start))?;
+        ends.insert(tp, end);
+    }
+    consumer.assign(&tpl)?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut outs = Vec::new();
     let mut read = 0u64;
     while !ends.is_empty() {
         let m = match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Err(_) => {
-                tracing::warn!(partitions = ends.len(), "control topics not read to their ends in {timeout:?}: going on");
+                tracing::warn!(partitions = ends.len(), "control topics not read up to the committed offsets in {timeout:?}: going on");
                 break;
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "control consumer error");
+                tracing::warn!(error = %e, "control catch-up consumer error");
                 continue;
             }
             Ok(Ok(m)) => m,
         };
-        read += 1;
         let tp = (m.topic().to_string(), m.partition());
+        let Some(&end) = ends.get(&tp) else { continue };
+        if m.offset() >= end {
+            continue;
+        }
+        read += 1;
         if let Some(topic) = crate::runtime::input_topic(cfg, &tp.0)
             && let Ok(event) = decode::decode(topic, m.payload().unwrap_or(&[]))
         {
             topology.process_in(0, event, Counted::No, &mut outs);
             outs.clear();
         }
-        if ends.get(&tp).is_some_and(|&end| m.offset() + 1 >= end) {
+        if m.offset() + 1 >= end {
             ends.remove(&tp);
         }
     }
-    read
+    Ok(read)
 }

@@ -40,11 +40,13 @@ pub struct Shared {
     processed: HashMap<Partition, i64>,
     /// A failure inside a callback, which the main loop turns into an error.
     pub failed: Option<String>,
+    /// Assignments received so far (an empty one counts).
+    assignments: u64,
 }
 
 impl Shared {
     pub fn new(topology: Topology) -> Self {
-        Shared { topology, owned: HashMap::new(), revoked: HashMap::new(), processed: HashMap::new(), failed: None }
+        Shared { topology, owned: HashMap::new(), revoked: HashMap::new(), processed: HashMap::new(), failed: None, assignments: 0 }
     }
 
     /// How a request at `offset` of requests partition `partition` counts; `None` when this
@@ -52,6 +54,12 @@ impl Shared {
     pub fn counted(&self, partition: i32, offset: i64) -> Option<Counted> {
         let up_to = self.owned.get(&partition)?;
         Some(if up_to.is_some_and(|o| offset <= o) { Counted::Already } else { Counted::No })
+    }
+
+    /// Whether the group has given this instance its partitions yet. Until then it cannot know
+    /// whether it leads, so it leaves the control topics unread.
+    pub fn assigned(&self) -> bool {
+        self.assignments > 0
     }
 
     /// Whether this instance owns partition 0 of the requests topic, and so publishes the control
@@ -144,6 +152,7 @@ impl RunContext {
 
     fn on_assign(&self, _consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let mut shared = lock(&self.shared);
+        shared.assignments += 1;
         let assigned: HashSet<i32> =
             tpl.elements().iter().filter(|e| e.topic() == self.requests_topic).map(|e| e.partition()).collect();
         let mut to_restore = Vec::new();

@@ -140,6 +140,10 @@ struct Shell<'a> {
     last_flush: Instant,
     /// Whether this instance publishes the control side's outputs (`control.rs`).
     leader: bool,
+    /// Control partitions: the last offset whose outputs this instance (as leader) has
+    /// delivered, committed to the group now and then.
+    control_done: HashMap<Partition, i64>,
+    last_control_commit: Instant,
     outs: Vec<Output>,
     buf: Vec<u8>,
 }
@@ -188,9 +192,41 @@ impl Shell<'_> {
     fn on_ack(&mut self, done: Result<(Partition, i64), RunError>) -> Result<(), RunError> {
         let (tp, offset) = done?;
         if let Some(o) = self.tracker.ack(&tp, offset) {
-            self.store(&tp, o);
+            self.done(&tp, o);
         }
         Ok(())
+    }
+
+    /// Everything up to `offset` of `tp` has its outputs delivered.
+    fn done(&mut self, tp: &Partition, offset: i64) {
+        if tp.0 == self.cfg.topics.requests {
+            self.store(tp, offset);
+        } else {
+            self.control_done.insert(tp.clone(), offset);
+            if self.last_control_commit.elapsed() >= Duration::from_secs(1) {
+                self.commit_control(CommitMode::Async);
+            }
+        }
+    }
+
+    /// Commits the control partitions' delivered offsets to the group (the group's consumer
+    /// commits them; the control consumer is not a member).
+    fn commit_control(&mut self, mode: CommitMode) {
+        self.last_control_commit = Instant::now();
+        if self.control_done.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in self.control_done.drain() {
+            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1)) {
+                tracing::warn!(%topic, partition, offset, error = %e, "control offset not committed");
+            }
+        }
+        let commit = || self.consumer.commit(&tpl, mode);
+        let result = if matches!(mode, CommitMode::Sync) { tokio::task::block_in_place(commit) } else { commit() };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "control offsets not committed: a new leader publishes their outputs again");
+        }
     }
 
     /// Decodes, processes and publishes one input message.
@@ -258,11 +294,11 @@ impl Shell<'_> {
             outs.retain(|o| matches!(o, Output::Decision(_)));
         }
         // Recorded before anything is sent (waiting for queue space may already bring this
-        // message's first acknowledgements). Control partitions are never committed.
-        if source == Source::Requests {
+        // message's first acknowledgements). Control partitions are committed by the leader.
+        if source == Source::Requests || self.leader {
             let n = outs.len() + usize::from(state.is_some());
             if let Some(o) = self.tracker.begin(&tp, offset, n as u32) {
-                self.store(&tp, o);
+                self.done(&tp, o);
             }
         }
         let mut buf = std::mem::take(&mut self.buf);
@@ -285,9 +321,7 @@ impl Shell<'_> {
 
     async fn dead_letter(&mut self, m: &BorrowedMessage<'_>, tp: &Partition, offset: i64, e: &DecodeError) -> Result<(), RunError> {
         self.stats.dead_lettered += 1;
-        if tp.0 == self.cfg.topics.requests {
-            self.tracker.begin(tp, offset, 1);
-        }
+        self.tracker.begin(tp, offset, 1);
         tracing::debug!(topic = %tp.0, partition = tp.1, offset, error = %e, "to the DLQ");
         let payload = m.payload().unwrap_or(&[]);
         let mut headers = OwnedHeaders::new();
@@ -376,9 +410,10 @@ pub async fn run_with(
         .set("enable.auto.commit", "false")
         .create()?;
     let mut topology = Topology::new(cfg.clone());
-    let ends = control::assign(&control, &cfg)?;
+    let plan = control::assign(&control, &cfg)?;
     let started = Instant::now();
-    let read = control::catch_up(&control, &cfg, ends, &mut topology, CATCH_UP_TIMEOUT).await;
+    let catch_up_client = consumer_config.clone().set("group.id", format!("{}.catch-up", cfg.kafka.group_id)).clone();
+    let read = control::catch_up(&catch_up_client, plan, &mut topology, &cfg, CATCH_UP_TIMEOUT).await?;
     tracing::info!(messages = read, took = ?started.elapsed(), lookback_s = cfg.kafka.control_lookback_s, "control state rebuilt from the control topics");
 
     let shared = Arc::new(Mutex::new(Shared::new(topology)));
@@ -411,6 +446,8 @@ pub async fn run_with(
         stored: HashMap::new(),
         last_flush: Instant::now(),
         leader: false,
+        control_done: HashMap::new(),
+        last_control_commit: Instant::now(),
         outs: Vec::new(),
         buf: Vec::with_capacity(1024),
     };
@@ -418,6 +455,8 @@ pub async fn run_with(
     let mut failing_since: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        // Control events wait until this instance knows whether it leads (see `control.rs`).
+        let control_ready = rebalance::lock(&shared).assigned();
         let msg = tokio::select! {
             biased;
             _ = &mut shutdown => break,
@@ -434,7 +473,7 @@ pub async fn run_with(
                 tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.tracker.in_flight(), leader = shell.leader, "progress");
                 continue;
             }
-            m = control.recv() => m.map(|m| (m, Source::Control)),
+            m = control.recv(), if control_ready => m.map(|m| (m, Source::Control)),
             m = consumer.recv() => m.map(|m| (m, Source::Requests)),
         };
         match msg {
@@ -467,6 +506,7 @@ pub async fn run_with(
         Err(_) => tracing::warn!(in_flight = shell.tracker.in_flight(), "deliveries still in flight after {DRAIN_TIMEOUT:?}: their inputs will be processed again"),
     }
     shell.flush_offsets();
+    shell.commit_control(CommitMode::Sync);
     let stats = shell.stats;
     // Synchronous commit blocks: keep it off the async workers.
     tokio::task::block_in_place(|| match consumer.commit_consumer_state(CommitMode::Sync) {

@@ -36,7 +36,7 @@ BIN = Path(os.environ.get("SURGEGUARD_BIN", ROOT / "target" / "debug" / "surgegu
 if not BIN.is_absolute():
     BIN = ROOT / BIN
 
-TOPICS = ["requests", "outcomes", "telemetry", "admin", "decisions", "limits", "breakers", "predictions", "alerts", "dlq"]
+TOPICS = ["requests", "outcomes", "telemetry", "admin", "decisions", "limits", "breakers", "predictions", "alerts", "dlq", "changelog"]
 T0 = datetime(2026, 11, 30, 9, 0, 0, tzinfo=timezone.utc)
 TIERS = ["enterprise", "free", "pro"]
 REQUEST_TYPES = ["batch", "critical_business", "standard"]

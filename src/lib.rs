@@ -12,11 +12,14 @@
 //! - [`monitor`]: per-minute metrics and alert rules; [`strategy`]: the throttling table;
 //! - [`topology`]: wires the above together; every runtime drives it.
 //!
-//! The wire: [`events`] (inputs), [`decode`] (bytes → inputs, with a fast path in `flat_json`), [`outputs`] (output records), [`encode`] (outputs → bytes),
-//! [`time`] (event time). Config: [`config`] (structs and defaults), [`config_load`] (parse and
-//! validate). Test and benchmark inputs: [`scenario`]. The shell: [`replay`] (JSON lines through the topology),
-//! [`runtime`] (`surgeguard run`: Kafka in and out, with [`offsets`] for commit-after-delivery,
-//! [`dlq`] records and [`kafka_topics`] set-up) and the `surgeguard` binary.
+//! The wire: [`events`] (inputs), [`decode`] (bytes → inputs, with a fast path in `flat_json`),
+//! [`outputs`] (output records), [`encode`] (outputs → bytes), [`time`] (event time). Config:
+//! [`config`] (structs and defaults), [`config_load`] (parse and validate). Test and benchmark
+//! inputs: [`scenario`]. The shell: [`replay`] (JSON lines through the topology), [`runtime`]
+//! (`surgeguard run`: Kafka in and out, with [`offsets`] for commit-after-delivery, [`dlq`]
+//! records, [`kafka_topics`] set-up, [`changelog`] for limiter state, [`rebalance`] for
+//! partitions moving between instances and [`control`] for the control topics) and the
+//! `surgeguard` binary.
 
 // A config field that no code reads fails the build (equality and serialisation of the config
 // structs are derived only under test, so they do not count as reads).

@@ -104,41 +104,50 @@ pub fn restore(
         let left = timeout.saturating_sub(started.elapsed());
         if left.is_zero() {
             let (&partition, &target) = targets.iter().next().unwrap_or((&-1, &-1));
-            let at = consumer.position().ok().and_then(|pos| {
-                pos.find_partition(topic, partition).and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                })
-            });
-            return Err(RestoreError::Timeout { topic: topic.into(), partition, target, at: at.unwrap_or(-1), timeout });
+            let at = position(&consumer, topic, partition).unwrap_or(-1);
+            return Err(RestoreError::Timeout { topic: topic.into(), partition, target, at, timeout });
         }
-        let Some(msg) = consumer.poll(left.min(Duration::from_millis(500))) else { continue };
-        let msg = msg?;
-        let p = msg.partition();
-        let stats = out.entry(p).or_default();
-        stats.records += 1;
-        match msg.payload() {
-            // A tombstone: nothing to restore for the key.
-            None => {}
-            Some(bytes) => match serde_json::from_slice::<Record>(bytes) {
-                Ok(r) => match topology.restore(p, &r.user_id, &r.request_type, &r.state) {
-                    Ok(()) => stats.counted_up_to = Some(stats.counted_up_to.map_or(r.offset, |o| o.max(r.offset))),
-                    Err(e) => {
-                        stats.skipped += 1;
-                        tracing::warn!(partition = p, offset = msg.offset(), error = %e, "changelog record not restored");
-                    }
-                },
-                Err(e) => {
-                    stats.skipped += 1;
-                    tracing::warn!(partition = p, offset = msg.offset(), error = %e, "changelog record not decodable");
-                }
-            },
+        if let Some(msg) = consumer.poll(left.min(Duration::from_millis(200))) {
+            let msg = msg?;
+            apply(topology, &msg, out.entry(msg.partition()).or_default());
         }
-        if targets.get(&p).is_some_and(|&high| msg.offset() + 1 >= high) {
-            targets.remove(&p);
-        }
+        // Done by position, not by the last message: with transactions (exactly-once) the last
+        // offsets may be commit markers or aborted records, which are never delivered.
+        targets.retain(|&p, &mut high| position(&consumer, topic, p).is_none_or(|at| at < high));
     }
     Ok(out)
+}
+
+/// The consumer's position in a partition (the next offset it will read), when known.
+fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let pos = consumer.position().ok()?;
+    match pos.find_partition(topic, partition)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// Puts one changelog record's state back.
+fn apply(topology: &mut Topology, msg: &rdkafka::message::BorrowedMessage<'_>, stats: &mut Restored) {
+    let p = msg.partition();
+    stats.records += 1;
+    match msg.payload() {
+        // A tombstone: nothing to restore for the key.
+        None => {}
+        Some(bytes) => match serde_json::from_slice::<Record>(bytes) {
+            Ok(r) => match topology.restore(p, &r.user_id, &r.request_type, &r.state) {
+                Ok(()) => stats.counted_up_to = Some(stats.counted_up_to.map_or(r.offset, |o| o.max(r.offset))),
+                Err(e) => {
+                    stats.skipped += 1;
+                    tracing::warn!(partition = p, offset = msg.offset(), error = %e, "changelog record not restored");
+                }
+            },
+            Err(e) => {
+                stats.skipped += 1;
+                tracing::warn!(partition = p, offset = msg.offset(), error = %e, "changelog record not decodable");
+            }
+        },
+    }
 }
 
 #[cfg(test)]

@@ -478,6 +478,16 @@ impl Default for TopicsConfig {
     }
 }
 
+/// What `surgeguard run` promises about its outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[cfg_attr(test, derive(Serialize))]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    #[default]
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
 /// How `surgeguard run` talks to Kafka.
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(PartialEq, Serialize))]
@@ -492,6 +502,9 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     /// Replication factor of created topics; -1 takes the broker's default.
     pub replication_factor: i32,
+    /// Delivery: `at_least_once` (offsets committed after the outputs are acknowledged) or
+    /// `exactly_once` (outputs, changelog records and offsets in one Kafka transaction).
+    pub guarantee: Guarantee,
     /// How far back (seconds) a starting instance reads outcomes, telemetry and admin actions to
     /// rebuild breakers and the health view before it decides anything.
     pub control_lookback_s: u32,
@@ -509,6 +522,7 @@ impl Default for KafkaConfig {
             group_id: "surgeguard".into(),
             create_topics: true,
             replication_factor: -1,
+            guarantee: Guarantee::AtLeastOnce,
             control_lookback_s: 600,
             partitions: TopicPartitions::default(),
             properties: BTreeMap::new(),

@@ -123,32 +123,32 @@ pub async fn catch_up(client: &ClientConfig, plan: CatchUp, topology: &mut Topol
     let mut outs = Vec::new();
     let mut read = 0u64;
     while !ends.is_empty() {
-        let m = match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Err(_) => {
-                tracing::warn!(partitions = ends.len(), "control topics not read up to the committed offsets in {timeout:?}: going on");
-                break;
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(partitions = ends.len(), "control topics not read up to the committed offsets in {timeout:?}: going on");
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await {
+            Err(_) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "control catch-up consumer error"),
+            Ok(Ok(m)) => {
+                let tp = (m.topic().to_string(), m.partition());
+                if ends.get(&tp).is_some_and(|&end| m.offset() < end) {
+                    read += 1;
+                    if let Some(topic) = crate::runtime::input_topic(cfg, &tp.0)
+                        && let Ok(event) = decode::decode(topic, m.payload().unwrap_or(&[]))
+                    {
+                        topology.process_in(0, event, Counted::No, &mut outs);
+                        outs.clear();
+                    }
+                }
             }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "control catch-up consumer error");
-                continue;
-            }
-            Ok(Ok(m)) => m,
-        };
-        let tp = (m.topic().to_string(), m.partition());
-        let Some(&end) = ends.get(&tp) else { continue };
-        if m.offset() >= end {
-            continue;
         }
-        read += 1;
-        if let Some(topic) = crate::runtime::input_topic(cfg, &tp.0)
-            && let Ok(event) = decode::decode(topic, m.payload().unwrap_or(&[]))
-        {
-            topology.process_in(0, event, Counted::No, &mut outs);
-            outs.clear();
-        }
-        if m.offset() + 1 >= end {
-            ends.remove(&tp);
-        }
+        // Done by position: transaction markers at the end are never delivered as messages.
+        let positions = consumer.position()?;
+        ends.retain(|(topic, p), end| match positions.find_partition(topic, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(at)) => at < *end,
+            _ => true,
+        });
     }
     Ok(read)
 }

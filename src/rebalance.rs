@@ -20,6 +20,8 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
@@ -68,6 +70,11 @@ impl Shared {
         self.owned.contains_key(&0)
     }
 
+    /// The positions to commit: the last offset processed per input partition.
+    pub fn processed_offsets(&self) -> &HashMap<Partition, i64> {
+        &self.processed
+    }
+
     pub fn processed(&mut self, tp: &Partition, offset: i64) {
         match self.processed.get_mut(tp) {
             Some(o) => *o = (*o).max(offset),
@@ -92,6 +99,8 @@ pub struct RunContext {
     pub producer: FutureProducer,
     pub restore_timeout: Duration,
     pub flush_timeout: Duration,
+    /// Exactly-once: a revocation commits the open transaction with the processed offsets.
+    pub exactly_once: bool,
 }
 
 impl ClientContext for RunContext {}
@@ -111,6 +120,14 @@ impl RunContext {
         let mut shared = lock(&self.shared);
         let revoked: Vec<Partition> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         tracing::info!(partitions = revoked.len(), "partitions revoked: delivering outputs and committing");
+        if self.exactly_once {
+            if let Err(e) = commit_transaction(&self.producer, consumer, &shared.processed) {
+                tracing::error!(error = %e, "committing the transaction on revocation failed");
+                shared.failed = Some(format!("committing the transaction on revocation: {e}"));
+            }
+            self.forget(&mut shared, consumer, &revoked);
+            return;
+        }
         let mut commit = TopicPartitionList::new();
         match self.producer.flush(Timeout::After(self.flush_timeout)) {
             Ok(()) => {
@@ -134,9 +151,15 @@ impl RunContext {
                 tracing::warn!(error = %e, "commit on revocation failed: the next owner processes those requests again");
             }
         }
+        self.forget(&mut shared, consumer, &revoked);
+    }
+
+    /// Drops what this instance tracked for revoked partitions (keeping, with eager rebalancing,
+    /// the limiter state in case they come back in the same rebalance).
+    fn forget(&self, shared: &mut Shared, consumer: &BaseConsumer<Self>, revoked: &[Partition]) {
         let eager = !matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         shared.revoked.clear();
-        for tp in &revoked {
+        for tp in revoked {
             shared.processed.remove(tp);
             if tp.0 == self.requests_topic
                 && let Some(up_to) = shared.owned.remove(&tp.1)
@@ -189,4 +212,24 @@ impl RunContext {
             }
         }
     }
+}
+
+/// Exactly-once: commits the open transaction with the consumer positions after `processed`
+/// (blocking), and opens the next one.
+pub fn commit_transaction<C: ConsumerContext>(
+    producer: &FutureProducer,
+    consumer: &impl Consumer<C>,
+    processed: &HashMap<Partition, i64>,
+) -> Result<(), KafkaError> {
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), offset) in processed {
+        offsets.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))?;
+    }
+    if offsets.count() > 0 {
+        let group = consumer.group_metadata().ok_or(KafkaError::Global(RDKafkaErrorCode::InvalidGroupId))?;
+        producer.send_offsets_to_transaction(&offsets, &group, TIMEOUT)?;
+    }
+    producer.commit_transaction(TIMEOUT)?;
+    producer.begin_transaction()
 }

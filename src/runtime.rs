@@ -32,7 +32,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
 use crate::decode::{self, DecodeError};
 use crate::dlq;
 use crate::events::InputTopic;
@@ -58,6 +58,8 @@ pub enum RunError {
     ConsumerDown(Duration, KafkaError),
     #[error("restoring limiter state from the changelog: {0}")]
     Restore(String),
+    #[error("exactly-once transaction failed (aborted; a restart resumes from the last committed one): {0}")]
+    Transaction(KafkaError),
     #[error("topic {changelog} has {has} partitions, fewer than {requests} ({needs}): each requests partition keeps its state in the changelog partition of the same number")]
     ChangelogPartitions { changelog: String, has: usize, requests: String, needs: usize },
 }
@@ -114,6 +116,10 @@ fn output_topic<'a>(cfg: &'a Config, o: &Output) -> &'a str {
 /// `message.max.bytes`, 1 MB by default).
 const DLQ_MAX_VALUE: usize = 512 * 1024;
 
+/// Exactly-once: how often the open transaction commits (Kafka Streams' default for
+/// exactly-once).
+const TRANSACTION_EVERY: Duration = Duration::from_millis(100);
+
 /// How long a starting instance reads the control topics' recent past before it goes on.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -140,6 +146,11 @@ struct Shell<'a> {
     last_flush: Instant,
     /// Whether this instance publishes the control side's outputs (`control.rs`).
     leader: bool,
+    /// Exactly-once: outputs and offsets go in transactions, committed every `TRANSACTION_EVERY`.
+    eos: bool,
+    last_transaction: Instant,
+    /// Messages handled since the last commit.
+    in_transaction: bool,
     /// Control partitions: the last offset whose outputs this instance (as leader) has
     /// delivered, committed to the group now and then.
     control_done: HashMap<Partition, i64>,
@@ -197,8 +208,33 @@ impl Shell<'_> {
         Ok(())
     }
 
+    /// Exactly-once: commits the open transaction with the processed offsets and opens the next.
+    /// A failure aborts the transaction and stops the service: its outputs and offsets are
+    /// dropped together, and a restart resumes from the last committed transaction with the
+    /// limiter state of that transaction.
+    fn commit_transaction(&mut self, shared: &Mutex<Shared>) -> Result<(), RunError> {
+        self.in_transaction = false;
+        let processed = rebalance::lock(shared).processed_offsets().clone();
+        let (producer, consumer) = (self.producer, self.consumer);
+        let started = Instant::now();
+        let result = tokio::task::block_in_place(|| rebalance::commit_transaction(producer, consumer, &processed)).map_err(|e| {
+            if let Err(abort) = tokio::task::block_in_place(|| producer.abort_transaction(Duration::from_secs(30))) {
+                tracing::warn!(error = %abort, "aborting the failed transaction failed too");
+            }
+            RunError::Transaction(e)
+        });
+        tracing::trace!(took = ?started.elapsed(), "transaction committed");
+        // The interval runs from the end of a commit, so a slow commit still leaves time to work.
+        self.last_transaction = Instant::now();
+        result
+    }
+
     /// Everything up to `offset` of `tp` has its outputs delivered.
     fn done(&mut self, tp: &Partition, offset: i64) {
+        if self.eos {
+            // The transaction carries the offsets.
+            return;
+        }
         if tp.0 == self.cfg.topics.requests {
             self.store(tp, offset);
         } else {
@@ -265,7 +301,8 @@ impl Shell<'_> {
                 Ok(event) => {
                     self.stats.already_counted += u64::from(counted == Counted::Already);
                     sh.topology.process_in(tp.1, event, counted, &mut outs);
-                    if source == Source::Requests {
+                    // Exactly-once commits the leader's control positions in its transactions.
+                    if source == Source::Requests || (self.eos && self.leader) {
                         sh.processed(&tp, offset);
                     }
                     Ok(match (source, counted, outs.iter().find_map(decision)) {
@@ -399,7 +436,25 @@ pub async fn run_with(
     for (k, v) in consumer_overrides {
         consumer_config.set(*k, *v);
     }
-    let producer: FutureProducer = base.clone().set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").create()?;
+    let eos = cfg.kafka.guarantee == Guarantee::ExactlyOnce;
+    // Inputs, changelog and control topics alike: only committed transactions are read.
+    consumer_config.set("isolation.level", "read_committed");
+    let mut producer_config = base.clone();
+    producer_config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+    if eos {
+        // Unique per process: with KIP-447 the group's generation fences a zombie instance.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        producer_config.set("transactional.id", format!("{}-{}-{nanos}", cfg.kafka.group_id, std::process::id()));
+        // A transaction left open by a crashed instance blocks read_committed readers (the
+        // changelog restore among them) until it times out: keep that short, as Kafka Streams does.
+        producer_config.set("transaction.timeout.ms", "10000");
+    }
+    let producer: FutureProducer = producer_config.create()?;
+    if eos {
+        tokio::task::block_in_place(|| producer.init_transactions(Duration::from_secs(30)))?;
+        producer.begin_transaction()?;
+        tracing::info!("exactly-once: outputs, limiter state and offsets commit together");
+    }
     let t = &cfg.topics;
     check_changelog_partitions(&producer, t)?;
     // The control side first: every partition of the control topics, from the lookback on,
@@ -425,10 +480,12 @@ pub async fn run_with(
         producer: producer.clone(),
         restore_timeout: RESTORE_TIMEOUT,
         flush_timeout: DRAIN_TIMEOUT,
+        exactly_once: eos,
     };
     let consumer: StreamConsumer<RunContext> = consumer_config
         .set("group.id", &cfg.kafka.group_id)
-        .set("enable.auto.commit", "true")
+        // Exactly-once commits offsets in the transaction, never on its own.
+        .set("enable.auto.commit", if eos { "false" } else { "true" })
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .create_with_context(context)?;
@@ -448,10 +505,15 @@ pub async fn run_with(
         leader: false,
         control_done: HashMap::new(),
         last_control_commit: Instant::now(),
+        eos,
+        last_transaction: Instant::now(),
+        in_transaction: false,
         outs: Vec::new(),
         buf: Vec::with_capacity(1024),
     };
     let mut report = tokio::time::interval(Duration::from_secs(30));
+    let mut transaction_tick = tokio::time::interval(TRANSACTION_EVERY);
+    transaction_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing_since: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
@@ -473,6 +535,13 @@ pub async fn run_with(
                 tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.tracker.in_flight(), leader = shell.leader, "progress");
                 continue;
             }
+            _ = transaction_tick.tick(), if shell.eos => {
+                // An idle pipeline commits what it did too.
+                if shell.in_transaction && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
+                    shell.commit_transaction(&shared)?;
+                }
+                continue;
+            }
             m = control.recv(), if control_ready => m.map(|m| (m, Source::Control)),
             m = consumer.recv() => m.map(|m| (m, Source::Requests)),
         };
@@ -480,6 +549,10 @@ pub async fn run_with(
             Ok((m, source)) => {
                 failing_since = None;
                 shell.handle(&shared, &m, source).await?;
+                shell.in_transaction = true;
+                if shell.eos && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
+                    shell.commit_transaction(&shared)?;
+                }
             }
             Err(e) => {
                 // librdkafka retries and reconnects by itself; say so and carry on, unless
@@ -505,10 +578,14 @@ pub async fn run_with(
         Ok(r) => r?,
         Err(_) => tracing::warn!(in_flight = shell.tracker.in_flight(), "deliveries still in flight after {DRAIN_TIMEOUT:?}: their inputs will be processed again"),
     }
+    if shell.eos {
+        shell.commit_transaction(&shared)?;
+    }
     shell.flush_offsets();
     shell.commit_control(CommitMode::Sync);
     let stats = shell.stats;
-    // Synchronous commit blocks: keep it off the async workers.
+    // Synchronous commit blocks: keep it off the async workers. (Exactly-once has committed its
+    // offsets in the last transaction; nothing is stored, so this finds no offset.)
     tokio::task::block_in_place(|| match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
         Err(e) => Err(e),

@@ -45,6 +45,7 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
     ("kafka.group_id", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.create_topics", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.replication_factor", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("kafka.guarantee", "Kafka runtime only: how `surgeguard run` commits (tests/kafka_run.rs runs both); replay has no broker"),
     ("kafka.control_lookback_s", "Kafka runtime only: where a starting `surgeguard run` begins reading the control topics; replay reads its whole input"),
     ("kafka.partitions.requests", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.partitions.outcomes", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
@@ -182,6 +183,8 @@ fn candidates(path_segs: &[Seg], v: &Value, doc: &Value) -> Vec<Value> {
                 ["info", "warning", "medium", "high", "critical"].map(String::from).to_vec()
             } else if last == "strategy" {
                 ["delay", "reject_with_backoff", "queue_with_timeout"].map(String::from).to_vec()
+            } else if last == "guarantee" {
+                ["at_least_once", "exactly_once"].map(String::from).to_vec()
             } else if last == "cpu_memory_aggregate" {
                 ["mean", "max"].map(String::from).to_vec()
             } else if last == "default_tier" {

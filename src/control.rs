@@ -68,7 +68,8 @@ pub fn assign(consumer: &StreamConsumer, cfg: &Config) -> Result<CatchUp, KafkaE
             tracing::warn!(error = %e, "control topics: offsets by time unavailable, reading from the start");
             let mut tpl = TopicPartitionList::new();
             for (topic, p) in &partitions {
-                tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+                // Offset 0, clamped to each partition's start below.
+                tpl.add_partition_offset(topic, *p, Offset::Offset(0))?;
             }
             tpl
         }
@@ -111,7 +112,8 @@ pub async fn catch_up(client: &ClientConfig, plan: CatchUp, topology: &mut Topol
     if plan.ranges.is_empty() {
         return Ok(0);
     }
-    let consumer: StreamConsumer = client.clone().set("enable.auto.commit", "false").create()?;
+    // Earliest: a range whose start retention has removed begins at what is left.
+    let consumer: StreamConsumer = client.clone().set("enable.auto.commit", "false").set("auto.offset.reset", "earliest").create()?;
     let mut tpl = TopicPartitionList::new();
     let mut ends: HashMap<Partition, i64> = HashMap::new();
     for (tp, start, end) in plan.ranges {

@@ -44,11 +44,14 @@ pub struct Shared {
     pub failed: Option<String>,
     /// Assignments received so far (an empty one counts).
     assignments: u64,
+    /// Set when the pipeline stops on an error: outputs of processed messages may not have been
+    /// delivered, so the revocation that closing the consumer brings commits nothing.
+    pub no_commit: bool,
 }
 
 impl Shared {
     pub fn new(topology: Topology) -> Self {
-        Shared { topology, owned: HashMap::new(), revoked: HashMap::new(), processed: HashMap::new(), failed: None, assignments: 0 }
+        Shared { topology, owned: HashMap::new(), revoked: HashMap::new(), processed: HashMap::new(), failed: None, assignments: 0, no_commit: false }
     }
 
     /// How a request at `offset` of requests partition `partition` counts; `None` when this
@@ -120,6 +123,18 @@ impl RunContext {
         let mut shared = lock(&self.shared);
         let revoked: Vec<Partition> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         tracing::info!(partitions = revoked.len(), "partitions revoked: delivering outputs and committing");
+        if shared.no_commit || consumer.assignment_lost() {
+            // Stopping on an error, or the group gave the partitions away already: commit
+            // nothing, keep nothing (the next owner works from the last commit and the changelog).
+            tracing::warn!(lost = consumer.assignment_lost(), "revoked without committing");
+            for tp in &revoked {
+                shared.processed.remove(tp);
+                if tp.0 == self.requests_topic && shared.owned.remove(&tp.1).is_some() {
+                    shared.topology.drop_partition(tp.1);
+                }
+            }
+            return;
+        }
         if self.exactly_once {
             if let Err(e) = commit_transaction(&self.producer, consumer, &shared.processed) {
                 tracing::error!(error = %e, "committing the transaction on revocation failed");
@@ -160,12 +175,18 @@ impl RunContext {
         let eager = !matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         shared.revoked.clear();
         for tp in revoked {
-            shared.processed.remove(tp);
+            let processed = shared.processed.remove(tp);
             if tp.0 == self.requests_topic
                 && let Some(up_to) = shared.owned.remove(&tp.1)
             {
                 if eager {
-                    shared.revoked.insert(tp.1, up_to);
+                    // Kept state counts everything processed: should the commit have failed,
+                    // requests coming again up to there are not counted twice.
+                    let counted = match (up_to, processed) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    };
+                    shared.revoked.insert(tp.1, counted);
                 } else {
                     shared.topology.drop_partition(tp.1);
                 }

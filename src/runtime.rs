@@ -116,6 +116,23 @@ fn output_topic<'a>(cfg: &'a Config, o: &Output) -> &'a str {
 /// `message.max.bytes`, 1 MB by default).
 const DLQ_MAX_VALUE: usize = 512 * 1024;
 
+/// How many request messages in a row may go before a waiting control message.
+const CONTROL_EVERY: u32 = 16;
+
+/// Marks the shared state "commit nothing" when `run_with` leaves with an error.
+struct NoCommitOnError {
+    shared: Arc<Mutex<Shared>>,
+    armed: bool,
+}
+
+impl Drop for NoCommitOnError {
+    fn drop(&mut self) {
+        if self.armed {
+            rebalance::lock(&self.shared).no_commit = true;
+        }
+    }
+}
+
 /// Exactly-once: how often the open transaction commits (Kafka Streams' default for
 /// exactly-once).
 const TRANSACTION_EVERY: Duration = Duration::from_millis(100);
@@ -511,7 +528,11 @@ pub async fn run_with(
         outs: Vec::new(),
         buf: Vec::with_capacity(1024),
     };
+    // Declared after the consumer, so dropped before it: an error exit marks the state so that
+    // the revocation closing the consumer brings commits nothing.
+    let mut exit_guard = NoCommitOnError { shared: shared.clone(), armed: true };
     let mut report = tokio::time::interval(Duration::from_secs(30));
+    let mut requests_streak = 0u32;
     let mut transaction_tick = tokio::time::interval(TRANSACTION_EVERY);
     transaction_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing_since: Option<Instant> = None;
@@ -542,12 +563,16 @@ pub async fn run_with(
                 }
                 continue;
             }
-            m = control.recv(), if control_ready => m.map(|m| (m, Source::Control)),
+            // Fair shares: requests go first, but after CONTROL_EVERY of them in a row a ready
+            // control message does (neither consumer starves the other).
+            m = control.recv(), if control_ready && requests_streak >= CONTROL_EVERY => m.map(|m| (m, Source::Control)),
             m = consumer.recv() => m.map(|m| (m, Source::Requests)),
+            m = control.recv(), if control_ready && requests_streak < CONTROL_EVERY => m.map(|m| (m, Source::Control)),
         };
         match msg {
             Ok((m, source)) => {
                 failing_since = None;
+                requests_streak = if source == Source::Requests { requests_streak.saturating_add(1) } else { 0 };
                 shell.handle(&shared, &m, source).await?;
                 shell.in_transaction = true;
                 if shell.eos && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
@@ -581,6 +606,7 @@ pub async fn run_with(
     if shell.eos {
         shell.commit_transaction(&shared)?;
     }
+    exit_guard.armed = false;
     shell.flush_offsets();
     shell.commit_control(CommitMode::Sync);
     let stats = shell.stats;

@@ -290,26 +290,7 @@ async fn decides_every_request_dead_letters_malformed_input_and_commits_after_de
 #[ignore = "needs a Kafka broker: scripts/test starts one"]
 async fn every_request_is_decided_after_a_kill_9_mid_stream() {
     let p = Pipeline::new("crash");
-    let events = requests(100_000);
-    let ids: BTreeSet<String> = events.iter().map(|(_, v)| serde_json::from_slice::<serde_json::Value>(v).unwrap()["id"].as_str().unwrap().to_string()).collect();
-    let first = p.start();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    produce(&p.topic("requests"), &events).await;
-    // Kill it once it is part-way through.
-    let mut n = 0;
-    let partial = read_until(&p.topic("decisions"), Duration::from_secs(60), |_| {
-        n += 1;
-        n >= 2000
-    });
-    assert!(partial.len() >= 2000, "no progress before the kill: {}", partial.len());
-    first.kill9();
-    // The kill must land mid-stream, or this test proves nothing.
-    let mut n = 0;
-    let at_kill = read_until(&p.topic("decisions"), Duration::from_secs(10), |_| {
-        n += 1;
-        n >= ids.len()
-    });
-    assert!(at_kill.len() < ids.len(), "the service had decided everything before the kill");
+    let ids = kill_9_mid_stream(&p, 100_000).await;
     let log = std::env::temp_dir().join(format!("{}.restart.log", p.prefix));
     let second = p.start_logging_to(&log);
     let mut seen = BTreeSet::new();
@@ -347,6 +328,31 @@ fn log_field_sum(log: &std::path::Path, message: &str, field: &str) -> u64 {
         .filter(|v| v["fields"]["message"] == message)
         .filter_map(|v| v["fields"][field].as_u64())
         .sum()
+}
+
+/// Starts the pipeline, gives it the first `n` requests of the surge and kills it with SIGKILL
+/// once it has decided 2 000 of them and before it has decided all; returns the request ids.
+async fn kill_9_mid_stream(p: &Pipeline, n: usize) -> BTreeSet<String> {
+    let events = requests(n);
+    let ids: BTreeSet<String> = events.iter().map(|(_, v)| serde_json::from_slice::<serde_json::Value>(v).unwrap()["id"].as_str().unwrap().to_string()).collect();
+    let first = p.start();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce(&p.topic("requests"), &events).await;
+    let mut seen = 0;
+    let partial = read_until(&p.topic("decisions"), Duration::from_secs(60), |_| {
+        seen += 1;
+        seen >= 2000
+    });
+    assert!(partial.len() >= 2000, "no progress before the kill: {}", partial.len());
+    first.kill9();
+    // The kill must land mid-stream, or the test proves nothing.
+    let mut seen = 0;
+    let at_kill = read_until(&p.topic("decisions"), Duration::from_secs(10), |_| {
+        seen += 1;
+        seen >= ids.len()
+    });
+    assert!(at_kill.len() < ids.len(), "the service had decided everything before the kill");
+    ids
 }
 
 /// The latest changelog record per key, reading every partition to its end.
@@ -535,24 +541,7 @@ async fn every_instance_applies_the_limits_the_control_side_sets() {
 #[ignore = "needs a Kafka broker: scripts/test starts one"]
 async fn exactly_once_survives_a_kill_9_with_each_decision_once() {
     let p = Pipeline::with("eos", "guarantee = \"exactly_once\"");
-    let events = requests(50_000);
-    let ids: BTreeSet<String> = events.iter().map(|(_, v)| serde_json::from_slice::<serde_json::Value>(v).unwrap()["id"].as_str().unwrap().to_string()).collect();
-    let first = p.start();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    produce(&p.topic("requests"), &events).await;
-    let mut n = 0;
-    let partial = read_until(&p.topic("decisions"), Duration::from_secs(60), |_| {
-        n += 1;
-        n >= 2000
-    });
-    assert!(partial.len() >= 2000, "no progress before the kill: {}", partial.len());
-    first.kill9();
-    let mut n = 0;
-    let at_kill = read_until(&p.topic("decisions"), Duration::from_secs(10), |_| {
-        n += 1;
-        n >= ids.len()
-    });
-    assert!(at_kill.len() < ids.len(), "the service had decided everything before the kill");
+    let ids = kill_9_mid_stream(&p, 50_000).await;
     let second = p.start();
     let mut seen = BTreeSet::new();
     let decisions = read_until(&p.topic("decisions"), Duration::from_secs(180), |m| {

@@ -90,6 +90,14 @@ impl Breakers {
         fallback::plan(&self.fallback, &e.alternatives, |alt| self.state(alt).unwrap_or(BreakerStateKind::Closed))
     }
 
+    /// Every breaker's current state as of `now`, as a re-publication (`previous` equal to
+    /// `state`): what a new publisher writes so the compacted breakers topic is whole.
+    pub fn snapshot(&self, now: Millis, out: &mut Vec<BreakerState>) {
+        for (name, e) in &self.entries {
+            out.extend(self.state_record(name, e.breaker.state(), now));
+        }
+    }
+
     fn state_record(&self, name: &Arc<str>, from: BreakerStateKind, at: Millis) -> Option<BreakerState> {
         let e = self.entries.get(name)?;
         let m = e.breaker.metrics();
@@ -152,6 +160,21 @@ mod tests {
         c.breaker = BreakerConfig { weight_threshold: 5.0, ..BreakerConfig::default() };
         c.resolved_breakers = c.dependencies.keys().map(|k| (k.clone(), c.breaker.clone())).collect();
         Arc::new(c)
+    }
+
+    #[test]
+    fn a_snapshot_republishes_every_breaker_as_it_is() {
+        let mut b = Breakers::new(cfg());
+        let mut out = Vec::new();
+        b.on_outcome(&fail("ai_primary", 1), &mut out);
+        b.on_outcome(&fail("ai_primary", 1), &mut out);
+        let tripped = out.pop().expect("a trip");
+        let mut snap = Vec::new();
+        b.snapshot(Millis::from_secs(2), &mut snap);
+        assert_eq!(snap.len(), cfg().dependencies.len());
+        assert!(snap.iter().all(|s| s.previous == s.state && s.ts == Millis::from_secs(2)));
+        let primary = snap.iter().find(|s| &*s.dependency == "ai_primary").expect("ai_primary");
+        assert_eq!((primary.state, &primary.fallback), (Open, &tripped.fallback));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! when it knows whether it leads. Only one instance publishes what the control side
 //! produces (limit updates, breaker states, alerts, and control messages that fail to decode):
 //! the leader, the instance that owns partition 0 of the requests topic. An instance that
-//! becomes leader first publishes every current limit, so the compacted limits topic is whole.
+//! becomes leader first publishes every current limit and breaker state, so the compacted topics
+//! are whole.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

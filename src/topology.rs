@@ -182,13 +182,17 @@ impl Topology {
         }
     }
 
-    /// Every current limit as of the latest event time, with `reason` (nothing before the first
-    /// event, whose outputs include every limit anyway).
+    /// Every current limit (with `reason`) and every breaker's state as of the latest event
+    /// time: what a new publisher of the control side writes so the compacted topics are whole
+    /// (nothing before the first event, whose outputs include every limit anyway).
     pub fn snapshot(&self, reason: &str, out: &mut Vec<Output>) {
         let Some(now) = self.watermark else { return };
         let mut updates = Vec::new();
         self.limits.snapshot(now, reason, &mut updates);
         out.extend(updates.into_iter().map(Output::Limit));
+        let mut states = Vec::new();
+        self.breakers.snapshot(now, &mut states);
+        out.extend(states.into_iter().map(Output::Breaker));
     }
 
     /// End of input: closes the monitor's open minute (replay and backtest call this; a live

@@ -137,7 +137,7 @@ pub async fn catch_up(client: &ClientConfig, plan: CatchUp, topology: &mut Topol
                 let tp = (m.topic().to_string(), m.partition());
                 if ends.get(&tp).is_some_and(|&end| m.offset() < end) {
                     read += 1;
-                    if let Some(topic) = crate::runtime::input_topic(cfg, &tp.0)
+                    if let Some(topic) = kafka_topics::input_topic(cfg, &tp.0)
                         && let Ok(event) = decode::decode(topic, m.payload().unwrap_or(&[]))
                     {
                         topology.process_in(0, event, Counted::No, &mut outs);

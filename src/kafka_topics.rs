@@ -11,6 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
+use crate::events::InputTopic;
 
 /// One topic surgeguard uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,4 +116,18 @@ pub fn watermarks<C: ConsumerContext>(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Which input a topic of this pipeline is, by its configured name.
+pub fn input_topic(cfg: &Config, name: &str) -> Option<InputTopic> {
+    let t = &cfg.topics;
+    [
+        (&t.requests, InputTopic::Requests),
+        (&t.outcomes, InputTopic::Outcomes),
+        (&t.telemetry, InputTopic::Telemetry),
+        (&t.admin, InputTopic::Admin),
+    ]
+    .into_iter()
+    .find(|(n, _)| n.as_str() == name)
+    .map(|(_, t)| t)
 }

@@ -251,30 +251,6 @@ impl Output {
             Output::Alert(a) => a.rule,
         }
     }
-
-    /// Appends the JSON value to `buf`.
-    pub fn write_json(&self, buf: &mut Vec<u8>) -> serde_json::Result<()> {
-        match self {
-            Output::Decision(v) => crate::encode::write_decision(buf, v),
-            Output::Limit(v) => serde_json::to_writer(&mut *buf, v),
-            Output::Breaker(v) => serde_json::to_writer(&mut *buf, v),
-            Output::Prediction(v) => serde_json::to_writer(&mut *buf, v),
-            Output::Alert(v) => serde_json::to_writer(&mut *buf, v),
-        }
-    }
-
-    /// Appends the replay form: the JSON value with a leading `"topic"` field, then a newline.
-    pub fn write_tagged_line(&self, buf: &mut Vec<u8>) -> serde_json::Result<()> {
-        buf.extend_from_slice(b"{\"topic\":\"");
-        buf.extend_from_slice(self.topic().as_bytes());
-        buf.push(b'"');
-        let start = buf.len();
-        self.write_json(buf)?;
-        // Every output is a non-empty JSON object: its own `{` becomes the `,` after the topic.
-        buf[start] = b',';
-        buf.push(b'\n');
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,6 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::{Config, Guarantee};
 use crate::decode::{self, DecodeError};
 use crate::dlq;
-use crate::events::InputTopic;
 use crate::kafka_topics;
 use crate::offsets::{OffsetTracker, Partition};
 use crate::outputs::Output;
@@ -86,19 +85,6 @@ pub fn client_config(cfg: &Config, brokers: &str) -> ClientConfig {
         c.set(k, v);
     }
     c
-}
-
-pub(crate) fn input_topic(cfg: &Config, name: &str) -> Option<InputTopic> {
-    let t = &cfg.topics;
-    [
-        (&t.requests, InputTopic::Requests),
-        (&t.outcomes, InputTopic::Outcomes),
-        (&t.telemetry, InputTopic::Telemetry),
-        (&t.admin, InputTopic::Admin),
-    ]
-    .into_iter()
-    .find(|(n, _)| n.as_str() == name)
-    .map(|(_, t)| t)
 }
 
 fn output_topic<'a>(cfg: &'a Config, o: &Output) -> &'a str {
@@ -288,7 +274,7 @@ impl Shell<'_> {
         let tp: Partition = (m.topic().to_string(), m.partition());
         let offset = m.offset();
         let payload = m.payload().unwrap_or(&[]);
-        let decoded = match input_topic(self.cfg, &tp.0) {
+        let decoded = match kafka_topics::input_topic(self.cfg, &tp.0) {
             Some(topic) => decode::decode(topic, payload),
             None => Err(DecodeError::UnknownTopic(tp.0.clone())),
         };

@@ -14,8 +14,13 @@
 //! `block_in_place`, off the async workers.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
@@ -27,12 +32,57 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 
 use crate::changelog;
-use crate::offsets::Partition;
+use crate::offsets::{OffsetTracker, Partition};
 use crate::topology::{Counted, Topology};
+
+/// A delivery report: the input partition and offset an acknowledged output belongs to.
+pub type Ack = Result<(Partition, i64), crate::runtime::RunError>;
+
+/// Outputs in flight and what they belong to (at-least-once bookkeeping). Shared with the
+/// rebalance callbacks, so a revocation commits only what has been delivered.
+#[derive(Default)]
+pub struct Deliveries {
+    pub tracker: OffsetTracker,
+    pub acks: FuturesUnordered<Pin<Box<dyn Future<Output = Ack> + Send>>>,
+    /// Per input partition, the last offset whose outputs (and all before it) are delivered.
+    delivered: HashMap<Partition, i64>,
+    /// A delivery that failed while a callback drained the reports: the main loop stops on it.
+    pub failed: Option<crate::runtime::RunError>,
+}
+
+impl Deliveries {
+    /// Records a message with `outputs` records in flight; returns the delivered prefix if it
+    /// moved (see `OffsetTracker::begin`).
+    pub fn begin(&mut self, tp: &Partition, offset: i64, outputs: u32) -> Option<i64> {
+        let o = self.tracker.begin(tp, offset, outputs)?;
+        self.delivered.insert(tp.clone(), o);
+        Some(o)
+    }
+
+    /// Applies one delivery report; returns the partition's delivered prefix if it moved.
+    pub fn apply(&mut self, ack: Ack) -> Result<Option<(Partition, i64)>, crate::runtime::RunError> {
+        let (tp, offset) = ack?;
+        let Some(o) = self.tracker.ack(&tp, offset) else { return Ok(None) };
+        self.delivered.insert(tp.clone(), o);
+        Ok(Some((tp, o)))
+    }
+
+    /// Applies every report that is already in (after a flush: all of them). A failed delivery
+    /// is kept in `failed`; returns whether there was one.
+    fn drain_ready(&mut self) -> bool {
+        while let Some(Some(ack)) = self.acks.next().now_or_never() {
+            if let Err(e) = self.apply(ack) {
+                self.failed.get_or_insert(e);
+            }
+        }
+        self.failed.is_some()
+    }
+}
 
 /// The pipeline's state, shared by the main loop and the rebalance callbacks.
 pub struct Shared {
     pub topology: Topology,
+    pub deliveries: Deliveries,
     /// Requests partitions owned now, each with the input offset up to which its restored state
     /// already counts the requests.
     owned: HashMap<i32, Option<i64>>,
@@ -51,7 +101,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(topology: Topology) -> Self {
-        Shared { topology, owned: HashMap::new(), revoked: HashMap::new(), processed: HashMap::new(), failed: None, assignments: 0, no_commit: false }
+        Shared { topology, deliveries: Deliveries::default(), owned: HashMap::new(), revoked: HashMap::new(), processed: HashMap::new(), failed: None, assignments: 0, no_commit: false }
     }
 
     /// How a request at `offset` of requests partition `partition` counts; `None` when this
@@ -145,15 +195,18 @@ impl RunContext {
         }
         let mut commit = TopicPartitionList::new();
         match self.producer.flush(Timeout::After(self.flush_timeout)) {
-            Ok(()) => {
+            // Every report is in after a flush; commit what they say was delivered (a flush
+            // succeeds even when a delivery failed).
+            Ok(()) if !shared.deliveries.drain_ready() => {
                 for tp in &revoked {
-                    if let Some(&o) = shared.processed.get(tp)
+                    if let Some(&o) = shared.deliveries.delivered.get(tp)
                         && let Err(e) = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(o + 1))
                     {
                         tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "offset not committed");
                     }
                 }
             }
+            Ok(()) => tracing::warn!("a delivery failed before the revocation: committing nothing"),
             Err(e) => tracing::warn!(error = %e, "outputs not all delivered before the revocation: the next owner processes them again"),
         }
         if commit.count() > 0 {

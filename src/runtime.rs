@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -36,7 +35,7 @@ use crate::config::{Config, Guarantee};
 use crate::decode::{self, DecodeError};
 use crate::dlq;
 use crate::kafka_topics;
-use crate::offsets::{OffsetTracker, Partition};
+use crate::offsets::Partition;
 use crate::outputs::Output;
 use crate::rebalance::{self, RunContext, Shared};
 use crate::topology::{Counted, Topology};
@@ -133,14 +132,12 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 /// are then not committed, so they are processed again after the restart).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
-type Acks = FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = Result<(Partition, i64), RunError>> + Send>>>;
 
 struct Shell<'a> {
     cfg: &'a Config,
     consumer: &'a StreamConsumer<RunContext>,
     producer: &'a FutureProducer,
-    tracker: OffsetTracker,
-    acks: Acks,
+    shared: Arc<Mutex<Shared>>,
     stats: RunStats,
     /// Offsets ready to store, per partition, handed to librdkafka in batches (`flush_offsets`).
     ready: HashMap<Partition, i64>,
@@ -203,12 +200,23 @@ impl Shell<'_> {
         }
     }
 
-    fn on_ack(&mut self, done: Result<(Partition, i64), RunError>) -> Result<(), RunError> {
-        let (tp, offset) = done?;
-        if let Some(o) = self.tracker.ack(&tp, offset) {
+    fn on_ack(&mut self, done: rebalance::Ack) -> Result<(), RunError> {
+        let moved = rebalance::lock(&self.shared).deliveries.apply(done)?;
+        if let Some((tp, o)) = moved {
             self.done(&tp, o);
         }
         Ok(())
+    }
+
+    fn begin(&mut self, tp: &Partition, offset: i64, outputs: u32) {
+        let moved = rebalance::lock(&self.shared).deliveries.begin(tp, offset, outputs);
+        if let Some(o) = moved {
+            self.done(tp, o);
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        rebalance::lock(&self.shared).deliveries.tracker.in_flight()
     }
 
     /// Exactly-once: commits the open transaction with the processed offsets and opens the next.
@@ -337,9 +345,7 @@ impl Shell<'_> {
         // message's first acknowledgements). Control partitions are committed by the leader.
         if source == Source::Requests || self.leader {
             let n = outs.len() + usize::from(state.is_some());
-            if let Some(o) = self.tracker.begin(&tp, offset, n as u32) {
-                self.done(&tp, o);
-            }
+            self.begin(&tp, offset, n as u32);
         }
         let mut buf = std::mem::take(&mut self.buf);
         for o in outs.drain(..) {
@@ -361,7 +367,7 @@ impl Shell<'_> {
 
     async fn dead_letter(&mut self, m: &BorrowedMessage<'_>, tp: &Partition, offset: i64, e: &DecodeError) -> Result<(), RunError> {
         self.stats.dead_lettered += 1;
-        self.tracker.begin(tp, offset, 1);
+        self.begin(tp, offset, 1);
         tracing::debug!(topic = %tp.0, partition = tp.1, offset, error = %e, "to the DLQ");
         let payload = m.payload().unwrap_or(&[]);
         let mut headers = OwnedHeaders::new();
@@ -391,7 +397,7 @@ impl Shell<'_> {
                 Ok(delivery) => {
                     self.stats.produced += 1;
                     let tp = tp.clone();
-                    self.acks.push(Box::pin(async move {
+                    rebalance::lock(&self.shared).deliveries.acks.push(Box::pin(async move {
                         match delivery.await {
                             Ok(Ok(_)) => Ok((tp, offset)),
                             Ok(Err((e, _))) => Err(RunError::Delivery(e)),
@@ -402,7 +408,7 @@ impl Shell<'_> {
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
-                    match self.acks.next().await {
+                    match next_ack(&self.shared).await {
                         Some(done) => self.on_ack(done)?,
                         None => tokio::time::sleep(Duration::from_millis(5)).await,
                     }
@@ -499,8 +505,7 @@ pub async fn run_with(
         cfg: &cfg,
         consumer: &consumer,
         producer: &producer,
-        tracker: OffsetTracker::new(),
-        acks: Acks::new(),
+        shared: shared.clone(),
         stats: RunStats::default(),
         ready: HashMap::new(),
         stored: HashMap::new(),
@@ -517,7 +522,11 @@ pub async fn run_with(
     // Declared after the consumer, so dropped before it: an error exit marks the state so that
     // the revocation closing the consumer brings commits nothing.
     let mut exit_guard = NoCommitOnError { shared: shared.clone(), armed: true };
-    let mut report = tokio::time::interval(Duration::from_secs(30));
+    // Every second: stop on a failure a callback saw, hand stored offsets to librdkafka, and poll
+    // the delivery reports again (a callback that drained them leaves no waker behind); every
+    // 30 s a progress line.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
     let mut requests_streak = 0u32;
     let mut transaction_tick = tokio::time::interval(TRANSACTION_EVERY);
     transaction_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -529,17 +538,26 @@ pub async fn run_with(
         let msg = tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            Some(done) = shell.acks.next() => {
+            Some(done) = next_ack(&shared) => {
                 shell.on_ack(done)?;
                 continue;
             }
-            _ = report.tick() => {
-                if let Some(e) = rebalance::lock(&shared).failed.take() {
-                    return Err(RunError::Restore(e));
+            _ = tick.tick() => {
+                ticks += 1;
+                {
+                    let mut sh = rebalance::lock(&shared);
+                    if let Some(e) = sh.failed.take() {
+                        return Err(RunError::Restore(e));
+                    }
+                    if let Some(e) = sh.deliveries.failed.take() {
+                        return Err(e);
+                    }
                 }
                 shell.flush_offsets();
-                let s = shell.stats;
-                tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.tracker.in_flight(), leader = shell.leader, "progress");
+                if ticks % 30 == 1 {
+                    let s = shell.stats;
+                    tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.in_flight(), leader = shell.leader, "progress");
+                }
                 continue;
             }
             _ = transaction_tick.tick(), if shell.eos => {
@@ -578,16 +596,16 @@ pub async fn run_with(
         }
     }
 
-    tracing::info!(in_flight = shell.tracker.in_flight(), "shutting down: finishing deliveries");
+    tracing::info!(in_flight = shell.in_flight(), "shutting down: finishing deliveries");
     let drain = async {
-        while let Some(done) = shell.acks.next().await {
+        while let Some(done) = next_ack(&shared).await {
             shell.on_ack(done)?;
         }
         Ok::<(), RunError>(())
     };
     match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
         Ok(r) => r?,
-        Err(_) => tracing::warn!(in_flight = shell.tracker.in_flight(), "deliveries still in flight after {DRAIN_TIMEOUT:?}: their inputs will be processed again"),
+        Err(_) => tracing::warn!(in_flight = shell.in_flight(), "deliveries still in flight after {DRAIN_TIMEOUT:?}: their inputs will be processed again"),
     }
     if shell.eos {
         shell.commit_transaction(&shared)?;
@@ -632,4 +650,10 @@ fn check_changelog_partitions(producer: &FutureProducer, t: &crate::config::Topi
         return Err(RunError::ChangelogPartitions { changelog: t.changelog.clone(), has: changelog, requests: t.requests.clone(), needs: requests });
     }
     Ok(())
+}
+
+/// The next delivery report (`None` when nothing is in flight). The lock is held only while
+/// polling, never across an await.
+fn next_ack(shared: &Mutex<Shared>) -> impl Future<Output = Option<rebalance::Ack>> + '_ {
+    std::future::poll_fn(move |cx| rebalance::lock(shared).deliveries.acks.poll_next_unpin(cx))
 }

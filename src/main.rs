@@ -41,7 +41,7 @@ enum Command {
         config: PathBuf,
         /// Input: one JSON object per line with a `topic` field (`-` for stdin).
         input: PathBuf,
-        /// Output file (default: stdout).
+        /// Output file (default, or `-`: stdout).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -107,20 +107,27 @@ enum Gen {
         /// Requests only, no outcomes or telemetry.
         #[arg(long)]
         requests_only: bool,
-        /// Output file (default: stdout).
+        /// Output file (default, or `-`: stdout).
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// Where `--out` sends output: the file, or stdout when absent or `-`.
+fn output(out: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
+    Ok(match out {
+        Some(p) if p != Path::new("-") => {
+            Box::new(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?))
+        }
+        _ => Box::new(BufWriter::new(io::stdout().lock())),
+    })
 }
 
 fn run_gen_surge(scale: u32, seed: u64, requests_only: bool, out: Option<&Path>) -> anyhow::Result<()> {
     use surgeguard::scenario::{Surge, monday_surge};
     anyhow::ensure!(scale >= 1, "--scale must be at least 1");
     let events = monday_surge(&Surge { seed, scale, backend: !requests_only, ..Surge::default() });
-    let mut writer: Box<dyn Write> = match out {
-        Some(p) => Box::new(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
-        None => Box::new(BufWriter::new(io::stdout().lock())),
-    };
+    let mut writer = output(out)?;
     let mut buf = Vec::with_capacity(1 << 16);
     for e in &events {
         e.write_tagged_line(&mut buf)?;
@@ -147,10 +154,7 @@ fn run_replay(config: &Path, input: &Path, out: Option<&Path>) -> anyhow::Result
         let f = File::open(input).with_context(|| format!("opening {}", input.display()))?;
         Box::new(BufReader::with_capacity(1 << 16, f))
     };
-    let writer: Box<dyn Write> = match out {
-        Some(p) => Box::new(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
-        None => Box::new(BufWriter::new(io::stdout().lock())),
-    };
+    let writer = output(out)?;
     let started = std::time::Instant::now();
     let summary = replay::replay(cfg, reader, writer, |line, err| {
         eprintln!("{}:{line}: skipped: {err}", input.display());

@@ -1,6 +1,6 @@
 //! `surgeguard run`: the Kafka shell around the topology.
 //!
-//! One consumer in the configured group reads the input topics; each message is decoded (or sent
+//! The configured group's consumer reads the requests topic; each message is decoded (or sent
 //! to the DLQ with KIP-1034 headers), processed by the same `Topology` replay uses, and its
 //! outputs are produced keyed as DESIGN.md says. Offsets are stored for commit only once every
 //! output of a message, and of every earlier message of its partition, is acknowledged by the
@@ -11,11 +11,12 @@
 //! Scale-out: requests count in the limiter of their input partition, and each decision's user
 //! state goes to the changelog topic (`changelog.rs`); when partitions move between instances,
 //! `rebalance.rs` commits what was done and restores what arrives before it is processed.
+//! Control events (outcomes, telemetry, admin) are read in full by every instance (`control.rs`).
+//! With `kafka.guarantee = "exactly_once"` outputs, changelog records and input offsets go in one
+//! transaction instead of offsets being committed after delivery.
 //!
-//! Not yet here (see the README's status): control events (outcomes, telemetry, admin) are
-//! split between instances like requests, so each instance's health, breakers and limits see
-//! only part of them; exactly-once transactions; timers that fire on wall-clock time when no
-//! events arrive.
+//! Not yet here (see the README's status): timers that fire on wall-clock time when no events
+//! arrive.
 
 use std::collections::HashMap;
 use std::future::Future;

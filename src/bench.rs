@@ -49,6 +49,9 @@ pub struct BenchOptions {
     pub rate: u32,
     /// Seconds of the latency phase.
     pub seconds: u32,
+    /// Rounds run before the measured one, their figures shown but not measured.
+    pub warmup: u32,
+    pub side: Side,
 }
 
 /// One side's figures.
@@ -142,10 +145,14 @@ async fn read(consumer: &StreamConsumer, want: usize, stamped_from: i64, timeout
         first.get_or_insert(at);
         last = at;
         got += 1;
+        // The throughput phase reads without parsing: the reader shares the machine.
+        if stamped_from == i64::MAX {
+            continue;
+        }
         if let Some(ts) = m
             .payload()
-            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-            .and_then(|v| v["ts"].as_str().and_then(|t| Millis::parse_rfc3339(t).ok()))
+            .and_then(|p| serde_json::from_slice::<Stamped<'_>>(p).ok())
+            .and_then(|v| Millis::parse_rfc3339(v.ts).ok())
         {
             if ts.0 >= stamped_from {
                 latencies.push((now_ms() - ts.0) as f64);
@@ -153,6 +160,12 @@ async fn read(consumer: &StreamConsumer, want: usize, stamped_from: i64, timeout
         }
     }
     Ok((first.unwrap_or(last), last, latencies))
+}
+
+/// The one field of an output the latency phase reads.
+#[derive(serde::Deserialize)]
+struct Stamped<'a> {
+    ts: &'a str,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -251,30 +264,39 @@ where
     })
 }
 
-/// Runs both sides; returns (passthrough, surgeguard).
-pub async fn bench(cfg: &Config, brokers: &str, opts: &BenchOptions) -> Result<(Figures, Figures), BenchError> {
-    let run_id = format!("bench-{}", now_ms());
-    let events = requests(opts.events + (opts.rate as usize * opts.seconds as usize), 11);
+/// Which sides a bench run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Side {
+    /// The passthrough and `surgeguard run`, one after the other in each round.
+    #[default]
+    Both,
+    Passthrough,
+    Surgeguard,
+}
 
-    // Passthrough: its own input and output topics.
-    let mut pt_cfg = cfg.clone();
-    pt_cfg.topics.requests = format!("{run_id}.pt.in");
-    pt_cfg.topics.decisions = format!("{run_id}.pt.out");
+/// One round's figures; a side not measured is `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Round {
+    pub warmup: bool,
+    pub passthrough: Option<Figures>,
+    pub surgeguard: Option<Figures>,
+}
+
+async fn measure_passthrough(cfg: &Config, brokers: &str, opts: &BenchOptions, events: &[RequestEvent], run_id: &str) -> Result<Figures, BenchError> {
     let admin_cfg = runtime::client_config(cfg, brokers);
-    let partitions = cfg.kafka.partitions.requests;
-    let pt_specs: Vec<kafka_topics::TopicSpec> = [&pt_cfg.topics.requests, &pt_cfg.topics.decisions]
-        .iter()
-        .map(|name| kafka_topics::TopicSpec::new(name, partitions))
-        .collect();
-    kafka_topics::create(&admin_cfg, &pt_specs, cfg.kafka.replication_factor).await?;
-    let (b, i, o, g) = (brokers.to_string(), pt_cfg.topics.requests.clone(), pt_cfg.topics.decisions.clone(), format!("{run_id}.pt"));
-    let (i2, o2) = (i.clone(), o.clone());
-    let passthrough_figures = measure(brokers, &i, &o, opts, &events, |stopped| async move {
-        tokio::spawn(passthrough(b, i2, o2, g, async { stopped.await.ok(); }))
+    let (input, output) = (format!("{run_id}.pt.in"), format!("{run_id}.pt.out"));
+    let specs: Vec<kafka_topics::TopicSpec> =
+        [&input, &output].iter().map(|name| kafka_topics::TopicSpec::new(name, cfg.kafka.partitions.requests)).collect();
+    kafka_topics::create(&admin_cfg, &specs, cfg.kafka.replication_factor).await?;
+    let (b, i, o, g) = (brokers.to_string(), input.clone(), output.clone(), format!("{run_id}.pt"));
+    measure(brokers, &input, &output, opts, events, |stopped| async move {
+        tokio::spawn(passthrough(b, i, o, g, async { stopped.await.ok(); }))
     })
-    .await?;
+    .await
+}
 
-    // surgeguard run: every topic of the pipeline under the run's prefix.
+async fn measure_surgeguard(cfg: &Config, brokers: &str, opts: &BenchOptions, events: &[RequestEvent], run_id: &str) -> Result<Figures, BenchError> {
+    // Every topic of the pipeline under the run's prefix.
     let mut sg = cfg.clone();
     for (name, slot) in [
         ("requests", &mut sg.topics.requests),
@@ -294,38 +316,68 @@ pub async fn bench(cfg: &Config, brokers: &str, opts: &BenchOptions) -> Result<(
     sg.kafka.group_id = format!("{run_id}.sg");
     // Created here, before the clock starts, not by the service.
     sg.kafka.create_topics = false;
-    kafka_topics::ensure(&admin_cfg, &sg).await?;
+    kafka_topics::ensure(&runtime::client_config(cfg, brokers), &sg).await?;
     let sg = Arc::new(sg);
     let (i, o) = (sg.topics.requests.clone(), sg.topics.decisions.clone());
     let b = brokers.to_string();
-    let sg_figures = measure(brokers, &i, &o, opts, &events, |stopped| async move {
+    measure(brokers, &i, &o, opts, events, |stopped| async move {
         tokio::spawn(async move {
             runtime::run(sg, &b, async { stopped.await.ok(); }).await?;
             Ok(())
         })
     })
-    .await?;
-    Ok((passthrough_figures, sg_figures))
+    .await
 }
 
-/// The figures side by side.
-pub fn report(pt: &Figures, sg: &Figures, opts: &BenchOptions) -> String {
+/// Runs `opts.warmup` rounds whose figures are only shown (a fresh broker's JVM compiles its hot
+/// paths during the first minute of load, and whichever side runs first pays for it), then one
+/// measured round. Each round gives each side fresh topics; `progress` sees every round.
+pub async fn bench(cfg: &Config, brokers: &str, opts: &BenchOptions, mut progress: impl FnMut(&Round)) -> Result<Round, BenchError> {
+    let events = requests(opts.events + (opts.rate as usize * opts.seconds as usize), 11);
+    let mut last = Round::default();
+    for round in 0..=opts.warmup {
+        let run_id = format!("bench-{}-{round}", now_ms());
+        let mut r = Round { warmup: round < opts.warmup, ..Round::default() };
+        if opts.side != Side::Surgeguard {
+            r.passthrough = Some(measure_passthrough(cfg, brokers, opts, &events, &run_id).await?);
+        }
+        if opts.side != Side::Passthrough {
+            r.surgeguard = Some(measure_surgeguard(cfg, brokers, opts, &events, &run_id).await?);
+        }
+        progress(&r);
+        last = r;
+    }
+    Ok(last)
+}
+
+/// One round's figures side by side.
+pub fn report(round: &Round, opts: &BenchOptions) -> String {
+    let cell = |f: Option<&Figures>, pick: fn(&Figures) -> f64, digits: usize| match f {
+        Some(f) => format!("{:.*}", digits, pick(f)),
+        None => "-".to_string(),
+    };
+    let (pt, sg) = (round.passthrough.as_ref(), round.surgeguard.as_ref());
+    let ratio = match (pt, sg) {
+        (Some(p), Some(s)) => format!("{:.2}", s.events_per_s / p.events_per_s),
+        _ => "-".to_string(),
+    };
     format!(
-        "                         passthrough   surgeguard run   ratio\n\
-         throughput (events/s)    {:>11.0}   {:>14.0}   {:.2}\n\
-         latency p50 (ms)         {:>11.1}   {:>14.1}\n\
-         latency p99 (ms)         {:>11.1}   {:>14.1}\n\
-         latency phase: {} events/s asked for {} s; produced at {:.0} (passthrough) and {:.0} (surgeguard) events/s\n",
-        pt.events_per_s,
-        sg.events_per_s,
-        sg.events_per_s / pt.events_per_s,
-        pt.p50_ms,
-        sg.p50_ms,
-        pt.p99_ms,
-        sg.p99_ms,
+        "{}\n\
+         \x20                        passthrough   surgeguard run   ratio\n\
+         throughput (events/s)    {:>11}   {:>14}   {ratio}\n\
+         latency p50 (ms)         {:>11}   {:>14}\n\
+         latency p99 (ms)         {:>11}   {:>14}\n\
+         latency phase: {} events/s asked for {} s; produced at {} (passthrough) and {} (surgeguard) events/s\n",
+        if round.warmup { "warm-up round (not measured):" } else { "measured round:" },
+        cell(pt, |f| f.events_per_s, 0),
+        cell(sg, |f| f.events_per_s, 0),
+        cell(pt, |f| f.p50_ms, 1),
+        cell(sg, |f| f.p50_ms, 1),
+        cell(pt, |f| f.p99_ms, 1),
+        cell(sg, |f| f.p99_ms, 1),
         opts.rate,
         opts.seconds,
-        pt.offered_per_s,
-        sg.offered_per_s,
+        cell(pt, |f| f.offered_per_s, 0),
+        cell(sg, |f| f.offered_per_s, 0),
     )
 }

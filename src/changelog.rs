@@ -1,19 +1,25 @@
 //! The limiter's changelog: per-user state in a compacted topic, so a partition's users keep
 //! their quota when the partition moves to another instance or the service restarts.
 //!
-//! After each request that changed a user's state, `surgeguard run` writes that state to the
-//! changelog partition with the same number as the request's input partition (the requests topic
-//! is keyed by `user_id`, so a user's requests and state always share a partition number). The
-//! key is `REQUEST_TYPE/USER_ID`; the value is JSON with the user, the request type, the input
-//! offset of the request and the state. The topic is compacted (the latest state per key) and
-//! deleted by age as well, so users idle past eviction leave it.
+//! Requests that change a user's state mark it dirty (`Pending`); every commit interval
+//! (`kafka.commit_interval_ms` at-least-once, each transaction exactly-once) the latest state of
+//! every dirty user goes to the changelog partition with the same number as the requests'
+//! input partition (the requests topic is keyed by `user_id`, so a user's requests and state
+//! always share a partition number). This is Kafka Streams' record cache: a user who sends fifty
+//! requests in an interval costs one changelog record, not fifty. The key is
+//! `REQUEST_TYPE/USER_ID`; the value is JSON with the user, the request type, the input offset of
+//! the last request the state counts, and the state. The topic is compacted (the latest state
+//! per key) and deleted by age as well, so users idle past eviction leave it.
+//!
+//! Input offsets wait for the flush: the first request of a partition dirtied after a flush holds
+//! one more output, released only when every record of the next flush is delivered, so no
+//! offset is committed before the state that counts it is in the changelog.
 //!
 //! An instance that is assigned a requests partition reads the changelog partition of the same
-//! number from its start to its end before it decides any request of that partition. Records
-//! of one partition are written in input order by an idempotent producer, so what the changelog
-//! holds is a prefix of what was processed: every request up to the highest offset restored is
-//! already counted in the restored state, and is decided again (if it comes again) without being
-//! counted twice.
+//! number from its start to its end before it decides any request of that partition. A restored
+//! record says exactly which requests of its user its state counts (those up to its offset), so a
+//! request processed again after a crash is decided without being counted twice, however much
+//! of the last flush arrived (`CountedUpTo`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -23,6 +29,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::kafka_topics;
@@ -53,14 +60,131 @@ pub enum RestoreError {
 }
 
 /// What a restore did, per partition.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Restored {
     pub records: u64,
     /// Records that could not be applied (not decodable, or for a window or request type the
     /// config no longer has): logged and skipped.
     pub skipped: u64,
-    /// Requests of the input partition up to this offset are already counted in the state.
-    pub counted_up_to: Option<i64>,
+    /// Which requests of the input partition the restored state already counts.
+    pub counted: CountedUpTo,
+}
+
+/// Which requests of one input partition a limiter's state already counts: those a restart or a
+/// rebalance brings again are decided without being counted twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CountedUpTo {
+    /// Every request up to this offset (the state stayed in memory while it was processed).
+    pub all: Option<i64>,
+    /// Per changelog key, the offset of the last request the restored state counts.
+    pub per_key: HashMap<String, i64>,
+    /// The highest offset in `per_key`.
+    pub max: Option<i64>,
+}
+
+impl CountedUpTo {
+    /// Whether the request at `offset` by `user_id` is already counted.
+    pub fn counts(&self, offset: i64, request_type: &str, user_id: &str) -> bool {
+        if self.all.is_some_and(|a| offset <= a) {
+            return true;
+        }
+        self.max.is_some_and(|m| offset <= m) && self.per_key.get(&key(request_type, user_id)).is_some_and(|&o| offset <= o)
+    }
+
+    /// The offset after which nothing is counted already.
+    pub fn through(&self) -> Option<i64> {
+        match (self.all, self.max) {
+            (Some(a), Some(m)) => Some(a.max(m)),
+            (a, m) => a.or(m),
+        }
+    }
+
+    /// Records that a restored record counts `key`'s requests up to `offset`.
+    pub fn record(&mut self, key: String, offset: i64) {
+        self.max = Some(self.max.map_or(offset, |m| m.max(offset)));
+        self.per_key.insert(key, offset);
+    }
+}
+
+/// Dirty limiter state waiting for the next changelog flush: per input partition, the users (and
+/// request types) whose state changed and the offset of their last counted request.
+#[derive(Debug, Default)]
+pub struct Pending {
+    partitions: HashMap<i32, PendingPartition>,
+    keys: usize,
+}
+
+#[derive(Debug)]
+struct PendingPartition {
+    /// The first request dirtied since the last flush: it holds the partition's offsets.
+    hold: i64,
+    last: HashMap<(CompactString, CompactString), i64>,
+}
+
+/// One partition's flush: the holding offset and the dirty keys in the order of their last
+/// request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flush {
+    pub partition: i32,
+    pub hold: i64,
+    /// (user_id, request_type, offset of the last counted request), by offset.
+    pub users: Vec<(CompactString, CompactString, i64)>,
+}
+
+impl Pending {
+    /// Notes that the request at `offset` of `partition` changed the state of `user_id` for
+    /// `request_type`. Returns true when it is the partition's first since the last flush: that
+    /// message then holds one more output, which the flush releases.
+    pub fn note(&mut self, partition: i32, offset: i64, user_id: &str, request_type: &str) -> bool {
+        let mut first = false;
+        let p = self.partitions.entry(partition).or_insert_with(|| {
+            first = true;
+            PendingPartition { hold: offset, last: HashMap::new() }
+        });
+        match p.last.get_mut(&(CompactString::from(user_id), CompactString::from(request_type))) {
+            Some(o) => *o = (*o).max(offset),
+            None => {
+                p.last.insert((user_id.into(), request_type.into()), offset);
+                self.keys += 1;
+            }
+        }
+        first
+    }
+
+    /// Dirty keys over all partitions.
+    pub fn len(&self) -> usize {
+        self.keys
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys == 0
+    }
+
+    /// Everything dirty, per partition, and forgets it.
+    pub fn take(&mut self) -> Vec<Flush> {
+        self.keys = 0;
+        let mut out: Vec<Flush> = self
+            .partitions
+            .drain()
+            .map(|(partition, p)| {
+                let mut users: Vec<_> = p.last.into_iter().map(|((u, rt), o)| (u, rt, o)).collect();
+                // In input order: a flush cut short by a crash leaves each key's record either
+                // whole or absent, and `CountedUpTo` trusts only what arrived.
+                users.sort_unstable_by_key(|&(_, _, o)| o);
+                Flush { partition, hold: p.hold, users }
+            })
+            .collect();
+        out.sort_unstable_by_key(|f| f.partition);
+        out
+    }
+
+    /// Forgets a partition's dirty state (the partition is lost: its next owner works from the
+    /// changelog and the last commit).
+    pub fn drop_partition(&mut self, partition: i32) {
+        if let Some(p) = self.partitions.remove(&partition) {
+            self.keys -= p.last.len();
+        }
+    }
 }
 
 /// Reads the changelog partitions `partitions` from start to end into `topology`'s limiters
@@ -133,10 +257,14 @@ fn apply(topology: &mut Topology, msg: &rdkafka::message::BorrowedMessage<'_>, s
     stats.records += 1;
     match msg.payload() {
         // A tombstone: nothing to restore for the key.
-        None => {}
+        None => {
+            if let Some(k) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                stats.counted.per_key.remove(k);
+            }
+        }
         Some(bytes) => match serde_json::from_slice::<Record>(bytes) {
             Ok(r) => match topology.restore(p, &r.user_id, &r.request_type, &r.state) {
-                Ok(()) => stats.counted_up_to = Some(stats.counted_up_to.map_or(r.offset, |o| o.max(r.offset))),
+                Ok(()) => stats.counted.record(key(&r.request_type, &r.user_id), r.offset),
                 Err(e) => {
                     stats.skipped += 1;
                     tracing::warn!(partition = p, offset = msg.offset(), error = %e, "changelog record not restored");
@@ -165,5 +293,46 @@ mod tests {
         let bytes = serde_json::to_vec(&r).expect("serialises");
         assert_eq!(serde_json::from_slice::<Record>(&bytes).expect("parses"), r);
         assert_eq!(key("standard", "user-1"), "standard/user-1");
+    }
+
+    #[test]
+    fn pending_keeps_the_last_offset_per_key_and_the_first_as_hold() {
+        let mut p = Pending::default();
+        assert!(p.note(0, 10, "u1", "standard"), "first of partition 0 holds");
+        assert!(!p.note(0, 11, "u2", "standard"));
+        assert!(!p.note(0, 12, "u1", "standard"));
+        assert!(p.note(3, 5, "u3", "heavy"), "first of partition 3 holds");
+        assert!(!p.note(0, 13, "u1", "heavy"), "another request type is another key");
+        assert_eq!(p.len(), 4);
+        let flushed = p.take();
+        assert_eq!(
+            flushed,
+            vec![
+                Flush { partition: 0, hold: 10, users: vec![("u2".into(), "standard".into(), 11), ("u1".into(), "standard".into(), 12), ("u1".into(), "heavy".into(), 13)] },
+                Flush { partition: 3, hold: 5, users: vec![("u3".into(), "heavy".into(), 5)] },
+            ]
+        );
+        assert!(p.is_empty());
+        assert!(p.note(0, 14, "u1", "standard"), "after a flush the next request holds again");
+        p.drop_partition(0);
+        assert!(p.is_empty() && p.take().is_empty());
+    }
+
+    #[test]
+    fn counted_up_to_is_exact_per_key() {
+        let mut c = CountedUpTo::default();
+        c.record(key("standard", "u1"), 12);
+        c.record(key("standard", "u2"), 8);
+        // u2's record came from an earlier flush than u1's: its request at 10 is not counted,
+        // though a lower offset than u1's record.
+        assert!(c.counts(12, "standard", "u1"));
+        assert!(c.counts(8, "standard", "u2"));
+        assert!(!c.counts(10, "standard", "u2"));
+        assert!(!c.counts(5, "standard", "u3"), "no record: never counted");
+        assert!(!c.counts(13, "standard", "u1"));
+        assert_eq!(c.through(), Some(12));
+        c.all = Some(20);
+        assert!(c.counts(15, "standard", "u3"), "kept in memory up to 20: everything counts");
+        assert_eq!(c.through(), Some(20));
     }
 }

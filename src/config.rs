@@ -508,6 +508,10 @@ pub struct KafkaConfig {
     /// How far back (seconds) a starting instance reads outcomes, telemetry and admin actions to
     /// rebuild breakers and the health view before it decides anything.
     pub control_lookback_s: u32,
+    /// At-least-once: how often (ms) changed limiter state goes to the changelog, one record per
+    /// user and request type (Kafka Streams' record cache); input offsets are committed only
+    /// after it. Exactly-once writes it with every transaction (100 ms) instead.
+    pub commit_interval_ms: u32,
     /// Partitions of each created topic.
     pub partitions: TopicPartitions,
     /// librdkafka properties for every client, passed through as they are (security.protocol,
@@ -524,6 +528,7 @@ impl Default for KafkaConfig {
             replication_factor: -1,
             guarantee: Guarantee::AtLeastOnce,
             control_lookback_s: 600,
+            commit_interval_ms: 1000,
             partitions: TopicPartitions::default(),
             properties: BTreeMap::new(),
         }

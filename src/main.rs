@@ -85,6 +85,13 @@ enum Command {
         /// Seconds of the latency phase.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
+        /// Rounds before the measured one, shown but not measured: a fresh broker's JVM
+        /// compiles its hot paths during its first minute of load.
+        #[arg(long, default_value_t = 2)]
+        warmup: u32,
+        /// Which sides to measure.
+        #[arg(long, value_enum, default_value_t = surgeguard::bench::Side::Both)]
+        side: surgeguard::bench::Side,
     },
     /// Generate synthetic input.
     Gen {
@@ -219,8 +226,10 @@ fn run_demo(config: &Path, speed: f64, seed: u64) -> anyhow::Result<()> {
 fn run_bench(config: &Path, brokers: &str, opts: surgeguard::bench::BenchOptions) -> anyhow::Result<()> {
     let cfg = load(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    let (pt, sg) = runtime.block_on(surgeguard::bench::bench(&cfg, brokers, &opts))?;
-    print!("{}", surgeguard::bench::report(&pt, &sg, &opts));
+    runtime.block_on(surgeguard::bench::bench(&cfg, brokers, &opts, |round| {
+        print!("{}", surgeguard::bench::report(round, &opts));
+        io::stdout().flush().ok();
+    }))?;
     Ok(())
 }
 
@@ -246,8 +255,8 @@ fn main() -> ExitCode {
         Command::Replay { config, input, out } => run_replay(&config, &input, out.as_deref()),
         Command::Run { config, brokers } => run_service(&config, brokers.as_deref()),
         Command::Demo { config, speed, seed } => run_demo(&config, speed, seed),
-        Command::Bench { config, brokers, events, rate, seconds } => {
-            run_bench(&config, &brokers, surgeguard::bench::BenchOptions { events, rate, seconds })
+        Command::Bench { config, brokers, events, rate, seconds, warmup, side } => {
+            run_bench(&config, &brokers, surgeguard::bench::BenchOptions { events, rate, seconds, warmup, side })
         }
         Command::Gen { what: Gen::Surge { scale, seed, requests_only, out } } => run_gen_surge(scale, seed, requests_only, out.as_deref()),
     };

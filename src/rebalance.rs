@@ -27,11 +27,11 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 
-use crate::changelog;
+use crate::changelog::{self, CountedUpTo};
 use crate::offsets::{OffsetTracker, Partition};
 use crate::topology::{Counted, Topology};
 
@@ -83,11 +83,12 @@ impl Deliveries {
 pub struct Shared {
     pub topology: Topology,
     pub deliveries: Deliveries,
-    /// Requests partitions owned now, each with the input offset up to which its restored state
-    /// already counts the requests.
-    owned: HashMap<i32, Option<i64>>,
+    /// Requests partitions owned now, each with the requests its restored state already counts.
+    owned: HashMap<i32, CountedUpTo>,
     /// Partitions revoked in the last eager rebalance, with what `owned` had for them.
-    revoked: HashMap<i32, Option<i64>>,
+    revoked: HashMap<i32, CountedUpTo>,
+    /// Limiter state changed since the last changelog flush.
+    pub changelog: changelog::Pending,
     /// The last offset processed per input partition: committed when the partition is revoked.
     processed: HashMap<Partition, i64>,
     /// A failure inside a callback, which the main loop turns into an error.
@@ -101,14 +102,64 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(topology: Topology) -> Self {
-        Shared { topology, deliveries: Deliveries::default(), owned: HashMap::new(), revoked: HashMap::new(), processed: HashMap::new(), failed: None, assignments: 0, no_commit: false }
+        Shared {
+            topology,
+            deliveries: Deliveries::default(),
+            owned: HashMap::new(),
+            revoked: HashMap::new(),
+            changelog: changelog::Pending::default(),
+            processed: HashMap::new(),
+            failed: None,
+            assignments: 0,
+            no_commit: false,
+        }
     }
 
-    /// How a request at `offset` of requests partition `partition` counts; `None` when this
-    /// instance does not own the partition (a message fetched before it was revoked).
-    pub fn counted(&self, partition: i32, offset: i64) -> Option<Counted> {
-        let up_to = self.owned.get(&partition)?;
-        Some(if up_to.is_some_and(|o| offset <= o) { Counted::Already } else { Counted::No })
+    /// How a request at `offset` of requests partition `partition` by `user` (user_id,
+    /// request_type) counts; `None` when this instance does not own the partition (a message
+    /// fetched before it was revoked).
+    pub fn counted(&mut self, partition: i32, offset: i64, user: Option<(&str, &str)>) -> Option<Counted> {
+        let up_to = self.owned.get_mut(&partition)?;
+        if up_to.through().is_none_or(|t| offset > t) {
+            // Past everything restored: nothing further is counted already, so the per-key
+            // offsets can go.
+            if up_to.through().is_some() {
+                *up_to = CountedUpTo::default();
+            }
+            return Some(Counted::No);
+        }
+        Some(match user {
+            Some((u, rt)) if up_to.counts(offset, rt, u) => Counted::Already,
+            _ => Counted::No,
+        })
+    }
+
+    /// Takes the dirty limiter state for the changelog: the records to send, each to be
+    /// acknowledged as an output of its partition's holding message (the tracker learns how many
+    /// each hold waits for). A hold whose users all left the limiter (evicted as idle) is
+    /// released at once: partitions whose delivered prefix moved are returned with it.
+    pub fn take_changelog(&mut self, requests_topic: &str) -> Result<(Vec<Outgoing>, Vec<(Partition, i64)>), serde_json::Error> {
+        let mut out = Vec::new();
+        let mut moved = Vec::new();
+        for flush in self.changelog.take() {
+            let tp: Partition = (requests_topic.to_string(), flush.partition);
+            let before = out.len();
+            for (user, rt, offset) in flush.users {
+                let Some(state) = self.topology.saved_state(flush.partition, &user, &rt) else { continue };
+                let record = changelog::Record { user_id: user.to_string(), request_type: rt.to_string(), offset, state };
+                out.push(Outgoing { partition: flush.partition, hold: flush.hold, key: changelog::key(&rt, &user), value: serde_json::to_vec(&record)? });
+            }
+            let records = (out.len() - before) as u32;
+            if records == 0 {
+                if let Ok(Some(m)) = self.deliveries.apply(Ok((tp, flush.hold))) {
+                    moved.push(m);
+                }
+            } else {
+                // The hold counted one output already.
+                self.deliveries.begin(&tp, flush.hold, records - 1);
+            }
+        }
+        Ok((out, moved))
     }
 
     /// Whether the group has given this instance its partitions yet. Until then it cannot know
@@ -140,6 +191,27 @@ impl Shared {
 
 pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The delivery report of an output of the input message at `offset` of `tp`, as an `Ack`.
+pub fn track(delivery: DeliveryFuture, tp: Partition, offset: i64) -> Pin<Box<dyn Future<Output = Ack> + Send>> {
+    Box::pin(async move {
+        match delivery.await {
+            Ok(Ok(_)) => Ok((tp, offset)),
+            Ok(Err((e, _))) => Err(crate::runtime::RunError::Delivery(e)),
+            Err(_) => Err(crate::runtime::RunError::Canceled),
+        }
+    })
+}
+
+/// A changelog record to send: acknowledged as an output of the message at `hold` of requests
+/// partition `partition`, and written to the changelog partition of the same number.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub partition: i32,
+    pub hold: i64,
+    pub key: String,
+    pub value: Vec<u8>,
 }
 
 /// The consumer context of `surgeguard run`.
@@ -181,8 +253,15 @@ impl RunContext {
                 shared.processed.remove(tp);
                 if tp.0 == self.requests_topic && shared.owned.remove(&tp.1).is_some() {
                     shared.topology.drop_partition(tp.1);
+                    shared.changelog.drop_partition(tp.1);
                 }
             }
+            return;
+        }
+        // The dirty limiter state goes first: the commit below must not pass it.
+        if let Err(e) = self.send_changelog(&mut shared) {
+            tracing::error!(error = %e, "writing the changelog on revocation failed");
+            shared.failed = Some(format!("writing the changelog on revocation: {e}"));
             return;
         }
         if self.exactly_once {
@@ -235,7 +314,8 @@ impl RunContext {
                 if eager {
                     // Kept state counts everything processed: should the commit have failed,
                     // requests coming again up to there are not counted twice.
-                    let counted = match (up_to, processed) {
+                    let mut counted = up_to;
+                    counted.all = match (counted.all, processed) {
                         (Some(a), Some(b)) => Some(a.max(b)),
                         (a, b) => a.or(b),
                     };
@@ -245,6 +325,30 @@ impl RunContext {
                 }
             }
         }
+    }
+
+    /// Sends the dirty limiter state from inside a callback (blocking while the producer queue is
+    /// full; its delivery reports are drained after the flush that follows).
+    fn send_changelog(&self, shared: &mut Shared) -> Result<(), String> {
+        // A hold released at once updates the delivered prefix the commit below reads.
+        let (records, _moved) = shared.take_changelog(&self.requests_topic).map_err(|e| e.to_string())?;
+        for r in records {
+            let mut record = FutureRecord::to(&self.changelog_topic).partition(r.partition).key(r.key.as_bytes()).payload(&r.value[..]);
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        shared.deliveries.acks.push(track(delivery, (self.requests_topic.clone(), r.partition), r.hold));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err((e, _)) => return Err(e.to_string()),
+                }
+            }
+        }
+        Ok(())
     }
 
     fn on_assign(&self, _consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
@@ -274,7 +378,7 @@ impl RunContext {
         match changelog::restore(&self.restore_client, &self.changelog_topic, &to_restore, &mut shared.topology, self.restore_timeout) {
             Ok(done) => {
                 for (&p, r) in &done {
-                    shared.owned.insert(p, r.counted_up_to);
+                    shared.owned.insert(p, r.counted.clone());
                 }
                 let records: u64 = done.values().map(|r| r.records).sum();
                 let skipped: u64 = done.values().map(|r| r.skipped).sum();

@@ -39,8 +39,8 @@ use crate::kafka_topics;
 use crate::offsets::Partition;
 use crate::outputs::Output;
 use crate::rebalance::{self, RunContext, Shared};
+use crate::events::InputEvent;
 use crate::topology::{Counted, Topology};
-use crate::changelog;
 use crate::control;
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +123,9 @@ impl Drop for NoCommitOnError {
 /// exactly-once).
 const TRANSACTION_EVERY: Duration = Duration::from_millis(100);
 
+/// At-least-once: the most dirty users kept before the changelog is flushed early.
+const MAX_DIRTY: usize = 100_000;
+
 /// How long a starting instance reads the control topics' recent past before it goes on.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -158,6 +161,9 @@ struct Shell<'a> {
     last_control_commit: Instant,
     outs: Vec<Output>,
     buf: Vec<u8>,
+    /// At-least-once: how often dirty limiter state goes to the changelog.
+    changelog_every: Duration,
+    last_changelog: Instant,
 }
 
 /// Which consumer a message came from.
@@ -220,11 +226,41 @@ impl Shell<'_> {
         rebalance::lock(&self.shared).deliveries.tracker.in_flight()
     }
 
-    /// Exactly-once: commits the open transaction with the processed offsets and opens the next.
-    /// A failure aborts the transaction and stops the service: its outputs and offsets are
-    /// dropped together, and a restart resumes from the last committed transaction with the
-    /// limiter state of that transaction.
-    fn commit_transaction(&mut self, shared: &Mutex<Shared>) -> Result<(), RunError> {
+    /// Sends the limiter state dirtied since the last flush to the changelog.
+    async fn flush_changelog(&mut self) -> Result<(), RunError> {
+        self.last_changelog = Instant::now();
+        let (records, moved) = {
+            let mut sh = rebalance::lock(&self.shared);
+            if sh.changelog.is_empty() {
+                return Ok(());
+            }
+            sh.take_changelog(&self.cfg.topics.requests)?
+        };
+        for (tp, o) in moved {
+            self.done(&tp, o);
+        }
+        for r in records {
+            let tp: Partition = (self.cfg.topics.requests.clone(), r.partition);
+            let record = FutureRecord::to(&self.cfg.topics.changelog).partition(r.partition).key(r.key.as_bytes()).payload(&r.value[..]);
+            self.send(record, &tp, r.hold).await?;
+        }
+        Ok(())
+    }
+
+    /// At-least-once: flushes the changelog when its interval has passed or too much is dirty.
+    async fn maybe_flush_changelog(&mut self) -> Result<(), RunError> {
+        if !self.eos && (self.last_changelog.elapsed() >= self.changelog_every || rebalance::lock(&self.shared).changelog.len() >= MAX_DIRTY) {
+            self.flush_changelog().await?;
+        }
+        Ok(())
+    }
+
+    /// Exactly-once: commits the open transaction with the dirty limiter state and the processed
+    /// offsets, and opens the next. A failure aborts the transaction and stops the service: its
+    /// outputs and offsets are dropped together, and a restart resumes from the last committed
+    /// transaction with the limiter state of that transaction.
+    async fn commit_transaction(&mut self, shared: &Mutex<Shared>) -> Result<(), RunError> {
+        self.flush_changelog().await?;
         self.in_transaction = false;
         let processed = rebalance::lock(shared).processed_offsets().clone();
         let (producer, consumer) = (self.producer, self.consumer);
@@ -299,8 +335,12 @@ impl Shell<'_> {
                 sh.topology.snapshot("leader", &mut outs);
             }
             self.leader = leader;
+            let user = match &decoded {
+                Ok(InputEvent::Request(r)) => Some((r.user_id.as_str(), r.request_type.as_str())),
+                _ => None,
+            };
             let counted = match source {
-                Source::Requests => sh.counted(tp.1, offset),
+                Source::Requests => sh.counted(tp.1, offset, user),
                 Source::Control => Some(Counted::No),
             };
             // A requests partition this instance no longer owns: its new owner decides the
@@ -317,18 +357,18 @@ impl Shell<'_> {
                     if source == Source::Requests || (self.eos && self.leader) {
                         sh.processed(&tp, offset);
                     }
+                    // The user's state changed: it goes to the changelog with the next flush,
+                    // and the first such message since the last flush holds the partition.
                     Ok(match (source, counted, outs.iter().find_map(decision)) {
-                        (Source::Requests, Counted::No, Some((user, rt))) => sh.topology.saved_state(tp.1, user, rt).map(|state| {
-                            (changelog::key(rt, user), changelog::Record { user_id: user.into(), request_type: rt.into(), offset, state })
-                        }),
-                        _ => None,
+                        (Source::Requests, Counted::No, Some((user, rt))) => sh.changelog.note(tp.1, offset, user, rt),
+                        _ => false,
                     })
                 }
                 Err(e) => Err(e),
             }
         };
-        let state = match state {
-            Ok(state) => state,
+        let holds = match state {
+            Ok(holds) => holds,
             Err(e) => {
                 self.outs = outs;
                 // Control messages are every instance's: the leader dead-letters them.
@@ -345,7 +385,7 @@ impl Shell<'_> {
         // Recorded before anything is sent (waiting for queue space may already bring this
         // message's first acknowledgements). Control partitions are committed by the leader.
         if source == Source::Requests || self.leader {
-            let n = outs.len() + usize::from(state.is_some());
+            let n = outs.len() + usize::from(holds);
             self.begin(&tp, offset, n as u32);
         }
         let mut buf = std::mem::take(&mut self.buf);
@@ -354,12 +394,6 @@ impl Shell<'_> {
             o.write_json(&mut buf)?;
             let record = FutureRecord::to(output_topic(self.cfg, &o)).key(o.key().as_bytes()).payload(&buf[..]);
             self.send(record, &tp, offset).await?;
-        }
-        if let Some((key, record)) = state {
-            buf.clear();
-            serde_json::to_writer(&mut buf, &record)?;
-            let r = FutureRecord::to(&self.cfg.topics.changelog).partition(tp.1).key(key.as_bytes()).payload(&buf[..]);
-            self.send(r, &tp, offset).await?;
         }
         self.buf = buf;
         self.outs = outs;
@@ -397,14 +431,7 @@ impl Shell<'_> {
             match self.producer.send_result(record) {
                 Ok(delivery) => {
                     self.stats.produced += 1;
-                    let tp = tp.clone();
-                    rebalance::lock(&self.shared).deliveries.acks.push(Box::pin(async move {
-                        match delivery.await {
-                            Ok(Ok(_)) => Ok((tp, offset)),
-                            Ok(Err((e, _))) => Err(RunError::Delivery(e)),
-                            Err(_) => Err(RunError::Canceled),
-                        }
-                    }));
+                    rebalance::lock(&self.shared).deliveries.acks.push(rebalance::track(delivery, tp.clone(), offset));
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -519,6 +546,8 @@ pub async fn run_with(
         in_transaction: false,
         outs: Vec::new(),
         buf: Vec::with_capacity(1024),
+        changelog_every: Duration::from_millis(u64::from(cfg.kafka.commit_interval_ms)),
+        last_changelog: Instant::now(),
     };
     // Declared after the consumer, so dropped before it: an error exit marks the state so that
     // the revocation closing the consumer brings commits nothing.
@@ -554,6 +583,7 @@ pub async fn run_with(
                         return Err(e);
                     }
                 }
+                shell.maybe_flush_changelog().await?;
                 shell.flush_offsets();
                 if ticks % 30 == 1 {
                     let s = shell.stats;
@@ -564,7 +594,7 @@ pub async fn run_with(
             _ = transaction_tick.tick(), if shell.eos => {
                 // An idle pipeline commits what it did too.
                 if shell.in_transaction && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
-                    shell.commit_transaction(&shared)?;
+                    shell.commit_transaction(&shared).await?;
                 }
                 continue;
             }
@@ -581,7 +611,9 @@ pub async fn run_with(
                 shell.handle(&shared, &m, source).await?;
                 shell.in_transaction = true;
                 if shell.eos && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
-                    shell.commit_transaction(&shared)?;
+                    shell.commit_transaction(&shared).await?;
+                } else {
+                    shell.maybe_flush_changelog().await?;
                 }
             }
             Err(e) => {
@@ -597,6 +629,9 @@ pub async fn run_with(
         }
     }
 
+    if !shell.eos {
+        shell.flush_changelog().await?;
+    }
     tracing::info!(in_flight = shell.in_flight(), "shutting down: finishing deliveries");
     let drain = async {
         while let Some(done) = next_ack(&shared).await {
@@ -609,7 +644,7 @@ pub async fn run_with(
         Err(_) => tracing::warn!(in_flight = shell.in_flight(), "deliveries still in flight after {DRAIN_TIMEOUT:?}: their inputs will be processed again"),
     }
     if shell.eos {
-        shell.commit_transaction(&shared)?;
+        shell.commit_transaction(&shared).await?;
     }
     exit_guard.armed = false;
     shell.flush_offsets();

@@ -307,8 +307,11 @@ async fn every_request_is_decided_after_a_kill_9_mid_stream() {
     // The limiter state the restarted service left, as its changelog says (latest per key), is
     // the state an uninterrupted run ends with: nothing counted twice, nothing missed.
     let (_, reference) = uninterrupted(&request_events(100_000));
-    let latest = latest_states(&p.topic("changelog"), 3);
+    let (latest, records) = latest_states(&p.topic("changelog"), 3);
     assert_eq!(latest.len(), reference.tracked_users(), "keys in the changelog vs users an uninterrupted run tracks");
+    // One record per user and commit interval, not one per request (kafka.commit_interval_ms;
+    // the topic is not compacted yet at this size).
+    assert!(records < 50_000, "{records} changelog records for 100 000 requests: state updates are not coalesced");
     for r in latest.values() {
         let want = reference.saved_state(0, &r.user_id, &r.request_type);
         assert_eq!(Some(&r.state), want.as_ref(), "state of {}/{}", r.request_type, r.user_id);
@@ -355,8 +358,9 @@ async fn kill_9_mid_stream(p: &Pipeline, n: usize) -> BTreeSet<String> {
     ids
 }
 
-/// The latest changelog record per key, reading every partition to its end.
-fn latest_states(topic: &str, partitions: i32) -> BTreeMap<String, changelog::Record> {
+/// The latest changelog record per key, reading every partition to its end, and how many records
+/// were read.
+fn latest_states(topic: &str, partitions: i32) -> (BTreeMap<String, changelog::Record>, usize) {
     let consumer: BaseConsumer =
         ClientConfig::new()
             .set("bootstrap.servers", brokers())
@@ -390,6 +394,7 @@ fn latest_states(topic: &str, partitions: i32) -> BTreeMap<String, changelog::Re
         }
     }
     let mut latest = BTreeMap::new();
+    let mut records = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ends.is_empty() {
         assert!(Instant::now() < deadline, "changelog not read to its end within 60 s");
@@ -399,12 +404,13 @@ fn latest_states(topic: &str, partitions: i32) -> BTreeMap<String, changelog::Re
             let record: changelog::Record = serde_json::from_slice(m.payload().expect("no tombstones here")).expect("changelog record");
             assert_eq!(key, changelog::key(&record.request_type, &record.user_id));
             latest.insert(key, record);
+            records += 1;
         }
         // By position: transaction markers and aborted records are never delivered.
         let positions = consumer.position().expect("positions");
         ends.retain(|&p, &mut h| !matches!(positions.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(at)) if at >= h));
     }
-    latest
+    (latest, records)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -561,7 +567,7 @@ async fn exactly_once_survives_a_kill_9_with_each_decision_once() {
     let differ: Vec<_> = want.iter().filter(|(id, d)| got.get(*id) != Some(d)).take(3).collect();
     assert!(differ.is_empty(), "decisions that differ from an uninterrupted run's, e.g. {differ:?}");
     assert!(second.stop().success());
-    let latest = latest_states(&p.topic("changelog"), 3);
+    let (latest, _) = latest_states(&p.topic("changelog"), 3);
     assert_eq!(latest.len(), reference.tracked_users());
     for r in latest.values() {
         assert_eq!(Some(&r.state), reference.saved_state(0, &r.user_id, &r.request_type).as_ref(), "state of {}/{}", r.request_type, r.user_id);

@@ -411,3 +411,74 @@ pub fn commit_transaction<C: ConsumerContext>(
     producer.commit_transaction(TIMEOUT)?;
     producer.begin_transaction()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::events::{InputEvent, RequestEvent};
+    use crate::time::Millis;
+
+    fn request(user: &str, ts: i64) -> InputEvent {
+        InputEvent::Request(RequestEvent {
+            id: format!("{user}-{ts}").into(),
+            ts: Millis(ts),
+            user_id: user.into(),
+            tier: "pro".into(),
+            request_type: "standard".into(),
+            cost: 1,
+        })
+    }
+
+    /// What `Shell::handle` does for a request: process, note, begin with its outputs; then
+    /// every output but the hold is delivered.
+    fn handle(sh: &mut Shared, tp: &Partition, offset: i64, user: &str) -> Option<(Partition, i64)> {
+        let counted = sh.counted(tp.1, offset, Some((user, "standard"))).expect("owned");
+        let mut outs = Vec::new();
+        sh.topology.process_in(tp.1, request(user, 1_000 + offset), counted, &mut outs);
+        let holds = counted == Counted::No && sh.changelog.note(tp.1, offset, user, "standard");
+        assert_eq!(sh.deliveries.begin(tp, offset, (outs.len() + usize::from(holds)) as u32), None);
+        let mut moved = None;
+        for _ in 0..outs.len() {
+            moved = sh.deliveries.apply(Ok((tp.clone(), offset))).expect("ack");
+        }
+        moved
+    }
+
+    #[test]
+    fn offsets_wait_for_the_changelog_flush_that_counts_them() {
+        let mut sh = Shared::new(Topology::new(std::sync::Arc::new(Config::default())));
+        sh.owned.insert(0, CountedUpTo::default());
+        let tp: Partition = ("requests".into(), 0);
+        // Every decision delivered: still nothing committable, the state is not in the changelog.
+        for (offset, user) in [(10, "a"), (11, "b"), (12, "a")] {
+            assert_eq!(handle(&mut sh, &tp, offset, user), None);
+        }
+        let (records, moved) = sh.take_changelog("requests").expect("records");
+        assert!(moved.is_empty());
+        let written: Vec<changelog::Record> = records.iter().map(|r| serde_json::from_slice(&r.value).expect("record")).collect();
+        assert_eq!(written.iter().map(|r| (r.user_id.as_str(), r.offset)).collect::<Vec<_>>(), [("b", 11), ("a", 12)], "one record per user, in input order");
+        assert!(records.iter().all(|r| r.hold == 10 && r.partition == 0));
+        // The next message after the flush holds again.
+        assert_eq!(handle(&mut sh, &tp, 13, "c"), None);
+        assert_eq!(sh.deliveries.apply(Ok((tp.clone(), 10))).expect("ack"), None, "one of two records");
+        assert_eq!(sh.deliveries.apply(Ok((tp.clone(), 10))).expect("ack"), Some((tp.clone(), 12)), "the flush counts 10..=12");
+        let (records, _) = sh.take_changelog("requests").expect("records");
+        assert_eq!(records.len(), 1);
+        assert_eq!(sh.deliveries.apply(Ok((tp.clone(), 13))).expect("ack"), Some((tp, 13)));
+    }
+
+    #[test]
+    fn restored_state_counts_exactly_the_requests_of_its_records() {
+        let mut sh = Shared::new(Topology::new(std::sync::Arc::new(Config::default())));
+        let mut counted = CountedUpTo::default();
+        counted.record(changelog::key("standard", "a"), 12);
+        counted.record(changelog::key("standard", "b"), 8);
+        sh.owned.insert(0, counted);
+        assert_eq!(sh.counted(0, 10, Some(("a", "standard"))), Some(Counted::Already));
+        assert_eq!(sh.counted(0, 10, Some(("b", "standard"))), Some(Counted::No), "b's record stops at 8");
+        assert_eq!(sh.counted(0, 13, Some(("a", "standard"))), Some(Counted::No));
+        assert_eq!(sh.counted(0, 12, Some(("a", "standard"))), Some(Counted::No), "past the restored offsets the per-key map is gone");
+        assert_eq!(sh.counted(1, 1, None), None, "not owned");
+    }
+}

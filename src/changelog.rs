@@ -33,6 +33,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::kafka_topics;
+use crate::offsets::FastMap;
 use crate::limiter::SavedState;
 use crate::topology::Topology;
 
@@ -110,7 +111,7 @@ impl CountedUpTo {
 /// request types) whose state changed and the offset of their last counted request.
 #[derive(Debug, Default)]
 pub struct Pending {
-    partitions: HashMap<i32, PendingPartition>,
+    partitions: FastMap<i32, PendingPartition>,
     keys: usize,
 }
 
@@ -118,7 +119,7 @@ pub struct Pending {
 struct PendingPartition {
     /// The first request dirtied since the last flush: it holds the partition's offsets.
     hold: i64,
-    last: HashMap<(CompactString, CompactString), i64>,
+    last: FastMap<(CompactString, CompactString), i64>,
 }
 
 /// One partition's flush: the holding offset and the dirty keys in the order of their last
@@ -139,7 +140,7 @@ impl Pending {
         let mut first = false;
         let p = self.partitions.entry(partition).or_insert_with(|| {
             first = true;
-            PendingPartition { hold: offset, last: HashMap::new() }
+            PendingPartition { hold: offset, last: FastMap::default() }
         });
         match p.last.get_mut(&(CompactString::from(user_id), CompactString::from(request_type))) {
             Some(o) => *o = (*o).max(offset),

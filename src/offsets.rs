@@ -10,10 +10,14 @@ use std::collections::{BTreeMap, HashMap};
 /// A topic partition, by topic name and partition number.
 pub type Partition = (String, i32);
 
+/// A hash map with a fast hasher, for the maps touched once or more per message (partition keys
+/// are not attacker-chosen).
+pub type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     /// Outputs still unacknowledged, per partition and offset (0 = done, waiting for earlier ones).
-    pending: HashMap<Partition, BTreeMap<i64, u32>>,
+    pending: FastMap<Partition, BTreeMap<i64, u32>>,
 }
 
 impl OffsetTracker {

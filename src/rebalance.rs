@@ -14,83 +14,103 @@
 //! `block_in_place`, off the async workers.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
 
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 
 use crate::changelog::{self, CountedUpTo};
-use crate::offsets::{OffsetTracker, Partition};
+use crate::offsets::{FastMap, OffsetTracker, Partition};
 use crate::topology::{Counted, Topology};
 
-/// A delivery report: the input partition and offset an acknowledged output belongs to.
-pub type Ack = Result<(Partition, i64), crate::runtime::RunError>;
-
-/// Outputs in flight and what they belong to (at-least-once bookkeeping). Shared with the
-/// rebalance callbacks, so a revocation commits only what has been delivered.
-#[derive(Default)]
+/// Outputs in flight and what they belong to (at-least-once bookkeeping). Shared by the main
+/// loop, the rebalance callbacks and the producer's delivery callback, which applies each report
+/// as it comes (no future or channel per record). Lock order: `Shared` before `Deliveries`.
+#[derive(Debug, Default)]
 pub struct Deliveries {
     pub tracker: OffsetTracker,
-    pub acks: FuturesUnordered<Pin<Box<dyn Future<Output = Ack> + Send>>>,
     /// Per input partition, the last offset whose outputs (and all before it) are delivered.
     delivered: HashMap<Partition, i64>,
-    /// A delivery that failed while a callback drained the reports: the main loop stops on it.
-    pub failed: Option<crate::runtime::RunError>,
+    /// Partitions whose delivered prefix moved since the main loop last looked.
+    moved: HashMap<Partition, i64>,
+    /// The first delivery that failed: the main loop stops on it, and nothing after it commits.
+    pub failed: Option<KafkaError>,
 }
 
 impl Deliveries {
-    /// Records a message with `outputs` records in flight; returns the delivered prefix if it
-    /// moved (see `OffsetTracker::begin`).
-    pub fn begin(&mut self, tp: &Partition, offset: i64, outputs: u32) -> Option<i64> {
-        let o = self.tracker.begin(tp, offset, outputs)?;
-        self.delivered.insert(tp.clone(), o);
-        Some(o)
-    }
-
-    /// Applies one delivery report; returns the partition's delivered prefix if it moved.
-    pub fn apply(&mut self, ack: Ack) -> Result<Option<(Partition, i64)>, crate::runtime::RunError> {
-        let (tp, offset) = ack?;
-        let Some(o) = self.tracker.ack(&tp, offset) else { return Ok(None) };
-        self.delivered.insert(tp.clone(), o);
-        Ok(Some((tp, o)))
-    }
-
-    /// Applies every report that is already in (after a flush: all of them). A failed delivery
-    /// is kept in `failed`; returns whether there was one.
-    fn drain_ready(&mut self) -> bool {
-        while let Some(Some(ack)) = self.acks.next().now_or_never() {
-            if let Err(e) = self.apply(ack) {
-                self.failed.get_or_insert(e);
-            }
+    /// Records a message with `outputs` records in flight (see `OffsetTracker::begin`).
+    pub fn begin(&mut self, tp: &Partition, offset: i64, outputs: u32) {
+        if let Some(o) = self.tracker.begin(tp, offset, outputs) {
+            self.advance(tp, o);
         }
-        self.failed.is_some()
+    }
+
+    /// Applies one successful delivery of an output of the message at `offset` of `tp`.
+    pub fn ack(&mut self, tp: &Partition, offset: i64) {
+        if let Some(o) = self.tracker.ack(tp, offset) {
+            self.advance(tp, o);
+        }
+    }
+
+    fn advance(&mut self, tp: &Partition, o: i64) {
+        self.delivered.insert(tp.clone(), o);
+        self.moved.insert(tp.clone(), o);
+    }
+
+    /// The partitions whose delivered prefix moved since the last call, with that prefix.
+    pub fn take_moved(&mut self) -> Vec<(Partition, i64)> {
+        self.moved.drain().collect()
     }
 }
+
+/// Where an output came from: its input partition and offset (the delivery report's opaque).
+pub type Origin = Box<(Partition, i64)>;
+
+/// The producer's context: every delivery report goes straight to `Deliveries`.
+pub struct DeliveryContext {
+    pub deliveries: Arc<Mutex<Deliveries>>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Origin;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, origin: Origin) {
+        let mut d = lock(&self.deliveries);
+        match result {
+            Ok(_) => d.ack(&origin.0, origin.1),
+            Err((e, _)) => {
+                tracing::error!(topic = %origin.0.0, partition = origin.0.1, offset = origin.1, error = %e, "an output was not delivered");
+                d.failed.get_or_insert_with(|| e.clone());
+            }
+        }
+    }
+}
+
+/// The service's producer.
+pub type OutputProducer = ThreadedProducer<DeliveryContext>;
 
 /// The pipeline's state, shared by the main loop and the rebalance callbacks.
 pub struct Shared {
     pub topology: Topology,
-    pub deliveries: Deliveries,
     /// Requests partitions owned now, each with the requests its restored state already counts.
-    owned: HashMap<i32, CountedUpTo>,
+    owned: FastMap<i32, CountedUpTo>,
     /// Partitions revoked in the last eager rebalance, with what `owned` had for them.
     revoked: HashMap<i32, CountedUpTo>,
     /// Limiter state changed since the last changelog flush.
     pub changelog: changelog::Pending,
     /// The last offset processed per input partition: committed when the partition is revoked.
-    processed: HashMap<Partition, i64>,
+    processed: FastMap<Partition, i64>,
     /// A failure inside a callback, which the main loop turns into an error.
     pub failed: Option<String>,
     /// Assignments received so far (an empty one counts).
@@ -104,11 +124,10 @@ impl Shared {
     pub fn new(topology: Topology) -> Self {
         Shared {
             topology,
-            deliveries: Deliveries::default(),
-            owned: HashMap::new(),
+            owned: FastMap::default(),
             revoked: HashMap::new(),
             changelog: changelog::Pending::default(),
-            processed: HashMap::new(),
+            processed: FastMap::default(),
             failed: None,
             assignments: 0,
             no_commit: false,
@@ -138,9 +157,9 @@ impl Shared {
     /// acknowledged as an output of its partition's holding message (the tracker learns how many
     /// each hold waits for). A hold whose users all left the limiter (evicted as idle) is
     /// released at once: partitions whose delivered prefix moved are returned with it.
-    pub fn take_changelog(&mut self, requests_topic: &str) -> Result<(Vec<Outgoing>, Vec<(Partition, i64)>), serde_json::Error> {
+    pub fn take_changelog(&mut self, deliveries: &Mutex<Deliveries>, requests_topic: &str) -> Result<Vec<Outgoing>, serde_json::Error> {
         let mut out = Vec::new();
-        let mut moved = Vec::new();
+        let mut deliveries = lock(deliveries);
         for flush in self.changelog.take() {
             let tp: Partition = (requests_topic.to_string(), flush.partition);
             let before = out.len();
@@ -151,15 +170,13 @@ impl Shared {
             }
             let records = (out.len() - before) as u32;
             if records == 0 {
-                if let Ok(Some(m)) = self.deliveries.apply(Ok((tp, flush.hold))) {
-                    moved.push(m);
-                }
+                deliveries.ack(&tp, flush.hold);
             } else {
                 // The hold counted one output already.
-                self.deliveries.begin(&tp, flush.hold, records - 1);
+                deliveries.begin(&tp, flush.hold, records - 1);
             }
         }
-        Ok((out, moved))
+        Ok(out)
     }
 
     /// Whether the group has given this instance its partitions yet. Until then it cannot know
@@ -175,7 +192,7 @@ impl Shared {
     }
 
     /// The positions to commit: the last offset processed per input partition.
-    pub fn processed_offsets(&self) -> &HashMap<Partition, i64> {
+    pub fn processed_offsets(&self) -> &FastMap<Partition, i64> {
         &self.processed
     }
 
@@ -189,19 +206,8 @@ impl Shared {
     }
 }
 
-pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+pub fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
     shared.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The delivery report of an output of the input message at `offset` of `tp`, as an `Ack`.
-pub fn track(delivery: DeliveryFuture, tp: Partition, offset: i64) -> Pin<Box<dyn Future<Output = Ack> + Send>> {
-    Box::pin(async move {
-        match delivery.await {
-            Ok(Ok(_)) => Ok((tp, offset)),
-            Ok(Err((e, _))) => Err(crate::runtime::RunError::Delivery(e)),
-            Err(_) => Err(crate::runtime::RunError::Canceled),
-        }
-    })
 }
 
 /// A changelog record to send: acknowledged as an output of the message at `hold` of requests
@@ -217,11 +223,12 @@ pub struct Outgoing {
 /// The consumer context of `surgeguard run`.
 pub struct RunContext {
     pub shared: Arc<Mutex<Shared>>,
+    pub deliveries: Arc<Mutex<Deliveries>>,
     pub requests_topic: String,
     pub changelog_topic: String,
     /// Client settings for the changelog reader (brokers, pass-through properties).
     pub restore_client: ClientConfig,
-    pub producer: FutureProducer,
+    pub producer: OutputProducer,
     pub restore_timeout: Duration,
     pub flush_timeout: Duration,
     /// Exactly-once: a revocation commits the open transaction with the processed offsets.
@@ -273,12 +280,15 @@ impl RunContext {
             return;
         }
         let mut commit = TopicPartitionList::new();
-        match self.producer.flush(Timeout::After(self.flush_timeout)) {
-            // Every report is in after a flush; commit what they say was delivered (a flush
-            // succeeds even when a delivery failed).
-            Ok(()) if !shared.deliveries.drain_ready() => {
+        // The delivery reports are applied by the producer's callback (it never waits for
+        // `Shared`, which this holds): after the flush, `delivered` says what to commit. A report
+        // still being applied as the flush returns only makes the commit smaller.
+        let flushed = self.producer.flush(Timeout::After(self.flush_timeout));
+        let deliveries = lock(&self.deliveries);
+        match flushed {
+            Ok(()) if deliveries.failed.is_none() => {
                 for tp in &revoked {
-                    if let Some(&o) = shared.deliveries.delivered.get(tp)
+                    if let Some(&o) = deliveries.delivered.get(tp)
                         && let Err(e) = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(o + 1))
                     {
                         tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "offset not committed");
@@ -288,6 +298,7 @@ impl RunContext {
             Ok(()) => tracing::warn!("a delivery failed before the revocation: committing nothing"),
             Err(e) => tracing::warn!(error = %e, "outputs not all delivered before the revocation: the next owner processes them again"),
         }
+        drop(deliveries);
         if commit.count() > 0 {
             // Stored as well: librdkafka commits the stored offsets of revoked partitions itself,
             // and would otherwise move the commit back to the last one the main loop stored.
@@ -330,16 +341,13 @@ impl RunContext {
     /// Sends the dirty limiter state from inside a callback (blocking while the producer queue is
     /// full; its delivery reports are drained after the flush that follows).
     fn send_changelog(&self, shared: &mut Shared) -> Result<(), String> {
-        // A hold released at once updates the delivered prefix the commit below reads.
-        let (records, _moved) = shared.take_changelog(&self.requests_topic).map_err(|e| e.to_string())?;
+        let records = shared.take_changelog(&self.deliveries, &self.requests_topic).map_err(|e| e.to_string())?;
         for r in records {
-            let mut record = FutureRecord::to(&self.changelog_topic).partition(r.partition).key(r.key.as_bytes()).payload(&r.value[..]);
+            let origin: Origin = Box::new(((self.requests_topic.clone(), r.partition), r.hold));
+            let mut record = BaseRecord::with_opaque_to(&self.changelog_topic, origin).partition(r.partition).key(&r.key[..]).payload(&r.value[..]);
             loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        shared.deliveries.acks.push(track(delivery, (self.requests_topic.clone(), r.partition), r.hold));
-                        break;
-                    }
+                match self.producer.send(record) {
+                    Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
                         std::thread::sleep(Duration::from_millis(1));
@@ -395,9 +403,9 @@ impl RunContext {
 /// Exactly-once: commits the open transaction with the consumer positions after `processed`
 /// (blocking), and opens the next one.
 pub fn commit_transaction<C: ConsumerContext>(
-    producer: &FutureProducer,
+    producer: &OutputProducer,
     consumer: &impl Consumer<C>,
-    processed: &HashMap<Partition, i64>,
+    processed: &FastMap<Partition, i64>,
 ) -> Result<(), KafkaError> {
     const TIMEOUT: Duration = Duration::from_secs(30);
     let mut offsets = TopicPartitionList::new();
@@ -432,40 +440,48 @@ mod tests {
 
     /// What `Shell::handle` does for a request: process, note, begin with its outputs; then
     /// every output but the hold is delivered.
-    fn handle(sh: &mut Shared, tp: &Partition, offset: i64, user: &str) -> Option<(Partition, i64)> {
+    fn handle(sh: &mut Shared, d: &Mutex<Deliveries>, tp: &Partition, offset: i64, user: &str) -> Vec<(Partition, i64)> {
         let counted = sh.counted(tp.1, offset, Some((user, "standard"))).expect("owned");
         let mut outs = Vec::new();
         sh.topology.process_in(tp.1, request(user, 1_000 + offset), counted, &mut outs);
         let holds = counted == Counted::No && sh.changelog.note(tp.1, offset, user, "standard");
-        assert_eq!(sh.deliveries.begin(tp, offset, (outs.len() + usize::from(holds)) as u32), None);
-        let mut moved = None;
+        let mut d = lock(d);
+        d.begin(tp, offset, (outs.len() + usize::from(holds)) as u32);
         for _ in 0..outs.len() {
-            moved = sh.deliveries.apply(Ok((tp.clone(), offset))).expect("ack");
+            d.ack(tp, offset);
         }
-        moved
+        d.take_moved()
+    }
+
+    fn ack(d: &Mutex<Deliveries>, tp: &Partition, offset: i64) -> Vec<(Partition, i64)> {
+        let mut d = lock(d);
+        d.ack(tp, offset);
+        d.take_moved()
     }
 
     #[test]
     fn offsets_wait_for_the_changelog_flush_that_counts_them() {
         let mut sh = Shared::new(Topology::new(std::sync::Arc::new(Config::default())));
+        let d = Mutex::new(Deliveries::default());
         sh.owned.insert(0, CountedUpTo::default());
         let tp: Partition = ("requests".into(), 0);
         // Every decision delivered: still nothing committable, the state is not in the changelog.
         for (offset, user) in [(10, "a"), (11, "b"), (12, "a")] {
-            assert_eq!(handle(&mut sh, &tp, offset, user), None);
+            assert_eq!(handle(&mut sh, &d, &tp, offset, user), []);
         }
-        let (records, moved) = sh.take_changelog("requests").expect("records");
-        assert!(moved.is_empty());
+        let records = sh.take_changelog(&d, "requests").expect("records");
+        assert!(lock(&d).take_moved().is_empty());
         let written: Vec<changelog::Record> = records.iter().map(|r| serde_json::from_slice(&r.value).expect("record")).collect();
         assert_eq!(written.iter().map(|r| (r.user_id.as_str(), r.offset)).collect::<Vec<_>>(), [("b", 11), ("a", 12)], "one record per user, in input order");
         assert!(records.iter().all(|r| r.hold == 10 && r.partition == 0));
         // The next message after the flush holds again.
-        assert_eq!(handle(&mut sh, &tp, 13, "c"), None);
-        assert_eq!(sh.deliveries.apply(Ok((tp.clone(), 10))).expect("ack"), None, "one of two records");
-        assert_eq!(sh.deliveries.apply(Ok((tp.clone(), 10))).expect("ack"), Some((tp.clone(), 12)), "the flush counts 10..=12");
-        let (records, _) = sh.take_changelog("requests").expect("records");
+        assert_eq!(handle(&mut sh, &d, &tp, 13, "c"), []);
+        assert_eq!(ack(&d, &tp, 10), [], "one of two records");
+        assert_eq!(ack(&d, &tp, 10), [(tp.clone(), 12)], "the flush counts 10..=12");
+        let records = sh.take_changelog(&d, "requests").expect("records");
         assert_eq!(records.len(), 1);
-        assert_eq!(sh.deliveries.apply(Ok((tp.clone(), 13))).expect("ack"), Some((tp, 13)));
+        assert_eq!(ack(&d, &tp, 13), [(tp.clone(), 13)]);
+        assert_eq!(lock(&d).delivered.get(&tp), Some(&13));
     }
 
     #[test]

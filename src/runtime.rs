@@ -4,12 +4,14 @@
 //! to the DLQ with KIP-1034 headers), processed by the same `Topology` replay uses, and its
 //! outputs are produced keyed as DESIGN.md says. Offsets are stored for commit only once every
 //! output of a message, and of every earlier message of its partition, is acknowledged by the
-//! broker (`OffsetTracker`): at-least-once. When the producer queue is full, consumption waits for
-//! deliveries instead of dropping anything. Acknowledgements are polled first (`biased`) so the
-//! number of messages in flight stays bounded by the producer queue.
+//! broker (`OffsetTracker`): at-least-once. The producer's own thread applies each delivery
+//! report to that bookkeeping as it arrives (`rebalance::DeliveryContext`); the main loop takes the
+//! committable offsets from it every second. When the producer queue is full, consumption waits
+//! for deliveries to make room instead of dropping anything, so the messages in flight stay
+//! bounded by the producer queue.
 //!
-//! Scale-out: requests count in the limiter of their input partition, and each decision's user
-//! state goes to the changelog topic (`changelog.rs`); when partitions move between instances,
+//! Scale-out: requests count in the limiter of their input partition, and changed user state goes
+//! to the changelog topic once per commit interval (`changelog.rs`); when partitions move between instances,
 //! `rebalance.rs` commits what was done and restores what arrives before it is processed.
 //! Control events (outcomes, telemetry, admin) are read in full by every instance (`control.rs`).
 //! With `kafka.guarantee = "exactly_once"` outputs, changelog records and input offsets go in one
@@ -23,12 +25,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -38,7 +39,7 @@ use crate::dlq;
 use crate::kafka_topics;
 use crate::offsets::Partition;
 use crate::outputs::Output;
-use crate::rebalance::{self, RunContext, Shared};
+use crate::rebalance::{self, Deliveries, DeliveryContext, Origin, OutputProducer, RunContext, Shared};
 use crate::events::InputEvent;
 use crate::topology::{Counted, Topology};
 use crate::control;
@@ -51,8 +52,6 @@ pub enum RunError {
     Encode(#[from] serde_json::Error),
     #[error("an output could not be delivered: {0}")]
     Delivery(KafkaError),
-    #[error("the producer dropped a delivery report")]
-    Canceled,
     #[error("the consumer has failed for {0:?} without a single message: {1}")]
     ConsumerDown(Duration, KafkaError),
     #[error("restoring limiter state from the changelog: {0}")]
@@ -140,8 +139,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 struct Shell<'a> {
     cfg: &'a Config,
     consumer: &'a StreamConsumer<RunContext>,
-    producer: &'a FutureProducer,
+    producer: &'a OutputProducer,
     shared: Arc<Mutex<Shared>>,
+    deliveries: Arc<Mutex<Deliveries>>,
     stats: RunStats,
     /// Offsets ready to store, per partition, handed to librdkafka in batches (`flush_offsets`).
     ready: HashMap<Partition, i64>,
@@ -207,42 +207,44 @@ impl Shell<'_> {
         }
     }
 
-    fn on_ack(&mut self, done: rebalance::Ack) -> Result<(), RunError> {
-        let moved = rebalance::lock(&self.shared).deliveries.apply(done)?;
-        if let Some((tp, o)) = moved {
+    /// Takes in what the delivery reports have done since the last sweep: offsets whose outputs
+    /// are all delivered become committable. Stops on a failed delivery.
+    fn sweep(&mut self) -> Result<(), RunError> {
+        let moved = {
+            let mut d = rebalance::lock(&self.deliveries);
+            if let Some(e) = &d.failed {
+                return Err(RunError::Delivery(e.clone()));
+            }
+            d.take_moved()
+        };
+        for (tp, o) in moved {
             self.done(&tp, o);
         }
         Ok(())
     }
 
     fn begin(&mut self, tp: &Partition, offset: i64, outputs: u32) {
-        let moved = rebalance::lock(&self.shared).deliveries.begin(tp, offset, outputs);
-        if let Some(o) = moved {
-            self.done(tp, o);
-        }
+        rebalance::lock(&self.deliveries).begin(tp, offset, outputs);
     }
 
     fn in_flight(&self) -> usize {
-        rebalance::lock(&self.shared).deliveries.tracker.in_flight()
+        rebalance::lock(&self.deliveries).tracker.in_flight()
     }
 
     /// Sends the limiter state dirtied since the last flush to the changelog.
     async fn flush_changelog(&mut self) -> Result<(), RunError> {
         self.last_changelog = Instant::now();
-        let (records, moved) = {
+        let records = {
             let mut sh = rebalance::lock(&self.shared);
             if sh.changelog.is_empty() {
                 return Ok(());
             }
-            sh.take_changelog(&self.cfg.topics.requests)?
+            sh.take_changelog(&self.deliveries, &self.cfg.topics.requests)?
         };
-        for (tp, o) in moved {
-            self.done(&tp, o);
-        }
         for r in records {
-            let tp: Partition = (self.cfg.topics.requests.clone(), r.partition);
-            let record = FutureRecord::to(&self.cfg.topics.changelog).partition(r.partition).key(r.key.as_bytes()).payload(&r.value[..]);
-            self.send(record, &tp, r.hold).await?;
+            let origin: Origin = Box::new(((self.cfg.topics.requests.clone(), r.partition), r.hold));
+            let record = BaseRecord::with_opaque_to(&self.cfg.topics.changelog, origin).partition(r.partition).key(r.key.as_bytes()).payload(&r.value[..]);
+            self.send(record).await?;
         }
         Ok(())
     }
@@ -392,8 +394,9 @@ impl Shell<'_> {
         for o in outs.drain(..) {
             buf.clear();
             o.write_json(&mut buf)?;
-            let record = FutureRecord::to(output_topic(self.cfg, &o)).key(o.key().as_bytes()).payload(&buf[..]);
-            self.send(record, &tp, offset).await?;
+            let origin: Origin = Box::new((tp.clone(), offset));
+            let record = BaseRecord::with_opaque_to(output_topic(self.cfg, &o), origin).key(o.key().as_bytes()).payload(&buf[..]);
+            self.send(record).await?;
         }
         self.buf = buf;
         self.outs = outs;
@@ -417,29 +420,27 @@ impl Shell<'_> {
         } else {
             payload
         };
-        let mut record = FutureRecord::to(&self.cfg.topics.dlq).payload(kept).headers(headers);
+        let origin: Origin = Box::new((tp.clone(), offset));
+        let mut record = BaseRecord::with_opaque_to(&self.cfg.topics.dlq, origin).payload(kept).headers(headers);
         if let Some(k) = m.key() {
             record = record.key(k);
         }
-        self.send(record, tp, offset).await
+        self.send(record).await
     }
 
-    /// Enqueues one record; while the producer queue is full, waits for deliveries.
-    async fn send(&mut self, record: FutureRecord<'_, [u8], [u8]>, tp: &Partition, offset: i64) -> Result<(), RunError> {
+    /// Enqueues one record; while the producer queue is full, waits for deliveries to make room
+    /// (the producer's own thread applies their reports).
+    async fn send(&mut self, record: BaseRecord<'_, [u8], [u8], Origin>) -> Result<(), RunError> {
         let mut record = record;
         loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => {
+            match self.producer.send(record) {
+                Ok(()) => {
                     self.stats.produced += 1;
-                    rebalance::lock(&self.shared).deliveries.acks.push(rebalance::track(delivery, tp.clone(), offset));
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
-                    match next_ack(&self.shared).await {
-                        Some(done) => self.on_ack(done)?,
-                        None => tokio::time::sleep(Duration::from_millis(5)).await,
-                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 Err((e, _)) => return Err(RunError::Kafka(e)),
             }
@@ -477,7 +478,8 @@ pub async fn run_with(
     // Inputs, changelog and control topics alike: only committed transactions are read.
     consumer_config.set("isolation.level", "read_committed");
     let mut producer_config = base.clone();
-    producer_config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+    // linger.ms stays librdkafka's default (5 ms) unless kafka.properties sets it.
+    producer_config.set("enable.idempotence", "true").set("acks", "all");
     if eos {
         // Unique per process: with KIP-447 the group's generation fences a zombie instance.
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
@@ -486,7 +488,8 @@ pub async fn run_with(
         // changelog restore among them) until it times out: keep that short, as Kafka Streams does.
         producer_config.set("transaction.timeout.ms", "10000");
     }
-    let producer: FutureProducer = producer_config.create()?;
+    let deliveries = Arc::new(Mutex::new(Deliveries::default()));
+    let producer: OutputProducer = producer_config.create_with_context(DeliveryContext { deliveries: deliveries.clone() })?;
     if eos {
         tokio::task::block_in_place(|| producer.init_transactions(Duration::from_secs(30)))?;
         producer.begin_transaction()?;
@@ -511,6 +514,7 @@ pub async fn run_with(
     let shared = Arc::new(Mutex::new(Shared::new(topology)));
     let context = RunContext {
         shared: shared.clone(),
+        deliveries: deliveries.clone(),
         requests_topic: t.requests.clone(),
         changelog_topic: t.changelog.clone(),
         restore_client: consumer_config.clone(),
@@ -534,6 +538,7 @@ pub async fn run_with(
         consumer: &consumer,
         producer: &producer,
         shared: shared.clone(),
+        deliveries: deliveries.clone(),
         stats: RunStats::default(),
         ready: HashMap::new(),
         stored: HashMap::new(),
@@ -568,10 +573,6 @@ pub async fn run_with(
         let msg = tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            Some(done) = next_ack(&shared) => {
-                shell.on_ack(done)?;
-                continue;
-            }
             _ = tick.tick() => {
                 ticks += 1;
                 {
@@ -579,10 +580,8 @@ pub async fn run_with(
                     if let Some(e) = sh.failed.take() {
                         return Err(RunError::Restore(e));
                     }
-                    if let Some(e) = sh.deliveries.failed.take() {
-                        return Err(e);
-                    }
                 }
+                shell.sweep()?;
                 shell.maybe_flush_changelog().await?;
                 shell.flush_offsets();
                 if ticks % 30 == 1 {
@@ -612,7 +611,7 @@ pub async fn run_with(
                 shell.in_transaction = true;
                 if shell.eos && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
                     shell.commit_transaction(&shared).await?;
-                } else {
+                } else if shell.stats.consumed % 64 == 0 {
                     shell.maybe_flush_changelog().await?;
                 }
             }
@@ -633,16 +632,10 @@ pub async fn run_with(
         shell.flush_changelog().await?;
     }
     tracing::info!(in_flight = shell.in_flight(), "shutting down: finishing deliveries");
-    let drain = async {
-        while let Some(done) = next_ack(&shared).await {
-            shell.on_ack(done)?;
-        }
-        Ok::<(), RunError>(())
-    };
-    match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
-        Ok(r) => r?,
-        Err(_) => tracing::warn!(in_flight = shell.in_flight(), "deliveries still in flight after {DRAIN_TIMEOUT:?}: their inputs will be processed again"),
+    if let Err(e) = tokio::task::block_in_place(|| producer.flush(DRAIN_TIMEOUT)) {
+        tracing::warn!(error = %e, in_flight = shell.in_flight(), "deliveries still in flight after {DRAIN_TIMEOUT:?}: their inputs will be processed again");
     }
+    shell.sweep()?;
     if shell.eos {
         shell.commit_transaction(&shared).await?;
     }
@@ -676,7 +669,7 @@ fn decision(o: &Output) -> Option<(&str, &str)> {
 }
 
 /// Refuses to start when the changelog has fewer partitions than the requests topic.
-fn check_changelog_partitions(producer: &FutureProducer, t: &crate::config::TopicsConfig) -> Result<(), RunError> {
+fn check_changelog_partitions(producer: &OutputProducer, t: &crate::config::TopicsConfig) -> Result<(), RunError> {
     let count = |topic: &str| -> Result<usize, RunError> {
         let md = tokio::task::block_in_place(|| producer.client().fetch_metadata(Some(topic), Duration::from_secs(30)))?;
         Ok(md.topics().first().map_or(0, |m| m.partitions().len()))
@@ -688,8 +681,3 @@ fn check_changelog_partitions(producer: &FutureProducer, t: &crate::config::Topi
     Ok(())
 }
 
-/// The next delivery report (`None` when nothing is in flight). The lock is held only while
-/// polling, never across an await.
-fn next_ack(shared: &Mutex<Shared>) -> impl Future<Output = Option<rebalance::Ack>> + '_ {
-    std::future::poll_fn(move |cx| rebalance::lock(shared).deliveries.acks.poll_next_unpin(cx))
-}

@@ -49,8 +49,10 @@ pub struct BenchOptions {
     pub rate: u32,
     /// Seconds of the latency phase.
     pub seconds: u32,
-    /// Rounds run before the measured one, their figures shown but not measured.
+    /// Rounds run before the measured ones, their figures shown but not measured.
     pub warmup: u32,
+    /// Measured rounds (at least one); the summary gives their medians.
+    pub rounds: u32,
     pub side: Side,
 }
 
@@ -330,12 +332,13 @@ async fn measure_surgeguard(cfg: &Config, brokers: &str, opts: &BenchOptions, ev
 }
 
 /// Runs `opts.warmup` rounds whose figures are only shown (a fresh broker's JVM compiles its hot
-/// paths during the first minute of load, and whichever side runs first pays for it), then one
-/// measured round. Each round gives each side fresh topics; `progress` sees every round.
-pub async fn bench(cfg: &Config, brokers: &str, opts: &BenchOptions, mut progress: impl FnMut(&Round)) -> Result<Round, BenchError> {
+/// paths during the first minute of load, and whichever side runs first pays for it), then
+/// `opts.rounds` measured ones. Each round gives each side fresh topics; `progress` sees every
+/// round. Returns the measured rounds.
+pub async fn bench(cfg: &Config, brokers: &str, opts: &BenchOptions, mut progress: impl FnMut(&Round)) -> Result<Vec<Round>, BenchError> {
     let events = requests(opts.events + (opts.rate as usize * opts.seconds as usize), 11);
-    let mut last = Round::default();
-    for round in 0..=opts.warmup {
+    let mut measured = Vec::new();
+    for round in 0..opts.warmup + opts.rounds.max(1) {
         let run_id = format!("bench-{}-{round}", now_ms());
         let mut r = Round { warmup: round < opts.warmup, ..Round::default() };
         if opts.side != Side::Surgeguard {
@@ -345,9 +348,45 @@ pub async fn bench(cfg: &Config, brokers: &str, opts: &BenchOptions, mut progres
             r.surgeguard = Some(measure_surgeguard(cfg, brokers, opts, &events, &run_id).await?);
         }
         progress(&r);
-        last = r;
+        if !r.warmup {
+            measured.push(r);
+        }
     }
-    Ok(last)
+    Ok(measured)
+}
+
+/// The median of some figures (the mean of the two middle ones for an even count).
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.retain(|x| !x.is_nan());
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
+}
+
+/// The medians over the measured rounds: throughputs, the per-round throughput ratios, p50 and
+/// p99 latencies.
+pub fn summary(rounds: &[Round]) -> String {
+    let med = |f: &dyn Fn(&Round) -> Option<f64>| median(rounds.iter().filter_map(f).collect());
+    let cell = |x: f64, digits: usize| if x.is_nan() { "-".to_string() } else { format!("{x:.digits$}") };
+    let ratio = med(&|r| Some(r.surgeguard?.events_per_s / r.passthrough?.events_per_s));
+    format!(
+        "median of {} measured round(s):\n\
+         \x20                        passthrough   surgeguard run   ratio (median of the rounds' ratios)\n\
+         throughput (events/s)    {:>11}   {:>14}   {}\n\
+         latency p50 (ms)         {:>11}   {:>14}\n\
+         latency p99 (ms)         {:>11}   {:>14}\n",
+        rounds.len(),
+        cell(med(&|r| Some(r.passthrough?.events_per_s)), 0),
+        cell(med(&|r| Some(r.surgeguard?.events_per_s)), 0),
+        cell(ratio, 2),
+        cell(med(&|r| Some(r.passthrough?.p50_ms)), 1),
+        cell(med(&|r| Some(r.surgeguard?.p50_ms)), 1),
+        cell(med(&|r| Some(r.passthrough?.p99_ms)), 1),
+        cell(med(&|r| Some(r.surgeguard?.p99_ms)), 1),
+    )
 }
 
 /// One round's figures side by side.
@@ -380,4 +419,35 @@ pub fn report(round: &Round, opts: &BenchOptions) -> String {
         cell(pt, |f| f.offered_per_s, 0),
         cell(sg, |f| f.offered_per_s, 0),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(events_per_s: f64, p99_ms: f64) -> Figures {
+        Figures { events_per_s, p50_ms: 1.0, p99_ms, latency_samples: 10, offered_per_s: 1.0 }
+    }
+
+    #[test]
+    fn the_summary_takes_medians_of_the_measured_rounds() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(vec![]).is_nan());
+        let rounds = [
+            Round { warmup: false, passthrough: Some(figures(100.0, 10.0)), surgeguard: Some(figures(90.0, 20.0)) },
+            Round { warmup: false, passthrough: Some(figures(200.0, 30.0)), surgeguard: Some(figures(100.0, 40.0)) },
+            Round { warmup: false, passthrough: Some(figures(120.0, 50.0)), surgeguard: Some(figures(60.0, 60.0)) },
+        ];
+        let row = |text: &str, name: &str| -> Vec<String> {
+            let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_default();
+            line[name.len()..].split_whitespace().skip(1).map(str::to_string).collect()
+        };
+        let text = summary(&rounds);
+        // Ratios 0.9, 0.5 and 0.5: the median ratio is 0.50, not the ratio of the medians (0.75).
+        assert_eq!(row(&text, "throughput"), ["120", "90", "0.50"], "{text}");
+        assert_eq!(row(&text, "latency p99"), ["30.0", "40.0"], "{text}");
+        let one_side = [Round { warmup: false, passthrough: None, surgeguard: Some(figures(5.0, 1.0)) }];
+        assert_eq!(row(&summary(&one_side), "throughput"), ["-", "5", "-"]);
+    }
 }

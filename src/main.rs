@@ -89,6 +89,9 @@ enum Command {
         /// compiles its hot paths during its first minute of load.
         #[arg(long, default_value_t = 2)]
         warmup: u32,
+        /// Measured rounds; the last lines give their medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
         /// Which sides to measure.
         #[arg(long, value_enum, default_value_t = surgeguard::bench::Side::Both)]
         side: surgeguard::bench::Side,
@@ -226,10 +229,11 @@ fn run_demo(config: &Path, speed: f64, seed: u64) -> anyhow::Result<()> {
 fn run_bench(config: &Path, brokers: &str, opts: surgeguard::bench::BenchOptions) -> anyhow::Result<()> {
     let cfg = load(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(surgeguard::bench::bench(&cfg, brokers, &opts, |round| {
+    let measured = runtime.block_on(surgeguard::bench::bench(&cfg, brokers, &opts, |round| {
         print!("{}", surgeguard::bench::report(round, &opts));
         io::stdout().flush().ok();
     }))?;
+    print!("{}", surgeguard::bench::summary(&measured));
     Ok(())
 }
 
@@ -255,8 +259,8 @@ fn main() -> ExitCode {
         Command::Replay { config, input, out } => run_replay(&config, &input, out.as_deref()),
         Command::Run { config, brokers } => run_service(&config, brokers.as_deref()),
         Command::Demo { config, speed, seed } => run_demo(&config, speed, seed),
-        Command::Bench { config, brokers, events, rate, seconds, warmup, side } => {
-            run_bench(&config, &brokers, surgeguard::bench::BenchOptions { events, rate, seconds, warmup, side })
+        Command::Bench { config, brokers, events, rate, seconds, warmup, rounds, side } => {
+            run_bench(&config, &brokers, surgeguard::bench::BenchOptions { events, rate, seconds, warmup, rounds, side })
         }
         Command::Gen { what: Gen::Surge { scale, seed, requests_only, out } } => run_gen_surge(scale, seed, requests_only, out.as_deref()),
     };

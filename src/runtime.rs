@@ -122,6 +122,12 @@ impl Drop for NoCommitOnError {
 /// exactly-once).
 const TRANSACTION_EVERY: Duration = Duration::from_millis(100);
 
+/// The most control outputs a follower keeps for the day it leads (`Shell::suppress`).
+const MAX_BACKLOG: usize = 10_000;
+
+/// The origin of outputs no input offset waits for (the offset tracker knows no such partition).
+const UNTRACKED: (String, i32) = (String::new(), -1);
+
 /// At-least-once: the most dirty users kept before the changelog is flushed early.
 const MAX_DIRTY: usize = 100_000;
 
@@ -161,6 +167,11 @@ struct Shell<'a> {
     last_control_commit: Instant,
     outs: Vec<Output>,
     buf: Vec<u8>,
+    /// Control outputs computed as a follower, with their input partition and offset (`suppress`).
+    backlog: std::collections::VecDeque<(Partition, i64, Output)>,
+    backlog_dropped: u64,
+    /// Per control partition, the highest offset handed to `control_done`.
+    control_high: HashMap<Partition, i64>,
     /// At-least-once: how often dirty limiter state goes to the changelog.
     changelog_every: Duration,
     last_changelog: Instant,
@@ -288,6 +299,12 @@ impl Shell<'_> {
         if tp.0 == self.cfg.topics.requests {
             self.store(tp, offset);
         } else {
+            // Outputs published from the backlog (`lead`) belong to earlier offsets than those
+            // already delivered: the commit never moves back.
+            if self.control_high.get(tp).is_some_and(|&h| h >= offset) {
+                return;
+            }
+            self.control_high.insert(tp.clone(), offset);
             self.control_done.insert(tp.clone(), offset);
             if self.last_control_commit.elapsed() >= Duration::from_secs(1) {
                 self.commit_control(CommitMode::Async);
@@ -326,6 +343,8 @@ impl Shell<'_> {
             None => Err(DecodeError::UnknownTopic(tp.0.clone())),
         };
         let mut outs = std::mem::take(&mut self.outs);
+        let mut snapshot = Vec::new();
+        let gained;
         let state = {
             let mut sh = rebalance::lock(shared);
             if let Some(e) = sh.failed.take() {
@@ -333,8 +352,11 @@ impl Shell<'_> {
             }
             let leader = sh.is_leader();
             if leader && !self.leader {
-                tracing::info!("leading: publishing the control side's outputs");
-                sh.topology.snapshot("leader", &mut outs);
+                sh.topology.snapshot("leader", &mut snapshot);
+            }
+            gained = leader && !self.leader;
+            if !leader && self.leader {
+                tracing::info!("no longer leading");
             }
             self.leader = leader;
             let user = match &decoded {
@@ -349,6 +371,10 @@ impl Shell<'_> {
             // message.
             let Some(counted) = counted else {
                 self.outs = outs;
+                if gained {
+                    // Leads from the next message or tick on.
+                    self.leader = false;
+                }
                 return Ok(());
             };
             match decoded {
@@ -369,6 +395,9 @@ impl Shell<'_> {
                 Err(e) => Err(e),
             }
         };
+        if gained {
+            self.lead(snapshot).await?;
+        }
         let holds = match state {
             Ok(holds) => holds,
             Err(e) => {
@@ -382,6 +411,9 @@ impl Shell<'_> {
         };
         // Other instances publish the control side's outputs only when they lead.
         if !self.leader {
+            if source == Source::Control {
+                self.suppress(&tp, offset, &mut outs);
+            }
             outs.retain(|o| matches!(o, Output::Decision(_)));
         }
         // Recorded before anything is sent (waiting for queue space may already bring this
@@ -426,6 +458,77 @@ impl Shell<'_> {
             record = record.key(k);
         }
         self.send(record).await
+    }
+
+    /// A follower keeps the control side's outputs it computed but did not publish (alerts,
+    /// breaker transitions, predictions; limits are republished whole by a new leader), so that
+    /// if it becomes leader it can publish those the old leader may not have (`lead`).
+    fn suppress(&mut self, tp: &Partition, offset: i64, outs: &mut Vec<Output>) {
+        for o in outs.iter().filter(|o| !matches!(o, Output::Decision(_) | Output::Limit(_))) {
+            if self.backlog.len() >= MAX_BACKLOG {
+                self.backlog.pop_front();
+                self.backlog_dropped += 1;
+            }
+            self.backlog.push_back((tp.clone(), offset, o.clone()));
+        }
+    }
+
+    /// This instance has just become the leader: publishes the control outputs it computed as a
+    /// follower for control messages after the group's committed control offsets (the old
+    /// leader may not have published those), then `snapshot`, every current limit and breaker
+    /// state, so the compacted topics end with the current state.
+    async fn lead(&mut self, snapshot: Vec<Output>) -> Result<(), RunError> {
+        tracing::info!(backlog = self.backlog.len(), dropped = self.backlog_dropped, "leading: publishing the control side's outputs");
+        let backlog = std::mem::take(&mut self.backlog);
+        if !backlog.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (tp, _, _) in &backlog {
+                if tpl.find_partition(&tp.0, tp.1).is_none() {
+                    tpl.add_partition(&tp.0, tp.1);
+                }
+            }
+            let consumer = self.consumer;
+            // Without the committed offsets, everything kept is published (duplicates rather
+            // than gaps).
+            let committed = match tokio::task::block_in_place(|| consumer.committed_offsets(tpl, Duration::from_secs(10))) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "committed control offsets unknown: publishing every kept output");
+                    TopicPartitionList::new()
+                }
+            };
+            let mut published = 0usize;
+            for (tp, offset, o) in backlog {
+                let from = committed.find_partition(&tp.0, tp.1).and_then(|e| match e.offset() {
+                    Offset::Offset(n) => Some(n),
+                    _ => None,
+                });
+                if from.is_some_and(|c| offset < c) {
+                    continue;
+                }
+                self.begin(&tp, offset, 1);
+                self.publish(&o, Box::new((tp, offset))).await?;
+                published += 1;
+            }
+            tracing::info!(published, "published the control outputs the old leader had not committed");
+        }
+        // The current state is not tied to an input offset: untracked.
+        for o in snapshot {
+            self.publish(&o, Box::new((UNTRACKED, -1))).await?;
+        }
+        self.backlog_dropped = 0;
+        Ok(())
+    }
+
+    /// Encodes and enqueues one output.
+    async fn publish(&mut self, o: &Output, origin: Origin) -> Result<(), RunError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        o.write_json(&mut buf)?;
+        let record = BaseRecord::with_opaque_to(output_topic(self.cfg, o), origin).key(o.key().as_bytes()).payload(&buf[..]);
+        let sent = self.send(record).await;
+        self.buf = buf;
+        sent
     }
 
     /// Enqueues one record; while the producer queue is full, waits for deliveries to make room
@@ -551,6 +654,9 @@ pub async fn run_with(
         in_transaction: false,
         outs: Vec::new(),
         buf: Vec::with_capacity(1024),
+        backlog: std::collections::VecDeque::new(),
+        backlog_dropped: 0,
+        control_high: HashMap::new(),
         changelog_every: Duration::from_millis(u64::from(cfg.kafka.commit_interval_ms)),
         last_changelog: Instant::now(),
     };
@@ -575,11 +681,26 @@ pub async fn run_with(
             _ = &mut shutdown => break,
             _ = tick.tick() => {
                 ticks += 1;
-                {
+                let (leader, snapshot) = {
                     let mut sh = rebalance::lock(&shared);
                     if let Some(e) = sh.failed.take() {
                         return Err(RunError::Restore(e));
                     }
+                    let mut snapshot = Vec::new();
+                    if sh.is_leader() && !shell.leader {
+                        sh.topology.snapshot("leader", &mut snapshot);
+                    }
+                    (sh.is_leader(), snapshot)
+                };
+                // Leadership can change with no message to handle (a rebalance after the
+                // leader died): the new leader publishes at once.
+                if leader && !shell.leader {
+                    shell.leader = true;
+                    shell.lead(snapshot).await?;
+                    shell.in_transaction = true;
+                } else if !leader && shell.leader {
+                    tracing::info!("no longer leading");
+                    shell.leader = false;
                 }
                 shell.sweep()?;
                 shell.maybe_flush_changelog().await?;

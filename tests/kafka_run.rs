@@ -16,7 +16,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use surgeguard::changelog;
 use surgeguard::config::Config;
-use surgeguard::events::{InputEvent, RequestEvent, TelemetrySample};
+use surgeguard::events::{ErrorClass, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
+use surgeguard::time::Millis;
 use surgeguard::outputs::Output;
 use surgeguard::scenario::{Surge, monday_surge};
 use surgeguard::topology::Topology;
@@ -541,6 +542,62 @@ async fn every_instance_applies_the_limits_the_control_side_sets() {
         *per_update.entry(m.payload().map(<[u8]>::to_vec)).or_insert(0) += 1;
     }
     assert!(per_update.values().all(|&n| n == 1), "a limit update was published by more than one instance");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+async fn a_new_leader_publishes_the_alerts_the_old_one_never_did() {
+    // A short session, so the group notices the killed leader in seconds rather than 45 s.
+    let p = Pipeline::with("leader", "\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n");
+    let (log_a, log_b) = (std::env::temp_dir().join(format!("{}.a.log", p.prefix)), std::env::temp_dir().join(format!("{}.b.log", p.prefix)));
+    let a = p.start_logging_to(&log_a);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = p.start_logging_to(&log_b);
+    // Both in the group and one of them leading (an instance says so within a second of gaining
+    // or losing partition 0).
+    let text = |log: &std::path::Path| std::fs::read_to_string(log).unwrap_or_default();
+    let leads = |log: &std::path::Path| {
+        let t = text(log);
+        t.rfind("leading: publishing").is_some_and(|at| t.rfind("no longer leading").is_none_or(|lost| lost < at))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no single leader with both instances assigned within 60 s");
+        if text(&log_b).contains("restoring limiter state") && leads(&log_a) != leads(&log_b) {
+            // Settled: no rebalance moves partition 0 in the next seconds.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            if leads(&log_a) != leads(&log_b) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (leader, follower, follower_log) = if leads(&log_a) { (a, b, log_b.clone()) } else { (b, a, log_a.clone()) };
+    // The leader dies; then the upstream fails. Only the follower sees the failures, while the
+    // group still counts the dead leader in: it trips the breaker without publishing.
+    leader.kill9();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let failures: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| {
+            let o = OutcomeEvent { ts: Millis(now + i), dependency: "ai_primary".into(), ok: false, error: Some(ErrorClass::Timeout), latency_ms: 100.0, request_id: None };
+            ("ai_primary".to_string(), serde_json::to_vec(&o).expect("outcome JSON"))
+        })
+        .collect();
+    produce(&p.topic("outcomes"), &failures).await;
+    // Once the group gives it partition 0, the follower leads, and publishes the alert it kept.
+    let alerts = read_until(&p.topic("alerts"), Duration::from_secs(60), |m| {
+        serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or(b"{}")).is_ok_and(|v| v["rule"] == "breaker_tripped")
+    });
+    assert!(
+        alerts.iter().any(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).contains("breaker_tripped")),
+        "the new leader did not publish the breaker_tripped alert it computed as a follower ({} alerts)",
+        alerts.len()
+    );
+    let breakers = read_until(&p.topic("breakers"), Duration::from_secs(5), |_| false);
+    assert!(breakers.iter().any(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).contains("\"open\"")), "no open breaker state published");
+    assert!(follower.stop().success());
+    let published = log_field_sum(&follower_log, "published the control outputs the old leader had not committed", "published");
+    assert!(published > 0, "the alert did not come from the follower's backlog");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -221,10 +221,9 @@ async fn passthrough(brokers: String, input: String, output: String, group: Stri
 
 /// Measures one side: `start` launches the processor (reading `input`, writing `output`) and
 /// returns its handle; the returned sender stops it.
-async fn measure<F, Fut>(brokers: &str, input: &str, output: &str, opts: &BenchOptions, events: &[RequestEvent], start: F) -> Result<Figures, BenchError>
+async fn measure<F>(brokers: &str, input: &str, output: &str, opts: &BenchOptions, events: &[RequestEvent], start: F) -> Result<Figures, BenchError>
 where
-    F: FnOnce(tokio::sync::oneshot::Receiver<()>) -> Fut,
-    Fut: Future<Output = tokio::task::JoinHandle<Result<(), BenchError>>>,
+    F: FnOnce(tokio::sync::oneshot::Receiver<()>) -> tokio::task::JoinHandle<Result<(), BenchError>>,
 {
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create()?;
     let reader: StreamConsumer = ClientConfig::new()
@@ -237,7 +236,7 @@ where
     let (throughput_events, latency_events) = events.split_at(opts.events);
     produce(&producer, input, throughput_events, false, None).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let handle = start(stopped).await;
+    let handle = start(stopped);
     let (first, last, _) = read(&reader, throughput_events.len(), i64::MAX, Duration::from_secs(300)).await?;
     let events_per_s = (throughput_events.len().saturating_sub(1)) as f64 / (last - first).as_secs_f64().max(1e-9);
 
@@ -291,9 +290,7 @@ async fn measure_passthrough(cfg: &Config, brokers: &str, opts: &BenchOptions, e
         [&input, &output].iter().map(|name| kafka_topics::TopicSpec::new(name, cfg.kafka.partitions.requests)).collect();
     kafka_topics::create(&admin_cfg, &specs, cfg.kafka.replication_factor).await?;
     let (b, i, o, g) = (brokers.to_string(), input.clone(), output.clone(), format!("{run_id}.pt"));
-    measure(brokers, &input, &output, opts, events, |stopped| async move {
-        tokio::spawn(passthrough(b, i, o, g, async { stopped.await.ok(); }))
-    })
+    measure(brokers, &input, &output, opts, events, |stopped| tokio::spawn(passthrough(b, i, o, g, async { stopped.await.ok(); })))
     .await
 }
 
@@ -322,7 +319,7 @@ async fn measure_surgeguard(cfg: &Config, brokers: &str, opts: &BenchOptions, ev
     let sg = Arc::new(sg);
     let (i, o) = (sg.topics.requests.clone(), sg.topics.decisions.clone());
     let b = brokers.to_string();
-    measure(brokers, &i, &o, opts, events, |stopped| async move {
+    measure(brokers, &i, &o, opts, events, |stopped| {
         tokio::spawn(async move {
             runtime::run(sg, &b, async { stopped.await.ok(); }).await?;
             Ok(())

@@ -51,6 +51,7 @@ pub mod rebalance;
 pub mod replay;
 pub mod runtime;
 pub mod scenario;
+mod shell;
 pub mod sim;
 pub mod strategy;
 pub mod time;

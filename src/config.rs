@@ -512,6 +512,10 @@ pub struct KafkaConfig {
     /// user and request type (Kafka Streams' record cache); input offsets are committed only
     /// after it. Exactly-once writes it with every transaction (100 ms) instead.
     pub commit_interval_ms: u32,
+    /// After this long (ms) without any input, event time follows the wall clock, so timers
+    /// fire without events (an open breaker turns half-open); 0 turns it off. Replay is
+    /// unaffected.
+    pub wall_clock_after_idle_ms: u32,
     /// Partitions of each created topic.
     pub partitions: TopicPartitions,
     /// librdkafka properties for every client, passed through as they are (security.protocol,
@@ -529,6 +533,7 @@ impl Default for KafkaConfig {
             guarantee: Guarantee::AtLeastOnce,
             control_lookback_s: 600,
             commit_interval_ms: 1000,
+            wall_clock_after_idle_ms: 2000,
             partitions: TopicPartitions::default(),
             properties: BTreeMap::new(),
         }

@@ -134,6 +134,8 @@ pub async fn protected(cfg: Config, opts: &DemoOptions, on_ready: impl FnOnce(&s
     let brokers = cluster.bootstrap_servers();
     let mut cfg = cfg;
     cfg.kafka.create_topics = false; // the mock cluster has no CreateTopics API
+    // The surge runs on simulated time, ahead of or behind the wall clock: event time only.
+    cfg.kafka.wall_clock_after_idle_ms = 0;
     for spec in kafka_topics::specs(&cfg) {
         cluster.create_topic(&spec.name, spec.partitions, 1)?;
     }

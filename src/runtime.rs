@@ -18,8 +18,8 @@
 //! With `kafka.guarantee = "exactly_once"` outputs, changelog records and input offsets go in one
 //! transaction instead of offsets being committed after delivery.
 //!
-//! Not yet here (see the README's status): timers that fire on wall-clock time when no events
-//! arrive.
+//! Time: processors run on event time; after `kafka.wall_clock_after_idle_ms` without input, event
+//! time moves on to the wall clock so timers still fire (`Shell::wall_clock`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -204,6 +204,9 @@ pub async fn run_with(
     // 30 s a progress line.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut ticks = 0u64;
+    // Wall-clock timers: how long no input has arrived, counted in ticks.
+    let idle_after = Duration::from_millis(u64::from(cfg.kafka.wall_clock_after_idle_ms));
+    let (mut consumed_at_tick, mut idle_since) = (0u64, Instant::now());
     let mut requests_streak = 0u32;
     let mut transaction_tick = tokio::time::interval(TRANSACTION_EVERY);
     transaction_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -241,6 +244,12 @@ pub async fn run_with(
                 shell.sweep()?;
                 shell.maybe_flush_changelog().await?;
                 shell.flush_offsets();
+                if shell.stats.consumed != consumed_at_tick {
+                    consumed_at_tick = shell.stats.consumed;
+                    idle_since = Instant::now();
+                } else if !idle_after.is_zero() && idle_since.elapsed() >= idle_after {
+                    shell.wall_clock(&shared).await?;
+                }
                 if ticks % 30 == 1 {
                     let s = shell.stats;
                     tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.in_flight(), leader = shell.leader, "progress");

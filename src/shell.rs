@@ -22,6 +22,7 @@ use crate::kafka_topics;
 use crate::offsets::Partition;
 use crate::outputs::Output;
 use crate::rebalance::{self, Deliveries, Origin, OutputProducer, RunContext, Shared};
+use crate::time::Millis;
 use crate::topology::Counted;
 
 #[derive(Debug, thiserror::Error)]
@@ -455,6 +456,32 @@ impl Shell<'_> {
             self.publish(&o, Box::new((UNTRACKED, -1))).await?;
         }
         self.backlog_dropped = 0;
+        Ok(())
+    }
+
+    /// No input for a while: event time moves on to the wall clock (never back), so timers fire
+    /// without events, as Kafka Streams' wall-clock punctuation does: an open breaker turns
+    /// half-open (a gateway sends nothing to an open breaker's dependency, so no outcome would
+    /// ever come to move it), silent sources go stale in the health view, the monitor closes its
+    /// minute. The leader publishes what that changes; the others only apply it.
+    pub(crate) async fn wall_clock(&mut self, shared: &Mutex<Shared>) -> Result<(), RunError> {
+        let now = Millis(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64));
+        let mut outs = Vec::new();
+        {
+            let mut sh = rebalance::lock(shared);
+            if sh.topology.watermark().is_none_or(|w| now <= w) {
+                return Ok(());
+            }
+            sh.topology.advance(now, &mut outs);
+        }
+        if !self.leader || outs.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(outputs = outs.len(), "wall-clock timers fired");
+        for o in &outs {
+            self.publish(o, Box::new((UNTRACKED, -1))).await?;
+        }
+        self.in_transaction = true;
         Ok(())
     }
 

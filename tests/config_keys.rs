@@ -47,6 +47,7 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
     ("kafka.replication_factor", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.guarantee", "Kafka runtime only: how `surgeguard run` commits (tests/kafka_run.rs runs both); replay has no broker"),
     ("kafka.control_lookback_s", "Kafka runtime only: where a starting `surgeguard run` begins reading the control topics; replay reads its whole input"),
+    ("kafka.wall_clock_after_idle_ms", "Kafka runtime only: `surgeguard run` moves event time to the wall clock when idle (tests/kafka_run.rs sees a breaker half-open without events); replay has event time only"),
     ("kafka.commit_interval_ms", "Kafka runtime only: how often `surgeguard run` writes coalesced limiter state to the changelog (tests/kafka_run.rs counts the records); replay keeps state in memory"),
     ("kafka.partitions.requests", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.partitions.outcomes", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),

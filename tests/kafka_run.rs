@@ -45,8 +45,11 @@ impl Pipeline {
             .iter()
             .map(|t| format!("{t} = \"{prefix}.{t}\""))
             .collect();
+        // Event time only unless a test asks for the wall clock: the surge's events carry fixed
+        // times, which the wall clock must not overtake during the tests' pauses.
+        let wall_clock = if kafka.contains("wall_clock_after_idle_ms") { "" } else { "wall_clock_after_idle_ms = 0\n" };
         let text = format!(
-            "[topics]\n{}\n\n[kafka]\ngroup_id = \"{prefix}\"\nreplication_factor = 1\n{kafka}\n\n[kafka.partitions]\nrequests = 3\ndecisions = 3\n",
+            "[topics]\n{}\n\n[kafka]\ngroup_id = \"{prefix}\"\nreplication_factor = 1\n{wall_clock}{kafka}\n\n[kafka.partitions]\nrequests = 3\ndecisions = 3\n",
             topics.join("\n")
         );
         let config = std::env::temp_dir().join(format!("{prefix}.toml"));
@@ -598,6 +601,33 @@ async fn a_new_leader_publishes_the_alerts_the_old_one_never_did() {
     assert!(follower.stop().success());
     let published = log_field_sum(&follower_log, "published the control outputs the old leader had not committed", "published");
     assert!(published > 0, "the alert did not come from the follower's backlog");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+async fn an_open_breaker_half_opens_on_the_wall_clock_when_nothing_arrives() {
+    // A 2 s recovery timeout; event time follows the wall clock after 1 s without input.
+    let p = Pipeline::with("idle", "wall_clock_after_idle_ms = 1000\n\n[breaker]\nrecovery_timeout_s = 2\n");
+    let service = p.start();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let failures: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| {
+            let o = OutcomeEvent { ts: Millis(now + i), dependency: "ai_primary".into(), ok: false, error: Some(ErrorClass::Timeout), latency_ms: 100.0, request_id: None };
+            ("ai_primary".to_string(), serde_json::to_vec(&o).expect("outcome JSON"))
+        })
+        .collect();
+    // The upstream fails, the breaker opens, and then nothing more arrives (a gateway sends
+    // nothing to an open breaker's dependency): only the wall clock can move it on.
+    produce(&p.topic("outcomes"), &failures).await;
+    let state = |m: &rdkafka::message::OwnedMessage| {
+        serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or(b"{}")).map(|v| v["state"].as_str().unwrap_or_default().to_string()).unwrap_or_default()
+    };
+    let states = read_until(&p.topic("breakers"), Duration::from_secs(30), |m| state(m) == "half_open");
+    let seen: Vec<String> = states.iter().map(state).collect();
+    assert!(seen.iter().any(|s| s == "open"), "the breaker never opened: {seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("half_open"), "no half-open without new events: {seen:?}");
+    assert!(service.stop().success());
 }
 
 #[tokio::test(flavor = "multi_thread")]

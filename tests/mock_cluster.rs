@@ -26,6 +26,8 @@ async fn nothing_is_lost_when_a_broker_goes_down_and_requests_fail() {
     let mut cfg = Config::default();
     cfg.kafka.create_topics = false;
     cfg.kafka.group_id = "mock-faults".into();
+    // Event time only: the requests carry fixed times that the wall clock must not overtake.
+    cfg.kafka.wall_clock_after_idle_ms = 0;
     for spec in kafka_topics::specs(&cfg) {
         cluster.create_topic(&spec.name, spec.partitions, 3).expect("create topic");
     }

@@ -187,7 +187,9 @@ class PipelineMixin:
         if not BIN.is_file():
             raise AssertionError(f"surgeguard binary {BIN} not found (set SURGEGUARD_BIN or build it)")
         lines = ["[topics]"] + [f'{t} = "{cls.prefix}.{t}"' for t in TOPICS]
-        lines += ["", "[kafka]", f'group_id = "{cls.prefix}"', "replication_factor = 1", "",
+        # Event time only: the events carry fixed times, which the wall clock must not overtake
+        # during the tests' pauses.
+        lines += ["", "[kafka]", f'group_id = "{cls.prefix}"', "replication_factor = 1", "wall_clock_after_idle_ms = 0", "",
                   "[kafka.partitions]", "requests = 3", "decisions = 3", ""]
         cls.config = cls.tmp / "pipeline.toml"
         cls.config.write_text("\n".join(lines))

@@ -6,7 +6,9 @@
 //! no rate decision below the minimum). Open: calls are refused until `retry_at`; each trip
 //! straight out of half-open multiplies the open time by `backoff_multiplier` (capped). Half-open:
 //! `half_open_probes` calls are let through; when they have all reported, the breaker reopens if
-//! their failure or slow rate reaches the threshold, else it closes. Forced-open refuses
+//! their failure or slow rate reaches the threshold, else it closes; with
+//! `max_wait_in_half_open_s` set, a half-open breaker whose probes have not all reported by then
+//! reopens (Resilience4j's `maxWaitDurationInHalfOpenState`). Forced-open refuses
 //! everything and disabled lets everything through, both without transitions; metrics-only
 //! records but never opens. Time comes only from the arguments.
 
@@ -55,6 +57,8 @@ pub struct Breaker {
     trips: u32,
     opened_at: Option<Millis>,
     retry_at: Option<Millis>,
+    /// Half-open: when it gives up waiting for the probes and reopens.
+    half_open_until: Option<Millis>,
     /// The figures as of the last trip or outcome, for reporting.
     last: Counts,
 }
@@ -70,6 +74,7 @@ impl Breaker {
             trips: 0,
             opened_at: None,
             retry_at: None,
+            half_open_until: None,
             last: Counts::default(),
         }
     }
@@ -122,6 +127,7 @@ impl Breaker {
     fn go(&mut self, to: BreakerStateKind, at: Millis) -> Transition {
         let from = self.state;
         self.state = to;
+        self.half_open_until = None;
         match to {
             Open => {
                 self.trips += 1;
@@ -131,6 +137,8 @@ impl Breaker {
             HalfOpen => {
                 self.probes = Counts::default();
                 self.probes_permitted = 0;
+                let wait = i64::from(self.cfg.max_wait_in_half_open_s) * 1000;
+                self.half_open_until = (wait > 0).then(|| at.plus_ms(wait));
             }
             Closed => {
                 self.trips = 0;
@@ -150,10 +158,13 @@ impl Breaker {
     }
 
     /// Moves time forward to `now`: an open breaker whose `retry_at` has come goes half-open,
-    /// stamped at `retry_at`.
+    /// stamped at `retry_at`; a half-open one whose wait for its probes has run out reopens,
+    /// stamped then. (Time jumping past both in one step takes the first; the next call to
+    /// `advance` takes the other.)
     pub fn advance(&mut self, now: Millis) -> Option<Transition> {
-        match (self.state, self.retry_at) {
-            (Open, Some(at)) if now >= at => Some(self.go(HalfOpen, at)),
+        match (self.state, self.retry_at, self.half_open_until) {
+            (Open, Some(at), _) if now >= at => Some(self.go(HalfOpen, at)),
+            (HalfOpen, _, Some(until)) if now >= until => Some(self.go(Open, until)),
             _ => None,
         }
     }
@@ -315,6 +326,24 @@ mod tests {
         assert_eq!(tr.map(|x| (x.from, x.to, x.at)), Some((Open, HalfOpen, t(5))));
         assert_eq!(p, Permission::Permitted);
         b
+    }
+
+    #[test]
+    fn half_open_reopens_when_its_probes_do_not_report_in_time() {
+        let mut b = Breaker::new(&BreakerConfig { max_wait_in_half_open_s: 10, ..rate_breaker(4).cfg });
+        feed(&mut b, t(0), &[E, E, E, E, E]);
+        let (_, tr) = b.try_acquire(t(5));
+        assert_eq!(tr.map(|x| x.to), Some(HalfOpen));
+        call(&mut b, t(6), S);
+        assert_eq!(b.advance(t(14)), None, "still waiting at 9 s");
+        let tr = b.advance(t(16)).expect("gave up waiting");
+        assert_eq!((tr.from, tr.to, tr.at), (HalfOpen, Open, t(15)), "stamped when the wait ran out");
+        // A trip straight out of half-open: the backoff doubles the open time.
+        assert_eq!(b.retry_at(), Some(t(25)));
+        // Without a maximum wait, half-open waits for its probes however long it takes.
+        let mut b = half_open(4);
+        assert_eq!(b.advance(t(10_000)), None);
+        assert_eq!(b.state(), HalfOpen);
     }
 
     #[test]

@@ -261,6 +261,9 @@ pub struct BreakerConfig {
     /// Calls let through in half-open before deciding (Resilience4j
     /// `permittedNumberOfCallsInHalfOpenState`).
     pub half_open_probes: u32,
+    /// Half-open gives up on probes that have not all reported after this long and reopens
+    /// (Resilience4j `maxWaitDurationInHalfOpenState`); 0 waits for them however long it takes.
+    pub max_wait_in_half_open_s: u32,
     /// Time in open before half-open, after the first trip.
     pub recovery_timeout_s: u32,
     /// Each trip straight from half-open multiplies the open time by this.
@@ -282,6 +285,7 @@ impl Default for BreakerConfig {
             slow_call_duration_ms: 5000,
             minimum_calls: 20,
             half_open_probes: 5,
+            max_wait_in_half_open_s: 0,
             recovery_timeout_s: 30,
             backoff_multiplier: 2.0,
             max_recovery_timeout_s: 300,

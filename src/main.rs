@@ -96,6 +96,32 @@ enum Command {
         #[arg(long, value_enum, default_value_t = surgeguard::bench::Side::Both)]
         side: surgeguard::bench::Side,
     },
+    /// Demand per time bucket from history files, as CSV (`ts,value`, or `ts,group,value`
+    /// with --group-by), computed by DataFusion SQL with empty buckets filled with zero.
+    Aggregate {
+        /// A directory, file or glob of Parquet or Arrow IPC request events; with --series, a
+        /// CSV or Parquet file of pre-aggregated rows.
+        #[arg(long)]
+        history: String,
+        /// The input is a pre-aggregated series (timestamp and value columns).
+        #[arg(long)]
+        series: bool,
+        /// Bucket width: 30s, 5m, 1h, 1d, …
+        #[arg(long, default_value = "5m")]
+        resolution: String,
+        /// The timestamp column.
+        #[arg(long, default_value = "ts")]
+        ts_column: String,
+        /// With --series: the value column.
+        #[arg(long, default_value = "value")]
+        value_column: String,
+        /// Events only: count per value of this column too.
+        #[arg(long)]
+        group_by: Option<String>,
+        /// Output file (default, or `-`: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Generate synthetic input.
     Gen {
         #[command(subcommand)]
@@ -120,6 +146,26 @@ enum Gen {
         /// Output file (default, or `-`: stdout).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// A synthetic request history in Parquet (daily and weekly seasonality, growth, holidays,
+    /// Monday-morning surges), partitioned by date and hour, with its holidays and surges in
+    /// DIR/events.csv.
+    History {
+        /// Days of history.
+        #[arg(long)]
+        days: u32,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Random seed (the same seed gives the same history).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Requests per minute at a weekday's daily peak, before growth.
+        #[arg(long, default_value_t = 600.0)]
+        peak_rpm: f64,
+        /// First day (UTC), YYYY-MM-DD.
+        #[arg(long, default_value = "2026-01-05")]
+        start: String,
     },
 }
 
@@ -149,6 +195,57 @@ fn run_gen_surge(scale: u32, seed: u64, requests_only: bool, out: Option<&Path>)
     writer.write_all(&buf)?;
     writer.flush()?;
     eprintln!("generated {} events", events.len());
+    Ok(())
+}
+
+fn run_gen_history(days: u32, out: &Path, seed: u64, peak_rpm: f64, start: &str) -> anyhow::Result<()> {
+    use surgeguard::history_gen::{HistoryOptions, generate};
+    anyhow::ensure!(days >= 1, "--days must be at least 1");
+    anyhow::ensure!(peak_rpm.is_finite() && peak_rpm > 0.0, "--peak-rpm must be a positive number");
+    let start = chrono::NaiveDate::parse_from_str(start, "%Y-%m-%d").with_context(|| format!("--start {start:?}: expected YYYY-MM-DD"))?;
+    let start = surgeguard::time::Millis(start.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_millis()).unwrap_or(0));
+    let opts = HistoryOptions { days, start, seed, peak_rpm, ..HistoryOptions::default() };
+    let bar = indicatif::ProgressBar::new(u64::from(days));
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} days {elapsed} (eta {eta})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    let started = std::time::Instant::now();
+    let done = generate(&opts, out, |d| bar.set_position(u64::from(d)))?;
+    bar.finish_and_clear();
+    eprintln!(
+        "wrote {} requests in {} files under {} ({} holidays, {} surges listed in events.csv) in {:.1} s",
+        done.rows,
+        done.files,
+        out.display(),
+        done.holidays,
+        done.surges,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_aggregate(history: String, series: bool, resolution: &str, ts_column: String, value_column: String, group_by: Option<String>, out: Option<&Path>) -> anyhow::Result<()> {
+    use surgeguard::demand::{DemandSource, aggregate, parse_resolution};
+    let step = parse_resolution(resolution)?;
+    anyhow::ensure!(!(series && group_by.is_some()), "--group-by applies to events, not to --series input");
+    let source = if series {
+        DemandSource::Series { path: history, ts_column, value_column }
+    } else {
+        DemandSource::Events { path: history, ts_column, group_column: group_by.clone() }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let groups = runtime.block_on(aggregate(&source, step))?;
+    let mut w = output(out)?;
+    writeln!(w, "{}", if group_by.is_some() { "ts,group,value" } else { "ts,value" })?;
+    for (group, s) in &groups {
+        for (i, v) in s.values.iter().enumerate() {
+            if group_by.is_some() {
+                writeln!(w, "{},{},{}", s.time_of(i), group, v)?;
+            } else {
+                writeln!(w, "{},{}", s.time_of(i), v)?;
+            }
+        }
+    }
+    w.flush()?;
     Ok(())
 }
 
@@ -263,6 +360,10 @@ fn main() -> ExitCode {
             run_bench(&config, &brokers, surgeguard::bench::BenchOptions { events, rate, seconds, warmup, rounds, side })
         }
         Command::Gen { what: Gen::Surge { scale, seed, requests_only, out } } => run_gen_surge(scale, seed, requests_only, out.as_deref()),
+        Command::Gen { what: Gen::History { days, out, seed, peak_rpm, start } } => run_gen_history(days, &out, seed, peak_rpm, &start),
+        Command::Aggregate { history, series, resolution, ts_column, value_column, group_by, out } => {
+            run_aggregate(history, series, &resolution, ts_column, value_column, group_by, out.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

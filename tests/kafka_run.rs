@@ -547,6 +547,18 @@ async fn every_instance_applies_the_limits_the_control_side_sets() {
     assert!(per_update.values().all(|&n| n == 1), "a limit update was published by more than one instance");
 }
 
+/// `n` timed-out calls to `ai_primary`, stamped now (keyed records for the outcomes topic):
+/// enough to trip its breaker.
+fn upstream_timeouts_now(n: i64) -> Vec<(String, Vec<u8>)> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    (0..n)
+        .map(|i| {
+            let o = OutcomeEvent { ts: Millis(now + i), dependency: "ai_primary".into(), ok: false, error: Some(ErrorClass::Timeout), latency_ms: 100.0, request_id: None };
+            ("ai_primary".to_string(), serde_json::to_vec(&o).expect("outcome JSON"))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a Kafka broker: scripts/test starts one"]
 async fn a_new_leader_publishes_the_alerts_the_old_one_never_did() {
@@ -579,13 +591,7 @@ async fn a_new_leader_publishes_the_alerts_the_old_one_never_did() {
     // The leader dies; then the upstream fails. Only the follower sees the failures, while the
     // group still counts the dead leader in: it trips the breaker without publishing.
     leader.kill9();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
-    let failures: Vec<(String, Vec<u8>)> = (0..30)
-        .map(|i| {
-            let o = OutcomeEvent { ts: Millis(now + i), dependency: "ai_primary".into(), ok: false, error: Some(ErrorClass::Timeout), latency_ms: 100.0, request_id: None };
-            ("ai_primary".to_string(), serde_json::to_vec(&o).expect("outcome JSON"))
-        })
-        .collect();
+    let failures = upstream_timeouts_now(30);
     produce(&p.topic("outcomes"), &failures).await;
     // Once the group gives it partition 0, the follower leads, and publishes the alert it kept.
     let alerts = read_until(&p.topic("alerts"), Duration::from_secs(60), |m| {
@@ -610,13 +616,7 @@ async fn an_open_breaker_half_opens_on_the_wall_clock_when_nothing_arrives() {
     let p = Pipeline::with("idle", "wall_clock_after_idle_ms = 1000\n\n[breaker]\nrecovery_timeout_s = 2\n");
     let service = p.start();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
-    let failures: Vec<(String, Vec<u8>)> = (0..30)
-        .map(|i| {
-            let o = OutcomeEvent { ts: Millis(now + i), dependency: "ai_primary".into(), ok: false, error: Some(ErrorClass::Timeout), latency_ms: 100.0, request_id: None };
-            ("ai_primary".to_string(), serde_json::to_vec(&o).expect("outcome JSON"))
-        })
-        .collect();
+    let failures = upstream_timeouts_now(30);
     // The upstream fails, the breaker opens, and then nothing more arrives (a gateway sends
     // nothing to an open breaker's dependency): only the wall clock can move it on.
     produce(&p.topic("outcomes"), &failures).await;

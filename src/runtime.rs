@@ -162,6 +162,13 @@ pub async fn run_with(
         flush_timeout: DRAIN_TIMEOUT,
         exactly_once: eos,
     };
+    // The changelog restore runs inside the consumer's poll (the assignment callback): a restore
+    // that takes up to RESTORE_TIMEOUT must not count as a consumer that stopped polling
+    // (librdkafka's default max.poll.interval.ms is exactly 300 s). A value in
+    // kafka.properties wins.
+    if !cfg.kafka.properties.contains_key("max.poll.interval.ms") {
+        consumer_config.set("max.poll.interval.ms", (RESTORE_TIMEOUT + Duration::from_secs(60)).as_millis().to_string());
+    }
     let consumer: StreamConsumer<RunContext> = consumer_config
         .set("group.id", &cfg.kafka.group_id)
         // Exactly-once commits offsets in the transaction, never on its own.

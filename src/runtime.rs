@@ -188,7 +188,6 @@ pub async fn run_with(
         stats: RunStats::default(),
         ready: HashMap::new(),
         stored: HashMap::new(),
-        last_flush: Instant::now(),
         leader: false,
         control_done: HashMap::new(),
         last_control_commit: Instant::now(),

@@ -92,7 +92,6 @@ pub(crate) struct Shell<'a> {
     pub(crate) ready: HashMap<Partition, i64>,
     /// The highest offset stored per partition: a store never moves backwards.
     pub(crate) stored: HashMap<Partition, i64>,
-    pub(crate) last_flush: Instant,
     /// Whether this instance publishes the control side's outputs (`control.rs`).
     pub(crate) leader: bool,
     /// Exactly-once: outputs and offsets go in transactions, committed every `TRANSACTION_EVERY`.
@@ -132,14 +131,10 @@ impl Shell<'_> {
         }
         self.stored.insert(tp.clone(), offset);
         self.ready.insert(tp.clone(), offset);
-        if self.last_flush.elapsed() >= Duration::from_millis(50) {
-            self.flush_offsets();
-        }
     }
 
     /// Stores the ready offsets with librdkafka (which commits them with the next auto-commit).
     pub(crate) fn flush_offsets(&mut self) {
-        self.last_flush = Instant::now();
         if self.ready.is_empty() {
             return;
         }

@@ -104,24 +104,18 @@ async fn register(ctx: &SessionContext, path: &str) -> Result<(), DemandError> {
     let read = |e: DataFusionError| DemandError::Read { path: path.to_string(), message: e.to_string() };
     let p = Path::new(path);
     // A directory is read whole, every Parquet file under it (its events.csv of external factors
-    // is not history); DataFusion takes a directory by its trailing slash.
-    let dir_path = format!("{}/", path.trim_end_matches('/'));
-    let path = if p.is_dir() { dir_path.as_str() } else { path };
-    let kind = if p.is_dir() { "parquet" } else { file_kind(path) };
+    // is not history); DataFusion takes a directory by its trailing slash. A file or a glob is
+    // read by its extension (`dir/*` has none and takes every file).
+    let (path, kind, ext) = if p.is_dir() {
+        (format!("{}/", path.trim_end_matches('/')), "parquet", ".parquet".to_string())
+    } else {
+        (path.to_string(), file_kind(path), p.extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default())
+    };
+    let path = path.as_str();
     match kind {
         "csv" => ctx.register_csv("history", path, CsvReadOptions::new().has_header(true)).await.map_err(read),
-        "arrow" => {
-            let ext = Path::new(path).extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
-            ctx.register_arrow("history", path, ArrowReadOptions { file_extension: &ext, ..Default::default() }).await.map_err(read)
-        }
-        _ => {
-            let ext = if p.is_dir() || path.contains(['*', '?', '[']) || path.ends_with(".parquet") {
-                ".parquet".to_string()
-            } else {
-                Path::new(path).extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default()
-            };
-            ctx.register_parquet("history", path, ParquetReadOptions { file_extension: &ext, ..Default::default() }).await.map_err(read)
-        }
+        "arrow" => ctx.register_arrow("history", path, ArrowReadOptions { file_extension: &ext, ..Default::default() }).await.map_err(read),
+        _ => ctx.register_parquet("history", path, ParquetReadOptions { file_extension: &ext, ..Default::default() }).await.map_err(read),
     }
 }
 

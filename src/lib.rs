@@ -26,6 +26,8 @@
 #![cfg_attr(not(test), deny(dead_code))]
 
 pub mod adaptive;
+pub mod backtest;
+pub mod backtest_plot;
 pub mod bench;
 pub mod breaker;
 pub mod breaker_window;
@@ -41,12 +43,16 @@ pub mod dlq;
 pub mod encode;
 pub mod events;
 pub mod fallback;
+pub mod features;
 mod flat_json;
+pub mod forecast;
 pub mod health;
 pub mod history;
 pub mod history_gen;
+pub mod intervals;
 pub mod kafka_topics;
 pub mod limiter;
+pub mod metrics;
 pub mod monitor;
 pub mod offsets;
 pub mod outputs;

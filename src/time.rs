@@ -130,6 +130,14 @@ impl Serialize for Millis {
     }
 }
 
+/// Read back from RFC 3339 text (model files, reports).
+impl<'de> serde::Deserialize<'de> for Millis {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Millis::parse_rfc3339(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 use surgeguard::config::Config;
 use surgeguard::{config_load, replay};
 
+mod cli_demand;
+
 #[derive(Parser)]
 #[command(name = "surgeguard", version, about = "Keeps API-backed products alive under demand surges")]
 struct Cli {
@@ -121,6 +123,39 @@ enum Command {
         /// Output file (default, or `-`: stdout).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Fit a demand model to history and write it as JSON (format in models/README.md).
+    Fit {
+        #[command(flatten)]
+        history: cli_demand::HistoryArgs,
+        #[command(flatten)]
+        model: cli_demand::ModelArgs,
+        /// The model file to write.
+        #[arg(long, default_value = "models/demand.json")]
+        out: PathBuf,
+    },
+    /// Rolling-origin evaluation of the demand model beside seasonal-naive forecasts; writes
+    /// report.json, forecasts.csv and plot.png to --out.
+    Backtest {
+        #[command(flatten)]
+        history: cli_demand::HistoryArgs,
+        #[command(flatten)]
+        model: cli_demand::ModelArgs,
+        /// Forecast origins (cutoffs), the last one a horizon before the history ends.
+        #[arg(long, default_value_t = 20)]
+        windows: usize,
+        /// Time between cutoffs.
+        #[arg(long, default_value = "1d")]
+        step: String,
+        /// A spike: the actual mean over the horizon above this many times the baseline.
+        #[arg(long, default_value_t = 2.0)]
+        spike_threshold: f64,
+        /// The model alerts when the probability of a spike exceeds this.
+        #[arg(long, default_value_t = 0.8)]
+        min_confidence: f64,
+        /// The report directory.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Generate synthetic input.
     Gen {
@@ -363,6 +398,10 @@ fn main() -> ExitCode {
         Command::Gen { what: Gen::History { days, out, seed, peak_rpm, start } } => run_gen_history(days, &out, seed, peak_rpm, &start),
         Command::Aggregate { history, series, resolution, ts_column, value_column, group_by, out } => {
             run_aggregate(history, series, &resolution, ts_column, value_column, group_by, out.as_deref())
+        }
+        Command::Fit { history, model, out } => cli_demand::run_fit(&history, &model, &out),
+        Command::Backtest { history, model, windows, step, spike_threshold, min_confidence, out } => {
+            cli_demand::run_backtest(&history, &model, &cli_demand::BacktestArgs { windows, step, spike_threshold, min_confidence, out })
         }
     };
     match result {

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::demand::Series;
 use crate::features::EventSpan;
-use crate::forecast::{self, FitOptions, ForecastError, Forecaster};
+use crate::forecast::{self, Design, FitOptions, ForecastError, Forecaster};
 use crate::features::prefix_sums;
 use crate::metrics::{Accuracy, ErrorSums, seasonal_naive_scale};
 use crate::time::Millis;
@@ -124,11 +124,11 @@ pub fn seasonal_naive(values: &[f64], origin: usize, h: usize, m: usize) -> Opti
     Some((0..h).map(|k| values[origin - m + k % m]).collect())
 }
 
-fn run_window(series: &Series, events: &[EventSpan], opts: &BacktestOptions, w: usize, origin: usize) -> Result<Window, BacktestError> {
+fn run_window(series: &Series, events: &[EventSpan], opts: &BacktestOptions, rows: &Design, w: usize, origin: usize) -> Result<Window, BacktestError> {
     let h = opts.fit.horizon_steps;
     let cutoff = series.time_of(origin);
     let train = Series { start: series.start, step_ms: series.step_ms, values: series.values[..origin].to_vec() };
-    let model = forecast::fit(&train, events, &opts.fit).map_err(|source| BacktestError::Window { window: w + 1, cutoff, source })?;
+    let model = forecast::fit_with(&train, events, &opts.fit, Some(rows)).map_err(|source| BacktestError::Window { window: w + 1, cutoff, source })?;
     let prefix = prefix_sums(&train.values);
     let predicted = Forecaster::new(&model, &train.values, &prefix, series.start).point(origin, h);
     let bands = predicted
@@ -190,6 +190,7 @@ pub fn backtest(series: &Series, events: &[EventSpan], opts: &BacktestOptions, p
     }
     let first = n - span;
     let origins: Vec<usize> = (0..opts.windows).map(|w| first + w * opts.step).collect();
+    let rows = Design::new(series, events, &opts.fit);
     let next = AtomicUsize::new(0);
     let threads = opts.threads.clamp(1, opts.windows);
     let mut results: Vec<Option<Result<Window, BacktestError>>> = (0..opts.windows).map(|_| None).collect();
@@ -201,7 +202,7 @@ pub fn backtest(series: &Series, events: &[EventSpan], opts: &BacktestOptions, p
                     loop {
                         let w = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&origin) = origins.get(w) else { break };
-                        done.push((w, run_window(series, events, opts, w, origin)));
+                        done.push((w, run_window(series, events, opts, &rows, w, origin)));
                         progress();
                     }
                     done

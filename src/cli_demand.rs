@@ -82,12 +82,18 @@ impl ModelArgs {
                 }
                 "poisson" => out.push(Family::Poisson),
                 "auto" | "all" => {
+                    anyhow::ensure!(self.penalty > 0.0 && (0.0..=1.0).contains(&self.l1_ratio), "--penalty must be > 0 and --l1-ratio in [0, 1]");
                     out.extend([Family::Ols, Family::ElasticNet { penalty: self.penalty, l1_ratio: self.l1_ratio }, Family::Poisson]);
                 }
                 other => anyhow::bail!("--model {other:?}: expected ols, elastic-net, poisson or auto"),
             }
         }
-        out.dedup();
+        let mut seen = Vec::new();
+        out.retain(|f| {
+            let new = !seen.contains(f);
+            seen.push(*f);
+            new
+        });
         Ok(out)
     }
 
@@ -215,6 +221,8 @@ pub fn run_backtest(h: &HistoryArgs, m: &ModelArgs, b: &BacktestArgs) -> anyhow:
     let step_ms = parse_resolution(&b.step)?;
     anyhow::ensure!(step_ms % series.step_ms == 0, "--step {} is not a whole number of {} steps", b.step, h.resolution);
     anyhow::ensure!(b.windows >= 1, "--windows must be at least 1");
+    anyhow::ensure!(b.spike_threshold.is_finite() && b.spike_threshold > 0.0, "--spike-threshold must be a positive number");
+    anyhow::ensure!((0.0..=1.0).contains(&b.min_confidence), "--min-confidence must be between 0 and 1");
     let families = m.families()?;
     std::fs::create_dir_all(&b.out).with_context(|| format!("creating {}", b.out.display()))?;
     let mut rows = Vec::new();

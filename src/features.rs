@@ -35,6 +35,7 @@ pub enum EventsError {
 
 /// A known external factor: a holiday, a planned campaign, an expected surge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EventSpan {
     pub start: Millis,
     pub end: Millis,
@@ -117,11 +118,15 @@ impl FeatureSpec {
         lags.dedup();
         let mut rolling_means: Vec<usize> = [HOUR, DAY].into_iter().filter_map(steps).filter(|&w| w > 1).collect();
         rolling_means.dedup();
+        // A mean over steps that are all lags already is their sum over w: collinear.
+        rolling_means.retain(|&w| !(1..=w).all(|l| lags.contains(&l)));
         let labels: BTreeSet<&str> = events.iter().map(|e| e.label.as_str()).collect();
+        // With P steps a period, harmonics above (P − 1)/2 alias lower ones (collinear).
+        let harmonics = |period: i64, want: usize| ((period / step_ms).saturating_sub(1) / 2).clamp(0, want as i64) as usize;
         FeatureSpec {
             step_ms,
-            daily_harmonics: if step_ms < DAY { 4 } else { 0 },
-            weekly_harmonics: if step_ms < WEEK { 3 } else { 0 },
+            daily_harmonics: harmonics(DAY, 4),
+            weekly_harmonics: harmonics(WEEK, 3),
             lags,
             rolling_means,
             event_labels: labels.into_iter().map(String::from).collect(),
@@ -193,7 +198,15 @@ impl EventIndex {
             .map(|label| {
                 let mut spans: Vec<_> = events.iter().filter(|e| &e.label == label).map(|e| (e.start, e.end)).collect();
                 spans.sort();
-                spans
+                // Merge overlapping spans, so the one before a time is the only candidate.
+                let mut merged: Vec<(Millis, Millis)> = Vec::with_capacity(spans.len());
+                for (s, e) in spans {
+                    match merged.last_mut() {
+                        Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                        _ => merged.push((s, e)),
+                    }
+                }
+                merged
             })
             .collect();
         EventIndex { by_label }
@@ -201,9 +214,9 @@ impl EventIndex {
 
     fn active(&self, label: usize, t: Millis) -> bool {
         let spans = &self.by_label[label];
-        // The last span starting at or before t; spans may overlap, so look back while they could.
+        // The last (merged) span starting at or before t.
         let i = spans.partition_point(|(s, _)| *s <= t);
-        spans[..i].iter().rev().take(64).any(|(_, e)| t < *e)
+        i > 0 && t < spans[i - 1].1
     }
 }
 
@@ -272,7 +285,13 @@ mod tests {
         assert_eq!(h.lags, vec![1, 24, 168]);
         assert_eq!(h.rolling_means, vec![24]);
         let d = FeatureSpec::for_resolution(DAY, &[], Transform::Identity);
-        assert_eq!((d.daily_harmonics, d.lags.clone()), (0, vec![1, 7]));
+        assert_eq!((d.daily_harmonics, d.weekly_harmonics, d.lags.clone()), (0, 3, vec![1, 7]));
+        // 6-hour steps: 4 a day, so one daily harmonic; 12-hour steps: none, and no mean of
+        // the 2 steps lags 1 and 2 already hold.
+        let six = FeatureSpec::for_resolution(6 * HOUR, &[], Transform::Identity);
+        assert_eq!((six.daily_harmonics, six.weekly_harmonics), (1, 3));
+        let twelve = FeatureSpec::for_resolution(12 * HOUR, &[], Transform::Identity);
+        assert_eq!((twelve.daily_harmonics, twelve.lags.clone(), twelve.rolling_means.clone()), (0, vec![1, 2, 14], vec![]));
     }
 
     #[test]
@@ -306,6 +325,15 @@ mod tests {
     #[test]
     fn events_files_are_checked() {
         assert!(matches!(parse_events("a,b\n"), Err(EventsError::Header(_))));
+        // A long span behind many short ones of the same label still counts.
+        let mut text = String::from("start,end,label\n2026-01-01T00:00:00Z,2026-02-01T00:00:00Z,holiday\n");
+        for h in 0..70 {
+            text.push_str(&format!("2026-01-02T{:02}:00:00Z,2026-01-02T{:02}:30:00Z,holiday\n", h % 24, h % 24));
+        }
+        let events = parse_events(&text).unwrap();
+        let spec = FeatureSpec::for_resolution(HOUR, &events, Transform::Identity);
+        let idx = EventIndex::new(&spec, &events);
+        assert!(idx.active(0, t("2026-01-30T00:00:00Z")) && !idx.active(0, t("2026-02-01T00:00:00Z")));
         let e = parse_events("start,end,label\n2026-01-05T02:00:00Z,2026-01-05T01:00:00Z,x\n").unwrap_err();
         assert!(e.to_string().contains("line 2") && e.to_string().contains("not after"), "{e}");
         let e = parse_events("start,end,label\nyesterday,2026-01-05T01:00:00Z,x\n").unwrap_err();

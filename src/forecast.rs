@@ -5,8 +5,9 @@
 //! Families:
 //! - `ols`: ordinary least squares on the counts (linfa-linear);
 //! - `elastic_net`: the same with an L1 + L2 penalty on standardised features (linfa-elasticnet);
-//! - `poisson`: a Poisson GLM with a log link (linfa-linear's Tweedie regressor, power 1), whose
-//!   lags and means are `log1p` counts, so the daily and weekly shapes multiply rather than add.
+//! - `poisson`: a Poisson GLM with a log link, fitted by iteratively reweighted least squares
+//!   ([`poisson_irls`]), whose lags and means are `log1p` counts, so the daily and weekly shapes
+//!   multiply rather than add.
 //!
 //! Coefficients are fitted on standardised features (each column minus its mean, over its
 //! standard deviation) and stored on the features' own scale, so `intercept + Σ βᵢxᵢ` (through
@@ -16,7 +17,7 @@ use linfa::Dataset;
 use linfa::traits::Fit;
 use linfa_elasticnet::ElasticNet;
 use linfa_linear::LinearRegression;
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 use crate::demand::Series;
@@ -29,6 +30,12 @@ pub const FORMAT: &str = "surgeguard-demand-model";
 pub const FORMAT_VERSION: u32 = 1;
 
 const HOUR: i64 = 3_600_000;
+/// The fewest held-out forecasts intervals are calibrated on: with n scores the conformal
+/// 2.5 % and 97.5 % quantiles exist from n = 39. (The 1 % and 99 % levels need 99; below that
+/// they are the smallest and largest scores.)
+pub const MIN_ORIGINS: usize = 40;
+/// The longest lag or mean a model file may ask for (about 2 years of 1-minute steps).
+const MAX_WARMUP: usize = 1 << 20;
 const DAY: i64 = 24 * HOUR;
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +104,7 @@ impl FitOptions {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Span {
     pub start: Millis,
     /// The start of the last step.
@@ -105,6 +113,7 @@ pub struct Span {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Intervals {
     pub method: String,
     pub scale: IntervalScale,
@@ -177,7 +186,7 @@ fn design(spec: &FeatureSpec, series: &Series, prefix: &[f64], events: &EventInd
 }
 
 /// Fits standardised columns; returns coefficients on the raw scale and the intercept.
-fn solve(family: Family, x: &Array2<f64>, y: &Array1<f64>) -> Result<(Vec<f64>, f64), ForecastError> {
+fn solve(family: Family, x: ArrayView2<'_, f64>, y: ArrayView1<'_, f64>, start: Option<(&[f64], f64)>) -> Result<(Vec<f64>, f64), ForecastError> {
     let k = x.ncols();
     let n = x.nrows() as f64;
     let mean: Vec<f64> = (0..k).map(|j| x.column(j).sum() / n).collect();
@@ -192,18 +201,29 @@ fn solve(family: Family, x: &Array2<f64>, y: &Array1<f64>) -> Result<(Vec<f64>, 
     let fail = |message: String| ForecastError::Solver { family: label, message };
     let (beta, b0): (Vec<f64>, f64) = match family {
         Family::Ols => {
-            let m = LinearRegression::new().fit(&Dataset::new(z, y.clone())).map_err(|e| fail(e.to_string()))?;
+            let m = LinearRegression::new().fit(&Dataset::new(z, y.to_owned())).map_err(|e| fail(e.to_string()))?;
             (m.params().to_vec(), m.intercept())
         }
         Family::ElasticNet { penalty, l1_ratio } => {
-            let m = ElasticNet::params().penalty(penalty).l1_ratio(l1_ratio).max_iterations(5_000).fit(&Dataset::new(z, y.clone())).map_err(|e| fail(e.to_string()))?;
+            let m = ElasticNet::params().penalty(penalty).l1_ratio(l1_ratio).max_iterations(5_000).fit(&Dataset::new(z, y.to_owned())).map_err(|e| fail(e.to_string()))?;
             (m.hyperplane().to_vec(), m.intercept())
         }
         Family::Poisson => {
             if y.iter().any(|v| *v < 0.0) {
                 return Err(fail("the Poisson model needs counts ≥ 0".into()));
             }
-            poisson_irls(&z, y).map_err(fail)?
+            // A warm start on the standardised scale: β·sd, and the intercept at the means.
+            let init = start.map(|(coef, b0)| {
+                let mut b = Array1::<f64>::zeros(used.len() + 1);
+                let mut icpt = b0;
+                for (c, &j) in used.iter().enumerate() {
+                    b[c] = coef[j] * sd[j];
+                    icpt += coef[j] * mean[j];
+                }
+                b[used.len()] = icpt;
+                b
+            });
+            poisson_irls(&z, y, init).map_err(fail)?
         }
     };
     let mut coef = vec![0.0; k];
@@ -225,7 +245,7 @@ fn solve(family: Family, x: &Array2<f64>, y: &Array1<f64>) -> Result<(Vec<f64>, 
 /// falling. (linfa-linear's `TweedieRegressor` fits the same model by L-BFGS on the summed
 /// deviance; on these series it ran for minutes without meeting its gradient tolerance, where
 /// IRLS takes a handful of steps.)
-fn poisson_irls(x: &Array2<f64>, y: &Array1<f64>) -> Result<(Vec<f64>, f64), String> {
+fn poisson_irls(x: &Array2<f64>, y: ArrayView1<'_, f64>, start: Option<Array1<f64>>) -> Result<(Vec<f64>, f64), String> {
     use linfa_linalg::cholesky::SolveCInplace;
     let (n, k) = x.dim();
     let mut xa = Array2::<f64>::ones((n, k + 1));
@@ -233,14 +253,23 @@ fn poisson_irls(x: &Array2<f64>, y: &Array1<f64>) -> Result<(Vec<f64>, f64), Str
     let deviance = |mu: &Array1<f64>| -> f64 {
         y.iter().zip(mu.iter()).map(|(y, m)| 2.0 * (if *y > 0.0 { y * (y / m).ln() } else { 0.0 } - (y - m))).sum()
     };
-    let mut mu = y.mapv(|v| v + 0.1);
-    let mut eta = mu.mapv(f64::ln);
-    let mut dev = f64::INFINITY;
-    let mut beta: Option<Array1<f64>> = None;
+    let (mut eta, mut mu, mut dev, mut beta) = match start {
+        // From given coefficients (a refit on more data): usually a step or two from converged.
+        Some(b) => {
+            let eta = xa.dot(&b);
+            let mu = eta.mapv(|e: f64| e.clamp(-30.0, 30.0).exp());
+            let dev = deviance(&mu);
+            if dev.is_finite() { (eta, mu, dev, Some(b)) } else { (y.mapv(|v| (v + 0.1).ln()), y.mapv(|v| v + 0.1), f64::INFINITY, None) }
+        }
+        None => (y.mapv(|v| (v + 0.1).ln()), y.mapv(|v| v + 0.1), f64::INFINITY, None),
+    };
+    let mut xw = Array2::<f64>::zeros((n, k + 1));
     for _ in 0..50 {
         let w = mu.mapv(|m| m.max(1e-10));
-        let z = &eta + &((y - &mu) / &w);
-        let xw = &xa * &w.view().insert_axis(ndarray::Axis(1));
+        let z = &eta + &((&y - &mu) / &w);
+        ndarray::Zip::from(xw.rows_mut()).and(xa.rows()).and(&w).for_each(|mut o, r, w| {
+            o.iter_mut().zip(r).for_each(|(o, r)| *o = r * w);
+        });
         let mut a = xw.t().dot(&xa);
         let rhs = xw.t().dot(&z).insert_axis(ndarray::Axis(1));
         // A whisker of ridge keeps nearly collinear features solvable.
@@ -259,7 +288,16 @@ fn poisson_irls(x: &Array2<f64>, y: &Array1<f64>) -> Result<(Vec<f64>, f64), Str
             let cand_eta = xa.dot(&cand);
             let cand_mu = cand_eta.mapv(|e| e.clamp(-30.0, 30.0).exp());
             let cand_dev = deviance(&cand_mu);
-            if (cand_dev.is_finite() && cand_dev <= dev * (1.0 + 1e-12)) || step < 1e-3 {
+            let improved = cand_dev.is_finite() && cand_dev <= dev * (1.0 + 1e-12);
+            if !improved && step < 1e-3 {
+                // No step along the Newton direction lowers the deviance: the current
+                // coefficients are as good as IRLS gets (R's glm stops the same way).
+                if beta.is_none() {
+                    return Err("no coefficients with a finite deviance".into());
+                }
+                return finish(beta, dev, k);
+            }
+            if improved {
                 let done = (dev - cand_dev).abs() <= 1e-8 * (cand_dev.abs() + 1.0);
                 beta = Some(cand);
                 eta = cand_eta;
@@ -286,13 +324,43 @@ fn finish(beta: Option<Array1<f64>>, dev: f64, k: usize) -> Result<(Vec<f64>, f6
 /// Fits a model to `series` (with the known `events`), calibrates its intervals on a held-out
 /// end, then refits on everything.
 pub fn fit(series: &Series, events: &[EventSpan], opts: &FitOptions) -> Result<DemandModel, ForecastError> {
-    let spec = opts.spec.clone().unwrap_or_else(|| FeatureSpec::for_resolution(series.step_ms, events, opts.family.transform()));
+    fit_with(series, events, opts, None)
+}
+
+/// The feature rows of a whole series (from its warm-up on), computed once for many fits on
+/// its prefixes (a backtest): a row depends only on the steps before it.
+pub struct Design {
+    spec: FeatureSpec,
+    x: Array2<f64>,
+}
+
+impl Design {
+    pub fn new(series: &Series, events: &[EventSpan], opts: &FitOptions) -> Self {
+        let spec = spec_of(series, events, opts);
+        let w = spec.warmup().min(series.values.len());
+        let prefix = prefix_sums(&series.values);
+        let (x, _) = design(&spec, series, &prefix, &EventIndex::new(&spec, events), w, series.values.len());
+        Design { spec, x }
+    }
+}
+
+fn spec_of(series: &Series, events: &[EventSpan], opts: &FitOptions) -> FeatureSpec {
+    opts.spec.clone().unwrap_or_else(|| FeatureSpec::for_resolution(series.step_ms, events, opts.family.transform()))
+}
+
+/// [`fit`], with the rows of a [`Design`] of a series that `series` is a prefix of.
+pub fn fit_with(series: &Series, events: &[EventSpan], opts: &FitOptions, rows: Option<&Design>) -> Result<DemandModel, ForecastError> {
+    let spec = match rows {
+        Some(d) => d.spec.clone(),
+        None => spec_of(series, events, opts),
+    };
     let n = series.values.len();
     let w = spec.warmup();
     let h = opts.horizon_steps.max(1);
     let k = spec.len() + 1;
     let usable = n.saturating_sub(w);
-    let cal = opts.calibration_steps.unwrap_or_else(|| (usable / 5).min((14 * DAY / series.step_ms.max(1)) as usize)).max(h + 1);
+    // At least MIN_ORIGINS forecasts to calibrate on, so the 95 % interval has finite bounds.
+    let cal = opts.calibration_steps.unwrap_or_else(|| (usable / 5).min((14 * DAY / series.step_ms.max(1)) as usize)).max(h + MIN_ORIGINS - 1);
     let need_train = 2 * k + 10;
     if usable < cal + need_train {
         let why = format!("{w} steps of lags first, then {need_train} to fit {k} coefficients and {cal} held out to calibrate the intervals");
@@ -305,8 +373,18 @@ pub fn fit(series: &Series, events: &[EventSpan], opts: &FitOptions) -> Result<D
 
     // Held-out model: fitted up to the calibration part.
     let split = n - cal;
-    let (x, y) = design(&spec, series, &prefix, &index, w, split);
-    let (coef, intercept) = solve(opts.family, &x, &y)?;
+    // The rows [w, n): from the shared design, or computed here.
+    let own;
+    let all = match rows {
+        Some(d) if d.x.nrows() >= n - w => d.x.slice(ndarray::s![..n - w, ..]),
+        _ => {
+            own = design(&spec, series, &prefix, &index, w, n).0;
+            own.view()
+        }
+    };
+    let y_all = ArrayView1::from(&series.values[w..n]);
+    let (x, y) = (all.slice(ndarray::s![..split - w, ..]), y_all.slice(ndarray::s![..split - w]));
+    let (coef, intercept) = solve(opts.family, x, y, None)?;
     let mut model = DemandModel {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
@@ -355,8 +433,8 @@ pub fn fit(series: &Series, events: &[EventSpan], opts: &FitOptions) -> Result<D
     model.intervals.origins = count;
 
     // The final model: everything.
-    let (x, y) = design(&spec, series, &prefix, &index, w, n);
-    let (coef, intercept) = solve(opts.family, &x, &y)?;
+    let (x, y) = (all, y_all);
+    let (coef, intercept) = solve(opts.family, x, y, Some((&model.coefficients, model.intercept)))?;
     model.coefficients = coef;
     model.intercept = intercept;
     let eta = x.dot(&Array1::from(model.coefficients.clone()));
@@ -426,6 +504,15 @@ impl DemandModel {
         }
         if self.features.lags.contains(&0) || self.features.rolling_means.contains(&0) {
             return bad("lags and rolling means must be at least 1 step".into());
+        }
+        if self.features.warmup() > MAX_WARMUP {
+            return bad(format!("a lag or mean of {} steps; at most {MAX_WARMUP} are supported", self.features.warmup()));
+        }
+        if self.intervals.levels != crate::intervals::LEVELS {
+            return bad(format!("intervals.levels must be {:?}", crate::intervals::LEVELS));
+        }
+        if self.intervals.per_step.iter().chain([&self.intervals.horizon_mean]).any(|q| q.0.windows(2).any(|w| !(w[0] <= w[1]))) {
+            return bad("interval quantiles must be finite and ascending".into());
         }
         let h = self.intervals.horizon_steps;
         let nq = crate::intervals::LEVELS.len();

@@ -56,6 +56,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod offsets;
 pub mod outputs;
+pub mod predictor;
 pub mod rebalance;
 pub mod replay;
 pub mod runtime;

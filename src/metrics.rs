@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Point-forecast errors over a set of (actual, predicted) pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Accuracy {
     pub mae: f64,
     pub rmse: f64,

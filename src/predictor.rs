@@ -1,0 +1,277 @@
+//! The online predictor: counts requests per model step from the request stream, forecasts the
+//! next horizon at each step boundary, and says when to cut limits ahead of a spike. A plain
+//! struct driven by event time; the topology turns its steps into outputs.
+//!
+//! At each boundary (the first request or time advance in a new step) the finished steps are
+//! appended to the recent counts (gaps count zero), and once the counts reach back as far as
+//! the model's longest lag (and at least a day, for the baseline), the model forecasts the horizon
+//! from the new step. A forecast is a
+//! spike when its mean exceeds `spike_factor` × the baseline (the larger of the last hour's and
+//! the last day's mean per step) with a probability above `min_confidence`, that probability
+//! taken from the model's conformal predictive distribution ([`crate::intervals`]). A spike cuts
+//! the predicted multiplier to `1 / spike_factor` (the forecast's) until the end of its horizon;
+//! a later spike forecast moves the end and the factor; the multiplier returns to 1 when the
+//! cut ends.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::forecast::DemandModel;
+use crate::outputs::Prediction;
+use crate::time::Millis;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictorConfig {
+    pub scope: String,
+    pub spike_factor: f64,
+    pub min_confidence: f64,
+    /// The coverage of the published interval.
+    pub coverage: f64,
+}
+
+impl Default for PredictorConfig {
+    fn default() -> Self {
+        PredictorConfig { scope: "global".into(), spike_factor: 2.0, min_confidence: 0.8, coverage: 0.95 }
+    }
+}
+
+/// What one step boundary produced.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Step {
+    pub prediction: Option<Prediction>,
+    /// A new predicted multiplier for the limits (a cut, its change, or 1.0 when it ends).
+    pub multiplier: Option<f64>,
+    /// Set when this forecast started a cut (for the proactive alert).
+    pub spike: Option<Spike>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spike {
+    pub spike_factor: f64,
+    pub confidence: f64,
+    pub until: Millis,
+}
+
+pub struct Predictor {
+    model: Arc<DemandModel>,
+    cfg: PredictorConfig,
+    step_ms: i64,
+    keep: usize,
+    /// Closed steps, oldest first; `first` is the index (time / step) of the oldest.
+    counts: VecDeque<f64>,
+    first: i64,
+    /// The step being counted and its count so far.
+    open: Option<(i64, f64)>,
+    cut: Option<(f64, Millis)>,
+    label: String,
+}
+
+impl Predictor {
+    pub fn new(model: Arc<DemandModel>, cfg: PredictorConfig) -> Self {
+        let step_ms = model.step_ms().max(1);
+        // The longest lag or mean, and a day for the baseline.
+        let keep = model.features.warmup().max((86_400_000 / step_ms) as usize).max(1);
+        let label = format!("{}-{}", model.family.label(), model.resolution);
+        Predictor { model, cfg, step_ms, keep, counts: VecDeque::with_capacity(keep + 1), first: 0, open: None, cut: None, label }
+    }
+
+    /// The multiplier in force (1.0 without a cut).
+    pub fn multiplier(&self) -> f64 {
+        self.cut.map(|(m, _)| m).unwrap_or(1.0)
+    }
+
+    /// Counts one request at `t` (after moving time to `t`).
+    pub fn on_request(&mut self, t: Millis, out: &mut Vec<Step>) {
+        self.advance(t, out);
+        if let Some((_, n)) = self.open.as_mut() {
+            *n += 1.0;
+        }
+    }
+
+    /// Moves event time to `t`: closes finished steps and forecasts from the new one.
+    pub fn advance(&mut self, t: Millis, out: &mut Vec<Step>) {
+        let s = t.0.div_euclid(self.step_ms);
+        let Some((open, n)) = self.open else {
+            self.open = Some((s, 0.0));
+            self.first = s;
+            return;
+        };
+        if s <= open {
+            return;
+        }
+        // Close the open step and any empty ones after it (at most `keep` matter).
+        let gap = (s - open - 1).min(self.keep as i64 + 1) as usize;
+        if self.counts.is_empty() {
+            self.first = open;
+        }
+        self.push(n);
+        for _ in 0..gap {
+            self.push(0.0);
+        }
+        // Steps beyond the kept history are not held: keep `first` consistent with the end.
+        self.first = s - self.counts.len() as i64;
+        self.open = Some((s, 0.0));
+        out.push(self.forecast(s));
+    }
+
+    fn push(&mut self, v: f64) {
+        self.counts.push_back(v);
+        while self.counts.len() > self.keep {
+            self.counts.pop_front();
+        }
+    }
+
+    fn forecast(&mut self, s: i64) -> Step {
+        let now = Millis(s * self.step_ms);
+        let mut step = Step::default();
+        if let Some((_, until)) = self.cut
+            && now >= until
+        {
+            self.cut = None;
+            step.multiplier = Some(1.0);
+        }
+        if self.counts.len() < self.keep {
+            return step;
+        }
+        let values: &[f64] = self.counts.make_contiguous();
+        let start = Millis(self.first * self.step_ms);
+        let Ok(f) = self.model.forecast_horizon(values, start, values.len(), self.cfg.spike_factor, self.cfg.coverage) else {
+            return step;
+        };
+        let per_minute = 60_000.0 / self.step_ms as f64;
+        let h = f.values.len() as i64;
+        let until = Millis(now.0 + h * self.step_ms);
+        step.prediction = Some(Prediction {
+            ts: now,
+            scope: self.cfg.scope.clone(),
+            horizon_start: now,
+            horizon_minutes: ((h * self.step_ms) / 60_000) as u32,
+            predicted: f.mean * per_minute,
+            lower: f.lower * per_minute,
+            upper: f.upper * per_minute,
+            baseline: f.baseline * per_minute,
+            spike_factor: f.spike_factor,
+            confidence: f.confidence,
+            model: self.label.clone(),
+        });
+        if f.spike_factor > self.cfg.spike_factor && f.confidence > self.cfg.min_confidence {
+            let m = 1.0 / f.spike_factor;
+            let started = self.cut.is_none();
+            if self.cut.map(|(old, _)| old) != Some(m) {
+                step.multiplier = Some(m);
+            }
+            self.cut = Some((m, until));
+            if started {
+                step.spike = Some(Spike { spike_factor: f.spike_factor, confidence: f.confidence, until });
+            }
+        }
+        step
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demand::Series;
+    use crate::features::{EventSpan, FeatureSpec, Transform};
+    use crate::forecast::{Family, FitOptions, fit};
+    use crate::scenario::SplitMix64;
+
+    const HOUR: i64 = 3_600_000;
+    const STEP: i64 = 5 * 60_000;
+
+    /// 5-minute counts around 100 with noise, 6× for an hour at each planned surge (every third
+    /// day at 12:00), for `days` days.
+    fn history(days: usize, surges: &[EventSpan]) -> Series {
+        let mut rng = SplitMix64::new(9);
+        let values = (0..days * 288)
+            .map(|i| {
+                let t = Millis(i as i64 * STEP);
+                let base = 100.0 + 20.0 * (rng.unit() - 0.5);
+                if surges.iter().any(|e| e.start <= t && t < e.end) { base * 6.0 } else { base }
+            })
+            .collect();
+        Series { start: Millis(0), step_ms: STEP, values }
+    }
+
+    fn surges(days: usize) -> Vec<EventSpan> {
+        (1..days as i64).step_by(3).map(|d| EventSpan { start: Millis(d * 24 * HOUR + 12 * HOUR), end: Millis(d * 24 * HOUR + 13 * HOUR), label: "campaign".into() }).collect()
+    }
+
+    fn model(events: &[EventSpan]) -> Arc<DemandModel> {
+        let s = history(30, events);
+        let mut o = FitOptions::new(Family::Poisson, 12);
+        let mut spec = FeatureSpec::for_resolution(STEP, events, Transform::Log1p);
+        spec.weekly_harmonics = 0;
+        spec.lags = vec![1, 288];
+        o.spec = Some(spec);
+        Arc::new(fit(&s, events, &o).expect("fit"))
+    }
+
+    /// Feeds `n` requests per step for `steps` steps from `from`; returns every step's output.
+    fn feed(p: &mut Predictor, from: i64, steps: i64, n: impl Fn(i64) -> u32) -> Vec<(Millis, Step)> {
+        let mut all = Vec::new();
+        for s in from..from + steps {
+            let mut out = Vec::new();
+            for k in 0..n(s) {
+                p.on_request(Millis(s * STEP + i64::from(k) % STEP), &mut out);
+            }
+            all.extend(out.into_iter().map(|o| (Millis(s * STEP), o)));
+        }
+        all
+    }
+
+    #[test]
+    fn the_cut_comes_before_a_planned_surge_and_ends_after_it() {
+        // The model knows a campaign on day 31 at 12:00 (after its training data).
+        let mut events = surges(30);
+        let planned = EventSpan { start: Millis(31 * 24 * HOUR + 12 * HOUR), end: Millis(31 * 24 * HOUR + 13 * HOUR), label: "campaign".into() };
+        events.push(planned.clone());
+        let mut p = Predictor::new(model(&events), PredictorConfig::default());
+        // Days 30 and 31 live, flat at 100 per step until the campaign (the stream itself has no
+        // sign of it before 12:00).
+        let steps = feed(&mut p, 30 * 288, 2 * 288, |s| if Millis(s * STEP) >= planned.start && Millis(s * STEP) < planned.end { 600 } else { 100 });
+        let first_cut = steps.iter().find(|(_, o)| o.spike.is_some()).map(|(t, o)| (*t, o.clone())).expect("a cut");
+        assert!(first_cut.0 < planned.start, "the cut came at {}, the surge at {}", first_cut.0, planned.start);
+        assert!(first_cut.0.0 >= planned.start.0 - HOUR, "cut too early: {}", first_cut.0);
+        let m = first_cut.1.multiplier.expect("a multiplier");
+        assert!(m < 0.5, "{m}");
+        let pred = first_cut.1.prediction.expect("a prediction");
+        assert!(pred.spike_factor > 2.0 && pred.confidence > 0.8, "{pred:?}");
+        // The multiplier comes back to 1 once the spike's horizon has passed.
+        let restored = steps.iter().filter(|(t, o)| *t > planned.start && o.multiplier == Some(1.0)).count();
+        assert_eq!(restored, 1);
+        assert_eq!(p.multiplier(), 1.0);
+        // Every step after the first day of history publishes a prediction.
+        assert!(steps.iter().filter(|(_, o)| o.prediction.is_some()).count() >= 288);
+    }
+
+    #[test]
+    fn a_flat_series_is_never_cut() {
+        let mut p = Predictor::new(model(&surges(30)), PredictorConfig::default());
+        let steps = feed(&mut p, 40 * 288, 3 * 288, |_| 100);
+        assert!(steps.iter().all(|(_, o)| o.multiplier.is_none() && o.spike.is_none()));
+        let preds: Vec<_> = steps.iter().filter_map(|(_, o)| o.prediction.as_ref()).collect();
+        assert!(!preds.is_empty());
+        for pr in preds {
+            assert!((pr.predicted / (100.0 / 5.0) - 1.0).abs() < 0.2, "{pr:?}");
+            assert!(pr.lower <= pr.predicted && pr.predicted <= pr.upper);
+        }
+    }
+
+    #[test]
+    fn gaps_count_as_zero_and_time_never_goes_back() {
+        let mut p = Predictor::new(model(&surges(30)), PredictorConfig::default());
+        let mut out = Vec::new();
+        p.on_request(Millis(10 * STEP), &mut out);
+        p.on_request(Millis(5 * STEP), &mut out); // late: counted in the open step
+        p.advance(Millis(13 * STEP), &mut out);
+        assert_eq!(p.counts.iter().copied().collect::<Vec<_>>(), vec![2.0, 0.0, 0.0]);
+        assert_eq!(p.first, 10);
+        assert_eq!(out.len(), 1);
+        // A gap longer than the kept history leaves exactly the kept history, all zero.
+        p.advance(Millis(100_000 * STEP), &mut out);
+        assert_eq!(p.counts.len(), p.keep);
+        assert_eq!(p.first, 100_000 - p.keep as i64);
+    }
+}

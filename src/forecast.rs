@@ -189,13 +189,23 @@ fn design(spec: &FeatureSpec, series: &Series, prefix: &[f64], events: &EventInd
 fn solve(family: Family, x: ArrayView2<'_, f64>, y: ArrayView1<'_, f64>, start: Option<(&[f64], f64)>) -> Result<(Vec<f64>, f64), ForecastError> {
     let k = x.ncols();
     let n = x.nrows() as f64;
-    let mean: Vec<f64> = (0..k).map(|j| x.column(j).sum() / n).collect();
-    let sd: Vec<f64> = (0..k).map(|j| (x.column(j).iter().map(|v| (v - mean[j]).powi(2)).sum::<f64>() / n).sqrt()).collect();
+    // Row by row (the matrix is row-major): sums and sums of squares per column.
+    let (mut sum, mut sq) = (vec![0.0; k], vec![0.0; k]);
+    for row in x.rows() {
+        for (j, v) in row.iter().enumerate() {
+            sum[j] += v;
+            sq[j] += v * v;
+        }
+    }
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let sd: Vec<f64> = (0..k).map(|j| (sq[j] / n - mean[j] * mean[j]).max(0.0).sqrt()).collect();
     // Constant columns (an event that never happens in the training range) carry no information.
-    let used: Vec<usize> = (0..k).filter(|&j| sd[j] > 1e-12).collect();
+    let used: Vec<usize> = (0..k).filter(|&j| sd[j] > 1e-9 * (1.0 + mean[j].abs())).collect();
     let mut z = Array2::zeros((x.nrows(), used.len()));
-    for (c, &j) in used.iter().enumerate() {
-        z.column_mut(c).assign(&x.column(j).mapv(|v| (v - mean[j]) / sd[j]));
+    for (mut zr, xr) in z.rows_mut().into_iter().zip(x.rows()) {
+        for (c, &j) in used.iter().enumerate() {
+            zr[c] = (xr[j] - mean[j]) / sd[j];
+        }
     }
     let label = family.label();
     let fail = |message: String| ForecastError::Solver { family: label, message };

@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -43,11 +44,19 @@ def surgeguard_counts(history: Path) -> dict:
     return counts
 
 
+# DuckDB's fastest form of the query that we found (2026-11-29, DuckDB 2.0.1, this history):
+# integer hours from epoch_ms, 144 ms; time_bucket on the cast timestamp took 290 ms and
+# time_bucket on the TIMESTAMPTZ with strftime 501 ms. The bucket numbers are turned into
+# timestamps only for the equality check, outside the timing.
 QUERY = """
-SELECT strftime(time_bucket(INTERVAL '1 hour', ts), '%Y-%m-%dT%H:%M:%S.000Z') AS bucket, count(*) AS n
+SELECT epoch_ms(ts) // 3600000 AS bucket, count(*) AS n
 FROM read_parquet('{glob}')
 GROUP BY bucket ORDER BY bucket
 """
+
+
+def iso_hour(bucket: int) -> str:
+    return datetime.fromtimestamp(bucket * 3600, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 def main() -> int:
@@ -71,7 +80,7 @@ def main() -> int:
 
     # Same answer first (DuckDB omits empty hours; this history has none).
     ours = surgeguard_counts(history)
-    theirs = {b: float(n) for b, n in con.execute(query).fetchall()}
+    theirs = {iso_hour(b): float(n) for b, n in con.execute(query).fetchall()}
     if ours != theirs:
         diff = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)][:5]
         print(f"the engines disagree, e.g. at {diff}", file=sys.stderr)

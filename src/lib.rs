@@ -46,6 +46,7 @@ pub mod fallback;
 pub mod features;
 mod flat_json;
 pub mod forecast;
+pub mod glm;
 pub mod health;
 pub mod history;
 pub mod history_gen;

@@ -569,8 +569,20 @@ mod tests {
         assert!((m.intercept - 50.0).abs() < 1.0, "{}", m.intercept);
         // The one-step in-sample error is the noise's: MAE ≈ 0.8·sd.
         assert!((m.in_sample.mae - 0.798).abs() < 0.05, "{:?}", m.in_sample);
-        // The model file reads back to the same model.
-        assert_eq!(DemandModel::from_json(&m.to_json()).unwrap(), m);
+        // The model file reads back to the same model; unknown fields and other quantile
+        // levels are refused, as models/README.md says.
+        let json = m.to_json();
+        assert_eq!(DemandModel::from_json(&json).unwrap(), m);
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["intervals"]["colour"] = serde_json::json!("blue");
+        let e = DemandModel::from_json(&v.to_string()).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["intervals"]["levels"][0] = serde_json::json!(0.02);
+        assert!(matches!(DemandModel::from_json(&v.to_string()), Err(ForecastError::Invalid(_))));
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["features"]["lags"] = serde_json::json!([1, 4_000_000]);
+        assert!(matches!(DemandModel::from_json(&v.to_string()), Err(ForecastError::Invalid(_))));
     }
 
     #[test]

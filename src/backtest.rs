@@ -100,6 +100,8 @@ pub struct Spikes {
 pub struct Report {
     pub family: String,
     pub resolution: String,
+    #[serde(skip)]
+    pub step_ms: i64,
     pub horizon_steps: usize,
     pub windows: usize,
     pub step: usize,
@@ -284,6 +286,7 @@ fn report(series: &Series, opts: &BacktestOptions, windows: Vec<Window>) -> Repo
     Report {
         family: opts.fit.family.label().into(),
         resolution: forecast::resolution_label(series.step_ms),
+        step_ms: series.step_ms,
         horizon_steps: opts.fit.horizon_steps,
         windows: windows.len(),
         step: opts.step,
@@ -312,7 +315,7 @@ impl Report {
     /// One row per window and step ahead.
     pub fn to_csv(&self) -> String {
         let mut out = String::from("window,cutoff,ts,step_ahead,actual,predicted,lower_80,upper_80,lower_95,upper_95,naive_daily,naive_weekly\n");
-        let step = crate::demand::parse_resolution(&self.resolution).unwrap_or(1);
+        let step = self.step_ms;
         let opt = |v: &Option<Vec<f64>>, k: usize| v.as_ref().map(|v| v[k].to_string()).unwrap_or_default();
         for (i, w) in self.per_window.iter().enumerate() {
             for k in 0..w.actual.len() {

@@ -1,5 +1,6 @@
-//! The CLI edge of demand prediction: `surgeguard fit` and `surgeguard backtest`. Reads the
-//! history (DataFusion), runs the pure fit and backtest, writes the model and the reports.
+//! The CLI edge of demand prediction: the history options `aggregate`, `fit` and `backtest`
+//! share, and `surgeguard fit` and `surgeguard backtest`. Reads the history (DataFusion), runs
+//! the pure fit and backtest, writes the model and the reports.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,9 +13,9 @@ use surgeguard::features::{EventSpan, parse_events};
 use surgeguard::forecast::{Family, FitOptions, fit};
 use surgeguard::intervals::IntervalScale;
 
-/// Where the demand series comes from (shared by fit and backtest).
+/// The history files and how to read them (shared by aggregate, fit and backtest).
 #[derive(clap::Args, Debug)]
-pub struct HistoryArgs {
+pub struct SourceArgs {
     /// A directory, file or glob of Parquet or Arrow IPC request events; with --series, a CSV or
     /// Parquet file of pre-aggregated rows.
     #[arg(long)]
@@ -31,6 +32,27 @@ pub struct HistoryArgs {
     /// With --series: the value column.
     #[arg(long, default_value = "value")]
     value_column: String,
+}
+
+impl SourceArgs {
+    /// What to read, counting per value of `group_column` (events only); and the step.
+    pub fn source(&self, group_column: Option<String>) -> anyhow::Result<(DemandSource, i64)> {
+        let step = parse_resolution(&self.resolution)?;
+        let source = if self.series {
+            anyhow::ensure!(group_column.is_none(), "--group-by applies to events, not to --series input");
+            DemandSource::Series { path: self.history.clone(), ts_column: self.ts_column.clone(), value_column: self.value_column.clone() }
+        } else {
+            DemandSource::Events { path: self.history.clone(), ts_column: self.ts_column.clone(), group_column }
+        };
+        Ok((source, step))
+    }
+}
+
+/// Where the demand series comes from (fit and backtest).
+#[derive(clap::Args, Debug)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    source: SourceArgs,
     /// Events only: model the demand of one value of this column (with --group).
     #[arg(long, requires = "group")]
     group_by: Option<String>,
@@ -111,13 +133,7 @@ impl ModelArgs {
 
 /// Reads the history into one series (and the events file).
 fn load(h: &HistoryArgs) -> anyhow::Result<(Series, Vec<EventSpan>)> {
-    let step = parse_resolution(&h.resolution)?;
-    let source = if h.series {
-        anyhow::ensure!(h.group_by.is_none(), "--group-by applies to events, not to --series input");
-        DemandSource::Series { path: h.history.clone(), ts_column: h.ts_column.clone(), value_column: h.value_column.clone() }
-    } else {
-        DemandSource::Events { path: h.history.clone(), ts_column: h.ts_column.clone(), group_column: h.group_by.clone() }
-    };
+    let (source, step) = h.source.source(h.group_by.clone())?;
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let mut groups = runtime.block_on(aggregate(&source, step))?;
@@ -128,7 +144,7 @@ fn load(h: &HistoryArgs) -> anyhow::Result<(Series, Vec<EventSpan>)> {
         }
         None => groups.into_values().next().context("the history has no rows")?,
     };
-    eprintln!("read {} steps of {} from {} to {} in {:.2} s", series.values.len(), h.resolution, series.start, series.time_of(series.values.len().saturating_sub(1)), started.elapsed().as_secs_f64());
+    eprintln!("read {} steps of {} from {} to {} in {:.2} s", series.values.len(), h.source.resolution, series.start, series.time_of(series.values.len().saturating_sub(1)), started.elapsed().as_secs_f64());
     let events = match &h.events {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -219,7 +235,7 @@ pub struct BacktestArgs {
 pub fn run_backtest(h: &HistoryArgs, m: &ModelArgs, b: &BacktestArgs) -> anyhow::Result<()> {
     let (series, events) = load(h)?;
     let step_ms = parse_resolution(&b.step)?;
-    anyhow::ensure!(step_ms % series.step_ms == 0, "--step {} is not a whole number of {} steps", b.step, h.resolution);
+    anyhow::ensure!(step_ms % series.step_ms == 0, "--step {} is not a whole number of {} steps", b.step, h.source.resolution);
     anyhow::ensure!(b.windows >= 1, "--windows must be at least 1");
     anyhow::ensure!(b.spike_threshold.is_finite() && b.spike_threshold > 0.0, "--spike-threshold must be a positive number");
     anyhow::ensure!((0.0..=1.0).contains(&b.min_confidence), "--min-confidence must be between 0 and 1");

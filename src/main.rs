@@ -101,22 +101,8 @@ enum Command {
     /// Demand per time bucket from history files, as CSV (`ts,value`, or `ts,group,value`
     /// with --group-by), computed by DataFusion SQL with empty buckets filled with zero.
     Aggregate {
-        /// A directory, file or glob of Parquet or Arrow IPC request events; with --series, a
-        /// CSV or Parquet file of pre-aggregated rows.
-        #[arg(long)]
-        history: String,
-        /// The input is a pre-aggregated series (timestamp and value columns).
-        #[arg(long)]
-        series: bool,
-        /// Bucket width: 30s, 5m, 1h, 1d, …
-        #[arg(long, default_value = "5m")]
-        resolution: String,
-        /// The timestamp column.
-        #[arg(long, default_value = "ts")]
-        ts_column: String,
-        /// With --series: the value column.
-        #[arg(long, default_value = "value")]
-        value_column: String,
+        #[command(flatten)]
+        source: cli_demand::SourceArgs,
         /// Events only: count per value of this column too.
         #[arg(long)]
         group_by: Option<String>,
@@ -257,23 +243,17 @@ fn run_gen_history(days: u32, out: &Path, seed: u64, peak_rpm: f64, start: &str)
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_aggregate(history: String, series: bool, resolution: &str, ts_column: String, value_column: String, group_by: Option<String>, out: Option<&Path>) -> anyhow::Result<()> {
-    use surgeguard::demand::{DemandSource, aggregate, parse_resolution};
-    let step = parse_resolution(resolution)?;
-    anyhow::ensure!(!(series && group_by.is_some()), "--group-by applies to events, not to --series input");
-    let source = if series {
-        DemandSource::Series { path: history, ts_column, value_column }
-    } else {
-        DemandSource::Events { path: history, ts_column, group_column: group_by.clone() }
-    };
+fn run_aggregate(source: &cli_demand::SourceArgs, group_by: Option<String>, out: Option<&Path>) -> anyhow::Result<()> {
+    use surgeguard::demand::aggregate;
+    let grouped = group_by.is_some();
+    let (source, step) = source.source(group_by)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let groups = runtime.block_on(aggregate(&source, step))?;
     let mut w = output(out)?;
-    writeln!(w, "{}", if group_by.is_some() { "ts,group,value" } else { "ts,value" })?;
+    writeln!(w, "{}", if grouped { "ts,group,value" } else { "ts,value" })?;
     for (group, s) in &groups {
         for (i, v) in s.values.iter().enumerate() {
-            if group_by.is_some() {
+            if grouped {
                 writeln!(w, "{},{},{}", s.time_of(i), group, v)?;
             } else {
                 writeln!(w, "{},{}", s.time_of(i), v)?;
@@ -396,9 +376,7 @@ fn main() -> ExitCode {
         }
         Command::Gen { what: Gen::Surge { scale, seed, requests_only, out } } => run_gen_surge(scale, seed, requests_only, out.as_deref()),
         Command::Gen { what: Gen::History { days, out, seed, peak_rpm, start } } => run_gen_history(days, &out, seed, peak_rpm, &start),
-        Command::Aggregate { history, series, resolution, ts_column, value_column, group_by, out } => {
-            run_aggregate(history, series, &resolution, ts_column, value_column, group_by, out.as_deref())
-        }
+        Command::Aggregate { source, group_by, out } => run_aggregate(&source, group_by, out.as_deref()),
         Command::Fit { history, model, out } => cli_demand::run_fit(&history, &model, &out),
         Command::Backtest { history, model, windows, step, spike_threshold, min_confidence, out } => {
             cli_demand::run_backtest(&history, &model, &cli_demand::BacktestArgs { windows, step, spike_threshold, min_confidence, out })

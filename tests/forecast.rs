@@ -2,34 +2,19 @@
 //! model file reads back and forecasts, the reports are complete; the committed example model
 //! loads and forecasts; bad input gets a clear error, never a panic.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
+mod support;
+
+use support::Scratch;
 use surgeguard::forecast::{DemandModel, Family};
 use surgeguard::time::Millis;
 
 const BIN: &str = env!("CARGO_BIN_EXE_surgeguard");
 
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let p = std::env::temp_dir().join(format!("sg-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).expect("scratch dir");
-        Scratch(p)
-    }
-
-    fn path(&self, rel: &str) -> String {
-        self.0.join(rel).to_string_lossy().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
+/// A path in the scratch directory, as a string argument.
+fn arg(dir: &Scratch, rel: &str) -> String {
+    dir.path(rel).to_string_lossy().to_string()
 }
 
 fn run(args: &[&str]) -> Output {
@@ -57,12 +42,12 @@ fn fails_with(args: &[&str], needles: &[&str]) {
 #[test]
 fn fit_and_backtest_from_the_command_line() {
     let dir = Scratch::new("forecast");
-    let history = dir.path("history");
+    let history = arg(&dir, "history");
     ok(&["gen", "history", "--days", "23", "--peak-rpm", "20", "--out", &history]);
-    let events = dir.path("history/events.csv");
+    let events = arg(&dir, "history/events.csv");
 
     // fit: a model file that reads back, covering the history after the week of lags.
-    let model_path = dir.path("models/demand.json");
+    let model_path = arg(&dir, "models/demand.json");
     ok(&["fit", "--history", &history, "--events", &events, "--resolution", "5m", "--horizon", "1h", "--out", &model_path]);
     let model = DemandModel::from_json(&std::fs::read_to_string(&model_path).expect("model file")).expect("model");
     assert_eq!(model.family, Family::Poisson);
@@ -73,7 +58,7 @@ fn fit_and_backtest_from_the_command_line() {
     assert!(model.in_sample.mase.is_some_and(|m| m > 0.0 && m < 1.0), "in-sample MASE {:?}", model.in_sample);
 
     // backtest: two models, six cutoffs 8 hours apart.
-    let out = dir.path("bt");
+    let out = arg(&dir, "bt");
     let table = ok(&[
         "backtest", "--history", &history, "--events", &events, "--model", "ols,poisson", "--windows", "6", "--step", "8h", "--horizon", "1h", "--out", &out,
     ]);
@@ -121,23 +106,23 @@ fn the_example_model_forecasts() {
 #[test]
 fn bad_input_gets_a_clear_error() {
     let dir = Scratch::new("forecast-bad");
-    let history = dir.path("history");
+    let history = arg(&dir, "history");
     ok(&["gen", "history", "--days", "3", "--peak-rpm", "5", "--out", &history]);
-    let model = dir.path("m.json");
+    let model = arg(&dir, "m.json");
     // Three days cannot feed a week-long lag.
     fails_with(&["fit", "--history", &history, "--out", &model], &["864 steps; 2117 are needed"]);
     fails_with(&["fit", "--history", &history, "--ts-column", "when", "--out", &model], &["no column \"when\""]);
-    let bad_events = dir.path("events.csv");
+    let bad_events = arg(&dir, "events.csv");
     std::fs::write(&bad_events, "when,label\n").expect("write");
     fails_with(&["fit", "--history", &history, "--events", &bad_events, "--out", &model], &["events.csv", "start,end,label"]);
-    let empty = dir.path("empty");
+    let empty = arg(&dir, "empty");
     std::fs::create_dir_all(&empty).expect("dir");
-    fails_with(&["backtest", "--history", &empty, "--out", &dir.path("bt")], &["empty"]);
-    fails_with(&["backtest", "--history", &history, "--windows", "50", "--out", &dir.path("bt")], &["50 windows"]);
+    fails_with(&["backtest", "--history", &empty, "--out", &arg(&dir, "bt")], &["empty"]);
+    fails_with(&["backtest", "--history", &history, "--windows", "50", "--out", &arg(&dir, "bt")], &["50 windows"]);
     fails_with(&["fit", "--history", &history, "--model", "magic", "--out", &model], &["--model \"magic\""]);
     fails_with(&["fit", "--history", &history, "--horizon", "7m", "--out", &model], &["--horizon 7m"]);
     // A corrupted Parquet file.
-    let broken = dir.path("broken.parquet");
+    let broken = arg(&dir, "broken.parquet");
     std::fs::write(&broken, b"PAR1 this is not parquet PAR1").expect("write");
     fails_with(&["fit", "--history", &broken, "--out", &model], &["broken.parquet"]);
 }

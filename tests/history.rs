@@ -2,9 +2,11 @@
 //! aggregation reads back exactly; series input is binned and zero-filled as computed by hand;
 //! bad input gets a clear error.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, TimestampMillisecondArray};
@@ -14,34 +16,7 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use surgeguard::demand::{DemandError, DemandSource, aggregate};
 use surgeguard::history_gen::{HistoryOptions, generate};
 use surgeguard::time::Millis;
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let p = std::env::temp_dir().join(format!("sg-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).expect("scratch dir");
-        Scratch(p)
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-
-    fn write(&self, rel: &str, text: &str) -> String {
-        let p = self.path(rel);
-        std::fs::write(&p, text).expect("write");
-        p.to_string_lossy().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
+use support::Scratch;
 
 /// Every `ts` in the Parquet files under `dir`, read with the parquet crate's own reader (not
 /// DataFusion).

@@ -37,3 +37,32 @@ pub fn run(cfg: Arc<Config>, input: &[u8]) -> (Vec<u8>, replay::ReplaySummary) {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_surgeguard"))
 }
+
+/// A scratch directory under the system temp dir, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("sg-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        Scratch(p)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+
+    /// Writes `text` to `rel`; returns the path as a string.
+    pub fn write(&self, rel: &str, text: &str) -> String {
+        let p = self.path(rel);
+        std::fs::write(&p, text).expect("write");
+        p.to_string_lossy().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}

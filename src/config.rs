@@ -33,6 +33,7 @@ pub struct Config {
     pub fallback: FallbackConfig,
     pub monitor: MonitorConfig,
     pub alerts: AlertsConfig,
+    pub prediction: PredictionConfig,
     pub topics: TopicsConfig,
     pub kafka: KafkaConfig,
     /// Each configured dependency's breaker: `[breaker]` with its overrides applied (built at load).
@@ -413,6 +414,8 @@ pub struct AlertsConfig {
     pub throttle_load_correlation: CorrelationRule,
     /// A breaker opened.
     pub breaker_tripped: EventRule,
+    /// The demand model forecasts a spike: the proactive alert that comes with the predictive cut.
+    pub predicted_spike: EventRule,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -440,6 +443,54 @@ impl Default for AlertsConfig {
                 min_throttled: 100,
             },
             breaker_tripped: EventRule { enabled: true, severity: AlertSeverity::High, cooldown_s: 60 },
+            predicted_spike: EventRule { enabled: true, severity: AlertSeverity::High, cooldown_s: 3600 },
+        }
+    }
+}
+
+/// Predictive limits: a demand model (`surgeguard fit`) forecasts the next horizon at each of its
+/// steps from the request stream's counts, and a forecast spike cuts every limit ahead of it.
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct PredictionConfig {
+    /// The model file; empty turns prediction off.
+    pub model: String,
+    /// Recent history to start from (a directory, file or glob, as `fit --history` reads); empty
+    /// starts with no counts, and forecasts begin once the stream has filled the model's longest
+    /// lag (a week for the default features).
+    pub history: String,
+    /// What `history` holds: `events` (one row per request, a `ts` column) or `series` (`ts,value`
+    /// rows of counts per step).
+    pub history_kind: HistoryKind,
+    /// The key of published predictions.
+    pub scope: String,
+    /// A forecast is a spike when its mean over the horizon exceeds this × the baseline…
+    pub spike_factor: f64,
+    /// …with at least this probability under the model's predictive distribution.
+    pub min_confidence: f64,
+    /// The coverage of the published interval (lower, upper).
+    pub coverage: f64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[cfg_attr(test, derive(Serialize))]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryKind {
+    Events,
+    Series,
+}
+
+impl Default for PredictionConfig {
+    fn default() -> Self {
+        PredictionConfig {
+            model: String::new(),
+            history: String::new(),
+            history_kind: HistoryKind::Events,
+            scope: "global".into(),
+            spike_factor: 2.0,
+            min_confidence: 0.8,
+            coverage: 0.95,
         }
     }
 }
@@ -601,6 +652,7 @@ impl Default for Config {
             fallback: FallbackConfig::default(),
             monitor: MonitorConfig::default(),
             alerts: AlertsConfig::default(),
+            prediction: PredictionConfig::default(),
             topics: TopicsConfig::default(),
             kafka: KafkaConfig::default(),
             resolved_breakers: default_dependencies()

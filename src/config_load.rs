@@ -212,7 +212,7 @@ fn set<T: DeserializeOwned>(slot: &mut T, value: toml::Value, prefix: &str, erro
     }
 }
 
-const SECTIONS: &str = "limiter, tiers, request_types, throttle, health, adaptive, breaker, dependencies, fallback, monitor, alerts, topics, kafka";
+const SECTIONS: &str = "limiter, tiers, request_types, throttle, health, adaptive, breaker, dependencies, fallback, monitor, alerts, prediction, topics, kafka";
 
 /// librdkafka properties surgeguard sets itself; a pipeline file may not override them.
 pub const MANAGED_PROPERTIES: &[&str] = &[
@@ -248,6 +248,7 @@ fn from_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
             "fallback" => set(&mut c.fallback, value, "fallback", errors),
             "monitor" => set(&mut c.monitor, value, "monitor", errors),
             "alerts" => set(&mut c.alerts, value, "alerts", errors),
+            "prediction" => set(&mut c.prediction, value, "prediction", errors),
             "topics" => set(&mut c.topics, value, "topics", errors),
             "kafka" => set(&mut c.kafka, value, "kafka", errors),
             other => push(errors, other, format!("unknown section, expected one of {SECTIONS}")),
@@ -426,6 +427,13 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     }
     let corr = al.throttle_load_correlation.threshold;
     check(errors, (-1.0..=1.0).contains(&corr), "alerts.throttle_load_correlation.threshold", || format!("expected a correlation in -1..1, got {corr}"));
+
+    let p = &c.prediction;
+    check(errors, p.spike_factor > 1.0 && p.spike_factor.is_finite(), "prediction.spike_factor", || format!("expected a factor > 1, got {}", p.spike_factor));
+    check(errors, (0.0..1.0).contains(&p.min_confidence), "prediction.min_confidence", || format!("expected a probability in 0..1, got {}", p.min_confidence));
+    check(errors, p.coverage > 0.0 && p.coverage <= 0.98, "prediction.coverage", || format!("expected a coverage in (0, 0.98] (model files keep score quantiles from 1 % to 99 %), got {}", p.coverage));
+    check(errors, !p.scope.is_empty(), "prediction.scope", || "expected a non-empty key".into());
+    check(errors, p.history.is_empty() || !p.model.is_empty(), "prediction.history", || "expected empty while prediction.model is empty (there is no model to seed)".into());
 
     check_kafka(c, errors);
     let t = &c.topics;

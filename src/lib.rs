@@ -57,6 +57,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod offsets;
 pub mod outputs;
+pub mod prediction_setup;
 pub mod predictor;
 pub mod rebalance;
 pub mod replay;

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::config::{AlertsConfig, MonitorConfig};
-use crate::outputs::{Alert, AlertSeverity, BreakerState, BreakerStateKind, Decision, DecisionKind, FallbackStep};
+use crate::outputs::{Alert, AlertSeverity, BreakerState, BreakerStateKind, Decision, DecisionKind, FallbackStep, Prediction};
 use crate::time::Millis;
 
 const MINUTE_MS: i64 = 60_000;
@@ -140,6 +140,31 @@ impl Monitor {
             suggested_action: format!("Calls to {} go to the fallback plan ({}); check the dependency's health and status page", s.dependency, plan.join(" → ")),
             value: s.failure_weight,
             threshold: 0.0,
+        });
+    }
+
+    /// The predictor started a cut ahead of a forecast spike: fires `predicted_spike`, the
+    /// proactive alert (with its own cool-down per scope).
+    pub fn on_predicted_spike(&mut self, p: &Prediction, spike_threshold: f64, until: Millis, out: &mut Vec<Alert>) {
+        let rule = self.rules.predicted_spike.clone();
+        if !rule.enabled || !self.cool(&("predicted_spike".into(), p.scope.clone()), rule.cooldown_s, p.ts) {
+            return;
+        }
+        out.push(Alert {
+            ts: p.ts,
+            rule: "predicted_spike",
+            severity: rule.severity,
+            title: format!("Demand spike forecast: {:.1}× the baseline in the next {} minutes", p.spike_factor, p.horizon_minutes),
+            message: format!(
+                "{} forecasts {:.0} requests/min ({:.0}–{:.0}) against a baseline of {:.0}/min, above {spike_threshold}× with probability {:.2}",
+                p.model, p.predicted, p.lower, p.upper, p.baseline, p.confidence
+            ),
+            suggested_action: format!(
+                "Limits are cut to {:.0}% until {until}; scale the backends or warm caches ahead of it, or raise the limits if the capacity is there",
+                100.0 / p.spike_factor
+            ),
+            value: p.spike_factor,
+            threshold: spike_threshold,
         });
     }
 
@@ -317,6 +342,43 @@ mod tests {
 
     fn minute(m: i64) -> Millis {
         Millis(m * MINUTE_MS)
+    }
+
+    #[test]
+    fn a_predicted_spike_alerts_once_per_cooldown_and_scope() {
+        let mut m = Monitor::new(&MonitorConfig::default(), &AlertsConfig::default());
+        let p = |minute: i64, scope: &str| Prediction {
+            ts: Millis(minute * MINUTE_MS),
+            scope: scope.into(),
+            horizon_start: Millis(minute * MINUTE_MS),
+            horizon_minutes: 60,
+            predicted: 600.0,
+            lower: 500.0,
+            upper: 700.0,
+            baseline: 100.0,
+            spike_factor: 6.0,
+            confidence: 0.97,
+            model: "poisson-5m".into(),
+        };
+        let mut out = Vec::new();
+        m.on_predicted_spike(&p(0, "global"), 2.0, Millis(60 * MINUTE_MS), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].rule, out[0].severity, out[0].value, out[0].threshold), ("predicted_spike", AlertSeverity::High, 6.0, 2.0));
+        assert!(out[0].title.contains("6.0×") && out[0].suggested_action.contains("17%"), "{:?}", out[0]);
+        // Within the hour's cool-down: quiet; another scope has its own.
+        m.on_predicted_spike(&p(59, "global"), 2.0, Millis(120 * MINUTE_MS), &mut out);
+        m.on_predicted_spike(&p(59, "checkout"), 2.0, Millis(120 * MINUTE_MS), &mut out);
+        assert_eq!(out.len(), 2);
+        m.on_predicted_spike(&p(60, "global"), 2.0, Millis(120 * MINUTE_MS), &mut out);
+        assert_eq!(out.len(), 3);
+        // A shorter cool-down lets the second one through.
+        let mut rules = AlertsConfig::default();
+        rules.predicted_spike.cooldown_s = 600;
+        let mut m = Monitor::new(&MonitorConfig::default(), &rules);
+        let mut out = Vec::new();
+        m.on_predicted_spike(&p(0, "global"), 2.0, Millis(0), &mut out);
+        m.on_predicted_spike(&p(30, "global"), 2.0, Millis(0), &mut out);
+        assert_eq!(out.len(), 2);
     }
 
     #[test]

@@ -12,10 +12,16 @@
 //! the predicted multiplier to `1 / spike_factor` (the forecast's) until the end of its horizon;
 //! a later spike forecast moves the end and the factor; the multiplier returns to 1 when the
 //! cut ends.
+//!
+//! Start-up: `seed` puts the counts of recent history in (the steps it covers are then closed, and
+//! requests in them are not counted again); without it, forecasts begin once the stream itself has
+//! filled the model's longest lag. Each request counts `weight` (an instance that owns a share of
+//! the requests partitions counts each of its requests as 1/share, to estimate the whole demand).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::demand::Series;
 use crate::forecast::DemandModel;
 use crate::outputs::Prediction;
 use crate::time::Millis;
@@ -38,6 +44,8 @@ impl Default for PredictorConfig {
 /// What one step boundary produced.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Step {
+    /// The boundary: the start of the new step.
+    pub at: Millis,
     pub prediction: Option<Prediction>,
     /// A new predicted multiplier for the limits (a cut, its change, or 1.0 when it ends).
     pub multiplier: Option<f64>,
@@ -64,6 +72,14 @@ pub struct Predictor {
     open: Option<(i64, f64)>,
     cut: Option<(f64, Millis)>,
     label: String,
+    /// Steps before this one were counted from the seed history.
+    seeded_until: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeedError {
+    #[error("the history is at a step of {history} ms, the model's is {model} ms")]
+    Step { history: i64, model: i64 },
 }
 
 impl Predictor {
@@ -72,7 +88,30 @@ impl Predictor {
         // The longest lag or mean, and a day for the baseline.
         let keep = model.features.warmup().max((86_400_000 / step_ms) as usize).max(1);
         let label = format!("{}-{}", model.family.label(), model.resolution);
-        Predictor { model, cfg, step_ms, keep, counts: VecDeque::with_capacity(keep + 1), first: 0, open: None, cut: None, label }
+        Predictor { model, cfg, step_ms, keep, counts: VecDeque::with_capacity(keep + 1), first: 0, open: None, cut: None, label, seeded_until: None }
+    }
+
+    /// The model's step.
+    pub fn step_ms(&self) -> i64 {
+        self.step_ms
+    }
+
+    /// Starts from the counts of recent history: its steps are closed, and the stream is counted
+    /// from the step after its last one. Call before any request.
+    pub fn seed(&mut self, history: &Series) -> Result<(), SeedError> {
+        if history.step_ms != self.step_ms {
+            return Err(SeedError::Step { history: history.step_ms, model: self.step_ms });
+        }
+        if history.values.is_empty() {
+            return Ok(());
+        }
+        let end = history.start.0.div_euclid(self.step_ms) + history.values.len() as i64;
+        let from = history.values.len().saturating_sub(self.keep);
+        self.counts = history.values[from..].iter().copied().collect();
+        self.first = end - self.counts.len() as i64;
+        self.open = Some((end, 0.0));
+        self.seeded_until = Some(end);
+        Ok(())
     }
 
     /// The multiplier in force (1.0 without a cut).
@@ -82,9 +121,18 @@ impl Predictor {
 
     /// Counts one request at `t` (after moving time to `t`).
     pub fn on_request(&mut self, t: Millis, out: &mut Vec<Step>) {
+        self.on_requests(t, 1.0, out);
+    }
+
+    /// Counts `weight` requests at `t` (after moving time to `t`). A request in a step the seed
+    /// history covers is not counted again; a later one that is late counts in the open step.
+    pub fn on_requests(&mut self, t: Millis, weight: f64, out: &mut Vec<Step>) {
         self.advance(t, out);
+        if self.seeded_until.is_some_and(|end| t.0.div_euclid(self.step_ms) < end) {
+            return;
+        }
         if let Some((_, n)) = self.open.as_mut() {
-            *n += 1.0;
+            *n += weight;
         }
     }
 
@@ -123,7 +171,7 @@ impl Predictor {
 
     fn forecast(&mut self, s: i64) -> Step {
         let now = Millis(s * self.step_ms);
-        let mut step = Step::default();
+        let mut step = Step { at: now, ..Step::default() };
         if let Some((_, until)) = self.cut
             && now >= until
         {
@@ -172,7 +220,6 @@ impl Predictor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demand::Series;
     use crate::features::{EventSpan, FeatureSpec, Transform};
     use crate::forecast::{Family, FitOptions, fit};
     use crate::scenario::SplitMix64;
@@ -257,6 +304,32 @@ mod tests {
             assert!((pr.predicted / (100.0 / 5.0) - 1.0).abs() < 0.2, "{pr:?}");
             assert!(pr.lower <= pr.predicted && pr.predicted <= pr.upper);
         }
+    }
+
+    #[test]
+    fn a_seeded_predictor_forecasts_at_once_and_does_not_count_the_history_twice() {
+        let events = surges(30);
+        let m = model(&events);
+        let mut p = Predictor::new(m.clone(), PredictorConfig::default());
+        let h = history(30, &events);
+        p.seed(&h).expect("same step");
+        assert_eq!(p.counts.len(), p.keep);
+        let end = 30 * 288;
+        let mut out = Vec::new();
+        // A request inside the history is not counted; the first boundary after it forecasts.
+        p.on_request(Millis((end - 1) * STEP), &mut out);
+        assert!(out.is_empty());
+        p.on_requests(Millis(end * STEP + 1), 2.0, &mut out);
+        p.advance(Millis((end + 1) * STEP), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].at, Millis((end + 1) * STEP));
+        assert!(out[0].prediction.is_some(), "a full history forecasts at the first boundary");
+        assert_eq!(p.counts.back(), Some(&2.0));
+        assert_eq!(p.counts.len(), p.keep);
+        // A history at another step is refused.
+        let mut q = Predictor::new(m, PredictorConfig::default());
+        let wrong = Series { start: Millis(0), step_ms: 60_000, values: vec![1.0; 10] };
+        assert_eq!(q.seed(&wrong), Err(SeedError::Step { history: 60_000, model: STEP }));
     }
 
     #[test]

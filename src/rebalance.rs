@@ -118,6 +118,8 @@ pub struct Shared {
     /// Set when the pipeline stops on an error: outputs of processed messages may not have been
     /// delivered, so the revocation that closing the consumer brings commits nothing.
     pub no_commit: bool,
+    /// The requests topic's partition count (0: unknown), for the predictor's demand weight.
+    pub requests_partitions: usize,
 }
 
 impl Shared {
@@ -131,6 +133,16 @@ impl Shared {
             failed: None,
             assignments: 0,
             no_commit: false,
+            requests_partitions: 0,
+        }
+    }
+
+    /// After the owned partitions changed: each request now stands for `partitions / owned` of
+    /// the whole demand the predictor forecasts.
+    fn reweigh(&mut self) {
+        if self.requests_partitions > 0 && !self.owned.is_empty() {
+            let w = self.requests_partitions as f64 / self.owned.len() as f64;
+            self.topology.set_demand_weight(w);
         }
     }
 
@@ -263,6 +275,7 @@ impl RunContext {
                     shared.changelog.drop_partition(tp.1);
                 }
             }
+            shared.reweigh();
             return;
         }
         // The dirty limiter state goes first: the commit below must not pass it.
@@ -336,6 +349,7 @@ impl RunContext {
                 }
             }
         }
+        shared.reweigh();
     }
 
     /// Sends the dirty limiter state from inside a callback (blocking while the producer queue is
@@ -379,6 +393,7 @@ impl RunContext {
         }
         to_restore.sort_unstable();
         if to_restore.is_empty() {
+            shared.reweigh();
             return;
         }
         tracing::info!(partitions = ?to_restore, topic = %self.changelog_topic, "restoring limiter state");
@@ -388,6 +403,7 @@ impl RunContext {
                 for (&p, r) in &done {
                     shared.owned.insert(p, r.counted.clone());
                 }
+                shared.reweigh();
                 let records: u64 = done.values().map(|r| r.records).sum();
                 let skipped: u64 = done.values().map(|r| r.skipped).sum();
                 tracing::info!(partitions = ?to_restore, records, skipped, took = ?started.elapsed(), "limiter state restored");

@@ -5,7 +5,8 @@
 //! with its `topic` (`decisions`, `limits`, `breakers`, `alerts`, `predictions`). Lines that fail
 //! to decode are handed to the caller with their line number and skipped. Blank lines are ignored.
 //! At the end of the input the monitor's last minute is closed, so its alerts are written too.
-//! The same input gives byte-identical output.
+//! The same input gives byte-identical output. With `[prediction] model` set, the model is loaded
+//! (and seeded from `[prediction] history`) before the first line.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
@@ -36,6 +37,8 @@ pub enum ReplayError {
     Write(io::Error),
     #[error("encoding output: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Prediction(#[from] crate::prediction_setup::PredictionSetupError),
 }
 
 /// Replays `input` into `output`. `on_skip` is told about each line that failed to decode.
@@ -57,7 +60,8 @@ pub fn replay<R: BufRead, W: Write>(
         n if n == topics.telemetry => Some(InputTopic::Telemetry),
         _ => None,
     };
-    let mut topology = Topology::new(cfg.clone());
+    let predictor = crate::prediction_setup::load_blocking(&cfg.prediction)?;
+    let mut topology = Topology::new(cfg.clone()).with_predictor(predictor);
     let mut summary = ReplaySummary::default();
     let mut outs = Vec::new();
     let mut buf = Vec::with_capacity(64 * 1024);

@@ -135,7 +135,7 @@ pub async fn run_with(
         tracing::info!("exactly-once: outputs, limiter state and offsets commit together");
     }
     let t = &cfg.topics;
-    check_changelog_partitions(&producer, t)?;
+    let requests_partitions = check_changelog_partitions(&producer, t)?;
     // The control side first: every partition of the control topics, from the lookback on,
     // folded into the topology before this instance decides anything.
     let control: StreamConsumer = consumer_config
@@ -143,14 +143,17 @@ pub async fn run_with(
         .set("group.id", &cfg.kafka.group_id)
         .set("enable.auto.commit", "false")
         .create()?;
-    let mut topology = Topology::new(cfg.clone());
+    let predictor = crate::prediction_setup::load(&cfg.prediction).await?;
+    let mut topology = Topology::new(cfg.clone()).with_predictor(predictor);
     let plan = control::assign(&control, &cfg)?;
     let started = Instant::now();
     let catch_up_client = consumer_config.clone().set("group.id", format!("{}.catch-up", cfg.kafka.group_id)).clone();
     let read = control::catch_up(&catch_up_client, plan, &mut topology, &cfg, CATCH_UP_TIMEOUT).await?;
     tracing::info!(messages = read, took = ?started.elapsed(), lookback_s = cfg.kafka.control_lookback_s, "control state rebuilt from the control topics");
 
-    let shared = Arc::new(Mutex::new(Shared::new(topology)));
+    let mut sh = Shared::new(topology);
+    sh.requests_partitions = requests_partitions;
+    let shared = Arc::new(Mutex::new(sh));
     let context = RunContext {
         shared: shared.clone(),
         deliveries: deliveries.clone(),
@@ -333,8 +336,9 @@ pub async fn run_with(
 }
 
 
-/// Refuses to start when the changelog has fewer partitions than the requests topic.
-fn check_changelog_partitions(producer: &OutputProducer, t: &crate::config::TopicsConfig) -> Result<(), RunError> {
+/// Refuses to start when the changelog has fewer partitions than the requests topic; returns the
+/// requests topic's partition count.
+fn check_changelog_partitions(producer: &OutputProducer, t: &crate::config::TopicsConfig) -> Result<usize, RunError> {
     let count = |topic: &str| -> Result<usize, RunError> {
         let md = tokio::task::block_in_place(|| producer.client().fetch_metadata(Some(topic), Duration::from_secs(30)))?;
         Ok(md.topics().first().map_or(0, |m| m.partitions().len()))
@@ -343,6 +347,6 @@ fn check_changelog_partitions(producer: &OutputProducer, t: &crate::config::Topi
     if changelog < requests {
         return Err(RunError::ChangelogPartitions { changelog: t.changelog.clone(), has: changelog, requests: t.requests.clone(), needs: requests });
     }
-    Ok(())
+    Ok(requests)
 }
 

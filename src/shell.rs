@@ -39,6 +39,8 @@ pub enum RunError {
     Restore(String),
     #[error("exactly-once transaction failed (aborted; a restart resumes from the last committed one): {0}")]
     Transaction(KafkaError),
+    #[error(transparent)]
+    Prediction(#[from] crate::prediction_setup::PredictionSetupError),
     #[error("topic {changelog} has {has} partitions, fewer than {requests} ({needs}): each requests partition keeps its state in the changelog partition of the same number")]
     ChangelogPartitions { changelog: String, has: usize, requests: String, needs: usize },
 }

@@ -7,7 +7,9 @@
 //! timers fire, finished minutes close and their alert rules run, idle users are swept); then the
 //! event itself goes to its processor: requests → limiter → decisions; outcomes → breakers →
 //! breaker states (→ adaptive limits, → alerts); admin actions → breakers (the same way);
-//! telemetry → health → adaptive limits.
+//! telemetry → health → adaptive limits. With a demand model (`with_predictor`), requests are also
+//! counted per model step, and each step boundary publishes a prediction; a forecast spike cuts
+//! the limits (the `predicted` multiplier) and fires the proactive alert.
 
 use std::sync::Arc;
 
@@ -20,6 +22,7 @@ use crate::health::HealthView;
 use crate::limiter::{ImportError, Limiter, Quota, SavedState};
 use crate::monitor::Monitor;
 use crate::outputs::{BreakerState, Decision, DecisionKind, Output};
+use crate::predictor::{Predictor, Step};
 use crate::strategy::StrategyTable;
 use crate::time::Millis;
 
@@ -38,6 +41,7 @@ pub struct Counters {
     pub breaker_states: u64,
     pub alerts: u64,
     pub evicted_users: u64,
+    pub predictions: u64,
 }
 
 /// Whether a request is already counted in the limiter's state.
@@ -81,6 +85,12 @@ pub struct Topology {
     /// The configured dependencies: only their breakers move the api multiplier (an outcome for
     /// any other name gets a breaker and published states, but must not cut every limit).
     upstream: Vec<Arc<str>>,
+    predictor: Option<Predictor>,
+    /// What each request counts for in the predictor (1 / the share of the requests partitions
+    /// this instance owns).
+    demand_weight: f64,
+    spike_factor: f64,
+    scratch_steps: Vec<Step>,
 }
 
 fn index_of(names: &[Arc<str>], name: &str) -> Option<usize> {
@@ -111,8 +121,26 @@ impl Topology {
             counters: Counters::default(),
             scratch_breakers: Vec::new(),
             upstream: cfg.dependencies.keys().map(|k| Arc::from(k.as_str())).collect(),
+            predictor: None,
+            demand_weight: 1.0,
+            spike_factor: cfg.prediction.spike_factor,
+            scratch_steps: Vec::new(),
             tiers,
             request_types,
+        }
+    }
+
+    /// Adds predictive limits (see `predictor.rs`); the shell loads and seeds the predictor.
+    pub fn with_predictor(mut self, predictor: Option<Predictor>) -> Self {
+        self.predictor = predictor;
+        self
+    }
+
+    /// Each request counts `weight` requests of demand: an instance that owns k of n requests
+    /// partitions sees about k/n of the requests (users are spread by hash), so it counts n/k.
+    pub fn set_demand_weight(&mut self, weight: f64) {
+        if weight.is_finite() && weight > 0.0 {
+            self.demand_weight = weight;
         }
     }
 
@@ -212,6 +240,7 @@ impl Topology {
                 self.limits.snapshot(now, "initial", &mut updates);
                 self.push_limits(updates, out);
                 self.next_sweep = now.plus_ms(self.sweep_every_ms);
+                self.predict(now, None, out);
             }
             Some(w) if now > w => {
                 self.watermark = Some(now);
@@ -230,9 +259,38 @@ impl Topology {
                     self.counters.evicted_users += evicted as u64;
                     self.next_sweep = now.plus_ms(self.sweep_every_ms);
                 }
+                self.predict(now, None, out);
             }
             Some(_) => {}
         }
+    }
+
+    /// Moves the predictor to `now` (counting `requests` there, if any) and publishes what its
+    /// step boundaries produced: predictions, the predicted multiplier, the proactive alert.
+    fn predict(&mut self, now: Millis, requests: Option<f64>, out: &mut Vec<Output>) {
+        let Some(p) = self.predictor.as_mut() else { return };
+        let mut steps = std::mem::take(&mut self.scratch_steps);
+        match requests {
+            Some(n) => p.on_requests(now, n, &mut steps),
+            None => p.advance(now, &mut steps),
+        }
+        for step in steps.drain(..) {
+            if let Some(m) = step.multiplier {
+                let mut updates = Vec::new();
+                self.limits.set_predicted(m, step.at, &mut updates);
+                self.push_limits(updates, out);
+            }
+            if let (Some(spike), Some(pred)) = (step.spike, step.prediction.as_ref()) {
+                let mut alerts = Vec::new();
+                self.monitor.on_predicted_spike(pred, self.spike_factor, spike.until, &mut alerts);
+                self.push_alerts(alerts, out);
+            }
+            if let Some(pred) = step.prediction {
+                self.counters.predictions += 1;
+                out.push(Output::Prediction(pred));
+            }
+        }
+        self.scratch_steps = steps;
     }
 
     fn push_limits(&mut self, updates: Vec<crate::outputs::LimitUpdate>, out: &mut Vec<Output>) {
@@ -247,6 +305,7 @@ impl Topology {
 
     fn on_request(&mut self, partition: i32, counted: Counted, ev: RequestEvent, out: &mut Vec<Output>) {
         self.counters.requests += 1;
+        self.predict(ev.ts, Some(self.demand_weight), out);
         let (tier, unknown_tier) = match index_of(&self.tiers, &ev.tier) {
             Some(i) => (i, None),
             None => (self.default_tier, Some(ev.tier)),

@@ -59,6 +59,16 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
     ("kafka.partitions.predictions", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.partitions.alerts", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.partitions.dlq", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("prediction.model", "prediction is off by default (no model); tests/predictive.rs replays with a model file, and with a missing and a bad one"),
+    ("prediction.history", "prediction is off by default; tests/predictive.rs seeds from a history (predictions from the first step) and refuses a history without a model"),
+    ("prediction.history_kind", "prediction is off by default; tests/predictive.rs reads a history as a series, and the same file as events (one request per row) forecasts far less"),
+    ("prediction.scope", "prediction is off by default; tests/predictive.rs perturbs it with a model"),
+    ("prediction.spike_factor", "prediction is off by default; tests/predictive.rs perturbs it with a model"),
+    ("prediction.min_confidence", "prediction is off by default; tests/predictive.rs perturbs it with a model"),
+    ("prediction.coverage", "prediction is off by default; tests/predictive.rs perturbs it with a model"),
+    ("alerts.predicted_spike.enabled", "fires only with a demand model; tests/predictive.rs perturbs it with one"),
+    ("alerts.predicted_spike.severity", "fires only with a demand model; tests/predictive.rs perturbs it with one"),
+    ("alerts.predicted_spike.cooldown_s", "fires only with a demand model; monitor.rs's unit test holds a second spike within the cool-down"),
 ];
 
 /// Keys whose every strong perturbation fails validation: that failure, naming the key's rule, is

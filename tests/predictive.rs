@@ -57,22 +57,27 @@ fn model_json(events: &[EventSpan]) -> String {
 
 /// The requests of day 31: `n(step)` per 5-minute step, spread over the step and 500 users.
 fn day_31(n: impl Fn(Millis) -> u32) -> Vec<u8> {
+    support::jsonl(&requests_of_day_31(288, n).into_iter().map(InputEvent::Request).collect::<Vec<_>>())
+}
+
+/// The first `steps` 5-minute steps of day 31, `n(step)` requests in each.
+fn requests_of_day_31(steps: i64, n: impl Fn(Millis) -> u32) -> Vec<RequestEvent> {
     let mut events = Vec::new();
-    for s in 0..288 {
+    for s in 0..steps {
         let start = Millis(T0 + 31 * DAY + s * STEP);
         let count = n(start);
         for k in 0..count {
-            events.push(InputEvent::Request(RequestEvent {
+            events.push(RequestEvent {
                 id: format!("r{s}-{k}").into(),
                 ts: Millis(start.0 + i64::from(k) * STEP / i64::from(count)),
                 user_id: format!("u{}", k % 500).into(),
                 tier: "enterprise".into(),
                 request_type: "standard".into(),
                 cost: 1,
-            }));
+            });
         }
     }
-    support::jsonl(&events)
+    events
 }
 
 struct Case {
@@ -268,4 +273,78 @@ fn a_missing_or_bad_model_fails_start_up_naming_the_key() {
     let res = Command::new(support::bin()).args(["check-config", &config]).output().expect("run surgeguard");
     assert!(!res.status.success());
     assert!(String::from_utf8_lossy(&res.stderr).contains("prediction.history"));
+}
+
+/// `surgeguard run` on the mock cluster with the same model: predictions, the cut and the
+/// proactive alert reach their topics. The requests go to six partitions, read in batches, so
+/// event time is not in order across them; a late request counts in the step open when it
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_publishes_predictions_the_cut_and_the_alert() {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use std::time::{Duration, Instant};
+
+    let case = Case::new(true);
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let mut cfg = surgeguard::config_load::load_str(&case.pipeline(""), "predictive.toml").unwrap_or_else(|e| panic!("{e}"));
+    cfg.kafka.create_topics = false;
+    cfg.kafka.group_id = "predictive".into();
+    cfg.kafka.wall_clock_after_idle_ms = 0;
+    for spec in surgeguard::kafka_topics::specs(&cfg) {
+        cluster.create_topic(&spec.name, spec.partitions, 1).expect("create topic");
+    }
+    let cfg = std::sync::Arc::new(cfg);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = {
+        let (cfg, brokers) = (cfg.clone(), brokers.clone());
+        tokio::spawn(async move { surgeguard::runtime::run(cfg, &brokers, async { stopped.await.ok(); }).await })
+    };
+    // Day 31 from midnight to 12:30: the campaign starts at 12:00.
+    let surge = campaign(31);
+    let requests = requests_of_day_31(150, |t| if surge.start <= t && t < surge.end { 600 } else { 100 });
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create().expect("producer");
+    let mut pending = Vec::new();
+    for r in &requests {
+        let value = serde_json::to_vec(r).expect("encodable");
+        let record = FutureRecord::to(&cfg.topics.requests).key(r.user_id.as_str()).payload(&value);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueued"));
+    }
+    for p in pending {
+        p.await.expect("delivery report").map_err(|(e, _)| e).expect("produced");
+    }
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "predictive-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let t = &cfg.topics;
+    consumer.subscribe(&[&t.predictions, &t.limits, &t.alerts, &t.decisions]).expect("subscribe");
+    let (mut predictions, mut cut, mut alert, mut decisions) = (0usize, None, None, 0usize);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (decisions < requests.len() || alert.is_none()) && Instant::now() < deadline {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else { continue };
+        let v: Value = serde_json::from_slice(m.payload().unwrap_or(b"{}")).expect("JSON");
+        match m.topic() {
+            x if x == t.predictions => predictions += 1,
+            x if x == t.limits && cut.is_none() && predicted_multiplier(&v) < 1.0 => cut = Some(ts(&v)),
+            x if x == t.alerts && v["rule"] == "predicted_spike" => alert = Some(ts(&v)),
+            x if x == t.decisions => decisions += 1,
+            _ => {}
+        }
+    }
+    stop.send(()).ok();
+    let stats = service.await.expect("service task").expect("service stopped cleanly");
+    assert_eq!(stats.consumed, requests.len() as u64);
+    assert_eq!(decisions, requests.len());
+    assert!(predictions >= 140, "{predictions} predictions");
+    let cut = cut.expect("a predictive cut on the limits topic");
+    assert!(cut < surge.start && cut.0 >= surge.start.0 - HOUR, "cut at {cut}");
+    assert_eq!(alert, Some(cut), "the proactive alert comes with the cut");
 }

@@ -271,6 +271,95 @@ async fn aggregate_checked(source: &DemandSource, step_ms: i64) -> Result<BTreeM
         .collect())
 }
 
+/// Request events read back from history files, in time order (ties by id), a batch at a time:
+/// the input of `whatif`. Columns: the timestamp (as `aggregate` reads it), `user_id` (required),
+/// `id`, `tier`, `request_type` (empty when absent: the pipeline's defaults apply) and `cost`
+/// (1 when absent or null). Rows without a time are skipped.
+pub struct RequestReader {
+    stream: datafusion::physical_plan::SendableRecordBatchStream,
+    path: String,
+    /// Rows in the files (counted before reading).
+    pub total: u64,
+    read: u64,
+}
+
+impl RequestReader {
+    pub async fn open(path: &str, ts_column: &str) -> Result<Self, DemandError> {
+        for f in parquet_files(Path::new(path)) {
+            check_parquet(&f)?;
+        }
+        let ctx = SessionContext::new();
+        register(&ctx, path).await?;
+        let schema = ctx.table("history").await.map_err(|e| DemandError::Read { path: path.into(), message: e.to_string() })?.schema().as_arrow().clone();
+        let has = |name: &str| schema.field_with_name(name).is_ok();
+        let missing = |name: &str| DemandError::MissingColumn {
+            path: path.into(),
+            column: name.into(),
+            available: schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
+        };
+        let ts_type = schema.field_with_name(ts_column).map(|f| f.data_type().clone()).map_err(|_| missing(ts_column))?;
+        if !has("user_id") {
+            return Err(missing("user_id"));
+        }
+        let ts = time_expr(path, ts_column, &ts_type)?;
+        let text = |name: &str| if has(name) { format!("CAST({} AS VARCHAR)", ident(name)) } else { "''".to_string() };
+        let cost = if has("cost") { format!("CAST({} AS BIGINT)", ident("cost")) } else { "1".to_string() };
+        let sql = format!(
+            "SELECT CAST({ts} AS BIGINT) AS ts_ms, {} AS id, {} AS user_id, {} AS tier, {} AS request_type, {cost} AS cost \
+             FROM history WHERE {ts} IS NOT NULL ORDER BY ts_ms, id",
+            text("id"),
+            text("user_id"),
+            text("tier"),
+            text("request_type"),
+        );
+        let count = ctx.sql("SELECT COUNT(*) FROM history").await?.collect().await?;
+        let total = count.first().and_then(|b| cast(b.column(0), &DataType::Int64).ok()).and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.value(0))).unwrap_or(0);
+        let stream = ctx.sql(&sql).await?.execute_stream().await?;
+        Ok(RequestReader { stream, path: path.to_string(), total: total.max(0) as u64, read: 0 })
+    }
+
+    /// Appends the next batch of requests to `out`; false at the end. A row with a cost below 1
+    /// is an error naming it.
+    pub async fn next_batch(&mut self, out: &mut Vec<crate::events::RequestEvent>) -> Result<bool, DemandError> {
+        use futures_util::StreamExt;
+        let Some(batch) = self.stream.next().await else { return Ok(false) };
+        let b = batch?;
+        let col = |i: usize, t: &DataType| cast(b.column(i), t);
+        let (ts, cost) = (col(0, &DataType::Int64)?, col(5, &DataType::Int64)?);
+        let texts = [col(1, &DataType::Utf8)?, col(2, &DataType::Utf8)?, col(3, &DataType::Utf8)?, col(4, &DataType::Utf8)?];
+        let unexpected = || DemandError::Arrow(ArrowError::CastError("unexpected result columns".into()));
+        let ts = ts.as_any().downcast_ref::<Int64Array>().ok_or_else(unexpected)?;
+        let cost = cost.as_any().downcast_ref::<Int64Array>().ok_or_else(unexpected)?;
+        let mut strs = Vec::with_capacity(4);
+        for t in &texts {
+            strs.push(t.as_any().downcast_ref::<StringArray>().ok_or_else(unexpected)?);
+        }
+        fn text(a: &StringArray, i: usize) -> &str {
+            if a.is_null(i) { "" } else { a.value(i) }
+        }
+        for i in 0..b.num_rows() {
+            self.read += 1;
+            let id = text(strs[0], i);
+            let units = if cost.is_null(i) { 1 } else { cost.value(i) };
+            let Ok(units) = u32::try_from(units) else {
+                return Err(DemandError::Read { path: self.path.clone(), message: format!("request {id:?} (row {}): cost {units} is not a whole number ≥ 1", self.read) });
+            };
+            if units == 0 {
+                return Err(DemandError::Read { path: self.path.clone(), message: format!("request {id:?} (row {}): cost 0, expected ≥ 1", self.read) });
+            }
+            out.push(crate::events::RequestEvent {
+                id: if id.is_empty() { format!("row-{}", self.read).into() } else { id.into() },
+                ts: Millis(ts.value(i)),
+                user_id: text(strs[1], i).into(),
+                tier: text(strs[2], i).into(),
+                request_type: text(strs[3], i).into(),
+                cost: units,
+            });
+        }
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

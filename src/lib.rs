@@ -68,3 +68,4 @@ pub mod sim;
 pub mod strategy;
 pub mod time;
 pub mod topology;
+pub mod whatif;

@@ -12,6 +12,7 @@ use surgeguard::config::Config;
 use surgeguard::{config_load, replay};
 
 mod cli_demand;
+mod cli_whatif;
 
 #[derive(Parser)]
 #[command(name = "surgeguard", version, about = "Keeps API-backed products alive under demand surges")]
@@ -142,6 +143,12 @@ enum Command {
         /// The report directory.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Replay request history through one or more pipeline files (limit policies) and compare
+    /// what each allows, graces and throttles per tier, and how often it exceeds a capacity.
+    Whatif {
+        #[command(flatten)]
+        args: cli_whatif::WhatifArgs,
     },
     /// Generate synthetic input.
     Gen {
@@ -374,6 +381,7 @@ fn main() -> ExitCode {
         Command::Bench { config, brokers, events, rate, seconds, warmup, rounds, side } => {
             run_bench(&config, &brokers, surgeguard::bench::BenchOptions { events, rate, seconds, warmup, rounds, side })
         }
+        Command::Whatif { args } => cli_whatif::run_whatif(&args),
         Command::Gen { what: Gen::Surge { scale, seed, requests_only, out } } => run_gen_surge(scale, seed, requests_only, out.as_deref()),
         Command::Gen { what: Gen::History { days, out, seed, peak_rpm, start } } => run_gen_history(days, &out, seed, peak_rpm, &start),
         Command::Aggregate { source, group_by, out } => run_aggregate(&source, group_by, out.as_deref()),

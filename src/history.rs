@@ -185,6 +185,36 @@ impl HistoryWriter {
     }
 }
 
+/// Writes `events` (in the order given) to one Parquet file at `path`, atomically: into a hidden
+/// temporary file beside it, synced, then renamed over `path` (and the directory synced), so a
+/// crash leaves either the whole file or none (a stray `.tmp` at most, which no reader takes).
+pub fn write_file_atomic(path: &Path, events: &[RequestEvent]) -> Result<(), HistoryError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HistoryError::Io { path, source }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let file = File::create(&tmp).map_err(io(&tmp))?;
+    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+    let mut w = ArrowWriter::try_new(file, schema(), Some(props))?;
+    let mut b = Builders::new();
+    for chunk in events.chunks(BATCH_ROWS) {
+        for e in chunk {
+            b.push(e);
+        }
+        w.write(&b.finish()?)?;
+    }
+    let file = w.into_inner()?;
+    file.sync_all().map_err(io(&tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,6 +57,28 @@ enum Command {
         #[arg(long)]
         brokers: Option<String>,
     },
+    /// Archive the requests topic as Parquet request history (date/hour partitions, no
+    /// duplicates after a crash) until SIGINT or SIGTERM.
+    Archive {
+        /// The pipeline TOML file (topics, brokers, Kafka properties).
+        #[arg(long, default_value = "pipelines/default.toml")]
+        config: PathBuf,
+        /// Bootstrap servers (overrides `kafka.brokers`).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// The archive directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// The consumer group (default: `kafka.group_id` + `.archive`).
+        #[arg(long)]
+        group: Option<String>,
+        /// Flush a partition's buffer once its oldest record has waited this long.
+        #[arg(long, default_value = "60s")]
+        flush_every: String,
+        /// Flush a partition's buffer once it holds this many records.
+        #[arg(long, default_value_t = 100_000)]
+        max_rows: usize,
+    },
     /// The seed's Monday-morning surge against a simulated backend, without and with
     /// surgeguard, on an embedded Kafka (librdkafka's mock cluster); prints what it measured.
     Demo {
@@ -306,20 +328,36 @@ fn run_replay(config: &Path, input: &Path, out: Option<&Path>) -> anyhow::Result
     Ok(())
 }
 
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
 fn run_service(config: &Path, brokers: Option<&str>) -> anyhow::Result<()> {
     let cfg = load(config)?;
     let brokers = brokers.map_or_else(|| cfg.kafka.brokers.clone(), str::to_string);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(async {
-        let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => tracing::info!("SIGTERM: shutting down"),
-            }
-        };
-        surgeguard::runtime::run(cfg, &brokers, shutdown).await
-    })?;
+    runtime.block_on(surgeguard::runtime::run(cfg, &brokers, shutdown_signal()))?;
+    Ok(())
+}
+
+fn run_archive(config: &Path, brokers: Option<&str>, dir: PathBuf, group: Option<String>, flush_every: &str, max_rows: usize) -> anyhow::Result<()> {
+    let cfg = load(config)?;
+    let brokers = brokers.map_or_else(|| cfg.kafka.brokers.clone(), str::to_string);
+    let flush_ms = surgeguard::demand::parse_resolution(flush_every).map_err(|_| anyhow::anyhow!("--flush-every {flush_every:?}: expected a duration such as 500ms, 30s or 5m"))?;
+    anyhow::ensure!(max_rows >= 1, "--max-rows must be at least 1");
+    let group = group.unwrap_or_else(|| format!("{}.archive", cfg.kafka.group_id));
+    let opts = surgeguard::archive_run::ArchiveOptions { dir, group, flush_every: std::time::Duration::from_millis(flush_ms as u64), max_rows };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let stats = runtime.block_on(surgeguard::archive_run::archive(cfg, &brokers, opts, shutdown_signal()))?;
+    eprintln!(
+        "archived {} requests in {} files ({} read again and skipped, {} undecodable skipped, {} files of incomplete flushes removed)",
+        stats.archived, stats.files, stats.already_archived, stats.undecodable, stats.removed_incomplete
+    );
     Ok(())
 }
 
@@ -377,6 +415,7 @@ fn main() -> ExitCode {
         },
         Command::Replay { config, input, out } => run_replay(&config, &input, out.as_deref()),
         Command::Run { config, brokers } => run_service(&config, brokers.as_deref()),
+        Command::Archive { config, brokers, out, group, flush_every, max_rows } => run_archive(&config, brokers.as_deref(), out, group, &flush_every, max_rows),
         Command::Demo { config, speed, seed } => run_demo(&config, speed, seed),
         Command::Bench { config, brokers, events, rate, seconds, warmup, rounds, side } => {
             run_bench(&config, &brokers, surgeguard::bench::BenchOptions { events, rate, seconds, warmup, rounds, side })

@@ -1,0 +1,269 @@
+//! `surgeguard archive`: a consumer group on the requests topic that writes request history as
+//! Parquet (`archive.rs` for the files and the crash rules). Per partition, records are buffered
+//! and flushed when the buffer holds `max_rows` or its oldest record waited `flush_every`; after a
+//! flush's files are in place the partition's offset is committed. A revoked partition's buffer
+//! is dropped (its new owner reads it again from the committed offset); on shutdown every buffer
+//! is flushed and committed. Messages that fail to decode are counted and skipped (`surgeguard
+//! run` sends them to the DLQ).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::archive::{PartitionBuffer, recover};
+use crate::config::Config;
+use crate::decode;
+use crate::events::{InputEvent, InputTopic};
+use crate::history::HistoryError;
+use crate::rebalance::lock;
+
+#[derive(Debug, Clone)]
+pub struct ArchiveOptions {
+    pub dir: PathBuf,
+    pub group: String,
+    pub flush_every: Duration,
+    pub max_rows: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArchiveStats {
+    pub consumed: u64,
+    pub archived: u64,
+    /// Records already in the archive (read again after a crash or a rebalance), skipped.
+    pub already_archived: u64,
+    pub undecodable: u64,
+    pub files: u64,
+    pub removed_incomplete: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("archive: {0}")]
+    History(#[from] HistoryError),
+}
+
+/// Tells the loop which partitions the group took away and which it owns.
+struct ArchiveContext {
+    owned: Arc<Mutex<HashSet<i32>>>,
+    revoked: Arc<Mutex<Vec<i32>>>,
+}
+
+impl ClientContext for ArchiveContext {}
+
+impl ConsumerContext for ArchiveContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut owned = lock(&self.owned);
+            let mut revoked = lock(&self.revoked);
+            for e in tpl.elements() {
+                owned.remove(&e.partition());
+                revoked.push(e.partition());
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut owned = lock(&self.owned);
+            owned.extend(tpl.elements().iter().map(|e| e.partition()));
+            tracing::info!(partitions = ?owned, "archiving partitions");
+        }
+    }
+}
+
+struct Archiver<'a> {
+    consumer: &'a StreamConsumer<ArchiveContext>,
+    topic: String,
+    opts: ArchiveOptions,
+    buffers: HashMap<i32, (PartitionBuffer, Instant)>,
+    /// The last offset already archived per partition (records at or below are skipped), from
+    /// the scan when the partition was first seen.
+    archived: HashMap<i32, Option<i64>>,
+    /// The last offset seen per partition (archived, buffered or skipped), for the commit.
+    seen: HashMap<i32, i64>,
+    committed: HashMap<i32, i64>,
+    stats: ArchiveStats,
+}
+
+impl Archiver<'_> {
+    fn forget(&mut self, revoked: Vec<i32>) {
+        for p in revoked {
+            if let Some((b, _)) = self.buffers.remove(&p) {
+                tracing::info!(partition = p, dropped = b.len(), "partition revoked: its buffered records are its new owner's");
+            }
+            self.archived.remove(&p);
+            self.seen.remove(&p);
+            self.committed.remove(&p);
+        }
+    }
+
+    fn on_message(&mut self, partition: i32, offset: i64, payload: &[u8]) -> Result<(), ArchiveError> {
+        self.stats.consumed += 1;
+        let archived = match self.archived.get(&partition) {
+            Some(a) => *a,
+            None => {
+                let (dir, topic) = (self.opts.dir.clone(), self.topic.clone());
+                let r = tokio::task::block_in_place(|| recover(&dir, &topic, partition))?;
+                for f in &r.removed {
+                    tracing::warn!(file = %f.display(), "removed a file of an incomplete flush (a crash between its renames)");
+                }
+                self.stats.removed_incomplete += r.removed.len() as u64;
+                tracing::info!(partition, archived_up_to = ?r.archived_up_to, "archive scanned");
+                self.archived.insert(partition, r.archived_up_to);
+                r.archived_up_to
+            }
+        };
+        let seen = self.seen.entry(partition).or_insert(offset);
+        *seen = (*seen).max(offset);
+        if archived.is_some_and(|a| offset <= a) {
+            self.stats.already_archived += 1;
+            return Ok(());
+        }
+        match decode::decode(InputTopic::Requests, payload) {
+            Ok(InputEvent::Request(r)) => {
+                let (b, _) = self.buffers.entry(partition).or_insert_with(|| (PartitionBuffer::default(), Instant::now()));
+                b.push(offset, r);
+                if b.len() >= self.opts.max_rows {
+                    self.flush(partition)?;
+                }
+            }
+            Ok(_) => self.stats.undecodable += 1,
+            Err(e) => {
+                self.stats.undecodable += 1;
+                tracing::debug!(partition, offset, error = %e, "skipped an undecodable request");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one partition's buffer, then commits everything seen in it.
+    fn flush(&mut self, partition: i32) -> Result<(), ArchiveError> {
+        if let Some((mut b, _)) = self.buffers.remove(&partition) {
+            let rows = b.len() as u64;
+            let (dir, topic) = (self.opts.dir.clone(), self.topic.clone());
+            let written = tokio::task::block_in_place(|| b.flush(&dir, &topic, partition));
+            match written {
+                Ok(Some((files, last))) => {
+                    self.stats.archived += rows;
+                    self.stats.files += files.len() as u64;
+                    self.archived.insert(partition, Some(last));
+                    tracing::debug!(partition, rows, files = files.len(), last, "flushed");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Keep the records: the flush is retried (its renamed files, if any, are an
+                    // incomplete flush that a restart removes).
+                    self.buffers.insert(partition, (b, Instant::now()));
+                    return Err(e.into());
+                }
+            }
+        }
+        self.commit(partition)
+    }
+
+    fn commit(&mut self, partition: i32) -> Result<(), ArchiveError> {
+        let Some(&seen) = self.seen.get(&partition) else { return Ok(()) };
+        // Records after the last flushed one are still buffered: commit up to the flush only.
+        let upto = match self.buffers.get(&partition) {
+            Some((b, _)) if !b.is_empty() => return Ok(()),
+            _ => seen,
+        };
+        if self.committed.get(&partition) == Some(&upto) {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(upto + 1))?;
+        let consumer = self.consumer;
+        tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))?;
+        self.committed.insert(partition, upto);
+        Ok(())
+    }
+
+    /// Flushes the buffers that are full or old enough; commits partitions with only skipped
+    /// records since their last commit.
+    fn sweep(&mut self, all: bool) -> Result<(), ArchiveError> {
+        let due: Vec<i32> = self.buffers.iter().filter(|(_, (_, since))| all || since.elapsed() >= self.opts.flush_every).map(|(p, _)| *p).collect();
+        for p in due {
+            self.flush(p)?;
+        }
+        let idle: Vec<i32> = self.seen.keys().copied().filter(|p| !self.buffers.contains_key(p)).collect();
+        for p in idle {
+            self.commit(p)?;
+        }
+        Ok(())
+    }
+}
+
+/// Archives the requests topic into `opts.dir` until `shutdown` completes.
+pub async fn archive(cfg: Arc<Config>, brokers: &str, opts: ArchiveOptions, shutdown: impl Future<Output = ()>) -> Result<ArchiveStats, ArchiveError> {
+    let owned = Arc::new(Mutex::new(HashSet::new()));
+    let revoked = Arc::new(Mutex::new(Vec::new()));
+    let consumer: StreamConsumer<ArchiveContext> = crate::runtime::client_config(&cfg, brokers)
+        .set("group.id", &opts.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create_with_context(ArchiveContext { owned: owned.clone(), revoked: revoked.clone() })?;
+    let topic = cfg.topics.requests.clone();
+    consumer.subscribe(&[topic.as_str()])?;
+    tracing::info!(brokers, group = %opts.group, topic = %topic, dir = %opts.dir.display(), "archiving");
+    let mut a = Archiver {
+        consumer: &consumer,
+        topic,
+        opts: opts.clone(),
+        buffers: HashMap::new(),
+        archived: HashMap::new(),
+        seen: HashMap::new(),
+        committed: HashMap::new(),
+        stats: ArchiveStats::default(),
+    };
+    let mut tick = tokio::time::interval(opts.flush_every.clamp(Duration::from_millis(50), Duration::from_secs(1)));
+    let mut ticks = 0u64;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {
+                a.forget(std::mem::take(&mut *lock(&revoked)));
+                a.sweep(false)?;
+                ticks += 1;
+                if ticks % 60 == 1 {
+                    let s = a.stats;
+                    tracing::info!(consumed = s.consumed, archived = s.archived, files = s.files, already_archived = s.already_archived, undecodable = s.undecodable, "progress");
+                }
+            }
+            m = consumer.recv() => {
+                a.forget(std::mem::take(&mut *lock(&revoked)));
+                match m {
+                    Ok(m) => {
+                        if !lock(&owned).contains(&m.partition()) {
+                            continue;
+                        }
+                        a.on_message(m.partition(), m.offset(), m.payload().unwrap_or(&[]))?;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+    a.forget(std::mem::take(&mut *lock(&revoked)));
+    a.sweep(true)?;
+    let stats = a.stats;
+    consumer.unsubscribe();
+    tracing::info!(consumed = stats.consumed, archived = stats.archived, files = stats.files, already_archived = stats.already_archived, undecodable = stats.undecodable, "stopped");
+    Ok(stats)
+}

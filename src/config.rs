@@ -471,6 +471,10 @@ pub struct PredictionConfig {
     pub min_confidence: f64,
     /// The coverage of the published interval (lower, upper).
     pub coverage: f64,
+    /// A request counts in its own step until event time has passed the step's end by this
+    /// much; later ones are not counted (requests partitions are read in turns, so event time
+    /// runs a little ahead of some of them).
+    pub allowed_lateness_s: u32,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -491,6 +495,7 @@ impl Default for PredictionConfig {
             spike_factor: 2.0,
             min_confidence: 0.8,
             coverage: 0.95,
+            allowed_lateness_s: 60,
         }
     }
 }

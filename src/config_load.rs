@@ -432,6 +432,7 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     check(errors, p.spike_factor > 1.0 && p.spike_factor.is_finite(), "prediction.spike_factor", || format!("expected a factor > 1, got {}", p.spike_factor));
     check(errors, (0.0..1.0).contains(&p.min_confidence), "prediction.min_confidence", || format!("expected a probability in 0..1, got {}", p.min_confidence));
     check(errors, p.coverage > 0.0 && p.coverage <= 0.98, "prediction.coverage", || format!("expected a coverage in (0, 0.98] (model files keep score quantiles from 1 % to 99 %), got {}", p.coverage));
+    check(errors, p.allowed_lateness_s <= 86_400, "prediction.allowed_lateness_s", || format!("expected 0..=86400 seconds, got {}", p.allowed_lateness_s));
     check(errors, !p.scope.is_empty(), "prediction.scope", || "expected a non-empty key".into());
     check(errors, p.history.is_empty() || !p.model.is_empty(), "prediction.history", || "expected empty while prediction.model is empty (there is no model to seed)".into());
 

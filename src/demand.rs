@@ -274,7 +274,8 @@ async fn aggregate_checked(source: &DemandSource, step_ms: i64) -> Result<BTreeM
 /// Request events read back from history files, in time order (ties by id), a batch at a time:
 /// the input of `whatif`. Columns: the timestamp (as `aggregate` reads it), `user_id` (required),
 /// `id`, `tier`, `request_type` (empty when absent: the pipeline's defaults apply) and `cost`
-/// (1 when absent or null). Rows without a time are skipped.
+/// (1 when absent or null). Rows without a time are skipped; a row without a user is an error.
+/// The sort is DataFusion's, in memory.
 pub struct RequestReader {
     stream: datafusion::physical_plan::SendableRecordBatchStream,
     path: String,
@@ -340,6 +341,9 @@ impl RequestReader {
         for i in 0..b.num_rows() {
             self.read += 1;
             let id = text(strs[0], i);
+            if strs[1].is_null(i) {
+                return Err(DemandError::Read { path: self.path.clone(), message: format!("request {id:?} (row {}): no user_id", self.read) });
+            }
             let units = if cost.is_null(i) { 1 } else { cost.value(i) };
             let Ok(units) = u32::try_from(units) else {
                 return Err(DemandError::Read { path: self.path.clone(), message: format!("request {id:?} (row {}): cost {units} is not a whole number ≥ 1", self.read) });

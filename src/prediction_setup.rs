@@ -35,7 +35,7 @@ pub async fn load(cfg: &PredictionConfig) -> Result<Option<Predictor>, Predictio
     let text = std::fs::read_to_string(&cfg.model).map_err(|source| PredictionSetupError::ReadModel { path: cfg.model.clone(), source })?;
     let model = DemandModel::from_json(&text).map_err(|source| PredictionSetupError::Model { path: cfg.model.clone(), source })?;
     let pc = PredictorConfig { scope: cfg.scope.clone(), spike_factor: cfg.spike_factor, min_confidence: cfg.min_confidence, coverage: cfg.coverage };
-    let mut predictor = Predictor::new(Arc::new(model), pc);
+    let mut predictor = Predictor::new(Arc::new(model), pc, i64::from(cfg.allowed_lateness_s) * 1000);
     if !cfg.history.is_empty() {
         let source = match cfg.history_kind {
             HistoryKind::Events => DemandSource::Events { path: cfg.history.clone(), ts_column: "ts".into(), group_column: None },
@@ -45,7 +45,7 @@ pub async fn load(cfg: &PredictionConfig) -> Result<Option<Predictor>, Predictio
         let groups = demand::aggregate(&source, predictor.step_ms()).await.map_err(history_err)?;
         if let Some(series) = groups.values().next() {
             predictor.seed(series).map_err(|source| PredictionSetupError::Seed { path: cfg.history.clone(), source })?;
-            tracing::info!(history = %cfg.history, steps = series.values.len(), until = %series.time_of(series.values.len()), "predictor seeded from history");
+            tracing::info!(history = %cfg.history, steps = series.values.len(), until = %series.time_of(series.values.len()), "predictor seeded from history (its steps before the first event)");
         }
     }
     tracing::info!(model = %cfg.model, "predictive limits on");

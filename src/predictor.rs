@@ -64,16 +64,20 @@ pub struct Predictor {
     model: Arc<DemandModel>,
     cfg: PredictorConfig,
     step_ms: i64,
+    lateness_ms: i64,
     keep: usize,
     /// Closed steps, oldest first; `first` is the index (time / step) of the oldest.
     counts: VecDeque<f64>,
     first: i64,
-    /// The step being counted and its count so far.
-    open: Option<(i64, f64)>,
+    /// The first step not yet closed, and the counts of the open steps from it on.
+    open_from: Option<i64>,
+    open: VecDeque<f64>,
+    watermark: Millis,
     cut: Option<(f64, Millis)>,
     label: String,
-    /// Steps before this one were counted from the seed history.
-    seeded_until: Option<i64>,
+    /// Recent history, applied at the first event (only its steps before that event's).
+    pending_seed: Option<Series>,
+    late: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,12 +87,29 @@ pub enum SeedError {
 }
 
 impl Predictor {
-    pub fn new(model: Arc<DemandModel>, cfg: PredictorConfig) -> Self {
+    /// A predictor that counts a request in its own step as long as that step is open: until
+    /// event time has passed the step's end by `lateness_ms`.
+    pub fn new(model: Arc<DemandModel>, cfg: PredictorConfig, lateness_ms: i64) -> Self {
         let step_ms = model.step_ms().max(1);
         // The longest lag or mean, and a day for the baseline.
         let keep = model.features.warmup().max((86_400_000 / step_ms) as usize).max(1);
         let label = format!("{}-{}", model.family.label(), model.resolution);
-        Predictor { model, cfg, step_ms, keep, counts: VecDeque::with_capacity(keep + 1), first: 0, open: None, cut: None, label, seeded_until: None }
+        Predictor {
+            model,
+            cfg,
+            step_ms,
+            lateness_ms: lateness_ms.max(0),
+            keep,
+            counts: VecDeque::with_capacity(keep + 1),
+            first: 0,
+            open_from: None,
+            open: VecDeque::new(),
+            watermark: Millis(i64::MIN),
+            cut: None,
+            label,
+            pending_seed: None,
+            late: 0,
+        }
     }
 
     /// The model's step.
@@ -96,21 +117,20 @@ impl Predictor {
         self.step_ms
     }
 
-    /// Starts from the counts of recent history: its steps are closed, and the stream is counted
-    /// from the step after its last one. Call before any request.
+    /// Requests not counted because their step had closed (or lay before the start).
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
+    /// Starts from the counts of recent history, applied at the first event: the history's
+    /// steps before that event's step become the closed counts (so a history that overlaps the
+    /// stream is not counted twice, and never lends the stream its future); a gap between the
+    /// history's end and the first event counts zero. Call before any event.
     pub fn seed(&mut self, history: &Series) -> Result<(), SeedError> {
         if history.step_ms != self.step_ms {
             return Err(SeedError::Step { history: history.step_ms, model: self.step_ms });
         }
-        if history.values.is_empty() {
-            return Ok(());
-        }
-        let end = history.start.0.div_euclid(self.step_ms) + history.values.len() as i64;
-        let from = history.values.len().saturating_sub(self.keep);
-        self.counts = history.values[from..].iter().copied().collect();
-        self.first = end - self.counts.len() as i64;
-        self.open = Some((end, 0.0));
-        self.seeded_until = Some(end);
+        self.pending_seed = Some(history.clone());
         Ok(())
     }
 
@@ -124,42 +144,69 @@ impl Predictor {
         self.on_requests(t, 1.0, out);
     }
 
-    /// Counts `weight` requests at `t` (after moving time to `t`). A request in a step the seed
-    /// history covers is not counted again; a later one that is late counts in the open step.
+    /// Counts `weight` requests at `t` (after moving time to `t`), in the step of `t` while that
+    /// step is open; a request for a closed step is late and not counted.
     pub fn on_requests(&mut self, t: Millis, weight: f64, out: &mut Vec<Step>) {
         self.advance(t, out);
-        if self.seeded_until.is_some_and(|end| t.0.div_euclid(self.step_ms) < end) {
+        let s = t.0.div_euclid(self.step_ms);
+        let Some(from) = self.open_from else { return };
+        if s < from {
+            self.late += 1;
             return;
         }
-        if let Some((_, n)) = self.open.as_mut() {
-            *n += weight;
+        // `advance` has closed every step more than the lateness behind `t`: the index is small.
+        let i = (s - from) as usize;
+        if self.open.len() <= i {
+            self.open.resize(i + 1, 0.0);
         }
+        self.open[i] += weight;
     }
 
-    /// Moves event time to `t`: closes finished steps and forecasts from the new one.
+    /// Moves event time to `t` (never back): closes the steps that ended more than the lateness
+    /// ago, and forecasts from the first step still open.
     pub fn advance(&mut self, t: Millis, out: &mut Vec<Step>) {
-        let s = t.0.div_euclid(self.step_ms);
-        let Some((open, n)) = self.open else {
-            self.open = Some((s, 0.0));
-            self.first = s;
-            return;
-        };
-        if s <= open {
+        if self.open_from.is_none() {
+            self.start(t.0.div_euclid(self.step_ms));
+        }
+        if t <= self.watermark {
             return;
         }
-        // Close the open step and any empty ones after it (at most `keep` matter).
-        let gap = (s - open - 1).min(self.keep as i64 + 1) as usize;
-        if self.counts.is_empty() {
-            self.first = open;
+        self.watermark = t;
+        let Some(from) = self.open_from else { return };
+        // Step s closes once (s + 1) · step + lateness ≤ t.
+        let c = (t.0 - self.lateness_ms).div_euclid(self.step_ms);
+        if c <= from {
+            return;
         }
-        self.push(n);
-        for _ in 0..gap {
+        let closing = (c - from) as usize;
+        let counted = closing.min(self.open.len());
+        for _ in 0..counted {
+            let v = self.open.pop_front().unwrap_or(0.0);
+            self.push(v);
+        }
+        // Steps without requests count zero; more than `keep` of them leave only zeros.
+        for _ in 0..(closing - counted).min(self.keep) {
             self.push(0.0);
         }
-        // Steps beyond the kept history are not held: keep `first` consistent with the end.
-        self.first = s - self.counts.len() as i64;
-        self.open = Some((s, 0.0));
-        out.push(self.forecast(s));
+        self.open_from = Some(c);
+        self.first = c - self.counts.len() as i64;
+        out.push(self.forecast(c, t));
+    }
+
+    /// The first event, in step `s`: the seed's steps before it are the closed counts.
+    fn start(&mut self, s: i64) {
+        let mut from = s;
+        if let Some(h) = self.pending_seed.take() {
+            let h_first = h.start.0.div_euclid(self.step_ms);
+            let upto = (s - h_first).clamp(0, h.values.len() as i64) as usize;
+            if upto > 0 {
+                let skip = upto.saturating_sub(self.keep);
+                self.counts = h.values[skip..upto].iter().copied().collect();
+                from = h_first + upto as i64;
+            }
+        }
+        self.open_from = Some(from);
+        self.first = from - self.counts.len() as i64;
     }
 
     fn push(&mut self, v: f64) {
@@ -169,9 +216,10 @@ impl Predictor {
         }
     }
 
-    fn forecast(&mut self, s: i64) -> Step {
+    /// Forecasts the horizon from step `s` (the first open one), at event time `at`.
+    fn forecast(&mut self, s: i64, at: Millis) -> Step {
         let now = Millis(s * self.step_ms);
-        let mut step = Step { at: now, ..Step::default() };
+        let mut step = Step { at, ..Step::default() };
         if let Some((_, until)) = self.cut
             && now >= until
         {
@@ -190,7 +238,7 @@ impl Predictor {
         let h = f.values.len() as i64;
         let until = Millis(now.0 + h * self.step_ms);
         step.prediction = Some(Prediction {
-            ts: now,
+            ts: at,
             scope: self.cfg.scope.clone(),
             horizon_start: now,
             horizon_minutes: ((h * self.step_ms) / 60_000) as u32,
@@ -274,7 +322,7 @@ mod tests {
         let mut events = surges(30);
         let planned = EventSpan { start: Millis(31 * 24 * HOUR + 12 * HOUR), end: Millis(31 * 24 * HOUR + 13 * HOUR), label: "campaign".into() };
         events.push(planned.clone());
-        let mut p = Predictor::new(model(&events), PredictorConfig::default());
+        let mut p = Predictor::new(model(&events), PredictorConfig::default(), 0);
         // Days 30 and 31 live, flat at 100 per step until the campaign (the stream itself has no
         // sign of it before 12:00).
         let steps = feed(&mut p, 30 * 288, 2 * 288, |s| if Millis(s * STEP) >= planned.start && Millis(s * STEP) < planned.end { 600 } else { 100 });
@@ -295,7 +343,7 @@ mod tests {
 
     #[test]
     fn a_flat_series_is_never_cut() {
-        let mut p = Predictor::new(model(&surges(30)), PredictorConfig::default());
+        let mut p = Predictor::new(model(&surges(30)), PredictorConfig::default(), 0);
         let steps = feed(&mut p, 40 * 288, 3 * 288, |_| 100);
         assert!(steps.iter().all(|(_, o)| o.multiplier.is_none() && o.spike.is_none()));
         let preds: Vec<_> = steps.iter().filter_map(|(_, o)| o.prediction.as_ref()).collect();
@@ -307,44 +355,78 @@ mod tests {
     }
 
     #[test]
-    fn a_seeded_predictor_forecasts_at_once_and_does_not_count_the_history_twice() {
+    fn a_seeded_predictor_forecasts_at_once_and_takes_only_the_history_before_the_stream() {
         let events = surges(30);
         let m = model(&events);
-        let mut p = Predictor::new(m.clone(), PredictorConfig::default());
         let h = history(30, &events);
-        p.seed(&h).expect("same step");
-        assert_eq!(p.counts.len(), p.keep);
         let end = 30 * 288;
+        // The stream starts inside the history (an hour before its end): only the history's
+        // steps before the first event's are taken.
+        let mut p = Predictor::new(m.clone(), PredictorConfig::default(), 0);
+        p.seed(&h).expect("same step");
+        assert!(p.counts.is_empty(), "applied at the first event");
         let mut out = Vec::new();
-        // A request inside the history is not counted; the first boundary after it forecasts.
-        p.on_request(Millis((end - 1) * STEP), &mut out);
+        p.on_requests(Millis((end - 12) * STEP + 1), 2.0, &mut out);
         assert!(out.is_empty());
-        p.on_requests(Millis(end * STEP + 1), 2.0, &mut out);
-        p.advance(Millis((end + 1) * STEP), &mut out);
+        assert_eq!(p.counts.len(), p.keep);
+        assert_eq!(p.counts.back(), Some(&h.values[(end - 13) as usize]));
+        assert_eq!(p.open_from, Some(end - 12));
+        p.advance(Millis((end - 11) * STEP), &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].at, Millis((end + 1) * STEP));
+        assert_eq!(out[0].at, Millis((end - 11) * STEP));
         assert!(out[0].prediction.is_some(), "a full history forecasts at the first boundary");
         assert_eq!(p.counts.back(), Some(&2.0));
         assert_eq!(p.counts.len(), p.keep);
+        // A stream that starts after the history: the gap counts zero, and the first event's
+        // boundary forecasts at once.
+        let mut q = Predictor::new(m.clone(), PredictorConfig::default(), 0);
+        q.seed(&h).expect("same step");
+        let mut out = Vec::new();
+        q.on_request(Millis((end + 3) * STEP), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(q.counts.iter().rev().take(3).copied().collect::<Vec<_>>(), vec![0.0; 3]);
         // A history at another step is refused.
-        let mut q = Predictor::new(m, PredictorConfig::default());
+        let mut r = Predictor::new(m, PredictorConfig::default(), 0);
         let wrong = Series { start: Millis(0), step_ms: 60_000, values: vec![1.0; 10] };
-        assert_eq!(q.seed(&wrong), Err(SeedError::Step { history: 60_000, model: STEP }));
+        assert_eq!(r.seed(&wrong), Err(SeedError::Step { history: 60_000, model: STEP }));
     }
 
     #[test]
-    fn gaps_count_as_zero_and_time_never_goes_back() {
-        let mut p = Predictor::new(model(&surges(30)), PredictorConfig::default());
+    fn gaps_count_as_zero_and_late_requests_are_not_counted() {
+        let mut p = Predictor::new(model(&surges(30)), PredictorConfig::default(), 0);
         let mut out = Vec::new();
         p.on_request(Millis(10 * STEP), &mut out);
-        p.on_request(Millis(5 * STEP), &mut out); // late: counted in the open step
+        p.on_request(Millis(5 * STEP), &mut out); // before the start: late
+        p.on_request(Millis(10 * STEP + 7), &mut out);
         p.advance(Millis(13 * STEP), &mut out);
         assert_eq!(p.counts.iter().copied().collect::<Vec<_>>(), vec![2.0, 0.0, 0.0]);
-        assert_eq!(p.first, 10);
+        assert_eq!((p.first, p.late()), (10, 1));
         assert_eq!(out.len(), 1);
+        p.on_request(Millis(12 * STEP), &mut out); // its step has closed
+        assert_eq!(p.late(), 2);
         // A gap longer than the kept history leaves exactly the kept history, all zero.
         p.advance(Millis(100_000 * STEP), &mut out);
         assert_eq!(p.counts.len(), p.keep);
         assert_eq!(p.first, 100_000 - p.keep as i64);
+        assert!(p.counts.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn within_the_lateness_a_request_counts_in_its_own_step() {
+        // Two partitions read in turns: one runs two minutes ahead of the other.
+        let mut p = Predictor::new(model(&surges(30)), PredictorConfig::default(), 150_000);
+        let mut out = Vec::new();
+        p.on_request(Millis(10 * STEP), &mut out);
+        p.on_request(Millis(11 * STEP + 60_000), &mut out); // ahead
+        p.on_request(Millis(10 * STEP + 200_000), &mut out); // behind, its step still open
+        assert!(out.is_empty(), "step 10 closes only 150 s after its end");
+        p.on_request(Millis(11 * STEP + 150_000), &mut out); // 11·STEP + 150 s closes step 10
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].at, Millis(11 * STEP + 150_000));
+        assert_eq!(p.counts.iter().copied().collect::<Vec<_>>(), vec![2.0]);
+        assert_eq!(p.open.iter().copied().collect::<Vec<_>>(), vec![2.0]);
+        assert_eq!(p.late(), 0);
+        p.on_request(Millis(10 * STEP + 10), &mut out); // its step has closed: late
+        assert_eq!(p.late(), 1);
     }
 }

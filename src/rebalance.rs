@@ -476,6 +476,21 @@ mod tests {
     }
 
     #[test]
+    fn each_request_stands_for_the_partitions_not_owned() {
+        let mut sh = Shared::new(Topology::new(std::sync::Arc::new(Config::default())));
+        sh.owned.insert(0, CountedUpTo::default());
+        sh.reweigh();
+        assert_eq!(sh.topology.demand_weight(), 1.0, "partition count unknown: weight 1");
+        sh.requests_partitions = 6;
+        sh.owned.insert(3, CountedUpTo::default());
+        sh.reweigh();
+        assert_eq!(sh.topology.demand_weight(), 3.0);
+        sh.owned.clear();
+        sh.reweigh();
+        assert_eq!(sh.topology.demand_weight(), 3.0, "nothing owned: nothing counted, weight kept");
+    }
+
+    #[test]
     fn offsets_wait_for_the_changelog_flush_that_counts_them() {
         let mut sh = Shared::new(Topology::new(std::sync::Arc::new(Config::default())));
         let d = Mutex::new(Deliveries::default());

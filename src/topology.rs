@@ -144,6 +144,11 @@ impl Topology {
         }
     }
 
+    /// What each request counts for in the predictor.
+    pub fn demand_weight(&self) -> f64 {
+        self.demand_weight
+    }
+
     pub fn counters(&self) -> Counters {
         self.counters
     }
@@ -305,7 +310,9 @@ impl Topology {
 
     fn on_request(&mut self, partition: i32, counted: Counted, ev: RequestEvent, out: &mut Vec<Output>) {
         self.counters.requests += 1;
-        self.predict(ev.ts, Some(self.demand_weight), out);
+        // Counted once: a request the restored state already holds was counted before.
+        let demand = (counted == Counted::No).then_some(self.demand_weight);
+        self.predict(ev.ts, demand, out);
         let (tier, unknown_tier) = match index_of(&self.tiers, &ev.tier) {
             Some(i) => (i, None),
             None => (self.default_tier, Some(ev.tier)),

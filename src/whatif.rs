@@ -33,7 +33,7 @@ impl TierCounts {
 /// Requests let through per event-time minute, against a capacity.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CapacityUse {
-    /// Minutes from the first request's to the last one's.
+    /// Minutes from the history's first request to its last (the same for every policy).
     pub minutes: u64,
     /// Minutes in which more than the capacity went through (with a capacity).
     pub minutes_above: Option<u64>,
@@ -67,6 +67,7 @@ impl CapacityUse {
                 *self.minutes_above.get_or_insert(0) += u64::from(n as f64 > c);
             }
             self.minutes = (m - self.first.unwrap_or(m) + 1) as u64;
+            // (For a policy this spans only its admitted requests; `finish` sets the history's.)
         }
     }
 }
@@ -193,6 +194,7 @@ impl Whatif {
             Run::count(&mut run.report, &mut run.outs, capacity);
             run.report.admitted.close(capacity);
             let r = &mut run.report;
+            r.admitted.minutes = self.report.unlimited.minutes;
             r.total = r.by_tier.values().fold(TierCounts::default(), |a, t| TierCounts {
                 allowed: a.allowed + t.allowed,
                 graced: a.graced + t.graced,
@@ -260,6 +262,7 @@ mod tests {
         let s = &r.policies[1];
         assert_eq!(s.by_tier["free"], TierCounts { allowed: 50, graced: 10, throttled: 35 });
         assert_eq!((s.admitted.peak_per_minute, s.admitted.minutes_above), (50, Some(0)));
+        assert_eq!((d.admitted.minutes, s.admitted.minutes), (6, 6));
         assert_eq!(s.name, "strict");
     }
 

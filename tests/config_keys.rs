@@ -66,6 +66,7 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
     ("prediction.spike_factor", "prediction is off by default; tests/predictive.rs perturbs it with a model"),
     ("prediction.min_confidence", "prediction is off by default; tests/predictive.rs perturbs it with a model"),
     ("prediction.coverage", "prediction is off by default; tests/predictive.rs perturbs it with a model"),
+    ("prediction.allowed_lateness_s", "prediction is off by default; tests/predictive.rs perturbs it with a model (predictor.rs's unit test counts late requests)"),
     ("alerts.predicted_spike.enabled", "fires only with a demand model; tests/predictive.rs perturbs it with one"),
     ("alerts.predicted_spike.severity", "fires only with a demand model; tests/predictive.rs perturbs it with one"),
     ("alerts.predicted_spike.cooldown_s", "fires only with a demand model; monitor.rs's unit test holds a second spike within the cool-down"),

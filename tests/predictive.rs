@@ -227,6 +227,7 @@ fn every_prediction_key_changes_the_replay() {
         ("coverage = 0.8", "the published interval"),
         ("spike_factor = 20.0", "no forecast is a 20× spike"),
         ("spike_factor = 1.5", "the cut starts earlier"),
+        ("allowed_lateness_s = 0", "steps close, and forecasts are made, a minute earlier"),
         ("[alerts.predicted_spike]\nenabled = false\nseverity = \"high\"\ncooldown_s = 3600", "no proactive alert"),
         ("[alerts.predicted_spike]\nenabled = true\nseverity = \"critical\"\ncooldown_s = 3600", "the alert's severity"),
     ] {
@@ -328,7 +329,9 @@ async fn run_publishes_predictions_the_cut_and_the_alert() {
     consumer.subscribe(&[&t.predictions, &t.limits, &t.alerts, &t.decisions]).expect("subscribe");
     let (mut predictions, mut cut, mut alert, mut decisions) = (0usize, None, None, 0usize);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while (decisions < requests.len() || alert.is_none()) && Instant::now() < deadline {
+    // Until every decision, the cut, the alert and the day's predictions (one per 5 minutes
+    // after the first) have been read, or the deadline.
+    while (decisions < requests.len() || alert.is_none() || cut.is_none() || predictions < 140) && Instant::now() < deadline {
         let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else { continue };
         let v: Value = serde_json::from_slice(m.payload().unwrap_or(b"{}")).expect("JSON");
         match m.topic() {
@@ -347,4 +350,49 @@ async fn run_publishes_predictions_the_cut_and_the_alert() {
     let cut = cut.expect("a predictive cut on the limits topic");
     assert!(cut < surge.start && cut.0 >= surge.start.0 - HOUR, "cut at {cut}");
     assert_eq!(alert, Some(cut), "the proactive alert comes with the cut");
+}
+
+/// `whatif` with the predictive policy on day 31's requests as Parquet history: the cut shows in
+/// its report. A seed history that runs past the replayed requests (it covers day 31 too) gives
+/// the same report: only its steps before the first request are used.
+#[test]
+fn whatif_tries_the_predictive_policy_on_history() {
+    let case = Case::new(true);
+    let dir = case.dir.path("requests");
+    let mut w = surgeguard::history::HistoryWriter::new(&dir, "day-31");
+    let surge = campaign(31);
+    for r in requests_of_day_31(288, |t| if surge.start <= t && t < surge.end { 600 } else { 100 }) {
+        w.write(&r).expect("write");
+    }
+    w.finish().expect("finish");
+    let run = |pipeline: &str, name: &str| -> Value {
+        let config = case.dir.write(name, pipeline);
+        let report = case.dir.path(&format!("{name}.json"));
+        let res = Command::new(support::bin())
+            .args(["whatif", "--history", &dir.to_string_lossy(), "--config", &config, "--out", &report.to_string_lossy()])
+            .output()
+            .expect("run surgeguard");
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json")
+    };
+    let with = run(&case.pipeline(""), "predictive.toml");
+    let p = &with["policies"][0];
+    assert!(p["predictions"].as_u64().unwrap() >= 280, "{p}");
+    assert!(p["predictive_cut_updates"].as_u64().unwrap() > 0, "{p}");
+    assert!(p["alerts"]["predicted_spike"].as_u64() == Some(1), "{p}");
+    // A seed that overlaps the replayed day.
+    let h = history(32, &past_campaigns(30));
+    let mut csv = String::from("ts,value\n");
+    for (i, v) in h.values.iter().enumerate() {
+        csv.push_str(&format!("{},{v}\n", h.time_of(i)));
+    }
+    let longer = case.dir.write("history-32.csv", &csv);
+    let overlapping = case.pipeline("").replace(&case.dir.path("history.csv").to_string_lossy().to_string(), &longer);
+    let mut same = run(&overlapping, "overlapping.toml");
+    same["policies"][0]["name"] = with["policies"][0]["name"].clone();
+    assert_eq!(same["policies"][0], with["policies"][0]);
+    // Without a model: no predictions, no cut.
+    let plain = run("", "plain.toml");
+    assert_eq!(plain["policies"][0]["predictions"].as_u64(), Some(0));
+    assert_eq!(plain["policies"][0]["predictive_cut_updates"].as_u64(), Some(0));
 }

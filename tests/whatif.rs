@@ -27,8 +27,7 @@ fn burst(user: &str, tier: &str, minute: i64, n: u32) -> Vec<RequestEvent> {
         .collect()
 }
 
-/// A free user's 75 requests in minute 0 and 20 in minute 5 (crossing an hour boundary is not
-/// needed: one file), a pro user's 30 in minute 5.
+/// A free user's 75 requests in minute 0 and 20 in minute 5, a pro user's 30 in minute 5.
 fn requests() -> Vec<RequestEvent> {
     let mut all = burst("u1", "free", 0, 75);
     all.extend(burst("u1", "free", 5, 20));
@@ -45,12 +44,16 @@ fn whatif(args: &[&str]) -> (bool, String, String) {
 #[test]
 fn two_policies_by_hand_and_as_replay_decides() {
     let dir = Scratch::new("whatif");
+    // Two writers (as two archive partitions would), each user in its own files: whatif reads
+    // them together in time order.
     let history = dir.path("history");
-    let mut w = HistoryWriter::new(&history, "part-0");
-    for r in requests() {
-        w.write(&r).expect("write");
+    for (name, user) in [("part-0", "u1"), ("part-1", "p1")] {
+        let mut w = HistoryWriter::new(&history, name);
+        for r in requests().into_iter().filter(|r| r.user_id == user) {
+            w.write(&r).expect("write");
+        }
+        w.finish().expect("finish");
     }
-    w.finish().expect("finish");
     let default = support::root().join("pipelines/default.toml").to_string_lossy().to_string();
     let strict = dir.write("strict.toml", "[tiers.free]\nbaseline_rpm = 30\nminimum_guaranteed = 10\nmaximum_burst = 60\ngrace_allowance = 10\ngrace_window_s = 3600\n[tiers.pro]\nbaseline_rpm = 600\nminimum_guaranteed = 100\nmaximum_burst = 1200\ngrace_allowance = 60\ngrace_window_s = 3600\n[tiers.enterprise]\nbaseline_rpm = 3000\nminimum_guaranteed = 1000\nmaximum_burst = 6000\ngrace_allowance = 300\ngrace_window_s = 3600\n");
     let report = dir.path("report.json");
@@ -84,10 +87,12 @@ fn bad_history_gives_a_clear_error() {
     let no_user = dir.write("no-user.csv", "ts,id\n2026-01-05T00:00:00Z,a\n");
     let zero_cost = dir.write("zero-cost.csv", "ts,id,user_id,cost\n2026-01-05T00:00:00Z,a,u,1\n2026-01-05T00:00:01Z,b,u,0\n");
     let not_parquet = dir.write("broken.parquet", "PAR1 this is not parquet at all PAR1");
+    let no_user_value = dir.write("null-user.csv", "ts,id,user_id\n2026-01-05T00:00:00Z,a,u\n2026-01-05T00:00:01Z,b,\n");
     let missing = dir.path("nothing-here").to_string_lossy().to_string();
     for (path, expect) in [
         (no_user.as_str(), "no column \"user_id\""),
         (zero_cost.as_str(), "cost 0"),
+        (no_user_value.as_str(), "no user_id"),
         (not_parquet.as_str(), "Parquet"),
         (missing.as_str(), "nothing-here"),
     ] {

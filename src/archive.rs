@@ -10,13 +10,15 @@
 //! atomically (temporary file, sync, rename) and the consumer's offset is committed only after
 //! all `N` are in place. The file names are the archive's own record of what it holds, as in
 //! Kafka Connect's HDFS and S3 sinks: on start-up, and for each partition it is assigned, the
-//! archive scans them, removes the files of any flush that is not complete (a crash between two
-//! renames), and skips every record at or below the last offset of a complete flush (a crash
-//! after the renames and before the commit). So a record is in exactly one file, whatever the
-//! moment of a crash.
+//! archive scans them (one walk of the directory per rebalance), removes the files of any flush
+//! that is not complete (a crash between two renames) once they are older than a grace period
+//! (a live writer may still be renaming), and skips every record at or below the last offset of
+//! a complete flush (a crash after the renames and before the commit). So a record is in exactly
+//! one file, whatever the moment of a crash. One group writes to a directory at a time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use crate::events::RequestEvent;
 use crate::history::{HistoryError, partition_dir, write_file_atomic};
@@ -52,51 +54,103 @@ impl FileName {
     }
 }
 
-/// What a scan of the archive directory found for one partition.
+/// One flush found on disk: its files, how many it should have, and the newest file's age.
+#[derive(Debug, Clone, Default)]
+struct Flush {
+    n: u32,
+    files: Vec<PathBuf>,
+    newest: Option<SystemTime>,
+}
+
+/// The archive's files of one topic, by partition and flush (`first`, `last`), from one walk of
+/// the directory.
+#[derive(Debug, Default)]
+pub struct Scan {
+    partitions: HashMap<i32, BTreeMap<(i64, i64), Flush>>,
+}
+
+/// What the scan says of one partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovered {
     /// The last offset of the partition's complete flushes (`None`: nothing archived).
     pub archived_up_to: Option<i64>,
     /// Files of incomplete flushes, removed.
     pub removed: Vec<PathBuf>,
+    /// An incomplete flush younger than the grace period was left alone: its writer may still
+    /// be renaming its files. Scan again later.
+    pub wait: bool,
 }
 
-/// Scans `dir` for `topic`'s files of `partition`, removes incomplete flushes, and returns the
-/// last archived offset.
-pub fn recover(dir: &Path, topic: &str, partition: i32) -> Result<Recovered, HistoryError> {
-    let mut flushes: BTreeMap<(i64, i64), (u32, Vec<PathBuf>)> = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = match std::fs::read_dir(&d) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(HistoryError::Io { path: d, source }),
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
+impl Scan {
+    /// Walks `dir` for `topic`'s files.
+    pub fn of(dir: &Path, topic: &str) -> Result<Scan, HistoryError> {
+        let mut scan = Scan::default();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let entries = match std::fs::read_dir(&d) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(HistoryError::Io { path: d, source }),
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                let Ok(ty) = e.file_type() else { continue };
+                if ty.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let Some(f) = p.file_name().and_then(|n| n.to_str()).and_then(FileName::parse) else { continue };
+                if f.topic != topic {
+                    continue;
+                }
+                let modified = e.metadata().and_then(|m| m.modified()).ok();
+                let flush = scan.partitions.entry(f.partition).or_default().entry((f.first, f.last)).or_default();
+                flush.n = f.n;
+                flush.files.push(p);
+                flush.newest = flush.newest.max(modified);
+            }
+        }
+        Ok(scan)
+    }
+
+    /// The last archived offset of `partition`; removes the files of its incomplete flushes
+    /// that are older than `grace` (a crash between renames: their offsets were never
+    /// committed, so their records come again).
+    pub fn recover(&mut self, partition: i32, grace: Duration) -> Result<Recovered, HistoryError> {
+        let mut r = Recovered::default();
+        let Some(flushes) = self.partitions.get_mut(&partition) else { return Ok(r) };
+        let now = SystemTime::now();
+        let mut gone = Vec::new();
+        for (&(first, last), f) in flushes.iter() {
+            if f.files.len() as u32 >= f.n {
+                r.archived_up_to = Some(r.archived_up_to.map_or(last, |a: i64| a.max(last)));
                 continue;
             }
-            let Some(f) = p.file_name().and_then(|n| n.to_str()).and_then(FileName::parse) else { continue };
-            if f.topic == topic && f.partition == partition {
-                let entry = flushes.entry((f.first, f.last)).or_insert((f.n, Vec::new()));
-                entry.1.push(p);
+            let age = f.newest.and_then(|t| now.duration_since(t).ok()).unwrap_or(Duration::MAX);
+            if age < grace {
+                r.wait = true;
+                continue;
             }
-        }
-    }
-    let mut r = Recovered::default();
-    for ((_, last), (n, files)) in flushes {
-        if files.len() as u32 >= n {
-            r.archived_up_to = Some(r.archived_up_to.map_or(last, |a: i64| a.max(last)));
-        } else {
-            for f in files {
-                std::fs::remove_file(&f).map_err(|source| HistoryError::Io { path: f.clone(), source })?;
-                r.removed.push(f);
+            for path in &f.files {
+                match std::fs::remove_file(path) {
+                    Ok(()) => r.removed.push(path.clone()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(HistoryError::Io { path: path.clone(), source }),
+                }
             }
+            gone.push((first, last));
         }
+        for k in gone {
+            flushes.remove(&k);
+        }
+        Ok(r)
     }
-    Ok(r)
+}
+
+/// Scans `dir` for `topic`'s files of `partition`, removes incomplete flushes (whatever their
+/// age), and returns the last archived offset.
+pub fn recover(dir: &Path, topic: &str, partition: i32) -> Result<Recovered, HistoryError> {
+    Scan::of(dir, topic)?.recover(partition, Duration::ZERO)
 }
 
 /// One partition's buffered records, in offset order.
@@ -123,11 +177,16 @@ impl PartitionBuffer {
         self.records.last().map(|(o, _)| *o)
     }
 
+    /// Drops the records at `offset` and after (the consumer reads them again).
+    pub fn truncate_from(&mut self, offset: i64) {
+        self.records.retain(|(o, _)| *o < offset);
+    }
+
     /// Writes the buffered records as one flush (a file per hour), emptying the buffer; returns
-    /// the files and the flush's last offset. On an error the buffer is kept: files already
-    /// renamed belong to an incomplete flush, which the next start-up removes, and the offsets
-    /// stay uncommitted.
-    pub fn flush(&mut self, dir: &Path, topic: &str, partition: i32) -> Result<Option<(Vec<PathBuf>, i64)>, HistoryError> {
+    /// the files and the flush's last offset. `renamed` is called after each file is in place.
+    /// On an error the buffer is kept: files already renamed belong to an incomplete flush,
+    /// which the next scan removes, and the offsets stay uncommitted.
+    pub fn flush(&mut self, dir: &Path, topic: &str, partition: i32, renamed: &mut dyn FnMut(&Path)) -> Result<Option<(Vec<PathBuf>, i64)>, HistoryError> {
         let (Some(&(first, _)), Some(&(last, _))) = (self.records.first(), self.records.last()) else { return Ok(None) };
         let mut by_hour: BTreeMap<String, Vec<RequestEvent>> = BTreeMap::new();
         for (_, e) in &self.records {
@@ -139,19 +198,12 @@ impl PartitionBuffer {
             let name = FileName { topic: topic.to_string(), partition, first, last, k: i as u32 + 1, n };
             let path = dir.join(hour).join(name.render());
             write_file_atomic(&path, &events)?;
+            renamed(&path);
             files.push(path);
         }
         self.records.clear();
         Ok(Some((files, last)))
     }
-}
-
-/// Per partition: the buffer, and the last offset already archived (records at or below it are
-/// skipped).
-#[derive(Debug, Default)]
-pub struct Partitions {
-    pub buffers: HashMap<i32, PartitionBuffer>,
-    pub archived: HashMap<i32, Option<i64>>,
 }
 
 #[cfg(test)]
@@ -189,7 +241,7 @@ mod tests {
         b.push(6, ev("b", 10 * hour));
         b.push(7, ev("c", 10 * hour - 2));
         b.push(8, ev("d", 10 * hour + 1));
-        let (files, last) = b.flush(&dir, "req", 2).expect("flush").expect("records");
+        let (files, last) = b.flush(&dir, "req", 2, &mut |_| {}).expect("flush").expect("records");
         assert_eq!(last, 8);
         assert!(b.is_empty());
         let rel: Vec<String> = files.iter().map(|f| f.strip_prefix(&dir).expect("under dir").display().to_string()).collect();
@@ -197,7 +249,7 @@ mod tests {
             "date=1970-01-01/hour=09/req+2+00000000000000000005+00000000000000000008+1+2.parquet",
             "date=1970-01-01/hour=10/req+2+00000000000000000005+00000000000000000008+2+2.parquet",
         ]);
-        assert_eq!(recover(&dir, "req", 2).expect("scan"), Recovered { archived_up_to: Some(8), removed: vec![] });
+        assert_eq!(recover(&dir, "req", 2).expect("scan"), Recovered { archived_up_to: Some(8), removed: vec![], wait: false });
         assert_eq!(recover(&dir, "req", 1).expect("scan").archived_up_to, None);
         assert_eq!(recover(&dir, "other", 2).expect("scan").archived_up_to, None);
         std::fs::remove_dir_all(&dir).ok();
@@ -209,14 +261,19 @@ mod tests {
         let hour = 3_600_000;
         let mut b = PartitionBuffer::default();
         b.push(0, ev("a", hour));
-        b.flush(&dir, "req", 0).expect("flush");
+        b.flush(&dir, "req", 0, &mut |_| {}).expect("flush");
         b.push(1, ev("b", hour));
         b.push(2, ev("c", 2 * hour));
-        let (files, _) = b.flush(&dir, "req", 0).expect("flush").expect("records");
+        let (files, _) = b.flush(&dir, "req", 0, &mut |_| {}).expect("flush").expect("records");
         // A crash after the first of the two renames: the second file is not there.
         std::fs::remove_file(&files[1]).expect("remove");
+        // Within the grace period the writer may still be renaming: left alone.
+        let young = Scan::of(&dir, "req").expect("scan").recover(0, Duration::from_secs(3600)).expect("recover");
+        assert_eq!(young, Recovered { archived_up_to: Some(0), removed: vec![], wait: true });
+        assert!(files[0].exists());
         let r = recover(&dir, "req", 0).expect("scan");
         assert_eq!(r.archived_up_to, Some(0));
+        assert!(!r.wait);
         assert_eq!(r.removed, vec![files[0].clone()]);
         assert!(!files[0].exists());
         std::fs::remove_dir_all(&dir).ok();

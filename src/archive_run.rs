@@ -18,7 +18,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::archive::{PartitionBuffer, recover};
+use crate::archive::{PartitionBuffer, Scan};
 use crate::config::Config;
 use crate::decode;
 use crate::events::{InputEvent, InputTopic};
@@ -31,6 +31,9 @@ pub struct ArchiveOptions {
     pub group: String,
     pub flush_every: Duration,
     pub max_rows: usize,
+    /// How long an incomplete flush is left alone before a scan removes it as a crash's
+    /// remains (its writer may still be renaming its files).
+    pub incomplete_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,12 +53,20 @@ pub enum ArchiveError {
     Kafka(#[from] KafkaError),
     #[error("archive: {0}")]
     History(#[from] HistoryError),
+    #[error("the archive holds {topic} partition {partition} up to offset {archived}, but the partition ends at {end}: was the topic recreated? Archive it into another directory")]
+    Ahead { topic: String, partition: i32, archived: i64, end: i64 },
 }
+
+/// Fault injection for tests: exit abruptly after this many archive files have been renamed
+/// into place (mid-flush or before the commit), as a crash would.
+const FAULT_EXIT_AFTER_FILES: &str = "SURGEGUARD_FAULT_EXIT_AFTER_FILES";
 
 /// Tells the loop which partitions the group took away and which it owns.
 struct ArchiveContext {
     owned: Arc<Mutex<HashSet<i32>>>,
     revoked: Arc<Mutex<Vec<i32>>>,
+    /// Bumped on every assignment: the loop's scan of the directory is then out of date.
+    assignments: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ClientContext for ArchiveContext {}
@@ -76,6 +87,7 @@ impl ConsumerContext for ArchiveContext {
         if let Rebalance::Assign(tpl) = rebalance {
             let mut owned = lock(&self.owned);
             owned.extend(tpl.elements().iter().map(|e| e.partition()));
+            self.assignments.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tracing::info!(partitions = ?owned, "archiving partitions");
         }
     }
@@ -93,6 +105,11 @@ struct Archiver<'a> {
     seen: HashMap<i32, i64>,
     committed: HashMap<i32, i64>,
     stats: ArchiveStats,
+    /// The directory's files as of the assignment `scanned_at` (rescanned after each).
+    scan: Option<(u64, Scan)>,
+    assignments: Arc<std::sync::atomic::AtomicU64>,
+    files_renamed: u64,
+    exit_after_files: Option<u64>,
 }
 
 impl Archiver<'_> {
@@ -109,18 +126,20 @@ impl Archiver<'_> {
 
     fn on_message(&mut self, partition: i32, offset: i64, payload: &[u8]) -> Result<(), ArchiveError> {
         self.stats.consumed += 1;
+        // The position went back (a seek, a reset): records from here on come again.
+        if self.seen.get(&partition).is_some_and(|&seen| offset <= seen) {
+            tracing::warn!(partition, offset, "offsets went back: dropping the buffered records from here on");
+            if let Some((b, _)) = self.buffers.get_mut(&partition) {
+                b.truncate_from(offset);
+            }
+            self.seen.insert(partition, offset - 1);
+        }
         let archived = match self.archived.get(&partition) {
             Some(a) => *a,
             None => {
-                let (dir, topic) = (self.opts.dir.clone(), self.topic.clone());
-                let r = tokio::task::block_in_place(|| recover(&dir, &topic, partition))?;
-                for f in &r.removed {
-                    tracing::warn!(file = %f.display(), "removed a file of an incomplete flush (a crash between its renames)");
-                }
-                self.stats.removed_incomplete += r.removed.len() as u64;
-                tracing::info!(partition, archived_up_to = ?r.archived_up_to, "archive scanned");
-                self.archived.insert(partition, r.archived_up_to);
-                r.archived_up_to
+                let a = self.recover(partition)?;
+                self.archived.insert(partition, a);
+                a
             }
         };
         let seen = self.seen.entry(partition).or_insert(offset);
@@ -146,12 +165,56 @@ impl Archiver<'_> {
         Ok(())
     }
 
+    /// What the archive holds of `partition`, from the directory's files (scanned once per
+    /// assignment); waits while another writer's incomplete flush is younger than the grace
+    /// period.
+    fn recover(&mut self, partition: i32) -> Result<Option<i64>, ArchiveError> {
+        let (dir, topic) = (self.opts.dir.clone(), self.topic.clone());
+        loop {
+            let generation = self.assignments.load(std::sync::atomic::Ordering::SeqCst);
+            if self.scan.as_ref().is_none_or(|(g, _)| *g != generation) {
+                let scan = tokio::task::block_in_place(|| Scan::of(&dir, &topic))?;
+                self.scan = Some((generation, scan));
+            }
+            let Some((_, scan)) = self.scan.as_mut() else { continue };
+            let grace = self.opts.incomplete_grace;
+            let r = tokio::task::block_in_place(|| scan.recover(partition, grace))?;
+            for f in &r.removed {
+                tracing::warn!(file = %f.display(), "removed a file of an incomplete flush (a crash between its renames)");
+            }
+            self.stats.removed_incomplete += r.removed.len() as u64;
+            if r.wait {
+                tracing::info!(partition, grace = ?grace, "an incomplete flush is younger than the grace period: waiting for its writer");
+                tokio::task::block_in_place(|| std::thread::sleep(Duration::from_secs(1)));
+                self.scan = None;
+                continue;
+            }
+            if let Some(a) = r.archived_up_to {
+                let consumer = self.consumer;
+                let (_, end) = tokio::task::block_in_place(|| consumer.fetch_watermarks(&topic, partition, Duration::from_secs(30)))?;
+                if a >= end {
+                    return Err(ArchiveError::Ahead { topic, partition, archived: a, end });
+                }
+            }
+            tracing::info!(partition, archived_up_to = ?r.archived_up_to, "archive scanned");
+            return Ok(r.archived_up_to);
+        }
+    }
+
     /// Writes one partition's buffer, then commits everything seen in it.
     fn flush(&mut self, partition: i32) -> Result<(), ArchiveError> {
         if let Some((mut b, _)) = self.buffers.remove(&partition) {
             let rows = b.len() as u64;
             let (dir, topic) = (self.opts.dir.clone(), self.topic.clone());
-            let written = tokio::task::block_in_place(|| b.flush(&dir, &topic, partition));
+            let (renamed, exit_after) = (&mut self.files_renamed, self.exit_after_files);
+            let mut on_file = |path: &std::path::Path| {
+                *renamed += 1;
+                if exit_after.is_some_and(|n| *renamed >= n) {
+                    eprintln!("fault injection: exiting after {renamed} files ({})", path.display());
+                    std::process::exit(86);
+                }
+            };
+            let written = tokio::task::block_in_place(|| b.flush(&dir, &topic, partition, &mut on_file));
             match written {
                 Ok(Some((files, last))) => {
                     self.stats.archived += rows;
@@ -161,8 +224,8 @@ impl Archiver<'_> {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    // Keep the records: the flush is retried (its renamed files, if any, are an
-                    // incomplete flush that a restart removes).
+                    // The archive stops: its renamed files, if any, are an incomplete flush that
+                    // the next start removes, and the offsets were not committed.
                     self.buffers.insert(partition, (b, Instant::now()));
                     return Err(e.into());
                 }
@@ -184,8 +247,13 @@ impl Archiver<'_> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, partition, Offset::Offset(upto + 1))?;
         let consumer = self.consumer;
-        tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))?;
-        self.committed.insert(partition, upto);
+        match tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync)) {
+            Ok(()) => {
+                self.committed.insert(partition, upto);
+            }
+            // The files hold the truth; the next sweep commits again.
+            Err(e) => tracing::warn!(partition, error = %e, "commit failed; retrying with the next sweep"),
+        }
         Ok(())
     }
 
@@ -208,12 +276,14 @@ impl Archiver<'_> {
 pub async fn archive(cfg: Arc<Config>, brokers: &str, opts: ArchiveOptions, shutdown: impl Future<Output = ()>) -> Result<ArchiveStats, ArchiveError> {
     let owned = Arc::new(Mutex::new(HashSet::new()));
     let revoked = Arc::new(Mutex::new(Vec::new()));
+    let assignments = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let exit_after_files = std::env::var(FAULT_EXIT_AFTER_FILES).ok().and_then(|v| v.parse().ok());
     let consumer: StreamConsumer<ArchiveContext> = crate::runtime::client_config(&cfg, brokers)
         .set("group.id", &opts.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
-        .create_with_context(ArchiveContext { owned: owned.clone(), revoked: revoked.clone() })?;
+        .create_with_context(ArchiveContext { owned: owned.clone(), revoked: revoked.clone(), assignments: assignments.clone() })?;
     let topic = cfg.topics.requests.clone();
     consumer.subscribe(&[topic.as_str()])?;
     tracing::info!(brokers, group = %opts.group, topic = %topic, dir = %opts.dir.display(), "archiving");
@@ -226,6 +296,10 @@ pub async fn archive(cfg: Arc<Config>, brokers: &str, opts: ArchiveOptions, shut
         seen: HashMap::new(),
         committed: HashMap::new(),
         stats: ArchiveStats::default(),
+        scan: None,
+        assignments,
+        files_renamed: 0,
+        exit_after_files,
     };
     let mut tick = tokio::time::interval(opts.flush_every.clamp(Duration::from_millis(50), Duration::from_secs(1)));
     let mut ticks = 0u64;

@@ -211,7 +211,10 @@ pub fn write_file_atomic(path: &Path, events: &[RequestEvent]) -> Result<(), His
     file.sync_all().map_err(io(&tmp))?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(io(path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    // The rename, and the `date=…/hour=…` directories it may have needed, made durable.
+    for d in dir.ancestors().take(3).filter(|d| !d.as_os_str().is_empty()) {
+        File::open(d).and_then(|f| f.sync_all()).map_err(io(d))?;
+    }
     Ok(())
 }
 

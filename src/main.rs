@@ -78,6 +78,10 @@ enum Command {
         /// Flush a partition's buffer once it holds this many records.
         #[arg(long, default_value_t = 100_000)]
         max_rows: usize,
+        /// Leave an incomplete flush (fewer files than its name says) this long before removing
+        /// it as a crash's remains: its writer may still be renaming its files.
+        #[arg(long, default_value = "30s")]
+        incomplete_grace: String,
     },
     /// The seed's Monday-morning surge against a simulated backend, without and with
     /// surgeguard, on an embedded Kafka (librdkafka's mock cluster); prints what it measured.
@@ -345,13 +349,14 @@ fn run_service(config: &Path, brokers: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_archive(config: &Path, brokers: Option<&str>, dir: PathBuf, group: Option<String>, flush_every: &str, max_rows: usize) -> anyhow::Result<()> {
+fn run_archive(config: &Path, brokers: Option<&str>, dir: PathBuf, group: Option<String>, flush_every: &str, max_rows: usize, grace: &str) -> anyhow::Result<()> {
     let cfg = load(config)?;
     let brokers = brokers.map_or_else(|| cfg.kafka.brokers.clone(), str::to_string);
     let flush_ms = surgeguard::demand::parse_resolution(flush_every).map_err(|_| anyhow::anyhow!("--flush-every {flush_every:?}: expected a duration such as 500ms, 30s or 5m"))?;
     anyhow::ensure!(max_rows >= 1, "--max-rows must be at least 1");
+    let grace_ms = if grace.trim() == "0" { 0 } else { surgeguard::demand::parse_resolution(grace).map_err(|_| anyhow::anyhow!("--incomplete-grace {grace:?}: expected 0 or a duration such as 30s"))? };
     let group = group.unwrap_or_else(|| format!("{}.archive", cfg.kafka.group_id));
-    let opts = surgeguard::archive_run::ArchiveOptions { dir, group, flush_every: std::time::Duration::from_millis(flush_ms as u64), max_rows };
+    let opts = surgeguard::archive_run::ArchiveOptions { dir, group, flush_every: std::time::Duration::from_millis(flush_ms as u64), max_rows, incomplete_grace: std::time::Duration::from_millis(grace_ms as u64) };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let stats = runtime.block_on(surgeguard::archive_run::archive(cfg, &brokers, opts, shutdown_signal()))?;
     eprintln!(
@@ -415,7 +420,9 @@ fn main() -> ExitCode {
         },
         Command::Replay { config, input, out } => run_replay(&config, &input, out.as_deref()),
         Command::Run { config, brokers } => run_service(&config, brokers.as_deref()),
-        Command::Archive { config, brokers, out, group, flush_every, max_rows } => run_archive(&config, brokers.as_deref(), out, group, &flush_every, max_rows),
+        Command::Archive { config, brokers, out, group, flush_every, max_rows, incomplete_grace } => {
+            run_archive(&config, brokers.as_deref(), out, group, &flush_every, max_rows, &incomplete_grace)
+        }
         Command::Demo { config, speed, seed } => run_demo(&config, speed, seed),
         Command::Bench { config, brokers, events, rate, seconds, warmup, rounds, side } => {
             run_bench(&config, &brokers, surgeguard::bench::BenchOptions { events, rate, seconds, warmup, rounds, side })

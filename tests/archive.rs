@@ -53,15 +53,22 @@ async fn produce(brokers: &str, batch: &[RequestEvent], garbage: usize) {
 }
 
 fn start(brokers: &str, dir: &std::path::Path, group: &str) -> Child {
+    start_with(brokers, dir, group, None)
+}
+
+/// With `exit_after_files`, the archive exits abruptly after renaming that many files (fault
+/// injection): in the middle of a flush, or between its last rename and its commit.
+fn start_with(brokers: &str, dir: &std::path::Path, group: &str, exit_after_files: Option<u32>) -> Child {
     // A short session, so the restart does not wait 45 s for the killed member to be dropped.
     let config = dir.with_file_name("pipeline.toml");
     std::fs::write(&config, "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n").expect("config");
     Command::new(support::bin())
-        .args(["archive", "--brokers", brokers, "--group", group, "--flush-every", "100ms", "--max-rows", "400", "--config"])
+        .args(["archive", "--brokers", brokers, "--group", group, "--flush-every", "100ms", "--max-rows", "400", "--incomplete-grace", "0", "--config"])
         .arg(&config)
         .arg("--out")
         .arg(dir)
         .env("RUST_LOG", "warn")
+        .envs(exit_after_files.map(|n| ("SURGEGUARD_FAULT_EXIT_AFTER_FILES", n.to_string())))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -121,10 +128,11 @@ async fn killed_mid_stream_and_read_again_every_request_is_archived_once() {
     let out = dir.path("history");
 
     produce(&brokers, &requests(0, 5_000), 25).await;
-    let first = start(&brokers, &out, "archive");
-    // Kill it as soon as it has written something.
+    let mut first = start(&brokers, &out, "archive");
+    // Kill it as soon as it has started writing.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(first.try_wait().expect("wait").is_none(), "archive exited early");
         assert!(Instant::now() < deadline, "no archive files");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -133,9 +141,21 @@ async fn killed_mid_stream_and_read_again_every_request_is_archived_once() {
     let _ = first.wait_with_output();
 
     produce(&brokers, &requests(5_000, 10_000), 25).await;
+    // Crashes at chosen points: after 3, 4, 5… files (with flushes of one or two files, some
+    // land between a flush's two renames, some after its last rename and before its commit).
+    // Each restart cleans up after the one before.
+    let mut removed = 0;
+    for k in [3, 4, 5, 6] {
+        let crashing = start_with(&brokers, &out, "archive", Some(k));
+        let done = crashing.wait_with_output().expect("wait");
+        assert_eq!(done.status.code(), Some(86), "{}", String::from_utf8_lossy(&done.stderr));
+        removed += String::from_utf8_lossy(&done.stderr).matches("removed a file of an incomplete flush").count();
+    }
     let second = start(&brokers, &out, "archive");
     wait_committed(&brokers, "archive");
-    stop(second);
+    let log = stop(second);
+    removed += log.matches("removed a file of an incomplete flush").count();
+    assert!(removed > 0, "no crash fell between two renames of a flush");
     let ids = archived_ids(&out).await;
     assert_eq!(ids.len(), 10_000, "archived {} distinct requests", ids.len());
     let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).take(5).collect();
@@ -148,7 +168,7 @@ async fn killed_mid_stream_and_read_again_every_request_is_archived_once() {
     let log = stop(third);
     // (The first batch's undecodable messages lie below the archived offsets, so they count as
     // read again; the second batch's lie after the last archived request of their partitions.)
-    assert!(log.contains("archived 0 requests") && log.contains("10025 read again and skipped") && log.contains("25 undecodable"), "{log}");
+    assert!(log.contains("archived 0 requests") && log.contains("10025 read again and skipped") && log.contains("skipped, 25 undecodable"), "{log}");
     let again = archived_ids(&out).await;
     assert_eq!(again, ids);
     // Partitioned by date and hour.

@@ -126,7 +126,8 @@ pub fn seasonal_naive(values: &[f64], origin: usize, h: usize, m: usize) -> Opti
     Some((0..h).map(|k| values[origin - m + k % m]).collect())
 }
 
-fn run_window(series: &Series, events: &[EventSpan], opts: &BacktestOptions, rows: &Design, w: usize, origin: usize) -> Result<Window, BacktestError> {
+/// One window: its report line, and the model fitted at its cutoff.
+fn run_window(series: &Series, events: &[EventSpan], opts: &BacktestOptions, rows: &Design, w: usize, origin: usize) -> Result<(Window, forecast::DemandModel), BacktestError> {
     let h = opts.fit.horizon_steps;
     let cutoff = series.time_of(origin);
     let train = Series { start: series.start, step_ms: series.step_ms, values: series.values[..origin].to_vec() };
@@ -158,7 +159,7 @@ fn run_window(series: &Series, events: &[EventSpan], opts: &BacktestOptions, row
         .then(|| actual.iter().position(|a| *a > opts.spike_threshold * hf.baseline))
         .flatten()
         .map(|k| k as f64 * series.step_ms as f64 / 60_000.0);
-    Ok(Window {
+    Ok((Window {
         cutoff,
         origin,
         naive_daily: seasonal_naive(&series.values, origin, h, steps_in(DAY)),
@@ -176,7 +177,7 @@ fn run_window(series: &Series, events: &[EventSpan], opts: &BacktestOptions, row
         spike,
         alert,
         lead_minutes,
-    })
+    }, model))
 }
 
 /// Runs the backtest; `progress` is called once per finished window (from worker threads).
@@ -193,9 +194,20 @@ pub fn backtest(series: &Series, events: &[EventSpan], opts: &BacktestOptions, p
     let first = n - span;
     let origins: Vec<usize> = (0..opts.windows).map(|w| first + w * opts.step).collect();
     let rows = Design::new(series, events, &opts.fit);
-    let next = AtomicUsize::new(0);
-    let threads = opts.threads.clamp(1, opts.windows);
     let mut results: Vec<Option<Result<Window, BacktestError>>> = (0..opts.windows).map(|_| None).collect();
+    // The first window on its own: its model is every other window's starting point (the same
+    // whatever the thread count, so the report is too).
+    let first_window = run_window(series, events, opts, &rows, 0, origins[0]);
+    progress();
+    let warm = match &first_window {
+        Ok((_, m)) => Some((m.coefficients.clone(), m.intercept)),
+        Err(_) => None,
+    };
+    results[0] = Some(first_window.map(|(w, _)| w));
+    let rest = BacktestOptions { fit: FitOptions { warm_start: warm, ..opts.fit.clone() }, ..opts.clone() };
+    let opts = &rest;
+    let next = AtomicUsize::new(1);
+    let threads = opts.threads.clamp(1, opts.windows);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
@@ -204,7 +216,7 @@ pub fn backtest(series: &Series, events: &[EventSpan], opts: &BacktestOptions, p
                     loop {
                         let w = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&origin) = origins.get(w) else { break };
-                        done.push((w, run_window(series, events, opts, &rows, w, origin)));
+                        done.push((w, run_window(series, events, opts, &rows, w, origin).map(|(w, _)| w)));
                         progress();
                     }
                     done
@@ -438,6 +450,17 @@ mod tests {
         let csv = r.to_csv();
         assert_eq!(csv.lines().count(), 1 + 8 * 6);
         assert!(csv.lines().nth(1).unwrap().starts_with("1,"));
+    }
+
+    #[test]
+    fn the_report_is_the_same_on_one_thread_or_three() {
+        // Poisson fits start from the first window's model: the same whatever ran where.
+        let s = hourly(60);
+        let one = BacktestOptions { fit: FitOptions::new(Family::Poisson, 6), windows: 7, step: 24, spike_threshold: 2.0, min_confidence: 0.8, threads: 1 };
+        let three = BacktestOptions { threads: 3, ..one.clone() };
+        let (a, b) = (backtest(&s, &[], &one, &|| {}).unwrap(), backtest(&s, &[], &three, &|| {}).unwrap());
+        assert_eq!(a.to_csv(), b.to_csv());
+        assert_eq!(a.model.mae, b.model.mae);
     }
 
     #[test]

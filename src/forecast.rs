@@ -95,11 +95,15 @@ pub struct FitOptions {
     pub calibration_steps: Option<usize>,
     /// At most this many forecast origins in the held-out part (evenly spaced).
     pub max_calibration_origins: usize,
+    /// Coefficients (raw scale, with the intercept) to start the held-out fit from: a model of
+    /// similar data, such as a neighbouring backtest window's. Only iterative fits (Poisson)
+    /// use it, and only when it has one coefficient per feature.
+    pub warm_start: Option<(Vec<f64>, f64)>,
 }
 
 impl FitOptions {
     pub fn new(family: Family, horizon_steps: usize) -> Self {
-        FitOptions { family, spec: None, horizon_steps, scale: IntervalScale::SqrtLevel, calibration_steps: None, max_calibration_origins: 500 }
+        FitOptions { family, spec: None, horizon_steps, scale: IntervalScale::SqrtLevel, calibration_steps: None, max_calibration_origins: 500, warm_start: None }
     }
 }
 
@@ -311,7 +315,8 @@ pub fn fit_with(series: &Series, events: &[EventSpan], opts: &FitOptions, rows: 
     };
     let y_all = ArrayView1::from(&series.values[w..n]);
     let (x, y) = (all.slice(ndarray::s![..split - w, ..]), y_all.slice(ndarray::s![..split - w]));
-    let (coef, intercept) = solve(opts.family, x, y, None)?;
+    let warm = opts.warm_start.as_ref().filter(|(c, _)| c.len() == spec.len()).map(|(c, b)| (c.as_slice(), *b));
+    let (coef, intercept) = solve(opts.family, x, y, warm)?;
     let mut model = DemandModel {
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,

@@ -13,46 +13,91 @@ use ndarray::{Array1, Array2, ArrayView1};
 pub fn poisson_irls(x: &Array2<f64>, y: ArrayView1<'_, f64>, start: Option<Array1<f64>>) -> Result<(Vec<f64>, f64), String> {
     use linfa_linalg::cholesky::SolveCInplace;
     let (n, k) = x.dim();
-    let mut xa = Array2::<f64>::ones((n, k + 1));
-    xa.slice_mut(ndarray::s![.., ..k]).assign(x);
-    let deviance = |mu: &Array1<f64>| -> f64 {
-        y.iter().zip(mu.iter()).map(|(y, m)| 2.0 * (if *y > 0.0 { y * (y / m).ln() } else { 0.0 } - (y - m))).sum()
-    };
-    let (mut eta, mut mu, mut dev, mut beta) = match start {
-        // From given coefficients (a refit on more data): usually a step or two from converged.
-        Some(b) => {
-            let eta = xa.dot(&b);
-            let mu = eta.mapv(|e: f64| e.clamp(-30.0, 30.0).exp());
-            let dev = deviance(&mu);
-            if dev.is_finite() { (eta, mu, dev, Some(b)) } else { (y.mapv(|v| (v + 0.1).ln()), y.mapv(|v| v + 0.1), f64::INFINITY, None) }
+    let k1 = k + 1;
+    // Row-major rows, each with an implicit 1 for the intercept (the last coefficient). Every
+    // step is two passes over the rows: one builds XᵀWX and XᵀWz, one evaluates a candidate.
+    let x = x.as_standard_layout();
+    let rows = x.as_slice().ok_or("the design matrix is not contiguous")?;
+    let y = y.to_vec();
+    let row = |i: usize| &rows[i * k..(i + 1) * k];
+    // η, μ and the deviance of coefficients `b`, into `eta` and `mu`.
+    let evaluate = |b: &[f64], eta: &mut [f64], mu: &mut [f64]| -> f64 {
+        let mut dev = 0.0;
+        for i in 0..n {
+            let e = row(i).iter().zip(b).map(|(x, b)| x * b).sum::<f64>() + b[k];
+            let m = e.clamp(-30.0, 30.0).exp();
+            eta[i] = e;
+            mu[i] = m;
+            let yi = y[i];
+            dev += 2.0 * (if yi > 0.0 { yi * (yi / m).ln() } else { 0.0 } - (yi - m));
         }
-        None => (y.mapv(|v| (v + 0.1).ln()), y.mapv(|v| v + 0.1), f64::INFINITY, None),
+        dev
     };
-    let mut xw = Array2::<f64>::zeros((n, k + 1));
+    let (mut eta, mut mu) = (vec![0.0; n], vec![0.0; n]);
+    let (mut cand_eta, mut cand_mu) = (vec![0.0; n], vec![0.0; n]);
+    let mut beta: Option<Vec<f64>> = None;
+    let mut dev = f64::INFINITY;
+    // From given coefficients (a refit on more data): usually a step or two from converged.
+    if let Some(b) = start.filter(|b| b.len() == k1) {
+        let b = b.to_vec();
+        let d = evaluate(&b, &mut eta, &mut mu);
+        if d.is_finite() {
+            (beta, dev) = (Some(b), d);
+        }
+    }
+    if beta.is_none() {
+        // R's glm start: μ = y + 0.1.
+        for i in 0..n {
+            mu[i] = y[i] + 0.1;
+            eta[i] = mu[i].ln();
+        }
+    }
+    let mut a = Array2::<f64>::zeros((k1, k1));
+    let mut rhs = Array2::<f64>::zeros((k1, 1));
     for _ in 0..50 {
-        let w = mu.mapv(|m| m.max(1e-10));
-        let z = &eta + &((&y - &mu) / &w);
-        ndarray::Zip::from(xw.rows_mut()).and(xa.rows()).and(&w).for_each(|mut o, r, w| {
-            o.iter_mut().zip(r).for_each(|(o, r)| *o = r * w);
-        });
-        let mut a = xw.t().dot(&xa);
-        let rhs = xw.t().dot(&z).insert_axis(ndarray::Axis(1));
+        // XᵀWX (upper triangle) and XᵀWz for the working response z = η + (y − μ)/μ, weights μ.
+        a.fill(0.0);
+        rhs.fill(0.0);
+        {
+            let a = a.as_slice_mut().ok_or("not contiguous")?;
+            let r = rhs.as_slice_mut().ok_or("not contiguous")?;
+            for i in 0..n {
+                let w = mu[i].max(1e-10);
+                let z = eta[i] + (y[i] - mu[i]) / w;
+                let xi = row(i);
+                for j in 0..k {
+                    let wx = w * xi[j];
+                    let aj = &mut a[j * k1..(j + 1) * k1];
+                    for l in j..k {
+                        aj[l] += wx * xi[l];
+                    }
+                    aj[k] += wx;
+                    r[j] += wx * z;
+                }
+                a[k * k1 + k] += w;
+                r[k] += w * z;
+            }
+        }
+        for j in 0..k1 {
+            for l in 0..j {
+                a[[j, l]] = a[[l, j]];
+            }
+        }
         // A whisker of ridge keeps nearly collinear features solvable.
-        let ridge = 1e-10 * (0..=k).map(|j| a[[j, j]]).sum::<f64>() / (k + 1) as f64;
-        for j in 0..=k {
+        let ridge = 1e-10 * (0..k1).map(|j| a[[j, j]]).sum::<f64>() / k1 as f64;
+        for j in 0..k1 {
             a[[j, j]] += ridge;
         }
-        let next = a.solvec_into(rhs).map_err(|e| format!("solving the weighted normal equations: {e}"))?.remove_axis(ndarray::Axis(1));
+        let next = a.clone().solvec_into(rhs.clone()).map_err(|e| format!("solving the weighted normal equations: {e}"))?;
+        let next: Vec<f64> = next.iter().copied().collect();
         // Step-halving if the deviance rose (keeps IRLS from overshooting).
         let mut step = 1.0;
         loop {
-            let cand = match &beta {
-                Some(b) => b + &((&next - b) * step),
+            let cand: Vec<f64> = match &beta {
+                Some(b) => b.iter().zip(&next).map(|(b, n)| b + (n - b) * step).collect(),
                 None => next.clone(),
             };
-            let cand_eta = xa.dot(&cand);
-            let cand_mu = cand_eta.mapv(|e| e.clamp(-30.0, 30.0).exp());
-            let cand_dev = deviance(&cand_mu);
+            let cand_dev = evaluate(&cand, &mut cand_eta, &mut cand_mu);
             let improved = cand_dev.is_finite() && cand_dev <= dev * (1.0 + 1e-12);
             if !improved && step < 1e-3 {
                 // No step along the Newton direction lowers the deviance: the current
@@ -60,23 +105,23 @@ pub fn poisson_irls(x: &Array2<f64>, y: ArrayView1<'_, f64>, start: Option<Array
                 if beta.is_none() {
                     return Err("no coefficients with a finite deviance".into());
                 }
-                return finish(beta, dev, k);
+                return finish(beta.map(Array1::from), dev, k);
             }
             if improved {
                 let done = (dev - cand_dev).abs() <= 1e-8 * (cand_dev.abs() + 1.0);
                 beta = Some(cand);
-                eta = cand_eta;
-                mu = cand_mu;
+                std::mem::swap(&mut eta, &mut cand_eta);
+                std::mem::swap(&mut mu, &mut cand_mu);
                 dev = cand_dev;
                 if done {
-                    return finish(beta, dev, k);
+                    return finish(beta.map(Array1::from), dev, k);
                 }
                 break;
             }
             step /= 2.0;
         }
     }
-    finish(beta, dev, k)
+    finish(beta.map(Array1::from), dev, k)
 }
 
 fn finish(beta: Option<Array1<f64>>, dev: f64, k: usize) -> Result<(Vec<f64>, f64), String> {

@@ -22,5 +22,6 @@ RUN apt-get update \
 COPY --from=build /out/surgeguard /usr/local/bin/surgeguard
 COPY pipelines/ /etc/surgeguard/
 USER surgeguard
+EXPOSE 8480
 ENTRYPOINT ["surgeguard"]
 CMD ["run", "--config", "/etc/surgeguard/default.toml"]

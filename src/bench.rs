@@ -313,6 +313,8 @@ async fn measure_surgeguard(cfg: &Config, brokers: &str, opts: &BenchOptions, ev
         *slot = format!("{run_id}.sg.{name}");
     }
     sg.kafka.group_id = format!("{run_id}.sg");
+    // The pipeline alone: no HTTP API (its port may be taken by a service on this machine).
+    sg.api.listen = String::new();
     // Created here, before the clock starts, not by the service.
     sg.kafka.create_topics = false;
     kafka_topics::ensure(&runtime::client_config(cfg, brokers), &sg).await?;

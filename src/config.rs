@@ -34,6 +34,7 @@ pub struct Config {
     pub monitor: MonitorConfig,
     pub alerts: AlertsConfig,
     pub prediction: PredictionConfig,
+    pub api: ApiConfig,
     pub topics: TopicsConfig,
     pub kafka: KafkaConfig,
     /// Each configured dependency's breaker: `[breaker]` with its overrides applied (built at load).
@@ -448,6 +449,21 @@ impl Default for AlertsConfig {
     }
 }
 
+/// The HTTP API that `surgeguard run` and the demo serve.
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// host:port to listen on; empty turns the API off; port 0 takes a free one.
+    pub listen: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: "127.0.0.1:8480".into() }
+    }
+}
+
 /// Predictive limits: a demand model (`surgeguard fit`) forecasts the next horizon at each of its
 /// steps from the request stream's counts, and a forecast spike cuts every limit ahead of it.
 #[derive(Debug, Clone, Deserialize)]
@@ -658,6 +674,7 @@ impl Default for Config {
             monitor: MonitorConfig::default(),
             alerts: AlertsConfig::default(),
             prediction: PredictionConfig::default(),
+            api: ApiConfig::default(),
             topics: TopicsConfig::default(),
             kafka: KafkaConfig::default(),
             resolved_breakers: default_dependencies()

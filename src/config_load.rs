@@ -212,7 +212,7 @@ fn set<T: DeserializeOwned>(slot: &mut T, value: toml::Value, prefix: &str, erro
     }
 }
 
-const SECTIONS: &str = "limiter, tiers, request_types, throttle, health, adaptive, breaker, dependencies, fallback, monitor, alerts, prediction, topics, kafka";
+const SECTIONS: &str = "limiter, tiers, request_types, throttle, health, adaptive, breaker, dependencies, fallback, monitor, alerts, prediction, api, topics, kafka";
 
 /// librdkafka properties surgeguard sets itself; a pipeline file may not override them.
 pub const MANAGED_PROPERTIES: &[&str] = &[
@@ -249,6 +249,7 @@ fn from_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
             "monitor" => set(&mut c.monitor, value, "monitor", errors),
             "alerts" => set(&mut c.alerts, value, "alerts", errors),
             "prediction" => set(&mut c.prediction, value, "prediction", errors),
+            "api" => set(&mut c.api, value, "api", errors),
             "topics" => set(&mut c.topics, value, "topics", errors),
             "kafka" => set(&mut c.kafka, value, "kafka", errors),
             other => push(errors, other, format!("unknown section, expected one of {SECTIONS}")),
@@ -435,6 +436,10 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     check(errors, p.allowed_lateness_s <= 86_400, "prediction.allowed_lateness_s", || format!("expected 0..=86400 seconds, got {}", p.allowed_lateness_s));
     check(errors, !p.scope.is_empty(), "prediction.scope", || "expected a non-empty key".into());
     check(errors, p.history.is_empty() || !p.model.is_empty(), "prediction.history", || "expected empty while prediction.model is empty (there is no model to seed)".into());
+    let listen = &c.api.listen;
+    check(errors, listen.is_empty() || listen.parse::<std::net::SocketAddr>().is_ok(), "api.listen", || {
+        format!("expected \"\" (off) or an address such as 127.0.0.1:8480, got `{listen}`")
+    });
 
     check_kafka(c, errors);
     let t = &c.topics;

@@ -26,6 +26,8 @@
 #![cfg_attr(not(test), deny(dead_code))]
 
 pub mod adaptive;
+pub mod api;
+pub mod api_metrics;
 pub mod archive;
 pub mod archive_run;
 pub mod backtest;

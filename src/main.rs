@@ -56,6 +56,9 @@ enum Command {
         /// Bootstrap servers (overrides `kafka.brokers`).
         #[arg(long)]
         brokers: Option<String>,
+        /// Where the HTTP API listens (overrides `api.listen`; "" turns it off).
+        #[arg(long)]
+        api_listen: Option<String>,
     },
     /// Archive the requests topic as Parquet request history (date/hour partitions, no
     /// duplicates after a crash) until SIGINT or SIGTERM.
@@ -341,8 +344,14 @@ async fn shutdown_signal() {
     }
 }
 
-fn run_service(config: &Path, brokers: Option<&str>) -> anyhow::Result<()> {
-    let cfg = load(config)?;
+fn run_service(config: &Path, brokers: Option<&str>, api_listen: Option<String>) -> anyhow::Result<()> {
+    let mut cfg = load(config)?;
+    if let Some(listen) = api_listen {
+        anyhow::ensure!(listen.is_empty() || listen.parse::<std::net::SocketAddr>().is_ok(), "--api-listen {listen:?}: expected \"\" or an address such as 0.0.0.0:8480");
+        let mut c = (*cfg).clone();
+        c.api.listen = listen;
+        cfg = Arc::new(c);
+    }
     let brokers = brokers.map_or_else(|| cfg.kafka.brokers.clone(), str::to_string);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(surgeguard::runtime::run(cfg, &brokers, shutdown_signal()))?;
@@ -419,7 +428,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Replay { config, input, out } => run_replay(&config, &input, out.as_deref()),
-        Command::Run { config, brokers } => run_service(&config, brokers.as_deref()),
+        Command::Run { config, brokers, api_listen } => run_service(&config, brokers.as_deref(), api_listen),
         Command::Archive { config, brokers, out, group, flush_every, max_rows, incomplete_grace } => {
             run_archive(&config, brokers.as_deref(), out, group, &flush_every, max_rows, &incomplete_grace)
         }

@@ -245,6 +245,8 @@ pub struct RunContext {
     pub flush_timeout: Duration,
     /// Exactly-once: a revocation commits the open transaction with the processed offsets.
     pub exactly_once: bool,
+    /// Ready (for `/readyz`): partitions assigned and their state restored.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ClientContext for RunContext {}
@@ -261,6 +263,7 @@ impl ConsumerContext for RunContext {
 
 impl RunContext {
     fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        self.ready.store(false, std::sync::atomic::Ordering::SeqCst);
         let mut shared = lock(&self.shared);
         let revoked: Vec<Partition> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         tracing::info!(partitions = revoked.len(), "partitions revoked: delivering outputs and committing");
@@ -373,7 +376,14 @@ impl RunContext {
         Ok(())
     }
 
-    fn on_assign(&self, _consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+    fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        self.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.assign(consumer, tpl);
+        let failed = lock(&self.shared).failed.is_some();
+        self.ready.store(!failed, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn assign(&self, _consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let mut shared = lock(&self.shared);
         shared.assignments += 1;
         let assigned: HashSet<i32> =

@@ -32,6 +32,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::types::RDKafkaErrorCode;
 
+use crate::api::ApiState;
+use crate::api_metrics::Metrics;
 use crate::config::{Config, Guarantee};
 use crate::kafka_topics;
 use crate::rebalance::{self, Deliveries, DeliveryContext, OutputProducer, RunContext, Shared};
@@ -154,6 +156,9 @@ pub async fn run_with(
     let mut sh = Shared::new(topology);
     sh.requests_partitions = requests_partitions;
     let shared = Arc::new(Mutex::new(sh));
+    let metrics = Arc::new(Metrics::new().map_err(|e| RunError::Api(format!("metrics: {e}")))?);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let api = start_api(&cfg, ApiState { shared: shared.clone(), metrics: metrics.clone(), ready: ready.clone() }).await?;
     let context = RunContext {
         shared: shared.clone(),
         deliveries: deliveries.clone(),
@@ -164,6 +169,7 @@ pub async fn run_with(
         restore_timeout: RESTORE_TIMEOUT,
         flush_timeout: DRAIN_TIMEOUT,
         exactly_once: eos,
+        ready: ready.clone(),
     };
     // The changelog restore runs inside the consumer's poll (the assignment callback): a restore
     // that takes up to RESTORE_TIMEOUT must not count as a consumer that stopped polling
@@ -204,6 +210,7 @@ pub async fn run_with(
         control_high: HashMap::new(),
         changelog_every: Duration::from_millis(u64::from(cfg.kafka.commit_interval_ms)),
         last_changelog: Instant::now(),
+        metrics: metrics.clone(),
     };
     // Declared after the consumer, so dropped before it: an error exit marks the state so that
     // the revocation closing the consumer brings commits nothing.
@@ -325,6 +332,10 @@ pub async fn run_with(
         Err(e) => Err(e),
     })?;
     consumer.unsubscribe();
+    if let Some((stop, task)) = api {
+        stop.send(()).ok();
+        task.await.ok();
+    }
     tracing::info!(
         consumed = stats.consumed,
         produced = stats.produced,
@@ -335,6 +346,23 @@ pub async fn run_with(
     Ok(stats)
 }
 
+
+/// Binds `[api] listen` (unless empty) and serves the API until the returned sender fires.
+async fn start_api(cfg: &Config, state: ApiState) -> Result<Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>, RunError> {
+    if cfg.api.listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.api.listen).await.map_err(|e| RunError::Api(format!("api.listen = {:?}: {e}", cfg.api.listen)))?;
+    let addr = listener.local_addr().map_err(|e| RunError::Api(e.to_string()))?;
+    tracing::info!("HTTP API on http://{addr}");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        if let Err(e) = crate::api::serve(listener, state, async { stopped.await.ok(); }).await {
+            tracing::error!(error = %e, "the HTTP API stopped");
+        }
+    });
+    Ok(Some((stop, task)))
+}
 
 /// Refuses to start when the changelog has fewer partitions than the requests topic; returns the
 /// requests topic's partition count.

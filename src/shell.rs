@@ -41,6 +41,8 @@ pub enum RunError {
     Transaction(KafkaError),
     #[error(transparent)]
     Prediction(#[from] crate::prediction_setup::PredictionSetupError),
+    #[error("HTTP API: {0}")]
+    Api(String),
     #[error("topic {changelog} has {has} partitions, fewer than {requests} ({needs}): each requests partition keeps its state in the changelog partition of the same number")]
     ChangelogPartitions { changelog: String, has: usize, requests: String, needs: usize },
 }
@@ -115,6 +117,7 @@ pub(crate) struct Shell<'a> {
     /// At-least-once: how often dirty limiter state goes to the changelog.
     pub(crate) changelog_every: Duration,
     pub(crate) last_changelog: Instant,
+    pub(crate) metrics: Arc<crate::api_metrics::Metrics>,
 }
 
 /// Which consumer a message came from.
@@ -271,6 +274,8 @@ impl Shell<'_> {
     /// Decodes, processes and publishes one input message.
     pub(crate) async fn handle(&mut self, shared: &Mutex<Shared>, m: &BorrowedMessage<'_>, source: Source) -> Result<(), RunError> {
         self.stats.consumed += 1;
+        let started = Instant::now();
+        self.metrics.events_in.with_label_values(&[m.topic()]).inc();
         let tp: Partition = (m.topic().to_string(), m.partition());
         let offset = m.offset();
         let payload = m.payload().unwrap_or(&[]);
@@ -352,6 +357,7 @@ impl Shell<'_> {
             }
             outs.retain(|o| matches!(o, Output::Decision(_)));
         }
+        self.metrics.count_outputs(&outs);
         // Recorded before anything is sent (waiting for queue space may already bring this
         // message's first acknowledgements). Control partitions are committed by the leader.
         if source == Source::Requests || self.leader {
@@ -368,11 +374,13 @@ impl Shell<'_> {
         }
         self.buf = buf;
         self.outs = outs;
+        self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 
     pub(crate) async fn dead_letter(&mut self, m: &BorrowedMessage<'_>, tp: &Partition, offset: i64, e: &DecodeError) -> Result<(), RunError> {
         self.stats.dead_lettered += 1;
+        self.metrics.dead_lettered.inc();
         self.begin(tp, offset, 1);
         tracing::debug!(topic = %tp.0, partition = tp.1, offset, error = %e, "to the DLQ");
         let payload = m.payload().unwrap_or(&[]);

@@ -91,7 +91,14 @@ pub struct Topology {
     demand_weight: f64,
     spike_factor: f64,
     scratch_steps: Vec<Step>,
+    /// The latest alerts (at most `RECENT_ALERTS`) and each scope's latest prediction, for the
+    /// HTTP API.
+    recent_alerts: std::collections::VecDeque<crate::outputs::Alert>,
+    predictions: std::collections::BTreeMap<String, crate::outputs::Prediction>,
 }
+
+/// How many of the latest alerts the topology keeps for queries.
+pub const RECENT_ALERTS: usize = 1000;
 
 fn index_of(names: &[Arc<str>], name: &str) -> Option<usize> {
     names.iter().position(|n| **n == *name)
@@ -125,6 +132,8 @@ impl Topology {
             demand_weight: 1.0,
             spike_factor: cfg.prediction.spike_factor,
             scratch_steps: Vec::new(),
+            recent_alerts: std::collections::VecDeque::new(),
+            predictions: std::collections::BTreeMap::new(),
             tiers,
             request_types,
         }
@@ -185,6 +194,34 @@ impl Topology {
         if let Some(slot) = usize::try_from(partition).ok().and_then(|i| self.limiters.get_mut(i)) {
             *slot = None;
         }
+    }
+
+    /// Every current limit, as of the latest event time (empty before the first event).
+    pub fn limits_now(&self) -> Vec<crate::outputs::LimitUpdate> {
+        let mut out = Vec::new();
+        if let Some(now) = self.watermark {
+            self.limits.snapshot(now, "current", &mut out);
+        }
+        out
+    }
+
+    /// Every breaker's state, as of the latest event time.
+    pub fn breakers_now(&self) -> Vec<BreakerState> {
+        let mut out = Vec::new();
+        if let Some(now) = self.watermark {
+            self.breakers.snapshot(now, &mut out);
+        }
+        out
+    }
+
+    /// The latest alerts (oldest first), those at or after `since` when given.
+    pub fn alerts_since(&self, since: Option<Millis>) -> Vec<crate::outputs::Alert> {
+        self.recent_alerts.iter().filter(|a| since.is_none_or(|s| a.ts >= s)).cloned().collect()
+    }
+
+    /// Each scope's latest prediction.
+    pub fn latest_predictions(&self) -> Vec<crate::outputs::Prediction> {
+        self.predictions.values().cloned().collect()
     }
 
     pub fn monitor(&self) -> &Monitor {
@@ -292,6 +329,7 @@ impl Topology {
             }
             if let Some(pred) = step.prediction {
                 self.counters.predictions += 1;
+                self.predictions.insert(pred.scope.clone(), pred.clone());
                 out.push(Output::Prediction(pred));
             }
         }
@@ -305,6 +343,12 @@ impl Topology {
 
     fn push_alerts(&mut self, alerts: Vec<crate::outputs::Alert>, out: &mut Vec<Output>) {
         self.counters.alerts += alerts.len() as u64;
+        for a in &alerts {
+            if self.recent_alerts.len() >= RECENT_ALERTS {
+                self.recent_alerts.pop_front();
+            }
+            self.recent_alerts.push_back(a.clone());
+        }
         out.extend(alerts.into_iter().map(Output::Alert));
     }
 

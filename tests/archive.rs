@@ -97,7 +97,7 @@ fn wait_committed(brokers: &str, group: &str) {
     }
 }
 
-fn stop(mut child: Child) -> String {
+fn stop(child: Child) -> String {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();

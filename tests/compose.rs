@@ -41,6 +41,11 @@ fn compose_runs_the_same_kafka_as_the_scripts() {
     assert_eq!(env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"].as_str(), Some("false"));
     let cmd: Vec<&str> = c["services"]["surgeguard"]["command"].as_vec().expect("command").iter().filter_map(Yaml::as_str).collect();
     assert_eq!(cmd[0], "run");
+    // The API listens on the container's interfaces, published on the host's loopback.
+    let listen = cmd.iter().position(|a| *a == "--api-listen").and_then(|i| cmd.get(i + 1)).expect("--api-listen");
+    let addr: std::net::SocketAddr = listen.parse().expect("an address");
+    let ports: Vec<&str> = c["services"]["surgeguard"]["ports"].as_vec().expect("ports").iter().filter_map(Yaml::as_str).collect();
+    assert_eq!(ports, [format!("127.0.0.1:{0}:{0}", addr.port())]);
 }
 
 #[test]

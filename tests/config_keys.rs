@@ -59,6 +59,7 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
     ("kafka.partitions.predictions", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.partitions.alerts", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.partitions.dlq", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
+    ("api.listen", "Kafka runtime only: where `surgeguard run` serves its HTTP API (tests/api.rs); replay serves none"),
     ("prediction.model", "prediction is off by default (no model); tests/predictive.rs replays with a model file, and with a missing and a bad one"),
     ("prediction.history", "prediction is off by default; tests/predictive.rs seeds from a history (predictions from the first step) and refuses a history without a model"),
     ("prediction.history_kind", "prediction is off by default; tests/predictive.rs reads a history as a series, and the same file as events (one request per row) forecasts far less"),

@@ -49,7 +49,7 @@ impl Pipeline {
         // times, which the wall clock must not overtake during the tests' pauses.
         let wall_clock = if kafka.contains("wall_clock_after_idle_ms") { "" } else { "wall_clock_after_idle_ms = 0\n" };
         let text = format!(
-            "[topics]\n{}\n\n[kafka]\ngroup_id = \"{prefix}\"\nreplication_factor = 1\n{wall_clock}{kafka}\n\n[kafka.partitions]\nrequests = 3\ndecisions = 3\n",
+            "[api]\nlisten = \"127.0.0.1:0\"\n\n[topics]\n{}\n\n[kafka]\ngroup_id = \"{prefix}\"\nreplication_factor = 1\n{wall_clock}{kafka}\n\n[kafka.partitions]\nrequests = 3\ndecisions = 3\n",
             topics.join("\n")
         );
         let config = std::env::temp_dir().join(format!("{prefix}.toml"));

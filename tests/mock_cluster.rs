@@ -26,6 +26,7 @@ async fn nothing_is_lost_when_a_broker_goes_down_and_requests_fail() {
     let mut cfg = Config::default();
     cfg.kafka.create_topics = false;
     cfg.kafka.group_id = "mock-faults".into();
+    cfg.api.listen = "127.0.0.1:0".into();
     // Event time only: the requests carry fixed times that the wall clock must not overtake.
     cfg.kafka.wall_clock_after_idle_ms = 0;
     for spec in kafka_topics::specs(&cfg) {

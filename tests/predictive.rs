@@ -295,6 +295,7 @@ async fn run_publishes_predictions_the_cut_and_the_alert() {
     let mut cfg = surgeguard::config_load::load_str(&case.pipeline(""), "predictive.toml").unwrap_or_else(|e| panic!("{e}"));
     cfg.kafka.create_topics = false;
     cfg.kafka.group_id = "predictive".into();
+    cfg.api.listen = "127.0.0.1:0".into();
     cfg.kafka.wall_clock_after_idle_ms = 0;
     for spec in surgeguard::kafka_topics::specs(&cfg) {
         cluster.create_topic(&spec.name, spec.partitions, 1).expect("create topic");

@@ -1,0 +1,111 @@
+//! The service's Prometheus metrics: counters the shell moves as it works (events in, outputs
+//! out, decisions, dead letters, processing time), and gauges read from the topology when
+//! `/metrics` is scraped (breaker states, adjusted limits, the latest predictions).
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, GaugeVec, Opts, Registry, TextEncoder};
+
+use crate::outputs::{BreakerStateKind, DecisionKind, Output};
+use crate::topology::Topology;
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_in: IntCounterVec,
+    pub outputs: IntCounterVec,
+    pub decisions: IntCounterVec,
+    pub dead_lettered: IntCounter,
+    pub processing_seconds: Histogram,
+    pub ready: IntGauge,
+    breaker_state: IntGaugeVec,
+    adjusted_rpm: GaugeVec,
+    predicted_rpm: GaugeVec,
+    spike_factor: GaugeVec,
+}
+
+const STATES: [BreakerStateKind; 6] = [
+    BreakerStateKind::Closed,
+    BreakerStateKind::Open,
+    BreakerStateKind::HalfOpen,
+    BreakerStateKind::ForcedOpen,
+    BreakerStateKind::Disabled,
+    BreakerStateKind::MetricsOnly,
+];
+
+fn state_name(s: BreakerStateKind) -> &'static str {
+    match s {
+        BreakerStateKind::Closed => "closed",
+        BreakerStateKind::Open => "open",
+        BreakerStateKind::HalfOpen => "half_open",
+        BreakerStateKind::ForcedOpen => "forced_open",
+        BreakerStateKind::Disabled => "disabled",
+        BreakerStateKind::MetricsOnly => "metrics_only",
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("surgeguard".into()), None)?;
+        let events_in = IntCounterVec::new(Opts::new("events_in_total", "Input messages consumed, by topic"), &["topic"])?;
+        let outputs = IntCounterVec::new(Opts::new("outputs_total", "Output records produced, by kind (decisions, limits, breakers, predictions, alerts)"), &["kind"])?;
+        let decisions = IntCounterVec::new(Opts::new("decisions_total", "Decisions, by decision and tier"), &["decision", "tier"])?;
+        let dead_lettered = IntCounter::new("dlq_total", "Input messages sent to the DLQ")?;
+        let processing_seconds = Histogram::with_opts(
+            HistogramOpts::new("processing_seconds", "Time to process one input message and enqueue its outputs")
+                .buckets(vec![0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+        )?;
+        let ready = IntGauge::new("ready", "1 once the instance has its partitions and their state")?;
+        let breaker_state = IntGaugeVec::new(Opts::new("breaker_state", "1 for each dependency's current breaker state"), &["dependency", "state"])?;
+        let adjusted_rpm = GaugeVec::new(Opts::new("limit_adjusted_rpm", "The adjusted limit per tier/request_type, requests per minute"), &["key"])?;
+        let predicted_rpm = GaugeVec::new(Opts::new("predicted_rpm", "The latest forecast mean demand per scope, requests per minute"), &["scope"])?;
+        let spike_factor = GaugeVec::new(Opts::new("predicted_spike_factor", "The latest forecast's spike factor per scope"), &["scope"])?;
+        registry.register(Box::new(events_in.clone()))?;
+        registry.register(Box::new(outputs.clone()))?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(dead_lettered.clone()))?;
+        registry.register(Box::new(processing_seconds.clone()))?;
+        registry.register(Box::new(ready.clone()))?;
+        registry.register(Box::new(breaker_state.clone()))?;
+        registry.register(Box::new(adjusted_rpm.clone()))?;
+        registry.register(Box::new(predicted_rpm.clone()))?;
+        registry.register(Box::new(spike_factor.clone()))?;
+        Ok(Metrics { registry, events_in, outputs, decisions, dead_lettered, processing_seconds, ready, breaker_state, adjusted_rpm, predicted_rpm, spike_factor })
+    }
+
+    /// Counts the outputs of one message (before a follower drops the control side's).
+    pub fn count_outputs(&self, outs: &[Output]) {
+        for o in outs {
+            self.outputs.with_label_values(&[Output::TOPICS[o.kind()]]).inc();
+            if let Output::Decision(d) = o {
+                let kind = match d.decision {
+                    DecisionKind::Allow => "allow",
+                    DecisionKind::AllowWithGrace => "allow_with_grace",
+                    DecisionKind::Throttle => "throttle",
+                };
+                self.decisions.with_label_values(&[kind, &*d.tier]).inc();
+            }
+        }
+    }
+
+    /// The text exposition, with the gauges read from `topology` now.
+    pub fn render(&self, topology: Option<&Topology>) -> String {
+        if let Some(t) = topology {
+            for b in t.breakers_now() {
+                for s in STATES {
+                    self.breaker_state.with_label_values(&[&*b.dependency, state_name(s)]).set(i64::from(b.state == s));
+                }
+            }
+            for l in t.limits_now() {
+                self.adjusted_rpm.with_label_values(&[&*l.key]).set(f64::from(l.adjusted_rpm));
+            }
+            for p in t.latest_predictions() {
+                self.predicted_rpm.with_label_values(&[&p.scope]).set(p.predicted);
+                self.spike_factor.with_label_values(&[&p.scope]).set(p.spike_factor);
+            }
+        }
+        let mut buf = Vec::new();
+        // Encoding into memory fails only on a metric the encoder cannot write; say so in the body.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            return format!("# error encoding metrics: {e}\n");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}

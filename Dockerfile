@@ -24,4 +24,5 @@ COPY pipelines/ /etc/surgeguard/
 USER surgeguard
 EXPOSE 8480
 ENTRYPOINT ["surgeguard"]
-CMD ["run", "--config", "/etc/surgeguard/default.toml"]
+# The API on the container's interfaces (publish it with -p 127.0.0.1:8480:8480).
+CMD ["run", "--config", "/etc/surgeguard/default.toml", "--api-listen", "0.0.0.0:8480"]

@@ -62,7 +62,7 @@ async fn lock(shared: &Mutex<Shared>) -> Result<MutexGuard<'_, Shared>, Problem>
             Err(TryLockError::WouldBlock) => {}
         }
         if Instant::now() >= deadline {
-            return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Busy", "the pipeline's state is being restored; try again"));
+            return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Busy", "the pipeline's state is held by a rebalance (a restore, or a flush and commit); try again"));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -95,9 +95,10 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     s.metrics.ready.set(i64::from(s.ready.load(Ordering::SeqCst)));
     let text = match lock(&s.shared).await {
         Ok(sh) => s.metrics.render(Some(&sh.topology)),
+        // The counters still; the gauges read from the state as last scraped.
         Err(_) => s.metrics.render(None),
     };
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    ([(header::CONTENT_TYPE, s.metrics.content_type())], text).into_response()
 }
 
 async fn limits(State(s): State<ApiState>) -> Result<Response, Problem> {

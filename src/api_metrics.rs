@@ -47,15 +47,15 @@ impl Metrics {
         let events_in = IntCounterVec::new(Opts::new("events_in_total", "Input messages consumed, by topic"), &["topic"])?;
         let outputs = IntCounterVec::new(Opts::new("outputs_total", "Output records produced, by kind (decisions, limits, breakers, predictions, alerts)"), &["kind"])?;
         let decisions = IntCounterVec::new(Opts::new("decisions_total", "Decisions, by decision and tier"), &["decision", "tier"])?;
-        let dead_lettered = IntCounter::new("dlq_total", "Input messages sent to the DLQ")?;
+        let dead_lettered = IntCounter::new("dlq_messages_total", "Input messages sent to the DLQ")?;
         let processing_seconds = Histogram::with_opts(
-            HistogramOpts::new("processing_seconds", "Time to process one input message and enqueue its outputs")
+            HistogramOpts::new("processing_seconds", "Time to process one decoded input message and enqueue its outputs, waits for producer queue space included")
                 .buckets(vec![0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
         )?;
         let ready = IntGauge::new("ready", "1 once the instance has its partitions and their state")?;
         let breaker_state = IntGaugeVec::new(Opts::new("breaker_state", "1 for each dependency's current breaker state"), &["dependency", "state"])?;
-        let adjusted_rpm = GaugeVec::new(Opts::new("limit_adjusted_rpm", "The adjusted limit per tier/request_type, requests per minute"), &["key"])?;
-        let predicted_rpm = GaugeVec::new(Opts::new("predicted_rpm", "The latest forecast mean demand per scope, requests per minute"), &["scope"])?;
+        let adjusted_rpm = GaugeVec::new(Opts::new("limit_adjusted_requests_per_minute", "The adjusted limit per tier and request type"), &["tier", "request_type"])?;
+        let predicted_rpm = GaugeVec::new(Opts::new("predicted_requests_per_minute", "The latest forecast mean demand per scope"), &["scope"])?;
         let spike_factor = GaugeVec::new(Opts::new("predicted_spike_factor", "The latest forecast's spike factor per scope"), &["scope"])?;
         registry.register(Box::new(events_in.clone()))?;
         registry.register(Box::new(outputs.clone()))?;
@@ -70,7 +70,8 @@ impl Metrics {
         Ok(Metrics { registry, events_in, outputs, decisions, dead_lettered, processing_seconds, ready, breaker_state, adjusted_rpm, predicted_rpm, spike_factor })
     }
 
-    /// Counts the outputs of one message (before a follower drops the control side's).
+    /// Counts the outputs of one message that this instance produces (a follower has dropped
+    /// the control side's by then).
     pub fn count_outputs(&self, outs: &[Output]) {
         for o in outs {
             self.outputs.with_label_values(&[Output::TOPICS[o.kind()]]).inc();
@@ -85,16 +86,24 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the gauges read from `topology` now.
+    /// The content type of `render`'s text.
+    pub fn content_type(&self) -> String {
+        TextEncoder::new().format_type().to_string()
+    }
+
+    /// The text exposition, with the gauges read from `topology` now (breaker states only for
+    /// the configured dependencies: an outcome may name any dependency, and each name would
+    /// be six series that never go away).
     pub fn render(&self, topology: Option<&Topology>) -> String {
         if let Some(t) = topology {
-            for b in t.breakers_now() {
+            for b in t.breakers_now().into_iter().filter(|b| t.is_upstream(&b.dependency)) {
                 for s in STATES {
                     self.breaker_state.with_label_values(&[&*b.dependency, state_name(s)]).set(i64::from(b.state == s));
                 }
             }
             for l in t.limits_now() {
-                self.adjusted_rpm.with_label_values(&[&*l.key]).set(f64::from(l.adjusted_rpm));
+                let (tier, request_type) = l.key.split_once('/').unwrap_or((&l.key, ""));
+                self.adjusted_rpm.with_label_values(&[tier, request_type]).set(f64::from(l.adjusted_rpm));
             }
             for p in t.latest_predictions() {
                 self.predicted_rpm.with_label_values(&[&p.scope]).set(p.predicted);

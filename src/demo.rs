@@ -186,6 +186,12 @@ pub async fn protected(cfg: Config, opts: &DemoOptions, on_ready: impl FnOnce(&s
         while !pending.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(msg) = tokio::time::timeout(left.max(Duration::from_millis(1)), gateway.recv()).await else {
+                // The service may have stopped on an error (a taken API port, say): report that.
+                if service.is_finished() {
+                    if let Ok(Err(e)) = service.await {
+                        return Err(e.into());
+                    }
+                }
                 return Err(DemoError::Stalled { second, missing: pending.len() });
             };
             let m = msg?;

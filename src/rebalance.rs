@@ -264,6 +264,18 @@ impl ConsumerContext for RunContext {
 impl RunContext {
     fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         self.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.revoke(consumer, tpl);
+        // Cooperative rebalancing revokes some partitions and keeps the others being served;
+        // eager rebalancing revokes everything, and the assignment that follows sets it again.
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let (owns, failed) = {
+            let sh = lock(&self.shared);
+            (!sh.owned.is_empty(), sh.failed.is_some())
+        };
+        self.ready.store(cooperative && owns && !failed, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let mut shared = lock(&self.shared);
         let revoked: Vec<Partition> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         tracing::info!(partitions = revoked.len(), "partitions revoked: delivering outputs and committing");

@@ -313,6 +313,7 @@ pub async fn run_with(
     if !shell.eos {
         shell.flush_changelog().await?;
     }
+    ready.store(false, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(in_flight = shell.in_flight(), "shutting down: finishing deliveries");
     if let Err(e) = tokio::task::block_in_place(|| producer.flush(DRAIN_TIMEOUT)) {
         tracing::warn!(error = %e, in_flight = shell.in_flight(), "deliveries still in flight after {DRAIN_TIMEOUT:?}: their inputs will be processed again");
@@ -334,7 +335,10 @@ pub async fn run_with(
     consumer.unsubscribe();
     if let Some((stop, task)) = api {
         stop.send(()).ok();
-        task.await.ok();
+        // Open connections get a few seconds to finish.
+        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            tracing::warn!("the HTTP API did not stop within 5 s");
+        }
     }
     tracing::info!(
         consumed = stats.consumed,

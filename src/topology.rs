@@ -205,6 +205,11 @@ impl Topology {
         out
     }
 
+    /// Whether `dependency` is one of the configured dependencies.
+    pub fn is_upstream(&self, dependency: &str) -> bool {
+        self.upstream.iter().any(|d| **d == *dependency)
+    }
+
     /// Every breaker's state, as of the latest event time.
     pub fn breakers_now(&self) -> Vec<BreakerState> {
         let mut out = Vec::new();
@@ -214,7 +219,8 @@ impl Topology {
         out
     }
 
-    /// The latest alerts (oldest first), those at or after `since` when given.
+    /// The latest alerts in the order raised (a minute's rules are stamped with the minute's
+    /// end, so `ts` is not quite in order), those at or after `since` when given.
     pub fn alerts_since(&self, since: Option<Millis>) -> Vec<crate::outputs::Alert> {
         self.recent_alerts.iter().filter(|a| since.is_none_or(|s| a.ts >= s)).cloned().collect()
     }

@@ -71,7 +71,7 @@ async fn the_api_serves_the_pipelines_state() {
     };
     // Up, then ready once the group has assigned the partitions.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let http = tokio::task::spawn_blocking(move || {
+    let ready = tokio::task::spawn_blocking(move || {
         loop {
             if let Ok(mut r) = http.agent.get(format!("{}/readyz", http.base)).call() {
                 if r.status() == 200 {
@@ -84,8 +84,17 @@ async fn the_api_serves_the_pipelines_state() {
         }
         http
     })
-    .await
-    .expect("readiness");
+    .await;
+    let http = match ready {
+        Ok(http) => http,
+        Err(e) => {
+            // Stop the service before failing: a test that panics with it running hangs in the
+            // runtime's teardown.
+            stop.send(()).ok();
+            let _ = tokio::time::timeout(Duration::from_secs(60), service).await;
+            panic!("readiness: {e}");
+        }
+    };
 
     // The surge, requests and the backend's outcomes and telemetry.
     let events = monday_surge(&Surge::default());
@@ -106,22 +115,32 @@ async fn the_api_serves_the_pipelines_state() {
         p.await.expect("delivery report").map_err(|(e, _)| e).expect("produced");
     }
     let requests = events.iter().filter(|e| matches!(e, InputEvent::Request(_))).count();
+    let outcomes = events.iter().filter(|e| matches!(e, InputEvent::Outcome(_))).count();
 
-    tokio::task::spawn_blocking(move || {
-        // Wait until the metrics count every request in.
+    let queries = tokio::task::spawn_blocking(move || {
+        // Wait until the metrics count every request and every outcome in.
+        let count = |m: &str, topic: &str| -> f64 {
+            let prefix = format!("surgeguard_events_in_total{{topic=\"{topic}\"}}");
+            m.lines().find(|l| l.starts_with(&prefix)).and_then(|l| l.split_whitespace().last()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        };
         let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (_, _, m) = http.get("/metrics");
-            let line = m.lines().find(|l| l.starts_with("surgeguard_events_in_total{topic=\"surgeguard.requests\"}")).unwrap_or("");
-            if line.split_whitespace().last().and_then(|v| v.parse::<f64>().ok()) == Some(requests as f64) {
-                assert!(m.contains("surgeguard_decisions_total{decision=\"allow\",tier=\"free\"}"), "{m}");
-                assert!(m.contains("surgeguard_breaker_state{dependency=\"ai_primary\",state=\"closed\"}"), "{m}");
-                assert!(m.contains("surgeguard_limit_adjusted_rpm{key=\"free/standard\"}"), "{m}");
-                assert!(m.contains("surgeguard_processing_seconds_bucket") && m.contains("surgeguard_ready 1"), "{m}");
-                break;
+        let m = loop {
+            let (status, ct, m) = http.get("/metrics");
+            assert!(status == 200 && ct.starts_with("text/plain; version=0.0.4"), "{status} {ct}: {m}");
+            if count(&m, "surgeguard.requests") >= requests as f64 && count(&m, "surgeguard.outcomes") >= outcomes as f64 {
+                break m;
             }
-            assert!(Instant::now() < deadline, "requests in: {line}");
+            assert!(Instant::now() < deadline, "requests in: {}, outcomes in: {}", count(&m, "surgeguard.requests"), count(&m, "surgeguard.outcomes"));
             std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(m.contains("surgeguard_decisions_total{decision=\"allow\",tier=\"free\"}"), "{m}");
+        assert!(m.contains("surgeguard_processing_seconds_bucket") && m.contains("surgeguard_ready 1"), "{m}");
+        let limit_line = m.lines().find(|l| l.starts_with("surgeguard_limit_adjusted_requests_per_minute{") && l.contains("tier=\"free\"") && l.contains("request_type=\"standard\""));
+        assert!(limit_line.is_some(), "{m}");
+        // Exactly one state of each configured dependency's breaker is 1.
+        for dep in ["ai_primary", "ai_secondary", "database"] {
+            let on: Vec<&str> = m.lines().filter(|l| l.starts_with(&format!("surgeguard_breaker_state{{dependency=\"{dep}\"")) && l.ends_with(" 1")).collect();
+            assert_eq!(on.len(), 1, "{dep}: {on:?}\n{m}");
         }
         assert_eq!(http.get("/healthz"), (200, "text/plain; charset=utf-8".into(), "ok\n".into()));
 
@@ -140,19 +159,29 @@ async fn the_api_serves_the_pipelines_state() {
         let alerts = http.json("/v1/alerts");
         let all = alerts.as_array().expect("a list");
         assert!(all.iter().any(|a| a["rule"] == "breaker_tripped"), "the surge trips a breaker: {alerts}");
-        let last = all.last().expect("an alert");
-        let since = http.json(&format!("/v1/alerts?since={}", last["ts"].as_str().expect("ts")));
-        assert!(since.as_array().is_some_and(|s| !s.is_empty() && s.len() <= all.len()));
+        // (Telemetry may still be arriving and raising alerts between the two requests: the
+        // later answer holds every earlier alert at or after `since`, and only those.)
+        let mid = all[all.len() / 2]["ts"].as_str().expect("ts").to_string();
+        let since = http.json(&format!("/v1/alerts?since={mid}"));
+        let since = since.as_array().expect("a list");
+        assert!(since.iter().all(|a| a["ts"].as_str().unwrap_or("") >= mid.as_str()), "since={mid}");
+        for a in all.iter().filter(|a| a["ts"].as_str().unwrap_or("") >= mid.as_str()) {
+            assert!(since.contains(a), "{a} missing from since={mid}");
+        }
+
         let p = http.problem("/v1/alerts?since=yesterday", 400);
         assert!(p["detail"].as_str().unwrap_or("").contains("RFC 3339"), "{p}");
         assert_eq!(http.json("/v1/predictions"), serde_json::json!([]), "no model configured");
         http.problem("/v1/nothing-here", 404);
     })
-    .await
-    .expect("queries");
+    .await;
 
     stop.send(()).ok();
-    let stats = service.await.expect("service task").expect("service stopped cleanly");
+    let stopped = tokio::time::timeout(Duration::from_secs(60), service).await;
+    if let Err(e) = queries {
+        panic!("queries: {e}");
+    }
+    let stats = stopped.expect("stopped within 60 s").expect("service task").expect("service stopped cleanly");
     // (Control events may still be coming in: the test waited for the requests only.)
     assert!(stats.consumed as usize >= requests, "{stats:?}");
     assert_eq!(stats.dead_lettered, 0);

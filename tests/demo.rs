@@ -9,7 +9,10 @@ use surgeguard::demo::{self, DemoOptions};
 async fn protection_keeps_the_surge_served_and_its_absence_collapses() {
     let opts = DemoOptions { seed: 7, speed: 0.0 };
     let without = demo::unprotected(&opts).await;
-    let with = demo::protected(Config::default(), &opts, |_| {}).await.expect("protected run");
+    // Any free port for the API (8480 may be taken on a developer's machine).
+    let mut cfg = Config::default();
+    cfg.api.listen = "127.0.0.1:0".into();
+    let with = demo::protected(cfg, &opts, |_| {}).await.expect("protected run");
     let table = demo::table(&without, &with);
     assert_eq!(without.requests, with.requests, "both runs see the same demand\n{table}");
     assert!(with.success_rate() >= 0.99, "protected success {:.4}\n{table}", with.success_rate());

@@ -181,7 +181,7 @@ impl AdaptiveLimits {
             note(format_args!("db ×{} (pool {:.2} used)", m.db, h.db));
         }
         if let Some((dep, state)) = api_cause {
-            note(format_args!("api ×{} ({dep} breaker {})", m.api, state_name(state)));
+            note(format_args!("api ×{} ({dep} breaker {})", m.api, state.as_str()));
         }
         if m.queue != 1.0 {
             note(format_args!("queue ×{} (queue {:.2} full)", m.queue, h.queue));
@@ -232,17 +232,6 @@ fn per_window(rpm: u32, window_s: u32) -> u32 {
 
 fn policy(limit: u32, window_s: u32) -> Arc<str> {
     format!("{limit};w={window_s}").into()
-}
-
-fn state_name(s: BreakerStateKind) -> &'static str {
-    match s {
-        BreakerStateKind::Closed => "closed",
-        BreakerStateKind::Open => "open",
-        BreakerStateKind::HalfOpen => "half_open",
-        BreakerStateKind::ForcedOpen => "forced_open",
-        BreakerStateKind::Disabled => "disabled",
-        BreakerStateKind::MetricsOnly => "metrics_only",
-    }
 }
 
 #[cfg(test)]

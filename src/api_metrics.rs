@@ -21,26 +21,6 @@ pub struct Metrics {
     spike_factor: GaugeVec,
 }
 
-const STATES: [BreakerStateKind; 6] = [
-    BreakerStateKind::Closed,
-    BreakerStateKind::Open,
-    BreakerStateKind::HalfOpen,
-    BreakerStateKind::ForcedOpen,
-    BreakerStateKind::Disabled,
-    BreakerStateKind::MetricsOnly,
-];
-
-fn state_name(s: BreakerStateKind) -> &'static str {
-    match s {
-        BreakerStateKind::Closed => "closed",
-        BreakerStateKind::Open => "open",
-        BreakerStateKind::HalfOpen => "half_open",
-        BreakerStateKind::ForcedOpen => "forced_open",
-        BreakerStateKind::Disabled => "disabled",
-        BreakerStateKind::MetricsOnly => "metrics_only",
-    }
-}
-
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("surgeguard".into()), None)?;
@@ -97,8 +77,8 @@ impl Metrics {
     pub fn render(&self, topology: Option<&Topology>) -> String {
         if let Some(t) = topology {
             for b in t.breakers_now().into_iter().filter(|b| t.is_upstream(&b.dependency)) {
-                for s in STATES {
-                    self.breaker_state.with_label_values(&[&*b.dependency, state_name(s)]).set(i64::from(b.state == s));
+                for s in BreakerStateKind::ALL {
+                    self.breaker_state.with_label_values(&[&*b.dependency, s.as_str()]).set(i64::from(b.state == s));
                 }
             }
             for l in t.limits_now() {

@@ -131,6 +131,26 @@ pub enum BreakerStateKind {
 }
 
 impl BreakerStateKind {
+    pub const ALL: [BreakerStateKind; 6] = [
+        BreakerStateKind::Closed,
+        BreakerStateKind::Open,
+        BreakerStateKind::HalfOpen,
+        BreakerStateKind::ForcedOpen,
+        BreakerStateKind::Disabled,
+        BreakerStateKind::MetricsOnly,
+    ];
+
+    /// The name on the wire (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerStateKind::Closed => "closed",
+            BreakerStateKind::Open => "open",
+            BreakerStateKind::HalfOpen => "half_open",
+            BreakerStateKind::ForcedOpen => "forced_open",
+            BreakerStateKind::Disabled => "disabled",
+            BreakerStateKind::MetricsOnly => "metrics_only",
+        }
+    }
     /// Whether calls to the dependency should be routed to its fallback plan.
     pub fn needs_fallback(self) -> bool {
         matches!(self, BreakerStateKind::Open | BreakerStateKind::ForcedOpen | BreakerStateKind::HalfOpen)

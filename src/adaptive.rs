@@ -37,6 +37,9 @@ pub struct AdaptiveLimits {
     predicted: f64,
     multipliers: Multipliers,
     severity: LoadSeverity,
+    /// Operators' temporary overrides per key (same index as `keys`): the limit in requests per
+    /// minute and when it ends (event time).
+    overrides: Vec<Option<(u32, Millis)>>,
 }
 
 /// The multiplier of the highest step whose threshold `utilisation` exceeds, else 1.
@@ -87,7 +90,37 @@ impl AdaptiveLimits {
             predicted: 1.0,
             multipliers: Multipliers::NEUTRAL,
             severity: LoadSeverity::Normal,
+            overrides: vec![None; tiers.len() * request_types.len()],
         }
+    }
+
+    /// The index of the key `tier/request_type`.
+    pub fn key_index(&self, key: &str) -> Option<usize> {
+        self.keys.iter().position(|k| *k.key == *key)
+    }
+
+    /// An operator's override of key `i`: `rpm` requests per minute until `until` (event time),
+    /// whatever the multipliers say; `None` ends it. The key's update is published either way.
+    pub fn set_override(&mut self, i: usize, value: Option<(u32, Millis)>, now: Millis, out: &mut Vec<LimitUpdate>) {
+        if let Some(slot) = self.overrides.get_mut(i) {
+            *slot = value.map(|(rpm, until)| (rpm.max(1), until));
+            self.recompute_forcing(now, Some(i), out);
+        }
+    }
+
+    /// Ends the overrides whose time is up at `now` (publishing their keys' limits).
+    pub fn expire_overrides(&mut self, now: Millis, out: &mut Vec<LimitUpdate>) {
+        for i in 0..self.overrides.len() {
+            if self.overrides[i].is_some_and(|(_, until)| until <= now) {
+                self.overrides[i] = None;
+                self.recompute_forcing(now, Some(i), out);
+            }
+        }
+    }
+
+    /// The override of key `i`, if any.
+    pub fn override_of(&self, i: usize) -> Option<(u32, Millis)> {
+        self.overrides.get(i).copied().flatten()
     }
 
     pub fn limit(&self, tier: usize, request_type: usize) -> &KeyLimit {
@@ -104,8 +137,12 @@ impl AdaptiveLimits {
 
     /// A `LimitUpdate` for every key, as of now (published once at start).
     pub fn snapshot(&self, now: Millis, reason: &str, out: &mut Vec<LimitUpdate>) {
-        for k in &self.keys {
-            out.push(self.update(k, now, reason.to_string()));
+        for (k, over) in self.keys.iter().zip(&self.overrides) {
+            let reason = match over {
+                Some((rpm, until)) => override_reason(*rpm, *until),
+                None => reason.to_string(),
+            };
+            out.push(self.update(k, now, reason));
         }
     }
 
@@ -149,6 +186,11 @@ impl AdaptiveLimits {
     }
 
     fn recompute(&mut self, now: Millis, out: &mut Vec<LimitUpdate>) {
+        self.recompute_forcing(now, None, out);
+    }
+
+    /// As `recompute`, publishing key `force` even if its limit did not change.
+    fn recompute_forcing(&mut self, now: Millis, force: Option<usize>, out: &mut Vec<LimitUpdate>) {
         let h = self.health;
         let (api, api_cause) = self.api_multiplier();
         let m = Multipliers {
@@ -196,16 +238,25 @@ impl AdaptiveLimits {
         let factor = m.product();
         let window_s = self.window_s;
         for i in 0..self.keys.len() {
+            let over = self.overrides[i];
             let k = &mut self.keys[i];
-            let adjusted = (f64::from(k.baseline) * factor).round().clamp(f64::from(k.minimum), f64::from(k.maximum)) as u32;
+            let adjusted = match over {
+                // An operator's override stands as given (not clamped to the tier's range).
+                Some((rpm, _)) => rpm,
+                None => (f64::from(k.baseline) * factor).round().clamp(f64::from(k.minimum), f64::from(k.maximum)) as u32,
+            };
             // Severity is part of every update: publish all keys when it changes, so the
             // compacted limits topic never shows a stale one.
-            if adjusted != k.adjusted || self.severity != previous_severity {
+            if adjusted != k.adjusted || self.severity != previous_severity || force == Some(i) {
                 k.adjusted = adjusted;
                 k.window_limit = per_window(adjusted, window_s);
                 k.policy = policy(k.window_limit, window_s);
+                let reason = match over {
+                    Some((rpm, until)) => override_reason(rpm, until),
+                    None => reason.clone(),
+                };
                 let k = &self.keys[i];
-                out.push(self.update(k, now, reason.clone()));
+                out.push(self.update(k, now, reason));
             }
         }
     }
@@ -228,6 +279,10 @@ impl AdaptiveLimits {
 /// Converts requests per minute into units per window (at least 1).
 fn per_window(rpm: u32, window_s: u32) -> u32 {
     ((u64::from(rpm) * u64::from(window_s) + 30) / 60).clamp(1, u64::from(u32::MAX)) as u32
+}
+
+fn override_reason(rpm: u32, until: Millis) -> String {
+    format!("admin override {rpm}/min until {until}")
 }
 
 fn policy(limit: u32, window_s: u32) -> Arc<str> {
@@ -312,6 +367,44 @@ mod tests {
         a.on_health(Health { cpu: 0.1, memory: 0.1, db: 0.89, queue: 0.0, sources: 1 }, Millis(2), &mut out);
         assert_eq!(out.len(), 9);
         assert!(out.iter().all(|u| u.severity == LoadSeverity::High));
+    }
+
+    #[test]
+    fn an_override_holds_until_its_time_then_the_multipliers_apply_again() {
+        let cfg = crate::config::Config::default();
+        let tiers: Vec<&str> = cfg.tiers.keys().map(String::as_str).collect();
+        let rts: Vec<&str> = cfg.request_types.keys().map(String::as_str).collect();
+        let mut a = AdaptiveLimits::new(&cfg, &tiers, &rts);
+        let i = a.key_index("free/standard").expect("key");
+        let before = a.keys[i].adjusted;
+        let mut out = Vec::new();
+        a.set_override(i, Some((7, Millis(10_000))), Millis(1_000), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].adjusted_rpm, &*out[0].key), (7, "free/standard"));
+        assert!(out[0].reason.starts_with("admin override 7/min until"), "{}", out[0].reason);
+        // Health changes do not move an overridden key.
+        out.clear();
+        a.on_breaker("ai".into(), BreakerStateKind::Open, Millis(2_000), &mut out);
+        assert!(out.iter().all(|u| &*u.key != "free/standard"), "{out:?}");
+        assert_eq!(a.keys[i].adjusted, 7);
+        let mut snap = Vec::new();
+        a.snapshot(Millis(3_000), "current", &mut snap);
+        assert!(snap.iter().any(|u| &*u.key == "free/standard" && u.reason.starts_with("admin override")));
+        // Not yet over at 9.999 s; over at 10 s, back to the multipliers (the open breaker).
+        out.clear();
+        a.expire_overrides(Millis(9_999), &mut out);
+        assert!(out.is_empty());
+        a.expire_overrides(Millis(10_000), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_ne!(out[0].adjusted_rpm, 7);
+        assert!(out[0].adjusted_rpm < before, "the open breaker's multiplier applies: {out:?}");
+        assert_eq!(a.override_of(i), None);
+        // Clearing early publishes the key too.
+        a.set_override(i, Some((3, Millis(60_000))), Millis(11_000), &mut out);
+        out.clear();
+        a.set_override(i, None, Millis(12_000), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_ne!(out[0].adjusted_rpm, 3);
     }
 
     #[test]

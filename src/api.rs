@@ -3,8 +3,7 @@
 //! readiness. Handlers read the state the pipeline keeps (`rebalance::Shared`); errors are
 //! `application/problem+json` (RFC 9457).
 //!
-//! Built so far: the read endpoints, `/metrics`, `/healthz`, `/readyz`. Not yet: per-user quota
-//! state, `POST /v1/decide`, the admin endpoints, `/openapi.json`, the dashboard, hot reload.
+//! The per-user endpoints are in `api_decide.rs`, the admin endpoints in `api_admin.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -13,7 +12,8 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
@@ -28,6 +28,37 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Set once the instance has its partitions and their restored state.
     pub ready: Arc<AtomicBool>,
+    /// Wakes the main loop to publish the API's decisions (`Shared::api_outputs`).
+    pub wake: Arc<tokio::sync::Notify>,
+    /// The admin endpoints' token and producer (none: admin is off).
+    pub admin: Option<Arc<crate::api_admin::Admin>>,
+    pub admin_token_env: String,
+    pub partitioner: crate::partitioner::Partitioner,
+    pub requests_topic: String,
+    pub default_tier: String,
+    pub window_s: u32,
+    /// The configured dependencies and limit keys (`tier/request_type`).
+    pub dependencies: Vec<String>,
+    pub limit_keys: Vec<String>,
+}
+
+impl ApiState {
+    pub fn new(cfg: &crate::config::Config, shared: Arc<Mutex<Shared>>, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Self {
+        ApiState {
+            shared,
+            metrics,
+            ready,
+            wake: Arc::new(tokio::sync::Notify::new()),
+            admin: None,
+            admin_token_env: cfg.api.admin_token_env.clone(),
+            partitioner: cfg.api.partitioner,
+            requests_topic: cfg.topics.requests.clone(),
+            default_tier: cfg.limiter.default_tier.clone(),
+            window_s: cfg.limiter.window_s,
+            dependencies: cfg.dependencies.keys().cloned().collect(),
+            limit_keys: cfg.tiers.keys().flat_map(|t| cfg.request_types.keys().map(move |rt| format!("{t}/{rt}"))).collect(),
+        }
+    }
 }
 
 /// An RFC 9457 problem.
@@ -35,25 +66,50 @@ pub struct Problem {
     status: StatusCode,
     title: &'static str,
     detail: String,
+    /// Extension members.
+    extra: serde_json::Map<String, serde_json::Value>,
+    /// Ask for a bearer token (401).
+    bearer: bool,
 }
 
 impl Problem {
-    fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
-        Problem { status, title, detail: detail.into() }
+    pub(crate) fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
+        Problem { status, title, detail: detail.into(), extra: serde_json::Map::new(), bearer: false }
+    }
+
+    /// Adds an extension member.
+    pub(crate) fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extra.insert(key.to_string(), value);
+        self
+    }
+
+    /// Adds `WWW-Authenticate: Bearer`.
+    pub(crate) fn bearer(mut self) -> Self {
+        self.bearer = true;
+        self
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "type": "about:blank", "title": self.title, "status": self.status.as_u16(), "detail": self.detail });
-        (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
+        let mut body = serde_json::json!({ "type": "about:blank", "title": self.title, "status": self.status.as_u16(), "detail": self.detail });
+        if let Some(obj) = body.as_object_mut() {
+            obj.extend(self.extra);
+        }
+        let mut r = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
+        if self.bearer {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer realm=\"surgeguard admin\""));
+        }
+        r
     }
 }
 
 /// The pipeline's state, waiting a little while it is busy (a partition's state being restored
-/// holds it for longer: then 503).
-async fn lock(shared: &Mutex<Shared>) -> Result<MutexGuard<'_, Shared>, Problem> {
-    let deadline = Instant::now() + Duration::from_secs(2);
+/// holds it for longer: then 503). The main loop holds it for one message at a time, so a short
+/// wait is first spent yielding (a sleep would cost a millisecond at least).
+pub(crate) async fn lock(shared: &Mutex<Shared>) -> Result<MutexGuard<'_, Shared>, Problem> {
+    let started = Instant::now();
+    let mut tries = 0u32;
     loop {
         // (The guard never lives across the await: the handlers' futures must be Send.)
         match shared.try_lock() {
@@ -61,15 +117,25 @@ async fn lock(shared: &Mutex<Shared>) -> Result<MutexGuard<'_, Shared>, Problem>
             Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
             Err(TryLockError::WouldBlock) => {}
         }
-        if Instant::now() >= deadline {
+        tries += 1;
+        if tries < 200 {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        if started.elapsed() >= Duration::from_secs(2) {
             return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Busy", "the pipeline's state is held by a rebalance (a restore, or a flush and commit); try again"));
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
-pub fn router(state: ApiState) -> Router {
+pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
     Router::new()
+        .route("/v1/decide", post(crate::api_decide::decide))
+        .route("/v1/users/{user_id}", get(crate::api_decide::user))
+        .route("/v1/assignment", get(crate::api_decide::assignment))
+        .route("/v1/admin/breakers/{dependency}/{action}", post(crate::api_admin::breaker))
+        .route("/v1/admin/limits/{tier}/{request_type}/override", put(crate::api_admin::set_override).delete(crate::api_admin::clear_override))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -80,6 +146,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/alerts", get(alerts))
         .route("/v1/predictions", get(predictions))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "Not Found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async { Problem::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", "this endpoint does not take that method") })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
 
@@ -152,6 +220,6 @@ async fn predictions(State(s): State<ApiState>) -> Result<Response, Problem> {
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes.
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, max_body_bytes: usize, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router(state, max_body_bytes)).with_graceful_shutdown(shutdown).await
 }

@@ -117,8 +117,9 @@ pub struct Pending {
 
 #[derive(Debug)]
 struct PendingPartition {
-    /// The first request dirtied since the last flush: it holds the partition's offsets.
-    hold: i64,
+    /// The first request dirtied since the last flush: it holds the partition's offsets (none
+    /// when only API decisions dirtied it: they have no offset to hold).
+    hold: Option<i64>,
     last: FastMap<(CompactString, CompactString), i64>,
 }
 
@@ -127,7 +128,7 @@ struct PendingPartition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flush {
     pub partition: i32,
-    pub hold: i64,
+    pub hold: Option<i64>,
     /// (user_id, request_type, offset of the last counted request), by offset.
     pub users: Vec<(CompactString, CompactString, i64)>,
 }
@@ -137,11 +138,9 @@ impl Pending {
     /// `request_type`. Returns true when it is the partition's first since the last flush: that
     /// message then holds one more output, which the flush releases.
     pub fn note(&mut self, partition: i32, offset: i64, user_id: &str, request_type: &str) -> bool {
-        let mut first = false;
-        let p = self.partitions.entry(partition).or_insert_with(|| {
-            first = true;
-            PendingPartition { hold: offset, last: FastMap::default() }
-        });
+        let p = self.partitions.entry(partition).or_insert_with(|| PendingPartition { hold: None, last: FastMap::default() });
+        let first = p.hold.is_none();
+        p.hold.get_or_insert(offset);
         match p.last.get_mut(&(CompactString::from(user_id), CompactString::from(request_type))) {
             Some(o) => *o = (*o).max(offset),
             None => {
@@ -150,6 +149,21 @@ impl Pending {
             }
         }
         first
+    }
+
+    /// Notes that a decision of the API (`POST /v1/decide`) changed the state of `user_id` for
+    /// `request_type` in `partition`. It holds no offset; `processed` (the partition's last
+    /// processed offset, -1 for none) is what the record says the state counts up to, which is
+    /// true: the state holds every request processed so far.
+    pub fn note_untracked(&mut self, partition: i32, processed: i64, user_id: &str, request_type: &str) {
+        let p = self.partitions.entry(partition).or_insert_with(|| PendingPartition { hold: None, last: FastMap::default() });
+        match p.last.get_mut(&(CompactString::from(user_id), CompactString::from(request_type))) {
+            Some(o) => *o = (*o).max(processed),
+            None => {
+                p.last.insert((user_id.into(), request_type.into()), processed);
+                self.keys += 1;
+            }
+        }
     }
 
     /// Dirty keys over all partitions.
@@ -309,8 +323,8 @@ mod tests {
         assert_eq!(
             flushed,
             vec![
-                Flush { partition: 0, hold: 10, users: vec![("u2".into(), "standard".into(), 11), ("u1".into(), "standard".into(), 12), ("u1".into(), "heavy".into(), 13)] },
-                Flush { partition: 3, hold: 5, users: vec![("u3".into(), "heavy".into(), 5)] },
+                Flush { partition: 0, hold: Some(10), users: vec![("u2".into(), "standard".into(), 11), ("u1".into(), "standard".into(), 12), ("u1".into(), "heavy".into(), 13)] },
+                Flush { partition: 3, hold: Some(5), users: vec![("u3".into(), "heavy".into(), 5)] },
             ]
         );
         assert!(p.is_empty());

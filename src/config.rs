@@ -456,11 +456,24 @@ impl Default for AlertsConfig {
 pub struct ApiConfig {
     /// host:port to listen on; empty turns the API off; port 0 takes a free one.
     pub listen: String,
+    /// The partitioner the producers of the requests topic use (librdkafka's names): which
+    /// partition, and so which instance's limiter, holds a user.
+    pub partitioner: crate::partitioner::Partitioner,
+    /// The environment variable holding the admin endpoints' bearer token; unset or empty turns
+    /// the admin endpoints off.
+    pub admin_token_env: String,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8480".into() }
+        ApiConfig {
+            listen: "127.0.0.1:8480".into(),
+            partitioner: crate::partitioner::Partitioner::default(),
+            admin_token_env: "SURGEGUARD_ADMIN_TOKEN".into(),
+            max_body_bytes: 16 * 1024,
+        }
     }
 }
 

@@ -440,6 +440,8 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     check(errors, listen.is_empty() || listen.parse::<std::net::SocketAddr>().is_ok(), "api.listen", || {
         format!("expected \"\" (off) or an address such as 127.0.0.1:8480, got `{listen}`")
     });
+    let body = c.api.max_body_bytes;
+    check(errors, (256..=16 << 20).contains(&body), "api.max_body_bytes", || format!("expected 256..=16777216 bytes, got {body}"));
 
     check_kafka(c, errors);
     let t = &c.topics;

@@ -301,9 +301,15 @@ fn decode_telemetry_str(text: &str) -> Result<TelemetrySample, DecodeError> {
 struct RawAdmin<'a> {
     #[serde(borrow)]
     ts: Cow<'a, str>,
-    #[serde(borrow)]
-    dependency: Cow<'a, str>,
+    #[serde(borrow, default)]
+    dependency: Option<Cow<'a, str>>,
     action: AdminAction,
+    #[serde(borrow, default)]
+    key: Option<Cow<'a, str>>,
+    #[serde(default)]
+    rpm: Option<f64>,
+    #[serde(borrow, default)]
+    until: Option<Cow<'a, str>>,
     #[serde(borrow)]
     actor: Option<Cow<'a, str>>,
 }
@@ -315,12 +321,36 @@ pub fn decode_admin(bytes: &[u8]) -> Result<AdminEvent, DecodeError> {
 
 fn decode_admin_str(text: &str) -> Result<AdminEvent, DecodeError> {
     let raw: RawAdmin = json(text)?;
-    Ok(AdminEvent {
-        ts: Millis::parse_rfc3339(&raw.ts)?,
-        dependency: non_empty("dependency", raw.dependency)?,
-        action: raw.action,
-        actor: raw.actor.map(Cow::into_owned),
-    })
+    let ts = Millis::parse_rfc3339(&raw.ts)?;
+    let missing = |field: &'static str| invalid(field, format!("required by action {:?}", raw.action));
+    if !raw.action.on_limit() {
+        let dependency = raw.dependency.ok_or_else(|| missing("dependency"))?;
+        return Ok(AdminEvent {
+            ts,
+            dependency: non_empty("dependency", dependency)?,
+            action: raw.action,
+            key: None,
+            rpm: None,
+            until: None,
+            actor: raw.actor.map(Cow::into_owned),
+        });
+    }
+    let key: String = non_empty("key", raw.key.ok_or_else(|| missing("key"))?)?;
+    if !key.contains('/') {
+        return Err(invalid("key", format!("expected tier/request_type, got `{key}`")));
+    }
+    let (rpm, until) = match raw.action {
+        AdminAction::OverrideLimit => {
+            let rpm = match raw.rpm.ok_or_else(|| missing("rpm"))? {
+                r if r.fract() == 0.0 && (1.0..=f64::from(u32::MAX)).contains(&r) => r as u32,
+                r => return Err(invalid("rpm", format!("expected a whole number ≥ 1, got {r}"))),
+            };
+            let until = Millis::parse_rfc3339(&raw.until.ok_or_else(|| missing("until"))?)?;
+            (Some(rpm), Some(until))
+        }
+        _ => (None, None),
+    };
+    Ok(AdminEvent { ts, dependency: String::new(), action: raw.action, key: Some(key), rpm, until, actor: raw.actor.map(Cow::into_owned) })
 }
 
 /// Decodes the value of a message from the given input topic.
@@ -446,6 +476,31 @@ mod tests {
         assert!(err.contains("`cpu`"), "{err}");
         let err = decode_telemetry(br#"{"ts":"2026-11-29T09:00:00Z","source":"h1","cpu":0.1,"memory":0.5,"db_connections_in_use":201,"db_connections_max":200}"#).unwrap_err();
         assert!(err.to_string().contains("db_connections_in_use"), "{err}");
+    }
+
+    #[test]
+    fn admin_limit_overrides() {
+        let a = decode_admin(br#"{"ts":"2026-11-29T09:00:00Z","action":"override_limit","key":"free/standard","rpm":5,"until":"2026-11-29T10:00:00Z","actor":"ops"}"#).unwrap();
+        assert_eq!((a.action, a.key.as_deref(), a.rpm, a.dependency.as_str()), (AdminAction::OverrideLimit, Some("free/standard"), Some(5), ""));
+        assert_eq!(a.until, Some(Millis::parse_rfc3339("2026-11-29T10:00:00Z").unwrap()));
+        let c = decode_admin(br#"{"ts":"2026-11-29T09:00:00Z","action":"clear_override","key":"free/standard"}"#).unwrap();
+        assert_eq!((c.action, c.rpm, c.until), (AdminAction::ClearOverride, None, None));
+        for (bad, field) in [
+            (r#"{"ts":"2026-11-29T09:00:00Z","action":"override_limit","rpm":5,"until":"2026-11-29T10:00:00Z"}"#, "key"),
+            (r#"{"ts":"2026-11-29T09:00:00Z","action":"override_limit","key":"free","rpm":5,"until":"2026-11-29T10:00:00Z"}"#, "key"),
+            (r#"{"ts":"2026-11-29T09:00:00Z","action":"override_limit","key":"free/standard","rpm":0,"until":"2026-11-29T10:00:00Z"}"#, "rpm"),
+            (r#"{"ts":"2026-11-29T09:00:00Z","action":"override_limit","key":"free/standard","rpm":2.5,"until":"2026-11-29T10:00:00Z"}"#, "rpm"),
+            (r#"{"ts":"2026-11-29T09:00:00Z","action":"override_limit","key":"free/standard","rpm":5}"#, "until"),
+            (r#"{"ts":"2026-11-29T09:00:00Z","action":"force_open"}"#, "dependency"),
+        ] {
+            match decode_admin(bad.as_bytes()) {
+                Err(DecodeError::Invalid { field: f, .. }) => assert_eq!(f, field, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // The encoder writes what the decoder reads back.
+        let back = decode_admin(&serde_json::to_vec(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
     }
 
     #[test]

@@ -95,15 +95,38 @@ pub enum AdminAction {
     MetricsOnly,
     /// Back to closed with an empty window and no backoff.
     Reset,
+    /// A temporary limit for one `tier/request_type` key (`key`, `rpm`, `until`).
+    OverrideLimit,
+    /// Ends a key's override before its time (`key`).
+    ClearOverride,
 }
 
-/// An operator's action, keyed by `dependency` on `surgeguard.admin`. Admin actions are events
-/// like any other, so a replay of the log reproduces them.
+impl AdminAction {
+    /// Whether the action is on a limit (keyed by `key`) rather than a breaker (by `dependency`).
+    pub fn on_limit(self) -> bool {
+        matches!(self, AdminAction::OverrideLimit | AdminAction::ClearOverride)
+    }
+}
+
+/// An operator's action, keyed by `dependency` (breaker actions) or `key` (limit overrides) on
+/// `surgeguard.admin`. Admin actions are events like any other, so a replay of the log
+/// reproduces them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AdminEvent {
     pub ts: Millis,
+    /// The breaker acted on (empty for limit actions).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub dependency: String,
     pub action: AdminAction,
+    /// The limit acted on, `tier/request_type` (limit actions only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The override's limit in requests per minute (override_limit only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    /// When the override ends (override_limit only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<Millis>,
     /// Who did it, for the audit trail.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,

@@ -27,6 +27,8 @@
 
 pub mod adaptive;
 pub mod api;
+pub mod api_admin;
+pub mod api_decide;
 pub mod api_metrics;
 pub mod archive;
 pub mod archive_run;
@@ -61,6 +63,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod offsets;
 pub mod outputs;
+pub mod partitioner;
 pub mod prediction_setup;
 pub mod predictor;
 pub mod rebalance;

@@ -120,6 +120,8 @@ pub struct Shared {
     pub no_commit: bool,
     /// The requests topic's partition count (0: unknown), for the predictor's demand weight.
     pub requests_partitions: usize,
+    /// Outputs of the API's decisions (`POST /v1/decide`), for the main loop to publish.
+    pub api_outputs: Vec<crate::outputs::Output>,
 }
 
 impl Shared {
@@ -134,6 +136,7 @@ impl Shared {
             assignments: 0,
             no_commit: false,
             requests_partitions: 0,
+            api_outputs: Vec::new(),
         }
     }
 
@@ -181,14 +184,32 @@ impl Shared {
                 out.push(Outgoing { partition: flush.partition, hold: flush.hold, key: changelog::key(&rt, &user), value: serde_json::to_vec(&record)? });
             }
             let records = (out.len() - before) as u32;
-            if records == 0 {
-                deliveries.ack(&tp, flush.hold);
-            } else {
+            match flush.hold {
+                // Only API decisions: nothing waits for these records.
+                None => {}
+                Some(hold) if records == 0 => deliveries.ack(&tp, hold),
                 // The hold counted one output already.
-                deliveries.begin(&tp, flush.hold, records - 1);
+                Some(hold) => deliveries.begin(&tp, hold, records - 1),
             }
         }
         Ok(out)
+    }
+
+    /// Whether this instance owns requests partition `partition` now.
+    pub fn owns(&self, partition: i32) -> bool {
+        self.owned.contains_key(&partition)
+    }
+
+    /// The requests partitions this instance owns, in order.
+    pub fn owned_partitions(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self.owned.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The last offset processed of requests partition `partition` of `topic` (-1: none yet).
+    pub fn processed_offset(&self, topic: &str, partition: i32) -> i64 {
+        self.processed.get(&(topic.to_string(), partition)).copied().unwrap_or(-1)
     }
 
     /// Whether the group has given this instance its partitions yet. Until then it cannot know
@@ -223,11 +244,12 @@ pub fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A changelog record to send: acknowledged as an output of the message at `hold` of requests
-/// partition `partition`, and written to the changelog partition of the same number.
+/// partition `partition` (nothing waits for it without one), and written to the changelog
+/// partition of the same number.
 #[derive(Debug)]
 pub struct Outgoing {
     pub partition: i32,
-    pub hold: i64,
+    pub hold: Option<i64>,
     pub key: String,
     pub value: Vec<u8>,
 }
@@ -372,7 +394,10 @@ impl RunContext {
     fn send_changelog(&self, shared: &mut Shared) -> Result<(), String> {
         let records = shared.take_changelog(&self.deliveries, &self.requests_topic).map_err(|e| e.to_string())?;
         for r in records {
-            let origin: Origin = Box::new(((self.requests_topic.clone(), r.partition), r.hold));
+            let origin: Origin = Box::new(match r.hold {
+                Some(hold) => ((self.requests_topic.clone(), r.partition), hold),
+                None => ((String::new(), -1), -1),
+            });
             let mut record = BaseRecord::with_opaque_to(&self.changelog_topic, origin).partition(r.partition).key(&r.key[..]).payload(&r.value[..]);
             loop {
                 match self.producer.send(record) {
@@ -526,7 +551,7 @@ mod tests {
         assert!(lock(&d).take_moved().is_empty());
         let written: Vec<changelog::Record> = records.iter().map(|r| serde_json::from_slice(&r.value).expect("record")).collect();
         assert_eq!(written.iter().map(|r| (r.user_id.as_str(), r.offset)).collect::<Vec<_>>(), [("b", 11), ("a", 12)], "one record per user, in input order");
-        assert!(records.iter().all(|r| r.hold == 10 && r.partition == 0));
+        assert!(records.iter().all(|r| r.hold == Some(10) && r.partition == 0));
         // The next message after the flush holds again.
         assert_eq!(handle(&mut sh, &d, &tp, 13, "c"), []);
         assert_eq!(ack(&d, &tp, 10), [], "one of two records");

@@ -158,7 +158,10 @@ pub async fn run_with(
     let shared = Arc::new(Mutex::new(sh));
     let metrics = Arc::new(Metrics::new().map_err(|e| RunError::Api(format!("metrics: {e}")))?);
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let api = start_api(&cfg, ApiState { shared: shared.clone(), metrics: metrics.clone(), ready: ready.clone() }).await?;
+    let mut api_state = ApiState::new(&cfg, shared.clone(), metrics.clone(), ready.clone());
+    api_state.admin = admin_sink(&cfg, &base)?;
+    let wake = api_state.wake.clone();
+    let api = start_api(&cfg, api_state).await?;
     let context = RunContext {
         shared: shared.clone(),
         deliveries: deliveries.clone(),
@@ -177,6 +180,13 @@ pub async fn run_with(
     // kafka.properties wins.
     if !cfg.kafka.properties.contains_key("max.poll.interval.ms") {
         consumer_config.set("max.poll.interval.ms", (RESTORE_TIMEOUT + Duration::from_secs(60)).as_millis().to_string());
+    }
+    // The group's member list (kafka-consumer-groups.sh --describe) then shows where each
+    // instance's API answers for the partitions it owns.
+    if let Some((_, addr)) = &api
+        && !cfg.kafka.properties.contains_key("client.id")
+    {
+        consumer_config.set("client.id", format!("surgeguard-api-{addr}"));
     }
     let consumer: StreamConsumer<RunContext> = consumer_config
         .set("group.id", &cfg.kafka.group_id)
@@ -272,6 +282,10 @@ pub async fn run_with(
                 }
                 continue;
             }
+            _ = wake.notified() => {
+                shell.publish_api_outputs().await?;
+                continue;
+            }
             _ = transaction_tick.tick(), if shell.eos => {
                 // An idle pipeline commits what it did too.
                 if shell.in_transaction && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
@@ -333,7 +347,7 @@ pub async fn run_with(
         Err(e) => Err(e),
     })?;
     consumer.unsubscribe();
-    if let Some((stop, task)) = api {
+    if let Some(((stop, task), _)) = api {
         stop.send(()).ok();
         // Open connections get a few seconds to finish.
         if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
@@ -351,8 +365,22 @@ pub async fn run_with(
 }
 
 
+/// The admin endpoints' token and producer, when `api.admin_token_env` names a set variable.
+fn admin_sink(cfg: &Config, base: &ClientConfig) -> Result<Option<Arc<crate::api_admin::Admin>>, RunError> {
+    let token = std::env::var(&cfg.api.admin_token_env).unwrap_or_default();
+    if cfg.api.listen.is_empty() || token.trim().is_empty() {
+        tracing::info!(variable = %cfg.api.admin_token_env, "admin endpoints off (no token)");
+        return Ok(None);
+    }
+    let producer = base.clone().set("enable.idempotence", "true").set("acks", "all").create()?;
+    tracing::info!(variable = %cfg.api.admin_token_env, "admin endpoints on");
+    Ok(Some(Arc::new(crate::api_admin::Admin { token: token.trim().to_string(), producer, topic: cfg.topics.admin.clone() })))
+}
+
+type ApiTask = ((tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>), std::net::SocketAddr);
+
 /// Binds `[api] listen` (unless empty) and serves the API until the returned sender fires.
-async fn start_api(cfg: &Config, state: ApiState) -> Result<Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>, RunError> {
+async fn start_api(cfg: &Config, state: ApiState) -> Result<Option<ApiTask>, RunError> {
     if cfg.api.listen.is_empty() {
         return Ok(None);
     }
@@ -360,12 +388,13 @@ async fn start_api(cfg: &Config, state: ApiState) -> Result<Option<(tokio::sync:
     let addr = listener.local_addr().map_err(|e| RunError::Api(e.to_string()))?;
     tracing::info!("HTTP API on http://{addr}");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let max_body = cfg.api.max_body_bytes;
     let task = tokio::spawn(async move {
-        if let Err(e) = crate::api::serve(listener, state, async { stopped.await.ok(); }).await {
+        if let Err(e) = crate::api::serve(listener, state, max_body, async { stopped.await.ok(); }).await {
             tracing::error!(error = %e, "the HTTP API stopped");
         }
     });
-    Ok(Some((stop, task)))
+    Ok(Some(((stop, task), addr)))
 }
 
 /// Refuses to start when the changelog has fewer partitions than the requests topic; returns the

@@ -192,7 +192,10 @@ impl Shell<'_> {
             sh.take_changelog(&self.deliveries, &self.cfg.topics.requests)?
         };
         for r in records {
-            let origin: Origin = Box::new(((self.cfg.topics.requests.clone(), r.partition), r.hold));
+            let origin: Origin = Box::new(match r.hold {
+                Some(hold) => ((self.cfg.topics.requests.clone(), r.partition), hold),
+                None => (UNTRACKED, -1),
+            });
             let record = BaseRecord::with_opaque_to(&self.cfg.topics.changelog, origin).partition(r.partition).key(r.key.as_bytes()).payload(&r.value[..]);
             self.send(record).await?;
         }
@@ -483,6 +486,25 @@ impl Shell<'_> {
             return Ok(());
         }
         tracing::debug!(outputs = outs.len(), "wall-clock timers fired");
+        for o in &outs {
+            self.publish(o, Box::new((UNTRACKED, -1))).await?;
+        }
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    /// Publishes the outputs of the API's decisions (`POST /v1/decide`): the decisions always
+    /// (no input offset waits for them), the control outputs their event time fired only when
+    /// leading, as `wall_clock` does.
+    pub(crate) async fn publish_api_outputs(&mut self) -> Result<(), RunError> {
+        let mut outs = std::mem::take(&mut rebalance::lock(&self.shared).api_outputs);
+        if outs.is_empty() {
+            return Ok(());
+        }
+        if !self.leader {
+            outs.retain(|o| matches!(o, Output::Decision(_)));
+        }
+        self.metrics.count_outputs(&outs);
         for o in &outs {
             self.publish(o, Box::new((UNTRACKED, -1))).await?;
         }

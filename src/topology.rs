@@ -97,6 +97,33 @@ pub struct Topology {
     predictions: std::collections::BTreeMap<String, crate::outputs::Prediction>,
 }
 
+/// A user's quota state (`GET /v1/users/{user_id}`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UserQuota {
+    pub user_id: String,
+    pub tier: Arc<str>,
+    /// The tier asked for when it is not configured (the default tier was applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_tier: Option<String>,
+    /// The requests partition whose limiter holds the user.
+    pub partition: i32,
+    pub ts: Millis,
+    pub quotas: Vec<QuotaState>,
+}
+
+/// One request type's quota for a user: the IETF RateLimit fields and the grace allowance.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct QuotaState {
+    pub request_type: Arc<str>,
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_s: u64,
+    pub window_s: u32,
+    pub policy: Arc<str>,
+    pub grace_allowance: u32,
+    pub grace_window_s: u64,
+}
+
 /// How many of the latest alerts the topology keeps for queries.
 pub const RECENT_ALERTS: usize = 1000;
 
@@ -187,6 +214,50 @@ impl Topology {
         let rt = index_of(&self.request_types, request_type)
             .ok_or_else(|| RestoreError::UnknownRequestType(request_type.chars().take(64).collect()))?;
         Ok(self.limiter(partition).import(user_id, rt as u16, saved)?)
+    }
+
+    /// A user's quota for each request type (or just `request_type`) in `tier`, as the limiter
+    /// of `partition` holds it at `now`, counting nothing. An unknown tier or request type gets
+    /// the default, as a request naming it would; `None` for an unknown request type asked for
+    /// by name with no default to fall back on never happens (the default always exists).
+    pub fn user_quota(&self, partition: i32, user_id: &str, tier: &str, request_type: Option<&str>, now: Millis) -> UserQuota {
+        let (t, unknown_tier) = match index_of(&self.tiers, tier) {
+            Some(i) => (i, false),
+            None => (self.default_tier, true),
+        };
+        let rts: Vec<usize> = match request_type {
+            None => (0..self.request_types.len()).collect(),
+            Some(rt) => vec![index_of(&self.request_types, rt).unwrap_or(self.default_request_type)],
+        };
+        let limiter = usize::try_from(partition).ok().and_then(|i| self.limiters.get(i)).and_then(Option::as_ref);
+        let quotas = rts
+            .into_iter()
+            .map(|rt| {
+                let k = self.limits.limit(t, rt);
+                let quota = Quota { limit: k.window_limit, grace_allowance: k.grace_allowance, grace_window_ms: k.grace_window_ms };
+                // A cost of 0 reads the state as of `now` without counting anything.
+                let v = match limiter {
+                    Some(l) => l.peek(user_id, rt as u16, now, 0, quota),
+                    None => Limiter::new(self.window_s, self.evict_idle_after_s).peek(user_id, rt as u16, now, 0, quota),
+                };
+                QuotaState {
+                    request_type: self.request_types[rt].clone(),
+                    limit: k.window_limit,
+                    remaining: v.remaining,
+                    reset_s: v.reset_s,
+                    window_s: self.window_s,
+                    policy: k.policy.clone(),
+                    grace_allowance: k.grace_allowance,
+                    grace_window_s: (k.grace_window_ms / 1000) as u64,
+                }
+            })
+            .collect();
+        UserQuota { user_id: user_id.to_string(), tier: self.tiers[t].clone(), unknown_tier: unknown_tier.then(|| tier.to_string()), partition, ts: now, quotas }
+    }
+
+    /// The configured request types.
+    pub fn request_types(&self) -> &[Arc<str>] {
+        &self.request_types
     }
 
     /// Forgets the state of a partition this instance no longer owns.
@@ -302,6 +373,9 @@ impl Topology {
                 let mut alerts = Vec::new();
                 self.monitor.advance(now, &mut alerts);
                 self.push_alerts(alerts, out);
+                let mut updates = Vec::new();
+                self.limits.expire_overrides(now, &mut updates);
+                self.push_limits(updates, out);
                 if now >= self.next_sweep {
                     let evicted: usize = self.limiters.iter_mut().flatten().map(|l| l.sweep(now)).sum();
                     self.counters.evicted_users += evicted as u64;
@@ -446,6 +520,23 @@ impl Topology {
             AdminAction::Disable => Breaker::disable,
             AdminAction::MetricsOnly => Breaker::metrics_only,
             AdminAction::Reset => Breaker::reset,
+            AdminAction::OverrideLimit | AdminAction::ClearOverride => {
+                // An unknown key changes nothing (the event names a tier or request type this
+                // config does not have).
+                let Some(i) = ev.key.as_deref().and_then(|k| self.limits.key_index(k)) else {
+                    tracing::warn!(key = ?ev.key, "admin: no such limit, ignored");
+                    return;
+                };
+                let value = match (ev.action, ev.rpm, ev.until) {
+                    // An override already over by the event's own time is no override.
+                    (AdminAction::OverrideLimit, Some(rpm), Some(until)) if until > ev.ts => Some((rpm, until)),
+                    _ => None,
+                };
+                let mut updates = Vec::new();
+                self.limits.set_override(i, value, ev.ts, &mut updates);
+                self.push_limits(updates, out);
+                return;
+            }
         };
         let mut states = std::mem::take(&mut self.scratch_breakers);
         self.breakers.admin(&ev.dependency, action, ev.ts, &mut states);

@@ -60,6 +60,9 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
     ("kafka.partitions.alerts", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.partitions.dlq", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("api.listen", "Kafka runtime only: where `surgeguard run` serves its HTTP API (tests/api.rs); replay serves none"),
+    ("api.partitioner", "Kafka runtime only: which partition the API looks a user up in (tests/api.rs checks it against librdkafka producers); replay serves no API"),
+    ("api.admin_token_env", "Kafka runtime only: the admin endpoints' token (tests/api.rs); replay serves no API"),
+    ("api.max_body_bytes", "Kafka runtime only: the API's body limit (tests/api.rs sends a larger body); replay serves no API"),
     ("prediction.model", "prediction is off by default (no model); tests/predictive.rs replays with a model file, and with a missing and a bad one"),
     ("prediction.history", "prediction is off by default; tests/predictive.rs seeds from a history (predictions from the first step) and refuses a history without a model"),
     ("prediction.history_kind", "prediction is off by default; tests/predictive.rs reads a history as a series, and the same file as events (one request per row) forecasts far less"),
@@ -310,7 +313,7 @@ impl Hand {
     }
 
     fn admin(&mut self, ts: Millis, dependency: &str, action: AdminAction) {
-        self.events.push(InputEvent::Admin(AdminEvent { ts, dependency: dependency.into(), action, actor: Some("probe-operator".into()) }));
+        self.events.push(InputEvent::Admin(AdminEvent { ts, dependency: dependency.into(), action, key: None, rpm: None, until: None, actor: Some("probe-operator".into()) }));
     }
 
     /// A sample from the single probe host (after the surge's hosts went stale).

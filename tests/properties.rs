@@ -336,7 +336,7 @@ fn admin_event() -> impl Strategy<Value = InputEvent> {
         prop::option::of("[a-z]{1,8}"),
     )
         .prop_map(|(dependency, action, actor)| {
-            InputEvent::Admin(AdminEvent { ts: Millis(MONDAY), dependency: dependency.into(), action, actor })
+            InputEvent::Admin(AdminEvent { ts: Millis(MONDAY), dependency: dependency.into(), action, key: None, rpm: None, until: None, actor })
         })
 }
 

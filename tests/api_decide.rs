@@ -1,0 +1,319 @@
+//! The API's per-user and admin endpoints on the mock cluster, with two instances in one group:
+//! `POST /v1/decide` answers from the limiter the stream uses (and the stream sees its counts),
+//! only the owner of a user's partition answers (421 elsewhere, naming the partition librdkafka's
+//! producer puts the user in), `GET /v1/users/{id}` with RateLimit fields, the admin endpoints
+//! with their token, published as events every instance applies, and bad input refused.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use surgeguard::config::Config;
+use surgeguard::kafka_topics;
+
+struct Http {
+    agent: ureq::Agent,
+    base: String,
+}
+
+/// Status, headers we look at, body.
+struct Reply {
+    status: u16,
+    ct: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+    /// Asserts an application/problem+json answer with `status`.
+    fn problem(&self, status: u16) -> Value {
+        assert_eq!((self.status, self.ct.as_str()), (status, "application/problem+json"), "{}", self.body);
+        let v = self.json();
+        assert_eq!(v["status"], status, "{v}");
+        v
+    }
+}
+
+impl Http {
+    fn new(addr: &str) -> Self {
+        Http { agent: ureq::Agent::config_builder().http_status_as_error(false).build().into(), base: format!("http://{addr}") }
+    }
+
+    fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &str) -> Reply {
+        let mut r = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let headers = r.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect();
+        let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let body = r.body_mut().read_to_string().unwrap_or_default();
+        Reply { status: r.status().as_u16(), ct, headers, body }
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        Self::reply(self.agent.get(format!("{}{path}", self.base)).call(), path)
+    }
+
+    fn post(&self, path: &str, body: &str, token: Option<&str>) -> Reply {
+        let mut rq = self.agent.post(format!("{}{path}", self.base)).header("content-type", "application/json");
+        if let Some(t) = token {
+            rq = rq.header("authorization", format!("Bearer {t}"));
+        }
+        Self::reply(rq.send(body), path)
+    }
+
+    fn put(&self, path: &str, body: &str, token: &str) -> Reply {
+        Self::reply(self.agent.put(format!("{}{path}", self.base)).header("authorization", format!("Bearer {token}")).header("x-actor", "test-operator").send(body), path)
+    }
+
+    fn delete(&self, path: &str, token: &str) -> Reply {
+        Self::reply(self.agent.delete(format!("{}{path}", self.base)).header("authorization", format!("Bearer {token}")).call(), path)
+    }
+
+    /// Polls `path` until `ok` holds for its JSON (200), for up to 30 s.
+    fn wait_for(&self, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.get(path);
+            if r.status == 200 && ok(&r.json()) {
+                return r.json();
+            }
+            assert!(Instant::now() < deadline, "GET {path}: {} {}", r.status, r.body);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn request(id: &str, user: &str, ts: &str) -> String {
+    json!({"id": id, "ts": ts, "user_id": user, "tier": "free", "request_type": "standard"}).to_string()
+}
+
+fn now_rfc3339() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64;
+    surgeguard::time::Millis(ms).to_string()
+}
+
+/// `RateLimit: "free/standard";r=12;t=30` → (r, t).
+fn ratelimit(v: &str) -> (u64, u64) {
+    let field = |name: &str| v.split(';').find_map(|p| p.trim().strip_prefix(name)).and_then(|x| x.parse().ok()).unwrap_or_else(|| panic!("{name} in {v}"));
+    (field("r="), field("t="))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decide_users_and_admin_on_two_instances() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let token_env = format!("SG_TEST_ADMIN_TOKEN_{}", std::process::id());
+    // SAFETY: set before any thread of this test reads the environment.
+    unsafe { std::env::set_var(&token_env, "s3cret-token") };
+    let mut base = Config::default();
+    base.kafka.create_topics = false;
+    base.kafka.group_id = "api-decide".into();
+    base.kafka.wall_clock_after_idle_ms = 0;
+    base.kafka.commit_interval_ms = 200;
+    base.kafka.partitions.requests = 2;
+    base.api.max_body_bytes = 1024;
+    for spec in kafka_topics::specs(&base) {
+        cluster.create_topic(&spec.name, spec.partitions, 1).expect("create topic");
+    }
+    // As many partitions as the requests topic: where a producer puts each user.
+    cluster.create_topic("placement-probe", 2, 1).expect("create topic");
+    // Instance A has the admin token; instance B names a variable that is not set (admin off).
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = base.clone();
+    a.api.listen = format!("127.0.0.1:{port_a}");
+    a.api.admin_token_env = token_env.clone();
+    let mut b = base.clone();
+    b.api.listen = format!("127.0.0.1:{port_b}");
+    b.api.admin_token_env = format!("{token_env}_UNSET");
+    let mut stops = Vec::new();
+    let mut services = Vec::new();
+    for cfg in [a, b] {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (cfg, brokers) = (Arc::new(cfg), brokers.clone());
+        services.push(tokio::spawn(async move { surgeguard::runtime::run(cfg, &brokers, async { stopped.await.ok(); }).await }));
+        stops.push(stop);
+    }
+    let cfg = Arc::new(base);
+
+    // Where librdkafka's default partitioner puts two users (what the API must agree with).
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("producer");
+    let mut placed = Vec::new();
+    for user in (0..40).map(|i| format!("user-{i}")) {
+        let delivery = producer
+            .send(FutureRecord::to("placement-probe").key(&user).payload("x"), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("placement probe");
+        placed.push((user, delivery.partition));
+    }
+
+    let http_cfg = cfg.clone();
+    let checks = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        let cfg = http_cfg;
+        let (ha, hb) = (Http::new(&format!("127.0.0.1:{port_a}")), Http::new(&format!("127.0.0.1:{port_b}")));
+        // Both ready, the two partitions split between them.
+        let owned = |h: &Http| h.wait_for("/v1/assignment", |v| v["ready"] == true && v["owned"].as_array().is_some_and(|o| o.len() == 1))["owned"][0].as_i64().expect("a partition");
+        let (pa, pb) = (owned(&ha), owned(&hb));
+        assert_ne!(pa, pb, "each owns one partition");
+        let assignment = ha.get("/v1/assignment").json();
+        assert_eq!((assignment["partitions"].as_i64(), assignment["partitioner"].as_str()), (Some(2), Some("consistent_random")), "{assignment}");
+
+        // Each user answers at the owner of the partition the producer chose, 421 elsewhere.
+        let mut users = [None, None];
+        for (user, p) in &placed {
+            let (owner, other) = if i64::from(*p) == pa { (&ha, &hb) } else { (&hb, &ha) };
+            let r = owner.get(&format!("/v1/users/{user}"));
+            assert_eq!(r.status, 200, "{user} at the owner of partition {p}: {}", r.body);
+            assert_eq!(r.json()["partition"], *p, "{}", r.body);
+            let m = other.get(&format!("/v1/users/{user}")).problem(421);
+            assert_eq!(m["partition"], *p, "{m}");
+            users[usize::from(i64::from(*p) == pb)].get_or_insert(user.clone());
+        }
+        let user = users[0].clone().ok_or("no user in A's partition")?;
+
+        // A fresh user: full quota, the IETF fields per request type.
+        let r = ha.get(&format!("/v1/users/{user}?tier=free&request_type=standard"));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("ratelimit-policy"), Some("\"free/standard\";q=60;w=60"), "{:?}", r.headers);
+        assert_eq!(ratelimit(r.header("ratelimit").ok_or("no RateLimit")?).0, 60);
+        let all = ha.get(&format!("/v1/users/{user}?tier=free"));
+        assert_eq!(all.json()["quotas"].as_array().map(Vec::len), Some(3), "{}", all.body);
+        assert_eq!(all.header("ratelimit-policy").map(|p| p.matches(";q=").count()), Some(3));
+        ha.get(&format!("/v1/users/{user}?request_type=teleport")).problem(404);
+
+        // Decide until throttled: 60 allowed, 10 on grace, then 429 with Retry-After.
+        let ts = now_rfc3339();
+        let mut seen = std::collections::BTreeMap::<String, u32>::new();
+        let mut last_remaining = u64::MAX;
+        for i in 0..75 {
+            let r = ha.post("/v1/decide", &request(&format!("http-{i}"), &user, &ts), None);
+            let d = r.json();
+            *seen.entry(d["decision"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+            let (remaining, _) = ratelimit(r.header("ratelimit").ok_or("no RateLimit")?);
+            assert_eq!(remaining, d["remaining"].as_u64().unwrap_or(u64::MAX), "{}", r.body);
+            assert!(remaining <= last_remaining, "remaining never grows within the window");
+            last_remaining = remaining;
+            match d["decision"].as_str() {
+                Some("throttle") => {
+                    assert_eq!(r.status, 429, "{}", r.body);
+                    let after: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).ok_or("Retry-After")?;
+                    assert!(after >= 1, "{after}");
+                }
+                _ => assert_eq!(r.status, 200, "{}", r.body),
+            }
+        }
+        let expect: std::collections::BTreeMap<String, u32> = [("allow".into(), 60), ("allow_with_grace".into(), 10), ("throttle".into(), 5)].into();
+        assert_eq!(seen, expect);
+        // The other instance does not decide for this user.
+        hb.post("/v1/decide", &request("http-x", &user, &ts), None).problem(421);
+        let q = ha.get(&format!("/v1/users/{user}?tier=free&request_type=standard")).json();
+        assert_eq!(q["quotas"][0]["remaining"], 0, "{q}");
+
+        // Bad input.
+        ha.post("/v1/decide", "{not json", None).problem(400);
+        let p = ha.post("/v1/decide", &json!({"id": "x", "ts": ts, "tier": "free", "request_type": "standard"}).to_string(), None).problem(400);
+        assert!(p["detail"].as_str().unwrap_or("").contains("user_id"), "{p}");
+        ha.post("/v1/decide", &"x".repeat(2000), None).problem(413);
+        ha.get("/v1/decide").problem(405);
+
+        // Admin: token checks, unknown names, then actions every instance applies.
+        let r = ha.post("/v1/admin/breakers/ai_primary/force_open", "", None);
+        r.problem(401);
+        assert!(r.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")), "{:?}", r.headers);
+        ha.post("/v1/admin/breakers/ai_primary/force_open", "", Some("wrong")).problem(403);
+        let off = hb.post("/v1/admin/breakers/ai_primary/force_open", "", Some("s3cret-token")).problem(403);
+        assert!(off["detail"].as_str().unwrap_or("").contains("off"), "{off}");
+        ha.post("/v1/admin/breakers/nonesuch/force_open", "", Some("s3cret-token")).problem(404);
+        ha.post("/v1/admin/breakers/ai_primary/explode", "", Some("s3cret-token")).problem(404);
+        let r = ha.post("/v1/admin/breakers/ai_primary/force_open", "", Some("s3cret-token"));
+        assert_eq!(r.status, 202, "{}", r.body);
+        assert_eq!((r.json()["event"]["action"].as_str(), r.json()["topic"].as_str()), (Some("force_open"), Some(cfg.topics.admin.as_str())), "{}", r.body);
+        for h in [&ha, &hb] {
+            h.wait_for("/v1/breakers/ai_primary", |b| b["state"] == "forced_open");
+        }
+        let r = ha.put("/v1/admin/limits/free/standard/override", r#"{"rpm": 5, "ttl_s": 600}"#, "s3cret-token");
+        assert_eq!(r.status, 202, "{}", r.body);
+        ha.put("/v1/admin/limits/free/standard/override", r#"{"rpm": 0, "ttl_s": 600}"#, "s3cret-token").problem(400);
+        ha.put("/v1/admin/limits/free/standard/override", r#"{"rpm": "many"}"#, "s3cret-token").problem(400);
+        ha.put("/v1/admin/limits/gold/standard/override", r#"{"rpm": 5, "ttl_s": 600}"#, "s3cret-token").problem(404);
+        for h in [&ha, &hb] {
+            let l = h.wait_for("/v1/limits/free/standard", |l| l["adjusted_rpm"] == 5);
+            assert!(l["reason"].as_str().unwrap_or("").contains("admin override"), "{l}");
+        }
+        // The override applies to the next decisions (a fresh user of B's partition).
+        let other = users[1].clone().ok_or("no user in B's partition")?;
+        let ts = now_rfc3339();
+        let allowed = (0..8).filter(|i| hb.post("/v1/decide", &request(&format!("o-{i}"), &other, &ts), None).json()["decision"] == "allow").count();
+        assert_eq!(allowed, 5);
+        let r = ha.delete("/v1/admin/limits/free/standard/override", "s3cret-token");
+        assert_eq!(r.status, 202, "{}", r.body);
+        for h in [&ha, &hb] {
+            h.wait_for("/v1/limits/free/standard", |l| l["adjusted_rpm"] != 5);
+        }
+        Ok(user)
+    })
+    .await;
+    let user = match &checks {
+        Ok(Ok(user)) => user.clone(),
+        _ => String::new(),
+    };
+    // The stream decides from the same state: the user's next streamed request is throttled.
+    if !user.is_empty() {
+        let value = request("stream-after", &user, &now_rfc3339());
+        producer.send(FutureRecord::to(&cfg.topics.requests).key(&user).payload(&value), Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("produced");
+    }
+
+    // The API's decisions are on the decisions topic, with the stream's.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "api-decide-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[cfg.topics.decisions.as_str()]).expect("subscribe");
+    let mut http_ids = std::collections::BTreeSet::new();
+    let mut streamed = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (http_ids.len() < 75 || streamed.is_none()) && Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            let v: Value = serde_json::from_slice(m.payload().unwrap_or(b"{}")).unwrap_or_default();
+            match v["request_id"].as_str() {
+                Some(id) if id.starts_with("http-") => {
+                    http_ids.insert(id.to_string());
+                }
+                Some("stream-after") => streamed = v["decision"].as_str().map(str::to_string),
+                _ => {}
+            }
+        }
+    }
+
+    for stop in stops {
+        stop.send(()).ok();
+    }
+    for s in services {
+        let stopped = tokio::time::timeout(Duration::from_secs(60), s).await;
+        stopped.expect("stopped within 60 s").expect("service task").expect("service stopped cleanly");
+    }
+    // SAFETY: the services have stopped; nothing reads the environment now.
+    unsafe { std::env::remove_var(&token_env) };
+    match checks {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("{e}"),
+        Err(e) => panic!("checks: {e}"),
+    }
+    assert_eq!(http_ids.len(), 75, "every API decision published");
+    assert_eq!(streamed.as_deref(), Some("throttle"), "the stream counts the API's decisions");
+}

@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
@@ -129,22 +129,71 @@ pub(crate) async fn lock(shared: &Mutex<Shared>) -> Result<MutexGuard<'_, Shared
     }
 }
 
+/// Every route and its methods. `/openapi.json` documents exactly these (a unit test compares
+/// them, and tests/api_openapi.rs calls each on a running service).
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/", &["get"]),
+    ("/openapi.json", &["get"]),
+    ("/healthz", &["get"]),
+    ("/readyz", &["get"]),
+    ("/metrics", &["get"]),
+    ("/v1/limits", &["get"]),
+    ("/v1/limits/{tier}/{request_type}", &["get"]),
+    ("/v1/breakers", &["get"]),
+    ("/v1/breakers/{dependency}", &["get"]),
+    ("/v1/alerts", &["get"]),
+    ("/v1/predictions", &["get"]),
+    ("/v1/users/{user_id}", &["get"]),
+    ("/v1/decide", &["post"]),
+    ("/v1/assignment", &["get"]),
+    ("/v1/admin/breakers/{dependency}/{action}", &["post"]),
+    ("/v1/admin/limits/{tier}/{request_type}/override", &["put", "delete"]),
+];
+
+/// The handlers of one route of `ROUTES`.
+fn handlers(path: &str) -> MethodRouter<ApiState> {
+    use crate::{api_admin, api_decide};
+    match path {
+        "/" => get(dashboard),
+        "/openapi.json" => get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        "/healthz" => get(|| async { "ok\n" }),
+        "/readyz" => get(readyz),
+        "/metrics" => get(metrics),
+        "/v1/limits" => get(limits),
+        "/v1/limits/{tier}/{request_type}" => get(limit),
+        "/v1/breakers" => get(breakers),
+        "/v1/breakers/{dependency}" => get(breaker),
+        "/v1/alerts" => get(alerts),
+        "/v1/predictions" => get(predictions),
+        "/v1/users/{user_id}" => get(api_decide::user),
+        "/v1/decide" => post(api_decide::decide),
+        "/v1/assignment" => get(api_decide::assignment),
+        "/v1/admin/breakers/{dependency}/{action}" => post(api_admin::breaker),
+        "/v1/admin/limits/{tier}/{request_type}/override" => put(api_admin::set_override).delete(api_admin::clear_override),
+        _ => unreachable!("every path of ROUTES has handlers: {path}"),
+    }
+}
+
+/// The OpenAPI 3.1 document of the API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The dashboard: one page, its script and styles inline, reading the endpoints above.
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Nothing but this origin: the page loads nothing from elsewhere.
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:"),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
+}
+
 pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/v1/decide", post(crate::api_decide::decide))
-        .route("/v1/users/{user_id}", get(crate::api_decide::user))
-        .route("/v1/assignment", get(crate::api_decide::assignment))
-        .route("/v1/admin/breakers/{dependency}/{action}", post(crate::api_admin::breaker))
-        .route("/v1/admin/limits/{tier}/{request_type}/override", put(crate::api_admin::set_override).delete(crate::api_admin::clear_override))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/limits", get(limits))
-        .route("/v1/limits/{tier}/{request_type}", get(limit))
-        .route("/v1/breakers", get(breakers))
-        .route("/v1/breakers/{dependency}", get(breaker))
-        .route("/v1/alerts", get(alerts))
-        .route("/v1/predictions", get(predictions))
+    ROUTES
+        .iter()
+        .fold(Router::new(), |r, (path, _)| r.route(path, handlers(path)))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "Not Found", "no such endpoint") })
         .method_not_allowed_fallback(|| async { Problem::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", "this endpoint does not take that method") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -222,4 +271,40 @@ async fn predictions(State(s): State<ApiState>) -> Result<Response, Problem> {
 /// Serves `router(state)` on `listener` until `shutdown` completes.
 pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, max_body_bytes: usize, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     axum::serve(listener, router(state, max_body_bytes)).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "OpenAPI 3.1");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, ops) in paths {
+            for method in ops.as_object().expect("operations").keys().filter(|k| *k != "parameters") {
+                documented.push((path.clone(), method.clone()));
+                let op = &ops[method];
+                assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path}: responses");
+                assert!(op["operationId"].is_string() && op["summary"].is_string(), "{method} {path}: operationId and summary");
+                // Every path parameter is declared.
+                for name in path.split('/').filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'))) {
+                    let declared = op["parameters"].as_array().into_iter().flatten().chain(ops["parameters"].as_array().into_iter().flatten()).any(|p| p["name"] == name && p["in"] == "path");
+                    assert!(declared, "{method} {path}: parameter {name}");
+                }
+            }
+        }
+        let mut routed: Vec<(String, String)> = ROUTES.iter().flat_map(|(p, ms)| ms.iter().map(move |m| (p.to_string(), m.to_string()))).collect();
+        documented.sort();
+        routed.sort();
+        assert_eq!(documented, routed);
+        // Every $ref resolves.
+        let text = OPENAPI;
+        for r in text.split("\"$ref\": \"#/components/schemas/").skip(1) {
+            let name = &r[..r.find('"').expect("closing quote")];
+            assert!(doc["components"]["schemas"][name].is_object(), "missing schema {name}");
+        }
+    }
 }

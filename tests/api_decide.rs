@@ -74,6 +74,20 @@ impl Http {
         Self::reply(self.agent.put(format!("{}{path}", self.base)).header("authorization", format!("Bearer {token}")).header("x-actor", "test-operator").send(body), path)
     }
 
+    /// `method` on `path` with an empty body and no token.
+    fn any(&self, method: &str, path: &str) -> Reply {
+        let url = format!("{}{path}", self.base);
+        let r = match method {
+            "get" => self.agent.get(url).call(),
+            "delete" => self.agent.delete(url).call(),
+            "post" => self.agent.post(url).send(""),
+            "put" => self.agent.put(url).send(""),
+            "patch" => self.agent.patch(url).send(""),
+            other => panic!("method {other}"),
+        };
+        Self::reply(r, path)
+    }
+
     fn delete(&self, path: &str, token: &str) -> Reply {
         Self::reply(self.agent.delete(format!("{}{path}", self.base)).header("authorization", format!("Bearer {token}")).call(), path)
     }
@@ -168,6 +182,28 @@ async fn decide_users_and_admin_on_two_instances() {
         let owned = |h: &Http| h.wait_for("/v1/assignment", |v| v["ready"] == true && v["owned"].as_array().is_some_and(|o| o.len() == 1))["owned"][0].as_i64().expect("a partition");
         let (pa, pb) = (owned(&ha), owned(&hb));
         assert_ne!(pa, pb, "each owns one partition");
+        // Every route of the router answers each of its documented methods with a documented
+        // status (not the unknown-path 404), and refuses every other method with 405.
+        let doc: Value = ha.get("/openapi.json").json();
+        for (path, methods) in surgeguard::api::ROUTES {
+            let concrete = path
+                .replace("{tier}", "free")
+                .replace("{request_type}", "standard")
+                .replace("{dependency}", "ai_primary")
+                .replace("{action}", "reset")
+                .replace("{user_id}", "someone");
+            for method in ["get", "post", "put", "delete", "patch"] {
+                let r = ha.any(method, &concrete);
+                if methods.contains(&method) {
+                    let documented = doc["paths"][*path][method]["responses"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+                    // (421: the other instance owns `someone`.)
+                    assert!(documented.contains(&r.status.to_string()), "{method} {concrete}: {} not among {documented:?}: {}", r.status, r.body);
+                    assert!(!r.body.contains("no such endpoint"), "{method} {concrete}: {}", r.body);
+                } else {
+                    r.problem(405);
+                }
+            }
+        }
         let assignment = ha.get("/v1/assignment").json();
         assert_eq!((assignment["partitions"].as_i64(), assignment["partitioner"].as_str()), (Some(2), Some("consistent_random")), "{assignment}");
 

@@ -11,6 +11,14 @@ use crate::health::Health;
 use crate::outputs::{BreakerStateKind, LimitUpdate, LoadSeverity, Multipliers};
 use crate::time::Millis;
 
+/// Which keys a recomputation publishes besides those whose limit changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Force {
+    Changed,
+    Key(usize),
+    All,
+}
+
 /// One `tier/request_type` limit.
 #[derive(Debug, Clone)]
 pub struct KeyLimit {
@@ -104,7 +112,7 @@ impl AdaptiveLimits {
     pub fn set_override(&mut self, i: usize, value: Option<(u32, Millis)>, now: Millis, out: &mut Vec<LimitUpdate>) {
         if let Some(slot) = self.overrides.get_mut(i) {
             *slot = value.map(|(rpm, until)| (rpm.max(1), until));
-            self.recompute_forcing(now, Some(i), out);
+            self.recompute_forcing(now, Force::Key(i), out);
         }
     }
 
@@ -113,9 +121,24 @@ impl AdaptiveLimits {
         for i in 0..self.overrides.len() {
             if self.overrides[i].is_some_and(|(_, until)| until <= now) {
                 self.overrides[i] = None;
-                self.recompute_forcing(now, Some(i), out);
+                self.recompute_forcing(now, Force::Key(i), out);
             }
         }
+    }
+
+    /// A reloaded config (same tiers and request types, in the same order): new baselines,
+    /// ranges, grace allowances and multiplier steps, applied at once; every key is published.
+    pub fn reconfigure(&mut self, cfg: &Config, tiers: &[&str], request_types: &[&str], now: Millis, out: &mut Vec<LimitUpdate>) {
+        let fresh = AdaptiveLimits::new(cfg, tiers, request_types);
+        for (k, f) in self.keys.iter_mut().zip(fresh.keys) {
+            k.baseline = f.baseline;
+            k.minimum = f.minimum;
+            k.maximum = f.maximum;
+            k.grace_allowance = f.grace_allowance;
+            k.grace_window_ms = f.grace_window_ms;
+        }
+        self.cfg = cfg.adaptive.clone();
+        self.recompute_forcing(now, Force::All, out);
     }
 
     /// The override of key `i`, if any.
@@ -186,11 +209,11 @@ impl AdaptiveLimits {
     }
 
     fn recompute(&mut self, now: Millis, out: &mut Vec<LimitUpdate>) {
-        self.recompute_forcing(now, None, out);
+        self.recompute_forcing(now, Force::Changed, out);
     }
 
     /// As `recompute`, publishing key `force` even if its limit did not change.
-    fn recompute_forcing(&mut self, now: Millis, force: Option<usize>, out: &mut Vec<LimitUpdate>) {
+    fn recompute_forcing(&mut self, now: Millis, force: Force, out: &mut Vec<LimitUpdate>) {
         let h = self.health;
         let (api, api_cause) = self.api_multiplier();
         let m = Multipliers {
@@ -247,7 +270,7 @@ impl AdaptiveLimits {
             };
             // Severity is part of every update: publish all keys when it changes, so the
             // compacted limits topic never shows a stale one.
-            if adjusted != k.adjusted || self.severity != previous_severity || force == Some(i) {
+            if adjusted != k.adjusted || self.severity != previous_severity || force == Force::Key(i) || force == Force::All {
                 k.adjusted = adjusted;
                 k.window_limit = per_window(adjusted, window_s);
                 k.policy = policy(k.window_limit, window_s);

@@ -238,6 +238,15 @@ impl Breaker {
         (self.state != to).then(|| self.go(to, now))
     }
 
+    /// New thresholds from a reloaded config, from the next call on. A new window length starts
+    /// an empty window (the recorded calls were counted in buckets of the old length).
+    pub fn reconfigure(&mut self, cfg: &BreakerConfig) {
+        if cfg.window_s != self.cfg.window_s {
+            self.window = OutcomeWindow::new(cfg.window_s);
+        }
+        self.cfg = cfg.clone();
+    }
+
     /// Admin: refuse every call until reset.
     pub fn force_open(&mut self, now: Millis) -> Option<Transition> {
         self.admin(ForcedOpen, now)

@@ -51,6 +51,14 @@ impl Breakers {
         self.entries.get_mut(dependency).expect("entry inserted above")
     }
 
+    /// A reloaded config: every breaker takes its new thresholds.
+    pub fn reconfigure(&mut self, cfg: Arc<Config>) {
+        for (name, e) in &mut self.entries {
+            e.breaker.reconfigure(cfg.breaker_for(name));
+        }
+        self.cfg = cfg;
+    }
+
     pub fn state(&self, dependency: &str) -> Option<BreakerStateKind> {
         self.entries.get(dependency).map(|e| e.breaker.state())
     }

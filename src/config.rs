@@ -15,7 +15,8 @@ use crate::outputs::{AlertSeverity, LoadSeverity};
 
 /// The whole pipeline configuration.
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub limiter: LimiterConfig,
@@ -50,7 +51,8 @@ impl Config {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct LimiterConfig {
     /// The quota window every limit is counted over, in seconds (limits are "per minute").
@@ -80,7 +82,8 @@ impl Default for LimiterConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct TierConfig {
     /// Requests per minute when the system is healthy.
@@ -100,7 +103,8 @@ fn tier(baseline_rpm: u32, minimum_guaranteed: u32, maximum_burst: u32, grace_al
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct RequestTypeConfig {
     /// The share of the tier's limits this request type gets (baseline, minimum and maximum alike).
@@ -119,7 +123,8 @@ pub enum StrategyKind {
 
 /// One row of the throttling table. Empty `tiers` / `request_types` match any.
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleRule {
     pub severity: LoadSeverity,
@@ -166,7 +171,8 @@ pub enum Aggregate {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// A source with no sample for this long (event time) is dropped from the view.
@@ -183,7 +189,8 @@ impl Default for HealthConfig {
 
 /// One step of a multiplier table: above `above` utilisation, apply `multiplier`.
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     pub above: f64,
@@ -195,7 +202,8 @@ fn steps(pairs: &[(f64, f64)]) -> Vec<Step> {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct AdaptiveConfig {
     /// Load is `high` when the worst utilisation (CPU, memory, DB pool, queue) exceeds this.
@@ -227,7 +235,8 @@ impl Default for AdaptiveConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiMultipliers {
     pub closed: f64,
@@ -245,7 +254,8 @@ impl Default for ApiMultipliers {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// The sliding window failures are counted over, in seconds (one bucket per second).
@@ -297,7 +307,8 @@ impl Default for BreakerConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct ErrorWeights {
     pub timeout: f64,
@@ -314,7 +325,8 @@ impl Default for ErrorWeights {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct DependencyConfig {
     /// Other dependencies that can serve the same calls, in order of preference.
@@ -349,7 +361,8 @@ pub enum FallbackKind {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct FallbackConfig {
     /// The order of the plan (seed: alternative provider, cache, rules, template).
@@ -368,7 +381,8 @@ impl Default for FallbackConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorConfig {
     /// Minutes of history the throttling/load correlation is computed over.
@@ -383,7 +397,8 @@ impl Default for MonitorConfig {
 
 /// A threshold rule evaluated on each closed minute.
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdRule {
     pub enabled: bool,
@@ -395,7 +410,8 @@ pub struct ThresholdRule {
 
 /// A rule that fires on an event (per subject, e.g. per dependency).
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct EventRule {
     pub enabled: bool,
@@ -404,7 +420,8 @@ pub struct EventRule {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// Throttled requests in a minute above `threshold` (seed: 100/min, warning).
@@ -420,7 +437,8 @@ pub struct AlertsConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct CorrelationRule {
     pub enabled: bool,
@@ -451,7 +469,8 @@ impl Default for AlertsConfig {
 
 /// The HTTP API that `surgeguard run` and the demo serve.
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// host:port to listen on; empty turns the API off; port 0 takes a free one.
@@ -480,7 +499,8 @@ impl Default for ApiConfig {
 /// Predictive limits: a demand model (`surgeguard fit`) forecasts the next horizon at each of its
 /// steps from the request stream's counts, and a forecast spike cuts every limit ahead of it.
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct PredictionConfig {
     /// The model file; empty turns prediction off.
@@ -530,7 +550,8 @@ impl Default for PredictionConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicsConfig {
     pub requests: String,
@@ -579,7 +600,8 @@ pub enum Guarantee {
 
 /// How `surgeguard run` talks to Kafka.
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port…]` (`--brokers` overrides).
@@ -630,7 +652,8 @@ impl Default for KafkaConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(test, derive(PartialEq, Serialize))]
+#[derive(PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicPartitions {
     pub requests: i32,

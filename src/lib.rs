@@ -41,6 +41,7 @@ pub mod breakers;
 pub mod changelog;
 pub mod config;
 pub mod config_load;
+pub mod config_reload;
 pub mod control;
 pub mod decode;
 pub mod demand;

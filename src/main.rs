@@ -346,15 +346,24 @@ async fn shutdown_signal() {
 
 fn run_service(config: &Path, brokers: Option<&str>, api_listen: Option<String>) -> anyhow::Result<()> {
     let mut cfg = load(config)?;
-    if let Some(listen) = api_listen {
+    if let Some(listen) = &api_listen {
         anyhow::ensure!(listen.is_empty() || listen.parse::<std::net::SocketAddr>().is_ok(), "--api-listen {listen:?}: expected \"\" or an address such as 0.0.0.0:8480");
         let mut c = (*cfg).clone();
-        c.api.listen = listen;
+        c.api.listen = listen.clone();
         cfg = Arc::new(c);
     }
     let brokers = brokers.map_or_else(|| cfg.kafka.brokers.clone(), str::to_string);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(surgeguard::runtime::run(cfg, &brokers, shutdown_signal()))?;
+    runtime.block_on(async {
+        // Hot reload: SIGHUP or a change of the file (the same --api-listen applies to it).
+        let adjust = move |c: &mut surgeguard::config::Config| {
+            if let Some(listen) = &api_listen {
+                c.api.listen = listen.clone();
+            }
+        };
+        let reload = surgeguard::config_reload::watch(config.to_path_buf(), cfg.clone(), std::time::Duration::from_secs(1), adjust);
+        surgeguard::runtime::run_reloading(cfg, &brokers, &[], Some(reload), shutdown_signal()).await
+    })?;
     Ok(())
 }
 

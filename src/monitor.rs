@@ -53,6 +53,11 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// New alert rules from a reloaded config; the minute's counts and the cool-downs stay.
+    pub fn set_rules(&mut self, rules: &AlertsConfig) {
+        self.rules = rules.clone();
+    }
+
     pub fn new(monitor: &MonitorConfig, rules: &AlertsConfig) -> Self {
         Monitor {
             rules: rules.clone(),

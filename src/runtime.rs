@@ -103,6 +103,18 @@ pub async fn run_with(
     consumer_overrides: &[(&str, &str)],
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunStats, RunError> {
+    run_reloading(cfg, brokers, consumer_overrides, None, shutdown).await
+}
+
+/// As `run_with`, applying each config `reload` delivers (`config_reload::watch`): tier limits,
+/// the throttle table, breaker thresholds and alert rules.
+pub async fn run_reloading(
+    cfg: Arc<Config>,
+    brokers: &str,
+    consumer_overrides: &[(&str, &str)],
+    mut reload: Option<tokio::sync::mpsc::Receiver<Arc<Config>>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunStats, RunError> {
     let base = client_config(&cfg, brokers);
     if cfg.kafka.create_topics {
         tracing::info!(brokers, "checking topics (and creating the missing ones)");
@@ -286,6 +298,17 @@ pub async fn run_with(
                 shell.publish_api_outputs().await?;
                 continue;
             }
+            Some(new) = next_config(&mut reload) => {
+                {
+                    let mut sh = rebalance::lock(&shared);
+                    let mut outs = Vec::new();
+                    sh.topology.reconfigure(new, &mut outs);
+                    tracing::info!(limit_updates = outs.len(), "reloaded config applied");
+                    sh.api_outputs.extend(outs);
+                }
+                shell.publish_api_outputs().await?;
+                continue;
+            }
             _ = transaction_tick.tick(), if shell.eos => {
                 // An idle pipeline commits what it did too.
                 if shell.in_transaction && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
@@ -364,6 +387,14 @@ pub async fn run_with(
     Ok(stats)
 }
 
+
+/// The next reloaded config; never, without a watch.
+async fn next_config(reload: &mut Option<tokio::sync::mpsc::Receiver<Arc<Config>>>) -> Option<Arc<Config>> {
+    match reload {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The admin endpoints' token and producer, when `api.admin_token_env` names a set variable.
 fn admin_sink(cfg: &Config, base: &ClientConfig) -> Result<Option<Arc<crate::api_admin::Admin>>, RunError> {

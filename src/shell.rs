@@ -493,9 +493,9 @@ impl Shell<'_> {
         Ok(())
     }
 
-    /// Publishes the outputs of the API's decisions (`POST /v1/decide`): the decisions always
-    /// (no input offset waits for them), the control outputs their event time fired only when
-    /// leading, as `wall_clock` does.
+    /// Publishes outputs no input message caused (`Shared::api_outputs`: the API's decisions,
+    /// a reloaded config's limits): decisions always (no input offset waits for them), control
+    /// outputs only when leading, as `wall_clock` does.
     pub(crate) async fn publish_api_outputs(&mut self) -> Result<(), RunError> {
         let mut outs = std::mem::take(&mut rebalance::lock(&self.shared).api_outputs);
         if outs.is_empty() {

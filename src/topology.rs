@@ -166,6 +166,24 @@ impl Topology {
         }
     }
 
+    /// A reloaded config (`config_reload::needs_restart` found nothing that needs a restart):
+    /// tier limits, the throttle table, breaker thresholds and alert rules change now; every
+    /// limit is published again (as of the latest event time).
+    pub fn reconfigure(&mut self, cfg: Arc<Config>, out: &mut Vec<Output>) {
+        let tier_names: Vec<&str> = self.tiers.iter().map(|s| &**s).collect();
+        let rt_names: Vec<&str> = self.request_types.iter().map(|s| &**s).collect();
+        self.strategies = StrategyTable::compile(&cfg.throttle, &tier_names, &rt_names);
+        self.monitor.set_rules(&cfg.alerts);
+        let mut updates = Vec::new();
+        let now = self.watermark.unwrap_or(Millis(0));
+        self.limits.reconfigure(&cfg, &tier_names, &rt_names, now, &mut updates);
+        self.breakers.reconfigure(cfg);
+        // Before the first event nothing is published: the first event publishes every limit.
+        if self.watermark.is_some() {
+            self.push_limits(updates, out);
+        }
+    }
+
     /// Adds predictive limits (see `predictor.rs`); the shell loads and seeds the predictor.
     pub fn with_predictor(mut self, predictor: Option<Predictor>) -> Self {
         self.predictor = predictor;

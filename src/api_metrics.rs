@@ -1,6 +1,7 @@
 //! The service's Prometheus metrics: counters the shell moves as it works (events in, outputs
 //! out, decisions, dead letters, processing time), and gauges read from the topology when
-//! `/metrics` is scraped (breaker states, adjusted limits, the latest predictions).
+//! `/metrics` is scraped (breaker states, adjusted limits, the latest predictions and their
+//! errors), and the consumer lag from librdkafka's statistics.
 
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, GaugeVec, Opts, Registry, TextEncoder};
 
@@ -19,6 +20,9 @@ pub struct Metrics {
     adjusted_rpm: GaugeVec,
     predicted_rpm: GaugeVec,
     spike_factor: GaugeVec,
+    consumer_lag: IntGaugeVec,
+    prediction_error: GaugeVec,
+    prediction_mae: GaugeVec,
 }
 
 impl Metrics {
@@ -37,6 +41,12 @@ impl Metrics {
         let adjusted_rpm = GaugeVec::new(Opts::new("limit_adjusted_requests_per_minute", "The adjusted limit per tier and request type"), &["tier", "request_type"])?;
         let predicted_rpm = GaugeVec::new(Opts::new("predicted_requests_per_minute", "The latest forecast mean demand per scope"), &["scope"])?;
         let spike_factor = GaugeVec::new(Opts::new("predicted_spike_factor", "The latest forecast's spike factor per scope"), &["scope"])?;
+        let consumer_lag = IntGaugeVec::new(Opts::new("consumer_lag_messages", "Messages behind the end of each requests partition this instance owns (librdkafka's statistics, every 5 s)"), &["topic", "partition"])?;
+        let prediction_error = GaugeVec::new(Opts::new("prediction_error_requests_per_minute", "Actual minus predicted demand of the latest step a one-step-ahead forecast covered"), &["scope"])?;
+        let prediction_mae = GaugeVec::new(Opts::new("prediction_mean_absolute_error_requests_per_minute", "Mean absolute one-step-ahead error since start"), &["scope"])?;
+        registry.register(Box::new(consumer_lag.clone()))?;
+        registry.register(Box::new(prediction_error.clone()))?;
+        registry.register(Box::new(prediction_mae.clone()))?;
         registry.register(Box::new(events_in.clone()))?;
         registry.register(Box::new(outputs.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
@@ -47,7 +57,21 @@ impl Metrics {
         registry.register(Box::new(adjusted_rpm.clone()))?;
         registry.register(Box::new(predicted_rpm.clone()))?;
         registry.register(Box::new(spike_factor.clone()))?;
-        Ok(Metrics { registry, events_in, outputs, decisions, dead_lettered, processing_seconds, ready, breaker_state, adjusted_rpm, predicted_rpm, spike_factor })
+        Ok(Metrics { registry, events_in, outputs, decisions, dead_lettered, processing_seconds, ready, breaker_state, adjusted_rpm, predicted_rpm, spike_factor, consumer_lag, prediction_error, prediction_mae })
+    }
+
+    /// The lag of each assigned partition from librdkafka's statistics (partitions no longer
+    /// assigned disappear).
+    pub fn set_consumer_lag(&self, stats: &rdkafka::Statistics) {
+        self.consumer_lag.reset();
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                // -1 is librdkafka's internal unassigned partition; a lag of -1 is unknown.
+                if *p >= 0 && part.desired && part.consumer_lag >= 0 {
+                    self.consumer_lag.with_label_values(&[topic.as_str(), &p.to_string()]).set(part.consumer_lag);
+                }
+            }
+        }
     }
 
     /// Counts the outputs of one message that this instance produces (a follower has dropped
@@ -88,6 +112,10 @@ impl Metrics {
             for p in t.latest_predictions() {
                 self.predicted_rpm.with_label_values(&[&p.scope]).set(p.predicted);
                 self.spike_factor.with_label_values(&[&p.scope]).set(p.spike_factor);
+            }
+            for (scope, e) in t.prediction_errors() {
+                self.prediction_error.with_label_values(&[scope]).set(e.last);
+                self.prediction_mae.with_label_values(&[scope]).set(e.mean_absolute());
             }
         }
         let mut buf = Vec::new();

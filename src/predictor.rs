@@ -51,6 +51,15 @@ pub struct Step {
     pub multiplier: Option<f64>,
     /// Set when this forecast started a cut (for the proactive alert).
     pub spike: Option<Spike>,
+    /// A step this boundary closed that an earlier forecast predicted one step ahead: what was
+    /// predicted and what came, in requests per minute (the prediction error metric).
+    pub observed: Option<Observed>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observed {
+    pub predicted: f64,
+    pub actual: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,6 +87,8 @@ pub struct Predictor {
     /// Recent history, applied at the first event (only its steps before that event's).
     pending_seed: Option<Series>,
     late: u64,
+    /// The latest one-step-ahead forecast: its step and value (requests per step).
+    next: Option<(i64, f64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,10 +120,16 @@ impl Predictor {
             label,
             pending_seed: None,
             late: 0,
+            next: None,
         }
     }
 
     /// The model's step.
+    /// The scope its predictions are published under.
+    pub fn scope(&self) -> &str {
+        &self.cfg.scope
+    }
+
     pub fn step_ms(&self) -> i64 {
         self.step_ms
     }
@@ -180,6 +197,17 @@ impl Predictor {
         }
         let closing = (c - from) as usize;
         let counted = closing.min(self.open.len());
+        let per_minute = 60_000.0 / self.step_ms as f64;
+        let mut observed = None;
+        // The step the last forecast predicted, if it closes now (a step without requests
+        // counts zero).
+        if let Some((step, predicted)) = self.next.take()
+            && (from..c).contains(&step)
+        {
+            let i = (step - from) as usize;
+            let actual = self.open.get(i).copied().unwrap_or(0.0);
+            observed = Some(Observed { predicted: predicted * per_minute, actual: actual * per_minute });
+        }
         for _ in 0..counted {
             let v = self.open.pop_front().unwrap_or(0.0);
             self.push(v);
@@ -190,7 +218,9 @@ impl Predictor {
         }
         self.open_from = Some(c);
         self.first = c - self.counts.len() as i64;
-        out.push(self.forecast(c, t));
+        let mut step = self.forecast(c, t);
+        step.observed = observed;
+        out.push(step);
     }
 
     /// The first event, in step `s`: the seed's steps before it are the closed counts.
@@ -236,6 +266,7 @@ impl Predictor {
         };
         let per_minute = 60_000.0 / self.step_ms as f64;
         let h = f.values.len() as i64;
+        self.next = f.values.first().map(|&v| (s, v));
         let until = Millis(now.0 + h * self.step_ms);
         step.prediction = Some(Prediction {
             ts: at,
@@ -348,6 +379,14 @@ mod tests {
         assert!(steps.iter().all(|(_, o)| o.multiplier.is_none() && o.spike.is_none()));
         let preds: Vec<_> = steps.iter().filter_map(|(_, o)| o.prediction.as_ref()).collect();
         assert!(!preds.is_empty());
+        // Each closed step a forecast covered one step ahead is observed: 100 requests per
+        // 5 minutes is 20 a minute, against about as much predicted.
+        let observed: Vec<Observed> = steps.iter().filter_map(|(_, o)| o.observed).collect();
+        assert!(observed.len() + 1 >= preds.len() && !observed.is_empty(), "{} observed of {} predictions", observed.len(), preds.len());
+        for o in &observed {
+            assert!((o.actual - 20.0).abs() < 1e-9, "{o:?}");
+            assert!((o.predicted / 20.0 - 1.0).abs() < 0.2, "{o:?}");
+        }
         for pr in preds {
             assert!((pr.predicted / (100.0 / 5.0) - 1.0).abs() < 0.2, "{pr:?}");
             assert!(pr.lower <= pr.predicted && pr.predicted <= pr.upper);

@@ -269,9 +269,15 @@ pub struct RunContext {
     pub exactly_once: bool,
     /// Ready (for `/readyz`): partitions assigned and their state restored.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Where librdkafka's statistics put the consumer lag (`statistics.interval.ms`).
+    pub metrics: Arc<crate::api_metrics::Metrics>,
 }
 
-impl ClientContext for RunContext {}
+impl ClientContext for RunContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics.set_consumer_lag(&statistics);
+    }
+}
 
 impl ConsumerContext for RunContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

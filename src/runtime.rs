@@ -185,7 +185,12 @@ pub async fn run_reloading(
         flush_timeout: DRAIN_TIMEOUT,
         exactly_once: eos,
         ready: ready.clone(),
+        metrics: metrics.clone(),
     };
+    // The consumer lag for /metrics comes with librdkafka's statistics.
+    if !cfg.kafka.properties.contains_key("statistics.interval.ms") {
+        consumer_config.set("statistics.interval.ms", "5000");
+    }
     // The changelog restore runs inside the consumer's poll (the assignment callback): a restore
     // that takes up to RESTORE_TIMEOUT must not count as a consumer that stopped polling
     // (librdkafka's default max.poll.interval.ms is exactly 300 s). A value in

@@ -95,6 +95,23 @@ pub struct Topology {
     /// HTTP API.
     recent_alerts: std::collections::VecDeque<crate::outputs::Alert>,
     predictions: std::collections::BTreeMap<String, crate::outputs::Prediction>,
+    /// Per scope, how the one-step-ahead forecasts did.
+    prediction_errors: std::collections::BTreeMap<String, PredictionError>,
+}
+
+/// One scope's forecast error so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PredictionError {
+    /// Actual minus predicted, requests per minute, for the latest step observed.
+    pub last: f64,
+    pub abs_sum: f64,
+    pub steps: u64,
+}
+
+impl PredictionError {
+    pub fn mean_absolute(&self) -> f64 {
+        if self.steps == 0 { 0.0 } else { self.abs_sum / self.steps as f64 }
+    }
 }
 
 /// A user's quota state (`GET /v1/users/{user_id}`).
@@ -161,6 +178,7 @@ impl Topology {
             scratch_steps: Vec::new(),
             recent_alerts: std::collections::VecDeque::new(),
             predictions: std::collections::BTreeMap::new(),
+            prediction_errors: std::collections::BTreeMap::new(),
             tiers,
             request_types,
         }
@@ -314,6 +332,11 @@ impl Topology {
         self.recent_alerts.iter().filter(|a| since.is_none_or(|s| a.ts >= s)).cloned().collect()
     }
 
+    /// Each scope's one-step-ahead forecast error so far.
+    pub fn prediction_errors(&self) -> impl Iterator<Item = (&str, &PredictionError)> {
+        self.prediction_errors.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     /// Each scope's latest prediction.
     pub fn latest_predictions(&self) -> Vec<crate::outputs::Prediction> {
         self.predictions.values().cloned().collect()
@@ -415,6 +438,12 @@ impl Topology {
             None => p.advance(now, &mut steps),
         }
         for step in steps.drain(..) {
+            if let (Some(o), Some(p)) = (step.observed, self.predictor.as_ref()) {
+                let e = self.prediction_errors.entry(p.scope().to_string()).or_default();
+                e.last = o.actual - o.predicted;
+                e.abs_sum += (o.actual - o.predicted).abs();
+                e.steps += 1;
+            }
             if let Some(m) = step.multiplier {
                 let mut updates = Vec::new();
                 self.limits.set_predicted(m, step.at, &mut updates);

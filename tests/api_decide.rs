@@ -336,6 +336,30 @@ async fn decide_users_and_admin_on_two_instances() {
         }
     }
 
+    // The consumer lag of the partition the streamed request went to, from librdkafka's
+    // statistics (every 5 s; known once the partition has a position).
+    let requests_topic = cfg.topics.requests.clone();
+    let lag_seen = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let prefix = "surgeguard_consumer_lag_messages{partition=\"";
+        loop {
+            let m = [port_a, port_b]
+                .iter()
+                .filter_map(|p| agent.get(format!("http://127.0.0.1:{p}/metrics")).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok()))
+                .collect::<String>();
+            if m.lines().any(|l| l.starts_with(prefix) && l.contains(&format!("topic=\"{requests_topic}\""))) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(m);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    })
+    .await
+    .expect("lag check");
+
     for stop in stops {
         stop.send(()).ok();
     }
@@ -352,4 +376,7 @@ async fn decide_users_and_admin_on_two_instances() {
     }
     assert_eq!(http_ids.len(), 75, "every API decision published");
     assert_eq!(streamed.as_deref(), Some("throttle"), "the stream counts the API's decisions");
+    if let Err(m) = lag_seen {
+        panic!("no consumer lag in /metrics:\n{m}");
+    }
 }

@@ -33,6 +33,9 @@ pub struct KeyLimit {
     pub policy: Arc<str>,
     pub grace_allowance: u32,
     pub grace_window_ms: i64,
+    /// The reason and event time of the key's last published update (for `current`).
+    pub reason: Arc<str>,
+    pub changed: Millis,
 }
 
 pub struct AdaptiveLimits {
@@ -85,6 +88,8 @@ impl AdaptiveLimits {
                     policy: policy(per_window(adjusted, cfg.limiter.window_s), cfg.limiter.window_s),
                     grace_allowance: scaled(t.grace_allowance, share),
                     grace_window_ms: i64::from(t.grace_window_s) * 1000,
+                    reason: Arc::from("initial"),
+                    changed: Millis(0),
                 });
             }
         }
@@ -156,6 +161,20 @@ impl AdaptiveLimits {
 
     pub fn multipliers(&self) -> Multipliers {
         self.multipliers
+    }
+
+    /// The first event's time: the limits published then (reason `initial`) date from it.
+    pub fn started(&mut self, now: Millis) {
+        for k in self.keys.iter_mut().filter(|k| k.changed == Millis(0)) {
+            k.changed = now;
+        }
+    }
+
+    /// Every key's limit as last published: its reason and the event time it changed.
+    pub fn current(&self, out: &mut Vec<LimitUpdate>) {
+        for k in &self.keys {
+            out.push(self.update(k, k.changed, k.reason.to_string()));
+        }
     }
 
     /// A `LimitUpdate` for every key, as of now (published once at start).
@@ -278,6 +297,8 @@ impl AdaptiveLimits {
                     Some((rpm, until)) => override_reason(rpm, until),
                     None => reason.clone(),
                 };
+                k.reason = Arc::from(reason.as_str());
+                k.changed = now;
                 let k = &self.keys[i];
                 out.push(self.update(k, now, reason));
             }

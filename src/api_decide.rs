@@ -97,10 +97,15 @@ pub async fn decide(State(s): State<ApiState>, raw: Result<Bytes, BytesRejection
         };
         let processed = sh.processed_offset(&s.requests_topic, p);
         sh.changelog.note_untracked(p, processed, &d.user_id, &d.request_type);
+        // One wake-up per batch: the main loop takes everything queued when it wakes.
+        let first = sh.api_outputs.is_empty();
         sh.api_outputs.extend(outs);
-        d
+        (d, first)
     };
-    s.wake.notify_one();
+    let (decision, first) = decision;
+    if first {
+        s.wake.notify_one();
+    }
     Ok(decision_response(&decision, s.window_s))
 }
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::outputs::{AlertSeverity, LoadSeverity};
+pub use crate::config_service::{ApiConfig, Guarantee, KafkaConfig, TopicPartitions, TopicsConfig};
 
 /// The whole pipeline configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -467,35 +468,6 @@ impl Default for AlertsConfig {
     }
 }
 
-/// The HTTP API that `surgeguard run` and the demo serve.
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
-#[cfg_attr(test, derive(Serialize))]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiConfig {
-    /// host:port to listen on; empty turns the API off; port 0 takes a free one.
-    pub listen: String,
-    /// The partitioner the producers of the requests topic use (librdkafka's names): which
-    /// partition, and so which instance's limiter, holds a user.
-    pub partitioner: crate::partitioner::Partitioner,
-    /// The environment variable holding the admin endpoints' bearer token; unset or empty turns
-    /// the admin endpoints off.
-    pub admin_token_env: String,
-    /// The largest request body accepted, in bytes.
-    pub max_body_bytes: usize,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        ApiConfig {
-            listen: "127.0.0.1:8480".into(),
-            partitioner: crate::partitioner::Partitioner::default(),
-            admin_token_env: "SURGEGUARD_ADMIN_TOKEN".into(),
-            max_body_bytes: 16 * 1024,
-        }
-    }
-}
-
 /// Predictive limits: a demand model (`surgeguard fit`) forecasts the next horizon at each of its
 /// steps from the request stream's counts, and a forecast spike cuts every limit ahead of it.
 #[derive(Debug, Clone, Deserialize)]
@@ -545,143 +517,6 @@ impl Default for PredictionConfig {
             min_confidence: 0.8,
             coverage: 0.95,
             allowed_lateness_s: 60,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
-#[cfg_attr(test, derive(Serialize))]
-#[serde(deny_unknown_fields, default)]
-pub struct TopicsConfig {
-    pub requests: String,
-    pub outcomes: String,
-    pub telemetry: String,
-    /// Operators' actions on breakers (force open, disable, metrics only, reset).
-    pub admin: String,
-    pub decisions: String,
-    pub limits: String,
-    pub breakers: String,
-    pub predictions: String,
-    pub alerts: String,
-    pub dlq: String,
-    /// Per-user limiter state (compacted), one partition per requests partition.
-    pub changelog: String,
-}
-
-impl Default for TopicsConfig {
-    fn default() -> Self {
-        let t = |s: &str| format!("surgeguard.{s}");
-        TopicsConfig {
-            requests: t("requests"),
-            outcomes: t("outcomes"),
-            telemetry: t("telemetry"),
-            admin: t("admin"),
-            decisions: t("decisions"),
-            limits: t("limits"),
-            breakers: t("breakers"),
-            predictions: t("predictions"),
-            alerts: t("alerts"),
-            dlq: t("dlq"),
-            changelog: t("limiter-changelog"),
-        }
-    }
-}
-
-/// What `surgeguard run` promises about its outputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[cfg_attr(test, derive(Serialize))]
-#[serde(rename_all = "snake_case")]
-pub enum Guarantee {
-    #[default]
-    AtLeastOnce,
-    ExactlyOnce,
-}
-
-/// How `surgeguard run` talks to Kafka.
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
-#[cfg_attr(test, derive(Serialize))]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, `host:port[,host:port…]` (`--brokers` overrides).
-    pub brokers: String,
-    /// The consumer group; instances in one group split the input partitions.
-    pub group_id: String,
-    /// Create missing topics at start-up with the partitions below and the right cleanup
-    /// policies (limits and breakers compacted).
-    pub create_topics: bool,
-    /// Replication factor of created topics; -1 takes the broker's default.
-    pub replication_factor: i32,
-    /// Delivery: `at_least_once` (offsets committed after the outputs are acknowledged) or
-    /// `exactly_once` (outputs, changelog records and offsets in one Kafka transaction).
-    pub guarantee: Guarantee,
-    /// How far back (seconds) a starting instance reads outcomes, telemetry and admin actions to
-    /// rebuild breakers and the health view before it decides anything.
-    pub control_lookback_s: u32,
-    /// At-least-once: how often (ms) changed limiter state goes to the changelog, one record per
-    /// user and request type (Kafka Streams' record cache); input offsets are committed only
-    /// after it. Exactly-once writes it with every transaction (100 ms) instead.
-    pub commit_interval_ms: u32,
-    /// After this long (ms) without any input, event time follows the wall clock, so timers
-    /// fire without events (an open breaker turns half-open); 0 turns it off. Replay is
-    /// unaffected.
-    pub wall_clock_after_idle_ms: u32,
-    /// Partitions of each created topic.
-    pub partitions: TopicPartitions,
-    /// librdkafka properties for every client, passed through as they are (security.protocol,
-    /// sasl.*, ssl.*, client.id, …). The ones surgeguard manages itself are refused.
-    pub properties: BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig {
-            brokers: "127.0.0.1:9092".into(),
-            group_id: "surgeguard".into(),
-            create_topics: true,
-            replication_factor: -1,
-            guarantee: Guarantee::AtLeastOnce,
-            control_lookback_s: 600,
-            commit_interval_ms: 1000,
-            wall_clock_after_idle_ms: 2000,
-            partitions: TopicPartitions::default(),
-            properties: BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
-#[cfg_attr(test, derive(Serialize))]
-#[serde(deny_unknown_fields, default)]
-pub struct TopicPartitions {
-    pub requests: i32,
-    pub outcomes: i32,
-    pub telemetry: i32,
-    pub admin: i32,
-    pub decisions: i32,
-    pub limits: i32,
-    pub breakers: i32,
-    pub predictions: i32,
-    pub alerts: i32,
-    pub dlq: i32,
-}
-
-impl Default for TopicPartitions {
-    fn default() -> Self {
-        // Requests and decisions carry the volume and are keyed by user: room to scale out.
-        TopicPartitions {
-            requests: 6,
-            outcomes: 3,
-            telemetry: 3,
-            admin: 1,
-            decisions: 6,
-            limits: 1,
-            breakers: 1,
-            predictions: 1,
-            alerts: 1,
-            dlq: 1,
         }
     }
 }

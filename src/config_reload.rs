@@ -133,4 +133,31 @@ mod tests {
         bad.kafka.group_id = "other".into();
         assert_eq!(needs_restart(&old, &bad), vec!["limiter", "tiers (which tiers exist)", "kafka"]);
     }
+
+    #[test]
+    fn a_reloaded_topology_trips_on_the_new_threshold_and_keeps_its_state() {
+        use crate::events::{ErrorClass, InputEvent, OutcomeEvent};
+        use crate::outputs::{BreakerStateKind, Output};
+        use crate::time::Millis;
+        use crate::topology::Topology;
+        let old = Arc::new(config_load::load_str("", "initial").expect("valid"));
+        let fail = |t: i64| InputEvent::Outcome(OutcomeEvent { ts: Millis(t), dependency: "ai_primary".into(), ok: false, error: Some(ErrorClass::Timeout), latency_ms: 5.0, request_id: None });
+        let opened = |outs: &[Output]| outs.iter().any(|o| matches!(o, Output::Breaker(b) if b.state == BreakerStateKind::Open));
+        // Two timeouts (weight 4) stay under the default threshold of 10.
+        let mut t = Topology::new(old.clone());
+        let mut outs = Vec::new();
+        t.process(fail(1_000), &mut outs);
+        t.process(fail(2_000), &mut outs);
+        assert!(!opened(&outs));
+        // Reloaded with a threshold of 5: the third timeout (weight 6, the first two still in the
+        // window) trips it. The reload republishes every limit.
+        let new = config_load::load_str("[breaker]\nweight_threshold = 5.0\n", "reloaded").expect("valid");
+        assert!(needs_restart(&old, &new).is_empty());
+        outs.clear();
+        t.reconfigure(Arc::new(new), &mut outs);
+        assert_eq!(outs.iter().filter(|o| matches!(o, Output::Limit(_))).count(), 9);
+        outs.clear();
+        t.process(fail(3_000), &mut outs);
+        assert!(opened(&outs), "{outs:?}");
+    }
 }

@@ -42,6 +42,7 @@ pub mod changelog;
 pub mod config;
 pub mod config_load;
 pub mod config_reload;
+pub mod config_service;
 pub mod control;
 pub mod decode;
 pub mod demand;

@@ -303,11 +303,12 @@ impl Topology {
         }
     }
 
-    /// Every current limit, as of the latest event time (empty before the first event).
+    /// Every current limit, as last published: the reason and event time of its last change
+    /// (empty before the first event).
     pub fn limits_now(&self) -> Vec<crate::outputs::LimitUpdate> {
         let mut out = Vec::new();
-        if let Some(now) = self.watermark {
-            self.limits.snapshot(now, "current", &mut out);
+        if self.watermark.is_some() {
+            self.limits.current(&mut out);
         }
         out
     }
@@ -398,6 +399,7 @@ impl Topology {
                 self.watermark = Some(now);
                 let mut updates = Vec::new();
                 self.limits.snapshot(now, "initial", &mut updates);
+                self.limits.started(now);
                 self.push_limits(updates, out);
                 self.next_sweep = now.plus_ms(self.sweep_every_ms);
                 self.predict(now, None, out);

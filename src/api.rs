@@ -3,11 +3,10 @@
 //! readiness. Handlers read the state the pipeline keeps (`rebalance::Shared`); errors are
 //! `application/problem+json` (RFC 9457).
 //!
-//! The per-user endpoints are in `api_decide.rs`, the admin endpoints in `api_admin.rs`.
+//! The per-user endpoints are in `api_decide.rs`, the admin endpoints in `api_admin.rs`, what
+//! they all share in `api_state.rs`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -17,120 +16,12 @@ use axum::routing::{MethodRouter, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::api_metrics::Metrics;
-use crate::rebalance::Shared;
+pub use crate::api_state::{ApiState, Problem};
+use crate::api_state::lock;
 use crate::time::Millis;
 
-/// What the handlers read.
-#[derive(Clone)]
-pub struct ApiState {
-    pub shared: Arc<Mutex<Shared>>,
-    pub metrics: Arc<Metrics>,
-    /// Set once the instance has its partitions and their restored state.
-    pub ready: Arc<AtomicBool>,
-    /// Wakes the main loop to publish the API's decisions (`Shared::api_outputs`).
-    pub wake: Arc<tokio::sync::Notify>,
-    /// The admin endpoints' token and producer (none: admin is off).
-    pub admin: Option<Arc<crate::api_admin::Admin>>,
-    pub admin_token_env: String,
-    pub partitioner: crate::partitioner::Partitioner,
-    pub requests_topic: String,
-    pub default_tier: String,
-    pub window_s: u32,
-    /// The configured dependencies and limit keys (`tier/request_type`).
-    pub dependencies: Vec<String>,
-    pub limit_keys: Vec<String>,
-}
-
-impl ApiState {
-    pub fn new(cfg: &crate::config::Config, shared: Arc<Mutex<Shared>>, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Self {
-        ApiState {
-            shared,
-            metrics,
-            ready,
-            wake: Arc::new(tokio::sync::Notify::new()),
-            admin: None,
-            admin_token_env: cfg.api.admin_token_env.clone(),
-            partitioner: cfg.api.partitioner,
-            requests_topic: cfg.topics.requests.clone(),
-            default_tier: cfg.limiter.default_tier.clone(),
-            window_s: cfg.limiter.window_s,
-            dependencies: cfg.dependencies.keys().cloned().collect(),
-            limit_keys: cfg.tiers.keys().flat_map(|t| cfg.request_types.keys().map(move |rt| format!("{t}/{rt}"))).collect(),
-        }
-    }
-}
-
-/// An RFC 9457 problem.
-pub struct Problem {
-    status: StatusCode,
-    title: &'static str,
-    detail: String,
-    /// Extension members.
-    extra: serde_json::Map<String, serde_json::Value>,
-    /// Ask for a bearer token (401).
-    bearer: bool,
-}
-
-impl Problem {
-    pub(crate) fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
-        Problem { status, title, detail: detail.into(), extra: serde_json::Map::new(), bearer: false }
-    }
-
-    /// Adds an extension member.
-    pub(crate) fn with(mut self, key: &str, value: serde_json::Value) -> Self {
-        self.extra.insert(key.to_string(), value);
-        self
-    }
-
-    /// Adds `WWW-Authenticate: Bearer`.
-    pub(crate) fn bearer(mut self) -> Self {
-        self.bearer = true;
-        self
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let mut body = serde_json::json!({ "type": "about:blank", "title": self.title, "status": self.status.as_u16(), "detail": self.detail });
-        if let Some(obj) = body.as_object_mut() {
-            obj.extend(self.extra);
-        }
-        let mut r = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
-        if self.bearer {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer realm=\"surgeguard admin\""));
-        }
-        r
-    }
-}
-
-/// The pipeline's state, waiting a little while it is busy (a partition's state being restored
-/// holds it for longer: then 503). The main loop holds it for one message at a time, so a short
-/// wait is first spent yielding (a sleep would cost a millisecond at least).
-pub(crate) async fn lock(shared: &Mutex<Shared>) -> Result<MutexGuard<'_, Shared>, Problem> {
-    let started = Instant::now();
-    let mut tries = 0u32;
-    loop {
-        // (The guard never lives across the await: the handlers' futures must be Send.)
-        match shared.try_lock() {
-            Ok(g) => return Ok(g),
-            Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
-            Err(TryLockError::WouldBlock) => {}
-        }
-        tries += 1;
-        if tries < 200 {
-            tokio::task::yield_now().await;
-            continue;
-        }
-        if started.elapsed() >= Duration::from_secs(2) {
-            return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Busy", "the pipeline's state is held by a rebalance (a restore, or a flush and commit); try again"));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 /// Every route and its methods. `/openapi.json` documents exactly these (a unit test compares
-/// them, and tests/api_openapi.rs calls each on a running service).
+/// them, and tests/api_decide.rs calls each on a running service).
 pub const ROUTES: &[(&str, &[&str])] = &[
     ("/", &["get"]),
     ("/openapi.json", &["get"]),
@@ -250,7 +141,8 @@ struct Since {
     since: Option<String>,
 }
 
-async fn alerts(State(s): State<ApiState>, Query(q): Query<Since>) -> Result<Response, Problem> {
+async fn alerts(State(s): State<ApiState>, q: Result<Query<Since>, axum::extract::rejection::QueryRejection>) -> Result<Response, Problem> {
+    let q = crate::api_state::query(q)?;
     let since = match q.since.as_deref() {
         None => None,
         Some(t) => Some(

@@ -15,20 +15,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::api::{ApiState, Problem, lock};
-use crate::api_decide::{body, wall_clock};
+use crate::api_state::{Admin, ApiState, Problem, body, lock, wall_clock};
 use crate::events::{AdminAction, AdminEvent};
-
-/// What the admin endpoints need: the token and a producer for the admin topic.
-pub struct Admin {
-    pub token: String,
-    pub producer: FutureProducer,
-    pub topic: String,
-}
 
 /// The longest override accepted.
 const MAX_OVERRIDE_S: u64 = 7 * 86_400;
@@ -38,15 +30,35 @@ fn authorise<'a>(s: &'a ApiState, headers: &HeaderMap) -> Result<&'a Admin, Prob
     let Some(admin) = s.admin.as_deref() else {
         return Err(Problem::new(StatusCode::FORBIDDEN, "Forbidden", format!("the admin endpoints are off: no token in ${}", s.admin_token_env)));
     };
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // The scheme is case-insensitive (RFC 9110).
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let Some(given) = given else {
         return Err(Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized", "expected `Authorization: Bearer TOKEN`").bearer());
     };
-    if bool::from(given.trim().as_bytes().ct_eq(admin.token.as_bytes())) {
+    if same_token(given.as_bytes(), admin.token.as_bytes()) {
         Ok(admin)
     } else {
         Err(Problem::new(StatusCode::FORBIDDEN, "Forbidden", "wrong token"))
     }
+}
+
+/// Whether `given` is `token`, in time that depends on `given`'s length only: every byte of it
+/// is compared (against the token's bytes, cycled), so neither where they first differ nor the
+/// token's length shows. `token` is never empty (an empty one turns admin off).
+fn same_token(given: &[u8], token: &[u8]) -> bool {
+    if token.is_empty() {
+        return false;
+    }
+    let mut eq = (given.len() as u64).ct_eq(&(token.len() as u64));
+    for (i, b) in given.iter().enumerate() {
+        eq &= b.ct_eq(&token[i % token.len()]);
+    }
+    bool::from(eq)
 }
 
 fn actor(headers: &HeaderMap) -> String {
@@ -134,5 +146,19 @@ fn limit_key(s: &ApiState, tier: &str, request_type: &str) -> Result<String, Pro
         Ok(key)
     } else {
         Err(Problem::new(StatusCode::NOT_FOUND, "Not Found", format!("no limit `{key}` in the config")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_token;
+
+    #[test]
+    fn tokens_match_only_when_equal() {
+        assert!(same_token(b"s3cret", b"s3cret"));
+        for wrong in [&b""[..], b"s3cre", b"s3cret!", b"s3cres", b"S3cret", b"s3crets3cret"] {
+            assert!(!same_token(wrong, b"s3cret"), "{}", String::from_utf8_lossy(wrong));
+        }
+        assert!(!same_token(b"", b""));
     }
 }

@@ -19,11 +19,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use crate::api::{ApiState, Problem, lock};
+use crate::api_state::{ApiState, Problem, body, lock, path, query, wall_clock};
 use crate::events::InputEvent;
 use crate::outputs::{Decision, DecisionKind, Output};
-use crate::time::Millis;
 use crate::topology::Counted;
+
+/// The most outputs the API queues for the main loop before it answers 503.
+const MAX_QUEUED: usize = 100_000;
 
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -51,15 +53,6 @@ fn ratelimit_headers<'a>(quotas: impl Iterator<Item = (String, u32, u32, u64, u3
     h
 }
 
-/// The body, or a problem naming why it was refused (413 beyond `api.max_body_bytes`).
-pub(crate) fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
-    body.map_err(|r| {
-        let status = r.status();
-        let title = if status == StatusCode::PAYLOAD_TOO_LARGE { "Payload Too Large" } else { "Bad Request" };
-        Problem::new(status, title, r.body_text())
-    })
-}
-
 /// The partition holding `user_id`, or the problem to answer when this instance does not own it.
 fn partition_of(s: &ApiState, sh: &crate::rebalance::Shared, user_id: &str) -> Result<i32, Problem> {
     let n = i32::try_from(sh.requests_partitions).unwrap_or(0);
@@ -83,10 +76,21 @@ fn partition_of(s: &ApiState, sh: &crate::rebalance::Shared, user_id: &str) -> R
 /// allow and allow_with_grace, 429 with `Retry-After` for throttle, RateLimit fields on both.
 pub async fn decide(State(s): State<ApiState>, raw: Result<Bytes, BytesRejection>) -> Result<Response, Problem> {
     let raw = body(raw)?;
-    let ev = crate::decode::decode_request(&raw).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Bad Request", e.to_string()))?;
+    let mut ev = crate::decode::decode_request(&raw).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Bad Request", e.to_string()))?;
     let decision = {
         let mut sh = lock(&s.shared).await?;
+        // Checked under the lock: shutdown clears it, then takes the lock to publish what the
+        // API queued, so nothing is queued after that.
+        if !s.ready.load(Ordering::SeqCst) {
+            return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Not Ready", "partitions are being assigned or restored, or the service is stopping; try again"));
+        }
+        if sh.api_outputs.len() >= MAX_QUEUED {
+            return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Busy", "decisions are waiting to be published (is the broker down?); try again"));
+        }
         let p = partition_of(&s, &sh, &ev.user_id)?;
+        // The decision is made at the service's time, not the caller's: a caller's clock must
+        // not move this instance's event time (it drives every timer, eviction and override).
+        ev.ts = sh.topology.watermark().map_or_else(wall_clock, |w| w.max(wall_clock()));
         let mut outs = Vec::with_capacity(2);
         sh.topology.process_in(p, InputEvent::Request(ev), Counted::No, &mut outs);
         let Some(d) = outs.iter().rev().find_map(|o| match o {
@@ -95,8 +99,8 @@ pub async fn decide(State(s): State<ApiState>, raw: Result<Bytes, BytesRejection
         }) else {
             return Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", "the limiter gave no decision"));
         };
-        let processed = sh.processed_offset(&s.requests_topic, p);
-        sh.changelog.note_untracked(p, processed, &d.user_id, &d.request_type);
+        let through = sh.counted_through(&s.requests_topic, p, &d.user_id, &d.request_type);
+        sh.changelog.note_untracked(p, through, &d.user_id, &d.request_type);
         // One wake-up per batch: the main loop takes everything queued when it wakes.
         let first = sh.api_outputs.is_empty();
         sh.api_outputs.extend(outs);
@@ -132,7 +136,12 @@ pub struct UserQuery {
 /// `GET /v1/users/{user_id}[?tier=&request_type=]`: the user's quota per request type (or the
 /// one asked for) in the tier asked for (the default tier if none: a user's tier comes with each
 /// request, the limiter does not keep it), as of the latest event time, with RateLimit fields.
-pub async fn user(State(s): State<ApiState>, Path(user_id): Path<String>, Query(q): Query<UserQuery>) -> Result<Response, Problem> {
+pub async fn user(
+    State(s): State<ApiState>,
+    user_id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    q: Result<Query<UserQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let (user_id, q) = (path(user_id)?, query(q)?);
     if user_id.is_empty() {
         return Err(Problem::new(StatusCode::BAD_REQUEST, "Bad Request", "empty user id"));
     }
@@ -164,8 +173,4 @@ pub async fn assignment(State(s): State<ApiState>) -> Result<Response, Problem> 
         "ready": s.ready.load(Ordering::SeqCst),
     }))
     .into_response())
-}
-
-pub(crate) fn wall_clock() -> Millis {
-    Millis(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
 }

@@ -103,7 +103,9 @@ impl CountedUpTo {
     /// Records that a restored record counts `key`'s requests up to `offset`.
     pub fn record(&mut self, key: String, offset: i64) {
         self.max = Some(self.max.map_or(offset, |m| m.max(offset)));
-        self.per_key.insert(key, offset);
+        // The highest wins (records of one key only ever move forward; keep it so regardless).
+        let o = self.per_key.entry(key).or_insert(offset);
+        *o = (*o).max(offset);
     }
 }
 
@@ -152,15 +154,15 @@ impl Pending {
     }
 
     /// Notes that a decision of the API (`POST /v1/decide`) changed the state of `user_id` for
-    /// `request_type` in `partition`. It holds no offset; `processed` (the partition's last
-    /// processed offset, -1 for none) is what the record says the state counts up to, which is
-    /// true: the state holds every request processed so far.
-    pub fn note_untracked(&mut self, partition: i32, processed: i64, user_id: &str, request_type: &str) {
+    /// `request_type` in `partition`. It holds no offset; `through` (`Shared::counted_through`:
+    /// the last processed offset or what the restored state counts for the user, -1 for none)
+    /// is what the record says the state counts up to, which is true.
+    pub fn note_untracked(&mut self, partition: i32, through: i64, user_id: &str, request_type: &str) {
         let p = self.partitions.entry(partition).or_insert_with(|| PendingPartition { hold: None, last: FastMap::default() });
         match p.last.get_mut(&(CompactString::from(user_id), CompactString::from(request_type))) {
-            Some(o) => *o = (*o).max(processed),
+            Some(o) => *o = (*o).max(through),
             None => {
-                p.last.insert((user_id.into(), request_type.into()), processed);
+                p.last.insert((user_id.into(), request_type.into()), through);
                 self.keys += 1;
             }
         }
@@ -331,6 +333,27 @@ mod tests {
         assert!(p.note(0, 14, "u1", "standard"), "after a flush the next request holds again");
         p.drop_partition(0);
         assert!(p.is_empty() && p.take().is_empty());
+    }
+
+    #[test]
+    fn api_decisions_are_noted_without_holding_offsets() {
+        let mut p = Pending::default();
+        // Only API decisions: the flush holds nothing.
+        p.note_untracked(2, 40, "u1", "standard");
+        p.note_untracked(2, 35, "u1", "standard");
+        assert_eq!(p.take(), vec![Flush { partition: 2, hold: None, users: vec![("u1".into(), "standard".into(), 40)] }]);
+        // A streamed request after them holds the partition as usual, and is its first.
+        p.note_untracked(2, 40, "u1", "standard");
+        assert!(p.note(2, 41, "u2", "standard"));
+        assert!(!p.note(2, 42, "u2", "standard"));
+        let f = p.take();
+        assert_eq!(f[0].hold, Some(41));
+        assert_eq!(f[0].users.len(), 2);
+        // A record with a lower offset for a key never lowers what the restore counts.
+        let mut c = CountedUpTo::default();
+        c.record(key("standard", "u1"), 50);
+        c.record(key("standard", "u1"), 40);
+        assert!(c.counts(50, "standard", "u1"));
     }
 
     #[test]

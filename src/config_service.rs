@@ -104,8 +104,8 @@ pub struct KafkaConfig {
     /// Delivery: `at_least_once` (offsets committed after the outputs are acknowledged) or
     /// `exactly_once` (outputs, changelog records and offsets in one Kafka transaction).
     pub guarantee: Guarantee,
-    /// How far back (seconds) a starting instance reads outcomes, telemetry and admin actions to
-    /// rebuild breakers and the health view before it decides anything.
+    /// How far back (seconds) a starting instance reads outcomes and telemetry to rebuild breakers
+    /// and the health view before it decides anything (the admin topic is read from its start).
     pub control_lookback_s: u32,
     /// At-least-once: how often (ms) changed limiter state goes to the changelog, one record per
     /// user and request type (Kafka Streams' record cache); input offsets are committed only

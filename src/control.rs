@@ -5,7 +5,8 @@
 //! (it never joins the group and never commits), so every instance folds the same health,
 //! breakers and adaptive limits and applies the same current limits to its requests.
 //!
-//! A starting instance first reads the last `kafka.control_lookback_s` of the control topics
+//! A starting instance first reads the last `kafka.control_lookback_s` of the control topics (all
+//! of the admin topic)
 //! (found by timestamp) up to the offsets the group has committed for them, without publishing,
 //! to rebuild breaker windows and the health view, before it joins the group and decides
 //! anything (see `assign`); after that it reads on once the group has given it its partitions,
@@ -59,7 +60,10 @@ pub fn assign(consumer: &StreamConsumer, cfg: &Config) -> Result<CatchUp, KafkaE
     let mut by_time = TopicPartitionList::new();
     let mut all = TopicPartitionList::new();
     for (topic, p) in &partitions {
-        by_time.add_partition_offset(topic, *p, Offset::Offset(since))?;
+        // Admin actions stay in force until undone (a forced-open breaker, an override of up to
+        // a week): the admin topic is read from its start, whatever the lookback.
+        let from = if *topic == cfg.topics.admin { 0 } else { since };
+        by_time.add_partition_offset(topic, *p, Offset::Offset(from))?;
         all.add_partition(topic, *p);
     }
     // The first offset at or after `since` per partition (the end when nothing is that new).

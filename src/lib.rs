@@ -30,6 +30,7 @@ pub mod api;
 pub mod api_admin;
 pub mod api_decide;
 pub mod api_metrics;
+pub mod api_state;
 pub mod archive;
 pub mod archive_run;
 pub mod backtest;

@@ -207,9 +207,17 @@ impl Shared {
         v
     }
 
-    /// The last offset processed of requests partition `partition` of `topic` (-1: none yet).
-    pub fn processed_offset(&self, topic: &str, partition: i32) -> i64 {
-        self.processed.get(&(topic.to_string(), partition)).copied().unwrap_or(-1)
+    /// The offset up to which the state of `user_id` (for `request_type`) in requests partition
+    /// `partition` of `topic` counts every request of theirs: the last processed, or what the
+    /// restored state already counted, whichever is later (-1: nothing yet). What a changelog
+    /// record written for an API decision says it counts.
+    pub fn counted_through(&self, topic: &str, partition: i32, user_id: &str, request_type: &str) -> i64 {
+        let processed = self.processed.get(&(topic.to_string(), partition)).copied().unwrap_or(-1);
+        let restored = self.owned.get(&partition).map_or(-1, |c| {
+            let key = c.per_key.get(&changelog::key(request_type, user_id)).copied().unwrap_or(-1);
+            c.all.unwrap_or(-1).max(key)
+        });
+        processed.max(restored)
     }
 
     /// Whether the group has given this instance its partitions yet. Until then it cannot know
@@ -526,6 +534,22 @@ mod tests {
         let mut d = lock(d);
         d.ack(tp, offset);
         d.take_moved()
+    }
+
+    #[test]
+    fn an_api_decision_records_what_the_users_state_counts() {
+        let mut sh = Shared::new(Topology::new(std::sync::Arc::new(Config::default())));
+        assert_eq!(sh.counted_through("req", 1, "u1", "standard"), -1);
+        // Restored: u1 counted up to 500, the partition's stream is back at 481.
+        let mut up_to = CountedUpTo::default();
+        up_to.record(changelog::key("standard", "u1"), 500);
+        sh.owned.insert(1, up_to);
+        sh.processed(&("req".to_string(), 1), 481);
+        assert_eq!(sh.counted_through("req", 1, "u1", "standard"), 500);
+        // Another user's record says nothing about u2: only the processed offset counts.
+        assert_eq!(sh.counted_through("req", 1, "u2", "standard"), 481);
+        sh.processed(&("req".to_string(), 1), 510);
+        assert_eq!(sh.counted_through("req", 1, "u1", "standard"), 510);
     }
 
     #[test]

@@ -352,10 +352,13 @@ pub async fn run_reloading(
         }
     }
 
+    // No more API decisions (they check readiness under the lock), then what they queued goes
+    // out before the changelog and the final flush.
+    ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    shell.publish_api_outputs().await?;
     if !shell.eos {
         shell.flush_changelog().await?;
     }
-    ready.store(false, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(in_flight = shell.in_flight(), "shutting down: finishing deliveries");
     if let Err(e) = tokio::task::block_in_place(|| producer.flush(DRAIN_TIMEOUT)) {
         tracing::warn!(error = %e, in_flight = shell.in_flight(), "deliveries still in flight after {DRAIN_TIMEOUT:?}: their inputs will be processed again");
@@ -402,7 +405,7 @@ async fn next_config(reload: &mut Option<tokio::sync::mpsc::Receiver<Arc<Config>
 }
 
 /// The admin endpoints' token and producer, when `api.admin_token_env` names a set variable.
-fn admin_sink(cfg: &Config, base: &ClientConfig) -> Result<Option<Arc<crate::api_admin::Admin>>, RunError> {
+fn admin_sink(cfg: &Config, base: &ClientConfig) -> Result<Option<Arc<crate::api_state::Admin>>, RunError> {
     let token = std::env::var(&cfg.api.admin_token_env).unwrap_or_default();
     if cfg.api.listen.is_empty() || token.trim().is_empty() {
         tracing::info!(variable = %cfg.api.admin_token_env, "admin endpoints off (no token)");
@@ -410,7 +413,7 @@ fn admin_sink(cfg: &Config, base: &ClientConfig) -> Result<Option<Arc<crate::api
     }
     let producer = base.clone().set("enable.idempotence", "true").set("acks", "all").create()?;
     tracing::info!(variable = %cfg.api.admin_token_env, "admin endpoints on");
-    Ok(Some(Arc::new(crate::api_admin::Admin { token: token.trim().to_string(), producer, topic: cfg.topics.admin.clone() })))
+    Ok(Some(Arc::new(crate::api_state::Admin { token: token.trim().to_string(), producer, topic: cfg.topics.admin.clone() })))
 }
 
 type ApiTask = ((tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>), std::net::SocketAddr);

@@ -497,11 +497,17 @@ impl Shell<'_> {
     /// a reloaded config's limits): decisions always (no input offset waits for them), control
     /// outputs only when leading, as `wall_clock` does.
     pub(crate) async fn publish_api_outputs(&mut self) -> Result<(), RunError> {
-        let mut outs = std::mem::take(&mut rebalance::lock(&self.shared).api_outputs);
+        let (mut outs, leader) = {
+            let mut sh = rebalance::lock(&self.shared);
+            (std::mem::take(&mut sh.api_outputs), sh.is_leader())
+        };
         if outs.is_empty() {
             return Ok(());
         }
-        if !self.leader {
+        // (A follower computes the same timer outputs at its own pace; the leader publishes
+        // them. They are not kept for a later leader, as control messages' are: no control
+        // offset waits for them.)
+        if !leader {
             outs.retain(|o| matches!(o, Output::Decision(_)));
         }
         self.metrics.count_outputs(&outs);

@@ -577,8 +577,9 @@ impl Topology {
                     return;
                 };
                 let value = match (ev.action, ev.rpm, ev.until) {
-                    // An override already over by the event's own time is no override.
-                    (AdminAction::OverrideLimit, Some(rpm), Some(until)) if until > ev.ts => Some((rpm, until)),
+                    // An override already over (by the event's time, or the later event time a
+                    // catch-up has reached) is no override.
+                    (AdminAction::OverrideLimit, Some(rpm), Some(until)) if until > self.watermark.map_or(ev.ts, |w| w.max(ev.ts)) => Some((rpm, until)),
                     _ => None,
                 };
                 let mut updates = Vec::new();

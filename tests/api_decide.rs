@@ -94,7 +94,11 @@ impl Http {
 
     /// Polls `path` until `ok` holds for its JSON (200), for up to 30 s.
     fn wait_for(&self, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_for_up_to(path, Duration::from_secs(30), ok)
+    }
+
+    fn wait_for_up_to(&self, path: &str, limit: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
         loop {
             let r = self.get(path);
             if r.status == 200 && ok(&r.json()) {
@@ -127,11 +131,12 @@ fn ratelimit(v: &str) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decide_users_and_admin_on_two_instances() {
+    let token_env = format!("SG_TEST_ADMIN_TOKEN_{}", std::process::id());
+    // SAFETY: set before this test starts any thread of its own (librdkafka's come with the
+    // cluster below); the variable's name is this process's alone.
+    unsafe { std::env::set_var(&token_env, "s3cret-token") };
     let cluster = MockCluster::new(1).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
-    let token_env = format!("SG_TEST_ADMIN_TOKEN_{}", std::process::id());
-    // SAFETY: set before any thread of this test reads the environment.
-    unsafe { std::env::set_var(&token_env, "s3cret-token") };
     let mut base = Config::default();
     base.kafka.create_topics = false;
     base.kafka.group_id = "api-decide".into();
@@ -179,7 +184,9 @@ async fn decide_users_and_admin_on_two_instances() {
         let cfg = http_cfg;
         let (ha, hb) = (Http::new(&format!("127.0.0.1:{port_a}")), Http::new(&format!("127.0.0.1:{port_b}")));
         // Both ready, the two partitions split between them.
-        let owned = |h: &Http| h.wait_for("/v1/assignment", |v| v["ready"] == true && v["owned"].as_array().is_some_and(|o| o.len() == 1))["owned"][0].as_i64().expect("a partition");
+        // (Two members joining together: the mock cluster's coordinator once took over 30 s to
+        // settle the group.)
+        let owned = |h: &Http| h.wait_for_up_to("/v1/assignment", Duration::from_secs(120), |v| v["ready"] == true && v["owned"].as_array().is_some_and(|o| o.len() == 1))["owned"][0].as_i64().expect("a partition");
         let (pa, pb) = (owned(&ha), owned(&hb));
         assert_ne!(pa, pb, "each owns one partition");
         // Every route of the router answers each of its documented methods with a documented
@@ -229,6 +236,7 @@ async fn decide_users_and_admin_on_two_instances() {
         assert_eq!(all.json()["quotas"].as_array().map(Vec::len), Some(3), "{}", all.body);
         assert_eq!(all.header("ratelimit-policy").map(|p| p.matches(";q=").count()), Some(3));
         ha.get(&format!("/v1/users/{user}?request_type=teleport")).problem(404);
+        ha.get(&format!("/v1/users/{user}?tier=a&tier=b")).problem(400);
 
         // Decide until throttled: 60 allowed, 10 on grace, then 429 with Retry-After.
         let ts = now_rfc3339();

@@ -59,6 +59,11 @@ impl Breakers {
         self.cfg = cfg;
     }
 
+    /// The failure weight at which `dependency`'s breaker trips.
+    pub fn weight_threshold(&self, dependency: &str) -> f64 {
+        self.cfg.breaker_for(dependency).weight_threshold
+    }
+
     pub fn state(&self, dependency: &str) -> Option<BreakerStateKind> {
         self.entries.get(dependency).map(|e| e.breaker.state())
     }

@@ -159,5 +159,11 @@ mod tests {
         outs.clear();
         t.process(fail(3_000), &mut outs);
         assert!(opened(&outs), "{outs:?}");
+        // The alert compares the failure weight with the threshold now in force.
+        let alert = outs.iter().find_map(|o| match o {
+            Output::Alert(a) if a.rule == "breaker_tripped" => Some(a),
+            _ => None,
+        });
+        assert!(alert.is_some_and(|a| a.threshold == 5.0 && a.value >= 5.0), "{alert:?}");
     }
 }

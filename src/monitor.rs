@@ -111,8 +111,10 @@ impl Monitor {
         o.load_n += 1;
     }
 
-    /// A breaker state was published: a trip fires `breaker_tripped`.
-    pub fn on_breaker(&mut self, s: &BreakerState, out: &mut Vec<Alert>) {
+    /// A breaker state was published: a trip fires `breaker_tripped`, its value the failure
+    /// weight in the window against the breaker's `weight_threshold` (a trip by failure or
+    /// slow-call rate can come below it; the message gives the rates).
+    pub fn on_breaker(&mut self, s: &BreakerState, weight_threshold: f64, out: &mut Vec<Alert>) {
         let rule = self.rules.breaker_tripped.clone();
         let tripped = s.state == BreakerStateKind::Open && s.previous != BreakerStateKind::Open;
         if !rule.enabled || !tripped || !self.cool(&("breaker_tripped".into(), s.dependency.to_string()), rule.cooldown_s, s.ts) {
@@ -144,7 +146,7 @@ impl Monitor {
             ),
             suggested_action: format!("Calls to {} go to the fallback plan ({}); check the dependency's health and status page", s.dependency, plan.join(" → ")),
             value: s.failure_weight,
-            threshold: 0.0,
+            threshold: weight_threshold,
         });
     }
 

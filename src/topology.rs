@@ -554,7 +554,8 @@ impl Topology {
                 self.limits.on_breaker(s.dependency.clone(), s.state, s.ts, &mut updates);
             }
             let mut alerts = Vec::new();
-            self.monitor.on_breaker(&s, &mut alerts);
+            let weight_threshold = self.breakers.weight_threshold(&s.dependency);
+            self.monitor.on_breaker(&s, weight_threshold, &mut alerts);
             self.counters.breaker_states += 1;
             out.push(Output::Breaker(s));
             self.push_limits(updates, out);

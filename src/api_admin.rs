@@ -81,11 +81,12 @@ async fn publish(admin: &Admin, key: &str, ev: &AdminEvent) -> Result<Response, 
 }
 
 /// The time an admin action takes effect: the pipeline's event time, or the wall clock if later.
-async fn now(s: &ApiState) -> Result<(crate::time::Millis, Vec<String>), Problem> {
+/// With it, whether `dependency` has a breaker (configured, or seen in an outcome).
+async fn now(s: &ApiState, dependency: Option<&str>) -> Result<(crate::time::Millis, bool), Problem> {
     let sh = lock(&s.shared).await?;
     let t = sh.topology.watermark().map_or_else(wall_clock, |w| w.max(wall_clock()));
-    let deps = sh.topology.breakers_now().into_iter().map(|b| b.dependency.to_string()).collect();
-    Ok((t, deps))
+    let known = dependency.is_some_and(|d| s.dependencies.iter().any(|c| c == d) || sh.topology.has_breaker(d));
+    Ok((t, known))
 }
 
 /// `POST /v1/admin/breakers/{dependency}/{action}`: action one of force_open, disable,
@@ -99,8 +100,8 @@ pub async fn breaker(State(s): State<ApiState>, Path((dependency, action)): Path
         "reset" => AdminAction::Reset,
         other => return Err(Problem::new(StatusCode::NOT_FOUND, "Not Found", format!("no breaker action `{other}` (force_open, disable, metrics_only, reset)"))),
     };
-    let (ts, known) = now(&s).await?;
-    if !s.dependencies.contains(&dependency) && !known.contains(&dependency) {
+    let (ts, known) = now(&s, Some(&dependency)).await?;
+    if !known {
         return Err(Problem::new(StatusCode::NOT_FOUND, "Not Found", format!("no breaker for `{dependency}` (configured: {:?})", s.dependencies)));
     }
     let ev = AdminEvent { ts, dependency: dependency.clone(), action, key: None, rpm: None, until: None, actor: Some(actor(&headers)) };
@@ -125,7 +126,7 @@ pub async fn set_override(State(s): State<ApiState>, Path((tier, request_type)):
         return Err(Problem::new(StatusCode::BAD_REQUEST, "Bad Request", format!("expected rpm ≥ 1 and ttl_s in 1..={MAX_OVERRIDE_S}, got rpm {} and ttl_s {}", b.rpm, b.ttl_s)));
     }
     let key = limit_key(&s, &tier, &request_type)?;
-    let (ts, _) = now(&s).await?;
+    let (ts, _) = now(&s, None).await?;
     let until = ts.plus_ms(b.ttl_s as i64 * 1000);
     let ev = AdminEvent { ts, dependency: String::new(), action: AdminAction::OverrideLimit, key: Some(key.clone()), rpm: Some(b.rpm), until: Some(until), actor: Some(actor(&headers)) };
     publish(admin, &key, &ev).await
@@ -135,7 +136,7 @@ pub async fn set_override(State(s): State<ApiState>, Path((tier, request_type)):
 pub async fn clear_override(State(s): State<ApiState>, Path((tier, request_type)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, Problem> {
     let admin = authorise(&s, &headers)?;
     let key = limit_key(&s, &tier, &request_type)?;
-    let (ts, _) = now(&s).await?;
+    let (ts, _) = now(&s, None).await?;
     let ev = AdminEvent { ts, dependency: String::new(), action: AdminAction::ClearOverride, key: Some(key.clone()), rpm: None, until: None, actor: Some(actor(&headers)) };
     publish(admin, &key, &ev).await
 }

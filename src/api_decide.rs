@@ -32,7 +32,7 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 
 /// The IETF draft's fields (draft-ietf-httpapi-ratelimit-headers): `RateLimit-Policy:
 /// "free/chat";q=600;w=60` and `RateLimit: "free/chat";r=12;t=30`, one list member per quota.
-fn ratelimit_headers<'a>(quotas: impl Iterator<Item = (String, u32, u32, u64, u32)> + 'a) -> HeaderMap {
+fn ratelimit_headers(quotas: impl Iterator<Item = (String, u32, u32, u64, u32)>) -> HeaderMap {
     let (mut policy, mut current) = (String::new(), String::new());
     for (name, q, r, t, w) in quotas {
         // Names are tier and request-type names from the config: sf-string safe once quotes
@@ -77,7 +77,7 @@ fn partition_of(s: &ApiState, sh: &crate::rebalance::Shared, user_id: &str) -> R
 pub async fn decide(State(s): State<ApiState>, raw: Result<Bytes, BytesRejection>) -> Result<Response, Problem> {
     let raw = body(raw)?;
     let mut ev = crate::decode::decode_request(&raw).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Bad Request", e.to_string()))?;
-    let decision = {
+    let (decision, first) = {
         let mut sh = lock(&s.shared).await?;
         // Checked under the lock: shutdown clears it, then takes the lock to publish what the
         // API queued, so nothing is queued after that.
@@ -106,7 +106,6 @@ pub async fn decide(State(s): State<ApiState>, raw: Result<Bytes, BytesRejection
         sh.api_outputs.extend(outs);
         (d, first)
     };
-    let (decision, first) = decision;
     if first {
         s.wake.notify_one();
     }

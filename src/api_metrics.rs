@@ -25,38 +25,31 @@ pub struct Metrics {
     prediction_mae: GaugeVec,
 }
 
+/// Registers `c` with `registry` and hands it back.
+fn reg<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> Result<C, prometheus::Error> {
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("surgeguard".into()), None)?;
-        let events_in = IntCounterVec::new(Opts::new("events_in_total", "Input messages consumed, by topic"), &["topic"])?;
-        let outputs = IntCounterVec::new(Opts::new("outputs_total", "Output records produced, by kind (decisions, limits, breakers, predictions, alerts)"), &["kind"])?;
-        let decisions = IntCounterVec::new(Opts::new("decisions_total", "Decisions, by decision and tier"), &["decision", "tier"])?;
-        let dead_lettered = IntCounter::new("dlq_messages_total", "Input messages sent to the DLQ")?;
-        let processing_seconds = Histogram::with_opts(
+        let events_in = reg(&registry, IntCounterVec::new(Opts::new("events_in_total", "Input messages consumed, by topic"), &["topic"])?)?;
+        let outputs = reg(&registry, IntCounterVec::new(Opts::new("outputs_total", "Output records produced, by kind (decisions, limits, breakers, predictions, alerts)"), &["kind"])?)?;
+        let decisions = reg(&registry, IntCounterVec::new(Opts::new("decisions_total", "Decisions, by decision and tier"), &["decision", "tier"])?)?;
+        let dead_lettered = reg(&registry, IntCounter::new("dlq_messages_total", "Input messages sent to the DLQ")?)?;
+        let processing_seconds = reg(&registry, Histogram::with_opts(
             HistogramOpts::new("processing_seconds", "Time to process one decoded input message and enqueue its outputs, waits for producer queue space included")
                 .buckets(vec![0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
-        )?;
-        let ready = IntGauge::new("ready", "1 once the instance has its partitions and their state")?;
-        let breaker_state = IntGaugeVec::new(Opts::new("breaker_state", "1 for each dependency's current breaker state"), &["dependency", "state"])?;
-        let adjusted_rpm = GaugeVec::new(Opts::new("limit_adjusted_requests_per_minute", "The adjusted limit per tier and request type"), &["tier", "request_type"])?;
-        let predicted_rpm = GaugeVec::new(Opts::new("predicted_requests_per_minute", "The latest forecast mean demand per scope"), &["scope"])?;
-        let spike_factor = GaugeVec::new(Opts::new("predicted_spike_factor", "The latest forecast's spike factor per scope"), &["scope"])?;
-        let consumer_lag = IntGaugeVec::new(Opts::new("consumer_lag_messages", "Messages behind the end of each requests partition this instance owns (librdkafka's statistics, every 5 s)"), &["topic", "partition"])?;
-        let prediction_error = GaugeVec::new(Opts::new("prediction_error_requests_per_minute", "Actual minus predicted demand of the latest step a one-step-ahead forecast covered"), &["scope"])?;
-        let prediction_mae = GaugeVec::new(Opts::new("prediction_mean_absolute_error_requests_per_minute", "Mean absolute one-step-ahead error since start"), &["scope"])?;
-        registry.register(Box::new(consumer_lag.clone()))?;
-        registry.register(Box::new(prediction_error.clone()))?;
-        registry.register(Box::new(prediction_mae.clone()))?;
-        registry.register(Box::new(events_in.clone()))?;
-        registry.register(Box::new(outputs.clone()))?;
-        registry.register(Box::new(decisions.clone()))?;
-        registry.register(Box::new(dead_lettered.clone()))?;
-        registry.register(Box::new(processing_seconds.clone()))?;
-        registry.register(Box::new(ready.clone()))?;
-        registry.register(Box::new(breaker_state.clone()))?;
-        registry.register(Box::new(adjusted_rpm.clone()))?;
-        registry.register(Box::new(predicted_rpm.clone()))?;
-        registry.register(Box::new(spike_factor.clone()))?;
+        )?)?;
+        let ready = reg(&registry, IntGauge::new("ready", "1 once the instance has its partitions and their state")?)?;
+        let breaker_state = reg(&registry, IntGaugeVec::new(Opts::new("breaker_state", "1 for each dependency's current breaker state"), &["dependency", "state"])?)?;
+        let adjusted_rpm = reg(&registry, GaugeVec::new(Opts::new("limit_adjusted_requests_per_minute", "The adjusted limit per tier and request type"), &["tier", "request_type"])?)?;
+        let predicted_rpm = reg(&registry, GaugeVec::new(Opts::new("predicted_requests_per_minute", "The latest forecast mean demand per scope"), &["scope"])?)?;
+        let spike_factor = reg(&registry, GaugeVec::new(Opts::new("predicted_spike_factor", "The latest forecast's spike factor per scope"), &["scope"])?)?;
+        let consumer_lag = reg(&registry, IntGaugeVec::new(Opts::new("consumer_lag_messages", "Messages behind the end of each requests partition this instance owns (librdkafka's statistics, every 5 s)"), &["topic", "partition"])?)?;
+        let prediction_error = reg(&registry, GaugeVec::new(Opts::new("prediction_error_requests_per_minute", "Actual minus predicted demand of the latest step a one-step-ahead forecast covered"), &["scope"])?)?;
+        let prediction_mae = reg(&registry, GaugeVec::new(Opts::new("prediction_mean_absolute_error_requests_per_minute", "Mean absolute one-step-ahead error since start"), &["scope"])?)?;
         Ok(Metrics { registry, events_in, outputs, decisions, dead_lettered, processing_seconds, ready, breaker_state, adjusted_rpm, predicted_rpm, spike_factor, consumer_lag, prediction_error, prediction_mae })
     }
 

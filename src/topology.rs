@@ -254,8 +254,7 @@ impl Topology {
 
     /// A user's quota for each request type (or just `request_type`) in `tier`, as the limiter
     /// of `partition` holds it at `now`, counting nothing. An unknown tier or request type gets
-    /// the default, as a request naming it would; `None` for an unknown request type asked for
-    /// by name with no default to fall back on never happens (the default always exists).
+    /// the default, as a request naming it would.
     pub fn user_quota(&self, partition: i32, user_id: &str, tier: &str, request_type: Option<&str>, now: Millis) -> UserQuota {
         let (t, unknown_tier) = match index_of(&self.tiers, tier) {
             Some(i) => (i, false),
@@ -271,16 +270,17 @@ impl Topology {
             .map(|rt| {
                 let k = self.limits.limit(t, rt);
                 let quota = Quota { limit: k.window_limit, grace_allowance: k.grace_allowance, grace_window_ms: k.grace_window_ms };
-                // A cost of 0 reads the state as of `now` without counting anything.
-                let v = match limiter {
-                    Some(l) => l.peek(user_id, rt as u16, now, 0, quota),
-                    None => Limiter::new(self.window_s, self.evict_idle_after_s).peek(user_id, rt as u16, now, 0, quota),
-                };
+                // A cost of 0 reads the state as of `now` without counting anything; a partition
+                // with no limiter yet has no usage.
+                let (remaining, reset_s) = limiter.map_or((k.window_limit, 0), |l| {
+                    let v = l.peek(user_id, rt as u16, now, 0, quota);
+                    (v.remaining, v.reset_s)
+                });
                 QuotaState {
                     request_type: self.request_types[rt].clone(),
                     limit: k.window_limit,
-                    remaining: v.remaining,
-                    reset_s: v.reset_s,
+                    remaining,
+                    reset_s,
                     window_s: self.window_s,
                     policy: k.policy.clone(),
                     grace_allowance: k.grace_allowance,
@@ -311,6 +311,11 @@ impl Topology {
             self.limits.current(&mut out);
         }
         out
+    }
+
+    /// Whether `dependency` has a breaker (configured, or named by an outcome).
+    pub fn has_breaker(&self, dependency: &str) -> bool {
+        self.breakers.state(dependency).is_some()
     }
 
     /// Whether `dependency` is one of the configured dependencies.

@@ -5,17 +5,22 @@
 
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, GaugeVec, Opts, Registry, TextEncoder};
 
+use crate::config::Config;
 use crate::outputs::{BreakerStateKind, DecisionKind, Output};
 use crate::topology::Topology;
 
 pub struct Metrics {
     registry: Registry,
-    pub events_in: IntCounterVec,
-    pub outputs: IntCounterVec,
-    pub decisions: IntCounterVec,
+    events_in: IntCounterVec,
+    decisions: IntCounterVec,
     pub dead_lettered: IntCounter,
     pub processing_seconds: Histogram,
     pub ready: IntGauge,
+    /// `outputs` per output kind, and `decisions` per configured tier and decision kind, looked
+    /// up once (a labelled lookup hashes the labels and takes a lock, per message).
+    outputs_by_kind: Vec<IntCounter>,
+    decisions_by_tier: Vec<(String, [IntCounter; 3])>,
+    events_in_by_topic: Vec<(String, IntCounter)>,
     breaker_state: IntGaugeVec,
     adjusted_rpm: GaugeVec,
     predicted_rpm: GaugeVec,
@@ -31,8 +36,17 @@ fn reg<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c:
     Ok(c)
 }
 
+fn decision_label(k: DecisionKind) -> &'static str {
+    match k {
+        DecisionKind::Allow => "allow",
+        DecisionKind::AllowWithGrace => "allow_with_grace",
+        DecisionKind::Throttle => "throttle",
+    }
+}
+
 impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
+    /// The metrics of a service run with `cfg` (its tiers and input topics are looked up once).
+    pub fn new(cfg: &Config) -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("surgeguard".into()), None)?;
         let events_in = reg(&registry, IntCounterVec::new(Opts::new("events_in_total", "Input messages consumed, by topic"), &["topic"])?)?;
         let outputs = reg(&registry, IntCounterVec::new(Opts::new("outputs_total", "Output records produced, by kind (decisions, limits, breakers, predictions, alerts)"), &["kind"])?)?;
@@ -50,7 +64,11 @@ impl Metrics {
         let consumer_lag = reg(&registry, IntGaugeVec::new(Opts::new("consumer_lag_messages", "Messages behind the end of each requests partition this instance owns (librdkafka's statistics, every 5 s)"), &["topic", "partition"])?)?;
         let prediction_error = reg(&registry, GaugeVec::new(Opts::new("prediction_error_requests_per_minute", "Actual minus predicted demand of the latest step a one-step-ahead forecast covered"), &["scope"])?)?;
         let prediction_mae = reg(&registry, GaugeVec::new(Opts::new("prediction_mean_absolute_error_requests_per_minute", "Mean absolute one-step-ahead error since start"), &["scope"])?)?;
-        Ok(Metrics { registry, events_in, outputs, decisions, dead_lettered, processing_seconds, ready, breaker_state, adjusted_rpm, predicted_rpm, spike_factor, consumer_lag, prediction_error, prediction_mae })
+        let outputs_by_kind = Output::TOPICS.iter().map(|k| outputs.with_label_values(&[*k])).collect();
+        let decisions_by_tier = cfg.tiers.keys().map(|t| (t.clone(), DecisionKind::ALL.map(|k| decisions.with_label_values(&[decision_label(k), t])))).collect();
+        let t = &cfg.topics;
+        let events_in_by_topic = [&t.requests, &t.outcomes, &t.telemetry, &t.admin].into_iter().map(|topic| (topic.clone(), events_in.with_label_values(&[topic]))).collect();
+        Ok(Metrics { registry, events_in, decisions, dead_lettered, processing_seconds, ready, outputs_by_kind, decisions_by_tier, events_in_by_topic, breaker_state, adjusted_rpm, predicted_rpm, spike_factor, consumer_lag, prediction_error, prediction_mae })
     }
 
     /// The lag of each assigned partition from librdkafka's statistics (partitions no longer
@@ -67,18 +85,24 @@ impl Metrics {
         }
     }
 
+    /// Counts one input message of `topic`.
+    pub fn count_in(&self, topic: &str) {
+        match self.events_in_by_topic.iter().find(|(t, _)| t == topic) {
+            Some((_, c)) => c.inc(),
+            None => self.events_in.with_label_values(&[topic]).inc(),
+        }
+    }
+
     /// Counts the outputs of one message that this instance produces (a follower has dropped
     /// the control side's by then).
     pub fn count_outputs(&self, outs: &[Output]) {
         for o in outs {
-            self.outputs.with_label_values(&[Output::TOPICS[o.kind()]]).inc();
+            self.outputs_by_kind[o.kind()].inc();
             if let Output::Decision(d) = o {
-                let kind = match d.decision {
-                    DecisionKind::Allow => "allow",
-                    DecisionKind::AllowWithGrace => "allow_with_grace",
-                    DecisionKind::Throttle => "throttle",
-                };
-                self.decisions.with_label_values(&[kind, &*d.tier]).inc();
+                match self.decisions_by_tier.iter().find(|(t, _)| *t == *d.tier) {
+                    Some((_, by_kind)) => by_kind[d.decision as usize].inc(),
+                    None => self.decisions.with_label_values(&[decision_label(d.decision), &*d.tier]).inc(),
+                }
             }
         }
     }
@@ -117,5 +141,53 @@ impl Metrics {
             return format!("# error encoding metrics: {e}\n");
         }
         String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outputs::{Decision, LoadSeverity};
+
+    fn decision(tier: &str, kind: DecisionKind) -> Output {
+        Output::Decision(Decision {
+            request_id: "r".into(),
+            ts: crate::time::Millis(0),
+            user_id: "u".into(),
+            tier: tier.into(),
+            request_type: "standard".into(),
+            decision: kind,
+            strategy: None,
+            limit: 10,
+            remaining: 0,
+            reset_s: 1,
+            policy: "10;w=60".into(),
+            severity: LoadSeverity::Normal,
+            unknown_tier: None,
+            unknown_request_type: None,
+        })
+    }
+
+    /// The counters looked up once count the same series as a labelled lookup would, and names
+    /// outside the config still get theirs.
+    #[test]
+    fn counts_by_topic_kind_and_tier() {
+        let cfg = Config::default();
+        let m = Metrics::new(&cfg).expect("metrics");
+        m.count_in(&cfg.topics.requests);
+        m.count_in(&cfg.topics.requests);
+        m.count_in("somewhere.else");
+        let outs = [decision("pro", DecisionKind::Allow), decision("pro", DecisionKind::Throttle), decision("pro", DecisionKind::Throttle), decision("nobody", DecisionKind::AllowWithGrace)];
+        m.count_outputs(&outs);
+        let text = m.render(None);
+        let has = |line: &str| assert!(text.lines().any(|l| l == line), "no line `{line}` in\n{text}");
+        has(&format!("surgeguard_events_in_total{{topic=\"{}\"}} 2", cfg.topics.requests));
+        has("surgeguard_events_in_total{topic=\"somewhere.else\"} 1");
+        has("surgeguard_outputs_total{kind=\"decisions\"} 4");
+        has("surgeguard_outputs_total{kind=\"alerts\"} 0");
+        has("surgeguard_decisions_total{decision=\"allow\",tier=\"pro\"} 1");
+        has("surgeguard_decisions_total{decision=\"throttle\",tier=\"pro\"} 2");
+        has("surgeguard_decisions_total{decision=\"allow_with_grace\",tier=\"pro\"} 0");
+        has("surgeguard_decisions_total{decision=\"allow_with_grace\",tier=\"nobody\"} 1");
     }
 }

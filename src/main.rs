@@ -14,6 +14,9 @@ use surgeguard::{config_load, replay};
 mod cli_demand;
 mod cli_whatif;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "surgeguard", version, about = "Keeps API-backed products alive under demand surges")]
 struct Cli {

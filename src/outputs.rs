@@ -39,6 +39,11 @@ pub enum DecisionKind {
     Throttle,
 }
 
+impl DecisionKind {
+    /// Every kind, in declaration order (`kind as usize` is its index here).
+    pub const ALL: [DecisionKind; 3] = [DecisionKind::Allow, DecisionKind::AllowWithGrace, DecisionKind::Throttle];
+}
+
 /// What a gateway should do with a throttled request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -26,6 +26,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -168,7 +169,7 @@ pub async fn run_reloading(
     let mut sh = Shared::new(topology);
     sh.requests_partitions = requests_partitions;
     let shared = Arc::new(Mutex::new(sh));
-    let metrics = Arc::new(Metrics::new().map_err(|e| RunError::Api(format!("metrics: {e}")))?);
+    let metrics = Arc::new(Metrics::new(&cfg).map_err(|e| RunError::Api(format!("metrics: {e}")))?);
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut api_state = ApiState::new(&cfg, shared.clone(), metrics.clone(), ready.clone());
     api_state.admin = admin_sink(&cfg, &base)?;
@@ -255,10 +256,16 @@ pub async fn run_reloading(
     transaction_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing_since: Option<Instant> = None;
     tokio::pin!(shutdown);
+    // One stream per consumer for the whole run: a `recv()` per message would register and drop
+    // a waker slot each time.
+    let (mut requests, mut controls) = (consumer.stream(), control.stream());
     loop {
         // Control events wait until this instance knows whether it leads (see `control.rs`).
         let control_ready = rebalance::lock(&shared).assigned();
-        let msg = tokio::select! {
+        // Fair shares: requests go first, but after CONTROL_EVERY of them in a row a ready
+        // control message does (neither consumer starves the other).
+        let due = if control_ready && requests_streak >= CONTROL_EVERY { controls.next().now_or_never().flatten() } else { None };
+        let msg = if let Some(m) = due { m.map(|m| (m, Source::Control)) } else { tokio::select! {
             biased;
             _ = &mut shutdown => break,
             _ = tick.tick() => {
@@ -321,22 +328,33 @@ pub async fn run_reloading(
                 }
                 continue;
             }
-            // Fair shares: requests go first, but after CONTROL_EVERY of them in a row a ready
-            // control message does (neither consumer starves the other).
-            m = control.recv(), if control_ready && requests_streak >= CONTROL_EVERY => m.map(|m| (m, Source::Control)),
-            m = consumer.recv() => m.map(|m| (m, Source::Requests)),
-            m = control.recv(), if control_ready && requests_streak < CONTROL_EVERY => m.map(|m| (m, Source::Control)),
-        };
+            Some(m) = requests.next() => m.map(|m| (m, Source::Requests)),
+            Some(m) = controls.next(), if control_ready => m.map(|m| (m, Source::Control)),
+        }};
         match msg {
             Ok((m, source)) => {
                 failing_since = None;
                 requests_streak = if source == Source::Requests { requests_streak.saturating_add(1) } else { 0 };
                 shell.handle(&shared, &m, source).await?;
-                shell.in_transaction = true;
-                if shell.eos && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
-                    shell.commit_transaction(&shared).await?;
-                } else if shell.stats.consumed % 64 == 0 {
-                    shell.maybe_flush_changelog().await?;
+                handled(&mut shell, &shared).await?;
+                drop(m);
+                // Requests already waiting go without another round of the select (its timers
+                // and wake-ups cost more than a message), up to the control side's turn.
+                if source == Source::Requests {
+                    for _ in 1..CONTROL_EVERY {
+                        let m = match requests.next().now_or_never() {
+                            Some(Some(Ok(m))) => m,
+                            Some(Some(Err(e))) => {
+                                failing_since.get_or_insert_with(Instant::now);
+                                tracing::warn!(error = %e, "consumer error");
+                                break;
+                            }
+                            _ => break,
+                        };
+                        requests_streak = requests_streak.saturating_add(1);
+                        shell.handle(&shared, &m, Source::Requests).await?;
+                        handled(&mut shell, &shared).await?;
+                    }
                 }
             }
             Err(e) => {
@@ -395,6 +413,17 @@ pub async fn run_reloading(
     Ok(stats)
 }
 
+/// After each handled message: exactly-once commits the transaction when it is due; otherwise
+/// the changelog is flushed when due (checked every 64 messages).
+async fn handled(shell: &mut Shell<'_>, shared: &Mutex<Shared>) -> Result<(), RunError> {
+    shell.in_transaction = true;
+    if shell.eos && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
+        shell.commit_transaction(shared).await?;
+    } else if shell.stats.consumed % 64 == 0 {
+        shell.maybe_flush_changelog().await?;
+    }
+    Ok(())
+}
 
 /// The next reloaded config; never, without a watch.
 async fn next_config(reload: &mut Option<tokio::sync::mpsc::Receiver<Arc<Config>>>) -> Option<Arc<Config>> {

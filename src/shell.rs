@@ -278,7 +278,7 @@ impl Shell<'_> {
     pub(crate) async fn handle(&mut self, shared: &Mutex<Shared>, m: &BorrowedMessage<'_>, source: Source) -> Result<(), RunError> {
         self.stats.consumed += 1;
         let started = Instant::now();
-        self.metrics.events_in.with_label_values(&[m.topic()]).inc();
+        self.metrics.count_in(m.topic());
         let tp: Partition = (m.topic().to_string(), m.partition());
         let offset = m.offset();
         let payload = m.payload().unwrap_or(&[]);

@@ -2,8 +2,9 @@
 //! their quota when the partition moves to another instance or the service restarts.
 //!
 //! Requests that change a user's state mark it dirty (`Pending`); every commit interval
-//! (`kafka.commit_interval_ms` at-least-once, each transaction exactly-once) the latest state of
-//! every dirty user goes to the changelog partition with the same number as the requests'
+//! (`kafka.commit_interval_ms` at-least-once, each partition at its own turn of the interval:
+//! `FlushSchedule`; each transaction exactly-once) the latest state of every dirty user goes to
+//! the changelog partition with the same number as the requests'
 //! input partition (the requests topic is keyed by `user_id`, so a user's requests and state
 //! always share a partition number). This is Kafka Streams' record cache: a user who sends fifty
 //! requests in an interval costs one changelog record, not fifty. The key is
@@ -40,8 +41,8 @@ use crate::topology::Topology;
 /// One changelog record's value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
-    pub user_id: String,
-    pub request_type: String,
+    pub user_id: CompactString,
+    pub request_type: CompactString,
     /// The input offset of the request whose processing left this state.
     pub offset: i64,
     pub state: SavedState,
@@ -49,7 +50,17 @@ pub struct Record {
 
 /// The changelog key of a user's state for one request type.
 pub fn key(request_type: &str, user_id: &str) -> String {
-    format!("{request_type}/{user_id}")
+    let mut k = String::new();
+    key_into(request_type, user_id, &mut k);
+    k
+}
+
+/// `key` written into `buf` (cleared first).
+pub fn key_into(request_type: &str, user_id: &str, buf: &mut String) {
+    buf.clear();
+    buf.push_str(request_type);
+    buf.push('/');
+    buf.push_str(user_id);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,16 +190,28 @@ impl Pending {
 
     /// Everything dirty, per partition, and forgets it.
     pub fn take(&mut self) -> Vec<Flush> {
-        self.keys = 0;
-        let mut out: Vec<Flush> = self
-            .partitions
-            .drain()
-            .map(|(partition, p)| {
+        self.take_where(|_| true)
+    }
+
+    /// The partitions with dirty state, in no particular order.
+    pub fn dirty_partitions(&self) -> impl Iterator<Item = i32> + '_ {
+        self.partitions.keys().copied()
+    }
+
+    /// Everything dirty in the partitions `which` picks, per partition, and forgets it (the
+    /// others stay dirty, holding their offsets until their own flush).
+    pub fn take_where(&mut self, which: impl Fn(i32) -> bool) -> Vec<Flush> {
+        let picked: Vec<i32> = self.partitions.keys().copied().filter(|&p| which(p)).collect();
+        let mut out: Vec<Flush> = picked
+            .into_iter()
+            .filter_map(|partition| {
+                let p = self.partitions.remove(&partition)?;
+                self.keys -= p.last.len();
                 let mut users: Vec<_> = p.last.into_iter().map(|((u, rt), o)| (u, rt, o)).collect();
                 // In input order: a flush cut short by a crash leaves each key's record either
                 // whole or absent, and `CountedUpTo` trusts only what arrived.
                 users.sort_unstable_by_key(|&(_, _, o)| o);
-                Flush { partition, hold: p.hold, users }
+                Some(Flush { partition, hold: p.hold, users })
             })
             .collect();
         out.sort_unstable_by_key(|f| f.partition);
@@ -201,6 +224,52 @@ impl Pending {
         if let Some(p) = self.partitions.remove(&partition) {
             self.keys -= p.last.len();
         }
+    }
+}
+
+/// When each partition's dirty state goes to the changelog (at-least-once). Every partition is
+/// flushed once per commit interval, at its own phase: partition `p` of `n` at `p/n` of the
+/// interval. A flush then encodes and sends one partition's users instead of every partition's
+/// at once, so the loop that processes requests stops for a fraction as long (a whole flush of
+/// 10 000 users stopped it for 10–100 ms, every interval). Times are milliseconds from any fixed
+/// start; the caller owns the clock.
+#[derive(Debug)]
+pub struct FlushSchedule {
+    interval_ms: u64,
+    /// Per partition, the last turn it was flushed in or first seen dirty in.
+    last_turn: HashMap<i32, u64>,
+}
+
+impl FlushSchedule {
+    pub fn new(interval_ms: u64) -> Self {
+        FlushSchedule { interval_ms: interval_ms.max(1), last_turn: HashMap::new() }
+    }
+
+    /// Partition `partition`'s turn number at `now_ms`: it moves on at `p/n` of each interval.
+    fn turn(&self, partition: i32, partitions: usize, now_ms: u64) -> u64 {
+        let n = partitions.max(1) as u64;
+        let phase = self.interval_ms * (u64::from(partition.unsigned_abs()) % n) / n;
+        (now_ms + self.interval_ms - phase) / self.interval_ms
+    }
+
+    /// Whether dirty `partition` (of `partitions`) is due at `now_ms`: its turn has come since
+    /// it was last flushed. A partition first seen dirty waits for its next turn (at most an
+    /// interval).
+    pub fn due(&mut self, partition: i32, partitions: usize, now_ms: u64) -> bool {
+        let turn = self.turn(partition, partitions, now_ms);
+        match self.last_turn.get(&partition) {
+            Some(&last) => turn > last,
+            None => {
+                self.last_turn.insert(partition, turn);
+                false
+            }
+        }
+    }
+
+    /// `partition` was flushed at `now_ms`.
+    pub fn flushed(&mut self, partition: i32, partitions: usize, now_ms: u64) {
+        let turn = self.turn(partition, partitions, now_ms);
+        self.last_turn.insert(partition, turn);
     }
 }
 
@@ -372,5 +441,62 @@ mod tests {
         c.all = Some(20);
         assert!(c.counts(15, "standard", "u3"), "kept in memory up to 20: everything counts");
         assert_eq!(c.through(), Some(20));
+    }
+
+    #[test]
+    fn some_partitions_flush_and_the_others_keep_their_holds() {
+        let mut p = Pending::default();
+        assert!(p.note(0, 10, "u1", "standard"));
+        assert!(p.note(1, 20, "u2", "standard"));
+        assert!(!p.note(1, 21, "u3", "standard"));
+        let mut dirty: Vec<i32> = p.dirty_partitions().collect();
+        dirty.sort_unstable();
+        assert_eq!(dirty, [0, 1]);
+        assert_eq!(p.take_where(|q| q == 1), vec![Flush { partition: 1, hold: Some(20), users: vec![("u2".into(), "standard".into(), 20), ("u3".into(), "standard".into(), 21)] }]);
+        assert_eq!(p.len(), 1, "partition 0's key stays dirty");
+        assert!(!p.note(0, 11, "u4", "standard"), "partition 0 still holds at 10");
+        assert!(p.note(1, 22, "u2", "standard"), "partition 1 holds again after its flush");
+        assert_eq!(p.take_where(|q| q == 0)[0].hold, Some(10));
+        assert_eq!(p.len(), 1);
+    }
+
+    /// Each partition is flushed once per interval, at its own phase, so the partitions' flushes
+    /// spread over the interval instead of coming together.
+    #[test]
+    fn flush_turns_spread_partitions_over_the_interval() {
+        let (interval, n) = (1000, 4);
+        let mut s = FlushSchedule::new(interval);
+        // First seen dirty at 0: nobody is due yet.
+        for q in 0..4 {
+            assert!(!s.due(q, n, 0), "partition {q} waits for its turn");
+        }
+        // Walk time in 10 ms steps for 3 s, flushing whatever is due; note when.
+        let mut flushes: Vec<(i32, u64)> = Vec::new();
+        for now in (10..3000).step_by(10) {
+            for q in 0..4 {
+                if s.due(q, n, now) {
+                    s.flushed(q, n, now);
+                    flushes.push((q, now));
+                }
+            }
+        }
+        for q in 0..4 {
+            let at: Vec<u64> = flushes.iter().filter(|f| f.0 == q).map(|f| f.1).collect();
+            // Partition q's turns come at q/4 of each second (partition 0 at each full second).
+            let phase = 250 * q as u64;
+            let expected: Vec<u64> = (0..3).map(|k| k * 1000 + if phase == 0 { 1000 } else { phase }).filter(|&t| t < 3000).collect();
+            assert_eq!(at, expected, "partition {q}");
+        }
+        // A partition dirty again long after its last flush goes at once, then back on its phase.
+        let mut s = FlushSchedule::new(interval);
+        assert!(!s.due(2, n, 0));
+        assert!(s.due(2, n, 5_100));
+        s.flushed(2, n, 5_100);
+        assert!(!s.due(2, n, 5_400));
+        assert!(s.due(2, n, 5_500), "its next turn, at half of the interval");
+        // More partitions than the topic says (or none known): still a turn each interval.
+        let mut s = FlushSchedule::new(interval);
+        assert!(!s.due(7, 0, 0));
+        assert!(s.due(7, 0, 1_000));
     }
 }

@@ -172,16 +172,22 @@ impl Shared {
     /// acknowledged as an output of its partition's holding message (the tracker learns how many
     /// each hold waits for). A hold whose users all left the limiter (evicted as idle) is
     /// released at once: partitions whose delivered prefix moved are returned with it.
-    pub fn take_changelog(&mut self, deliveries: &Mutex<Deliveries>, requests_topic: &str) -> Result<Vec<Outgoing>, serde_json::Error> {
+    pub fn take_changelog(&mut self, deliveries: &Mutex<Deliveries>, requests_topic: &str) -> Vec<Outgoing> {
+        self.take_changelog_of(deliveries, requests_topic, |_| true)
+    }
+
+    /// `take_changelog` for the partitions `which` picks only. The records are encoded by the
+    /// sender, after `Shared`'s lock is released (`Outgoing::encode`).
+    pub fn take_changelog_of(&mut self, deliveries: &Mutex<Deliveries>, requests_topic: &str, which: impl Fn(i32) -> bool) -> Vec<Outgoing> {
         let mut out = Vec::new();
         let mut deliveries = lock(deliveries);
-        for flush in self.changelog.take() {
+        for flush in self.changelog.take_where(which) {
             let tp: Partition = (requests_topic.to_string(), flush.partition);
             let before = out.len();
             for (user, rt, offset) in flush.users {
                 let Some(state) = self.topology.saved_state(flush.partition, &user, &rt) else { continue };
-                let record = changelog::Record { user_id: user.to_string(), request_type: rt.to_string(), offset, state };
-                out.push(Outgoing { partition: flush.partition, hold: flush.hold, key: changelog::key(&rt, &user), value: serde_json::to_vec(&record)? });
+                let record = changelog::Record { user_id: user, request_type: rt, offset, state };
+                out.push(Outgoing { partition: flush.partition, hold: flush.hold, record });
             }
             let records = (out.len() - before) as u32;
             match flush.hold {
@@ -192,7 +198,7 @@ impl Shared {
                 Some(hold) => deliveries.begin(&tp, hold, records - 1),
             }
         }
-        Ok(out)
+        out
     }
 
     /// Whether this instance owns requests partition `partition` now.
@@ -258,8 +264,16 @@ pub fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Outgoing {
     pub partition: i32,
     pub hold: Option<i64>,
-    pub key: String,
-    pub value: Vec<u8>,
+    pub record: changelog::Record,
+}
+
+impl Outgoing {
+    /// The record's key and JSON value, written into the caller's buffers (cleared first).
+    pub fn encode(&self, key: &mut String, value: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        changelog::key_into(&self.record.request_type, &self.record.user_id, key);
+        value.clear();
+        serde_json::to_writer(&mut *value, &self.record)
+    }
 }
 
 /// The consumer context of `surgeguard run`.
@@ -406,13 +420,15 @@ impl RunContext {
     /// Sends the dirty limiter state from inside a callback (blocking while the producer queue is
     /// full; its delivery reports are drained after the flush that follows).
     fn send_changelog(&self, shared: &mut Shared) -> Result<(), String> {
-        let records = shared.take_changelog(&self.deliveries, &self.requests_topic).map_err(|e| e.to_string())?;
+        let records = shared.take_changelog(&self.deliveries, &self.requests_topic);
+        let (mut key, mut value) = (String::new(), Vec::new());
         for r in records {
+            r.encode(&mut key, &mut value).map_err(|e| e.to_string())?;
             let origin: Origin = Box::new(match r.hold {
                 Some(hold) => ((self.requests_topic.clone(), r.partition), hold),
                 None => ((String::new(), -1), -1),
             });
-            let mut record = BaseRecord::with_opaque_to(&self.changelog_topic, origin).partition(r.partition).key(&r.key[..]).payload(&r.value[..]);
+            let mut record = BaseRecord::with_opaque_to(&self.changelog_topic, origin).partition(r.partition).key(key.as_bytes()).payload(&value[..]);
             loop {
                 match self.producer.send(record) {
                     Ok(()) => break,
@@ -577,16 +593,24 @@ mod tests {
         for (offset, user) in [(10, "a"), (11, "b"), (12, "a")] {
             assert_eq!(handle(&mut sh, &d, &tp, offset, user), []);
         }
-        let records = sh.take_changelog(&d, "requests").expect("records");
+        let records = sh.take_changelog(&d, "requests");
         assert!(lock(&d).take_moved().is_empty());
-        let written: Vec<changelog::Record> = records.iter().map(|r| serde_json::from_slice(&r.value).expect("record")).collect();
+        let written: Vec<changelog::Record> = records
+            .iter()
+            .map(|r| {
+                let (mut key, mut value) = (String::new(), Vec::new());
+                r.encode(&mut key, &mut value).expect("encodes");
+                assert_eq!(key, changelog::key(&r.record.request_type, &r.record.user_id));
+                serde_json::from_slice(&value).expect("record")
+            })
+            .collect();
         assert_eq!(written.iter().map(|r| (r.user_id.as_str(), r.offset)).collect::<Vec<_>>(), [("b", 11), ("a", 12)], "one record per user, in input order");
         assert!(records.iter().all(|r| r.hold == Some(10) && r.partition == 0));
         // The next message after the flush holds again.
         assert_eq!(handle(&mut sh, &d, &tp, 13, "c"), []);
         assert_eq!(ack(&d, &tp, 10), [], "one of two records");
         assert_eq!(ack(&d, &tp, 10), [(tp.clone(), 12)], "the flush counts 10..=12");
-        let records = sh.take_changelog(&d, "requests").expect("records");
+        let records = sh.take_changelog(&d, "requests");
         assert_eq!(records.len(), 1);
         assert_eq!(ack(&d, &tp, 13), [(tp.clone(), 13)]);
         assert_eq!(lock(&d).delivered.get(&tp), Some(&13));

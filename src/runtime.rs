@@ -236,8 +236,8 @@ pub async fn run_reloading(
         backlog: std::collections::VecDeque::new(),
         backlog_dropped: 0,
         control_high: HashMap::new(),
-        changelog_every: Duration::from_millis(u64::from(cfg.kafka.commit_interval_ms)),
-        last_changelog: Instant::now(),
+        changelog_schedule: crate::changelog::FlushSchedule::new(u64::from(cfg.kafka.commit_interval_ms)),
+        changelog_epoch: Instant::now(),
         metrics: metrics.clone(),
     };
     // Declared after the consumer, so dropped before it: an error exit marks the state so that

@@ -114,9 +114,10 @@ pub(crate) struct Shell<'a> {
     pub(crate) backlog_dropped: u64,
     /// Per control partition, the highest offset handed to `control_done`.
     pub(crate) control_high: HashMap<Partition, i64>,
-    /// At-least-once: how often dirty limiter state goes to the changelog.
-    pub(crate) changelog_every: Duration,
-    pub(crate) last_changelog: Instant,
+    /// At-least-once: when each partition's dirty limiter state goes to the changelog, in
+    /// milliseconds from `changelog_epoch`.
+    pub(crate) changelog_schedule: crate::changelog::FlushSchedule,
+    pub(crate) changelog_epoch: Instant,
     pub(crate) metrics: Arc<crate::api_metrics::Metrics>,
 }
 
@@ -183,31 +184,62 @@ impl Shell<'_> {
 
     /// Sends the limiter state dirtied since the last flush to the changelog.
     pub(crate) async fn flush_changelog(&mut self) -> Result<(), RunError> {
-        self.last_changelog = Instant::now();
+        let started = Instant::now();
         let records = {
             let mut sh = rebalance::lock(&self.shared);
             if sh.changelog.is_empty() {
                 return Ok(());
             }
-            sh.take_changelog(&self.deliveries, &self.cfg.topics.requests)?
+            sh.take_changelog(&self.deliveries, &self.cfg.topics.requests)
         };
+        self.send_changelog(records, started).await
+    }
+
+    async fn send_changelog(&mut self, records: Vec<rebalance::Outgoing>, started: Instant) -> Result<(), RunError> {
+        let (n, taken) = (records.len(), started.elapsed());
+        let (mut key, mut value) = (String::new(), std::mem::take(&mut self.buf));
         for r in records {
+            r.encode(&mut key, &mut value)?;
             let origin: Origin = Box::new(match r.hold {
                 Some(hold) => ((self.cfg.topics.requests.clone(), r.partition), hold),
                 None => (UNTRACKED, -1),
             });
-            let record = BaseRecord::with_opaque_to(&self.cfg.topics.changelog, origin).partition(r.partition).key(r.key.as_bytes()).payload(&r.value[..]);
+            let record = BaseRecord::with_opaque_to(&self.cfg.topics.changelog, origin).partition(r.partition).key(key.as_bytes()).payload(&value[..]);
             self.send(record).await?;
         }
+        self.buf = value;
+        tracing::debug!(records = n, ?taken, took = ?started.elapsed(), "changelog flushed");
         Ok(())
     }
 
-    /// At-least-once: flushes the changelog when its interval has passed or too much is dirty.
+    /// At-least-once: flushes the partitions whose turn has come (`FlushSchedule`), or every
+    /// partition when too much is dirty.
     pub(crate) async fn maybe_flush_changelog(&mut self) -> Result<(), RunError> {
-        if !self.eos && (self.last_changelog.elapsed() >= self.changelog_every || rebalance::lock(&self.shared).changelog.len() >= MAX_DIRTY) {
-            self.flush_changelog().await?;
+        if self.eos {
+            return Ok(());
         }
-        Ok(())
+        let started = Instant::now();
+        let now_ms = u64::try_from(self.changelog_epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let records = {
+            let mut sh = rebalance::lock(&self.shared);
+            if sh.changelog.is_empty() {
+                return Ok(());
+            }
+            if sh.changelog.len() >= MAX_DIRTY {
+                sh.take_changelog(&self.deliveries, &self.cfg.topics.requests)
+            } else {
+                let n = sh.requests_partitions;
+                let due: Vec<i32> = sh.changelog.dirty_partitions().filter(|&p| self.changelog_schedule.due(p, n, now_ms)).collect();
+                if due.is_empty() {
+                    return Ok(());
+                }
+                for &p in &due {
+                    self.changelog_schedule.flushed(p, n, now_ms);
+                }
+                sh.take_changelog_of(&self.deliveries, &self.cfg.topics.requests, |p| due.contains(&p))
+            }
+        };
+        self.send_changelog(records, started).await
     }
 
     /// Exactly-once: commits the open transaction with the dirty limiter state and the processed

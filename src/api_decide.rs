@@ -123,7 +123,13 @@ fn decision_response(d: &Decision, window_s: u32) -> Response {
             StatusCode::TOO_MANY_REQUESTS
         }
     };
-    (status, headers, Json(d)).into_response()
+    // The same writer as the decisions topic's records (the bytes serde_json would write).
+    let mut body = Vec::with_capacity(320);
+    if let Err(e) = crate::encode::write_decision(&mut body, d) {
+        return Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", format!("encoding the decision: {e}")).into_response();
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    (status, headers, body).into_response()
 }
 
 #[derive(Deserialize)]

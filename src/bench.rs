@@ -290,8 +290,17 @@ async fn measure_passthrough(cfg: &Config, brokers: &str, opts: &BenchOptions, e
         [&input, &output].iter().map(|name| kafka_topics::TopicSpec::new(name, cfg.kafka.partitions.requests)).collect();
     kafka_topics::create(&admin_cfg, &specs, cfg.kafka.replication_factor).await?;
     let (b, i, o, g) = (brokers.to_string(), input.clone(), output.clone(), format!("{run_id}.pt"));
-    measure(brokers, &input, &output, opts, events, |stopped| tokio::spawn(passthrough(b, i, o, g, async { stopped.await.ok(); })))
-    .await
+    let figures = measure(brokers, &input, &output, opts, events, |stopped| tokio::spawn(passthrough(b, i, o, g, async { stopped.await.ok(); }))).await;
+    drop_topics(&admin_cfg, &[&input, &output]).await;
+    figures
+}
+
+/// Deletes a side's topics once it is measured (a round of a million events leaves about a
+/// gigabyte on the broker); says so if it cannot.
+async fn drop_topics(client: &ClientConfig, names: &[&str]) {
+    if let Err(e) = kafka_topics::delete(client, names).await {
+        tracing::warn!(error = %e, topics = ?names, "bench topics not deleted");
+    }
 }
 
 async fn measure_surgeguard(cfg: &Config, brokers: &str, opts: &BenchOptions, events: &[RequestEvent], run_id: &str) -> Result<Figures, BenchError> {
@@ -317,17 +326,21 @@ async fn measure_surgeguard(cfg: &Config, brokers: &str, opts: &BenchOptions, ev
     sg.api.listen = String::new();
     // Created here, before the clock starts, not by the service.
     sg.kafka.create_topics = false;
-    kafka_topics::ensure(&runtime::client_config(cfg, brokers), &sg).await?;
+    let admin_cfg = runtime::client_config(cfg, brokers);
+    kafka_topics::ensure(&admin_cfg, &sg).await?;
+    let names: Vec<String> = kafka_topics::specs(&sg).into_iter().map(|s| s.name).collect();
     let sg = Arc::new(sg);
     let (i, o) = (sg.topics.requests.clone(), sg.topics.decisions.clone());
     let b = brokers.to_string();
-    measure(brokers, &i, &o, opts, events, |stopped| {
+    let figures = measure(brokers, &i, &o, opts, events, |stopped| {
         tokio::spawn(async move {
             runtime::run(sg, &b, async { stopped.await.ok(); }).await?;
             Ok(())
         })
     })
-    .await
+    .await;
+    drop_topics(&admin_cfg, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    figures
 }
 
 /// Runs `opts.warmup` rounds whose figures are only shown (a fresh broker's JVM compiles its hot

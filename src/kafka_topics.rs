@@ -97,6 +97,24 @@ pub async fn create(client: &ClientConfig, specs: &[TopicSpec], replication: i32
     Ok(created)
 }
 
+/// Deletes the given topics (those already gone are not an error). For the bench, whose topics
+/// would otherwise fill the broker's disk: a million events a round is about a gigabyte.
+pub async fn delete(client: &ClientConfig, names: &[&str]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client.create()?;
+    let timeout = Some(std::time::Duration::from_secs(30));
+    let options = AdminOptions::new().request_timeout(timeout).operation_timeout(timeout);
+    for r in admin.delete_topics(names, &options).await? {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((name, code)) => {
+                tracing::warn!(topic = %name, ?code, "cannot delete topic");
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A partition's low and high watermarks. A client that was just assigned a partition may not
 /// have its metadata yet (librdkafka answers "unknown partition"): it asks again until `timeout`.
 pub fn watermarks<C: ConsumerContext>(

@@ -111,8 +111,9 @@ enum Command {
         /// Bootstrap servers of the broker to measure on.
         #[arg(long)]
         brokers: String,
-        /// Events for the throughput phase.
-        #[arg(long, default_value_t = 200_000)]
+        /// Events for the throughput phase (fewer than about a million give a window of a second
+        /// or two, in which the passthrough's rate swings by 2× from round to round).
+        #[arg(long, default_value_t = 1_000_000)]
         events: usize,
         /// Events per second in the latency phase.
         #[arg(long, default_value_t = 50_000)]

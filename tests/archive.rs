@@ -23,11 +23,14 @@ const T0: i64 = 1_767_571_200_000; // 2026-01-05T00:00:00Z
 const TOPIC: &str = "surgeguard.requests";
 
 fn requests(from: usize, to: usize) -> Vec<RequestEvent> {
-    // 10 000 requests over about three hours of event time.
+    // 10 000 requests over about eleven hours of event time: about 150 an hour per partition,
+    // so most flushes span two hours and write two files, and the crashes below land between
+    // two renames even when a loaded machine makes the flushes small (at three hours, CI once
+    // saw no crash land there).
     (from..to)
         .map(|i| RequestEvent {
             id: format!("r{i}").into(),
-            ts: Millis(T0 + i as i64 * 1_100),
+            ts: Millis(T0 + i as i64 * 4_000),
             user_id: format!("u{}", i % 97).into(),
             tier: "pro".into(),
             request_type: "standard".into(),

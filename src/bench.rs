@@ -142,7 +142,11 @@ async fn read(consumer: &StreamConsumer, want: usize, stamped_from: i64, timeout
         let Ok(m) = tokio::time::timeout(left.max(Duration::from_millis(1)), consumer.recv()).await else {
             return Err(BenchError::Incomplete { got, want, secs: timeout.as_secs() });
         };
-        let m = m?;
+        let m = match m {
+            Ok(m) => m,
+            Err(e) if just_created(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
         let at = Instant::now();
         first.get_or_insert(at);
         last = at;
@@ -162,6 +166,12 @@ async fn read(consumer: &StreamConsumer, want: usize, stamped_from: i64, timeout
         }
     }
     Ok((first.unwrap_or(last), last, latencies))
+}
+
+/// A consumer error that a topic created a moment ago gives until the client's metadata knows
+/// it (librdkafka retries by itself).
+fn just_created(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition))
 }
 
 /// The one field of an output the latency phase reads.
@@ -196,7 +206,11 @@ async fn passthrough(brokers: String, input: String, output: String, group: Stri
                 r.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
             }
             m = consumer.recv() => {
-                let m = m?;
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) if just_created(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 let mut record = FutureRecord::to(&output).payload(m.payload().unwrap_or(&[]));
                 if let Some(k) = m.key() {
                     record = record.key(k);

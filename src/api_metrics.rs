@@ -147,25 +147,11 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outputs::{Decision, LoadSeverity};
 
     fn decision(tier: &str, kind: DecisionKind) -> Output {
-        Output::Decision(Decision {
-            request_id: "r".into(),
-            ts: crate::time::Millis(0),
-            user_id: "u".into(),
-            tier: tier.into(),
-            request_type: "standard".into(),
-            decision: kind,
-            strategy: None,
-            limit: 10,
-            remaining: 0,
-            reset_s: 1,
-            policy: "10;w=60".into(),
-            severity: LoadSeverity::Normal,
-            unknown_tier: None,
-            unknown_request_type: None,
-        })
+        let mut d = crate::outputs::test_decision(crate::time::Millis(0), kind);
+        d.tier = tier.into();
+        Output::Decision(d)
     }
 
     /// The counters looked up once count the same series as a labelled lookup would, and names

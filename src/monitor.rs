@@ -322,25 +322,9 @@ impl AlertSeverity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outputs::{LoadSeverity, Strategy};
 
     fn decision(ts: Millis, kind: DecisionKind) -> Decision {
-        Decision {
-            request_id: "r".into(),
-            ts,
-            user_id: "u".into(),
-            tier: "pro".into(),
-            request_type: "standard".into(),
-            decision: kind,
-            strategy: (kind == DecisionKind::Throttle).then_some(Strategy::Delay { seconds: 2 }),
-            limit: 10,
-            remaining: 0,
-            reset_s: 1,
-            policy: "10;w=60".into(),
-            severity: LoadSeverity::Normal,
-            unknown_tier: None,
-            unknown_request_type: None,
-        }
+        crate::outputs::test_decision(ts, kind)
     }
 
     fn monitor() -> Monitor {

@@ -278,6 +278,28 @@ impl Output {
     }
 }
 
+/// A pro-tier decision of `kind` at `ts` for the tests of what consumes decisions (a throttle
+/// carries a 2 s delay).
+#[cfg(test)]
+pub(crate) fn test_decision(ts: crate::time::Millis, kind: DecisionKind) -> Decision {
+    Decision {
+        request_id: "r".into(),
+        ts,
+        user_id: "u".into(),
+        tier: "pro".into(),
+        request_type: "standard".into(),
+        decision: kind,
+        strategy: (kind == DecisionKind::Throttle).then_some(Strategy::Delay { seconds: 2 }),
+        limit: 10,
+        remaining: 0,
+        reset_s: 1,
+        policy: "10;w=60".into(),
+        severity: LoadSeverity::Normal,
+        unknown_tier: None,
+        unknown_request_type: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,11 @@ pub fn client_config(cfg: &Config, brokers: &str) -> ClientConfig {
 /// How many request messages in a row may go before a waiting control message.
 const CONTROL_EVERY: u32 = 16;
 
+/// How long the API's decisions gather before the main loop publishes them. The caller has its
+/// answer already and the producer lingers 5 ms anyway; publishing on every wake-up cost the
+/// handlers a futex wake and the main loop a round of its select per decision.
+const API_PUBLISH_AFTER: Duration = Duration::from_millis(1);
+
 /// Marks the shared state "commit nothing" when `run_with` leaves with an error.
 struct NoCommitOnError {
     shared: Arc<Mutex<Shared>>,
@@ -259,6 +264,11 @@ pub async fn run_reloading(
     // One stream per consumer for the whole run: a `recv()` per message would register and drop
     // a waker slot each time.
     let (mut requests, mut controls) = (consumer.stream(), control.stream());
+    // Armed by the API's wake-up, fires API_PUBLISH_AFTER later (a handler wakes the loop only
+    // when it finds the queue empty).
+    let api_publish = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(api_publish);
+    let mut api_armed = false;
     loop {
         // Control events wait until this instance knows whether it leads (see `control.rs`).
         let control_ready = rebalance::lock(&shared).assigned();
@@ -306,7 +316,13 @@ pub async fn run_reloading(
                 }
                 continue;
             }
-            _ = wake.notified() => {
+            _ = wake.notified(), if !api_armed => {
+                api_armed = true;
+                api_publish.as_mut().reset(tokio::time::Instant::now() + API_PUBLISH_AFTER);
+                continue;
+            }
+            _ = &mut api_publish, if api_armed => {
+                api_armed = false;
                 shell.publish_api_outputs().await?;
                 continue;
             }

@@ -18,6 +18,8 @@ struct Entry {
     breaker: Breaker,
     alternatives: Vec<Arc<str>>,
     plan: Vec<FallbackStep>,
+    /// The state before the latest transition (the current one until there is a transition).
+    previous: BreakerStateKind,
 }
 
 pub struct Breakers {
@@ -44,7 +46,9 @@ impl Breakers {
                 .get(dependency)
                 .map(|d| d.alternatives.iter().map(|a| Arc::<str>::from(a.as_str())).collect())
                 .unwrap_or_default();
-            let entry = Entry { breaker: Breaker::new(self.cfg.breaker_for(dependency)), alternatives, plan: Vec::new() };
+            let breaker = Breaker::new(self.cfg.breaker_for(dependency));
+            let previous = breaker.state();
+            let entry = Entry { breaker, alternatives, plan: Vec::new(), previous };
             self.entries.insert(dependency.into(), entry);
         }
         // Present: inserted just above if it was missing.
@@ -111,6 +115,14 @@ impl Breakers {
         }
     }
 
+    /// Every breaker's state as of `now` for a reader (the API): `previous` is the state before
+    /// its latest transition, `opened_at`/`retry_at` say when for an open breaker.
+    pub fn current(&self, now: Millis, out: &mut Vec<BreakerState>) {
+        for (name, e) in &self.entries {
+            out.extend(self.state_record(name, e.previous, now));
+        }
+    }
+
     fn state_record(&self, name: &Arc<str>, from: BreakerStateKind, at: Millis) -> Option<BreakerState> {
         let e = self.entries.get(name)?;
         let m = e.breaker.metrics();
@@ -136,6 +148,7 @@ impl Breakers {
         let plan = self.resolve(&name);
         if let Some(e) = self.entries.get_mut(&name) {
             e.plan = plan;
+            e.previous = t.from;
         }
         out.extend(self.state_record(&name, t.from, t.at));
         // Dependents whose plan names this dependency.
@@ -188,6 +201,25 @@ mod tests {
         assert!(snap.iter().all(|s| s.previous == s.state && s.ts == Millis::from_secs(2)));
         let primary = snap.iter().find(|s| &*s.dependency == "ai_primary").expect("ai_primary");
         assert_eq!((primary.state, &primary.fallback), (Open, &tripped.fallback));
+    }
+
+    #[test]
+    fn the_current_view_names_the_state_before_the_latest_transition() {
+        let mut b = Breakers::new(cfg());
+        let mut out = Vec::new();
+        b.on_outcome(&fail("ai_primary", 1), &mut out);
+        b.on_outcome(&fail("ai_primary", 1), &mut out);
+        let mut now = Vec::new();
+        b.current(Millis::from_secs(2), &mut now);
+        assert_eq!(now.len(), cfg().dependencies.len());
+        let of = |v: &[BreakerState], d: &str| v.iter().find(|s| &*s.dependency == d).map(|s| (s.previous, s.state, s.ts));
+        assert_eq!(of(&now, "ai_primary"), Some((Closed, Open, Millis::from_secs(2))));
+        assert_eq!(of(&now, "database"), Some((Closed, Closed, Millis::from_secs(2))));
+        // Half-open once the wait is over: the state before it is open.
+        b.advance(Millis::from_secs(40), &mut out);
+        now.clear();
+        b.current(Millis::from_secs(40), &mut now);
+        assert_eq!(of(&now, "ai_primary"), Some((Open, HalfOpen, Millis::from_secs(40))));
     }
 
     #[test]

@@ -327,7 +327,7 @@ impl Topology {
     pub fn breakers_now(&self) -> Vec<BreakerState> {
         let mut out = Vec::new();
         if let Some(now) = self.watermark {
-            self.breakers.snapshot(now, &mut out);
+            self.breakers.current(now, &mut out);
         }
         out
     }

@@ -16,7 +16,8 @@
 //! [`outputs`] (output records), [`encode`] (outputs → bytes), [`time`] (event time). Config:
 //! [`config`] (structs and defaults), [`config_load`] (parse and validate). Test and benchmark
 //! inputs: [`scenario`]. The shell: [`replay`] (JSON lines through the topology), [`runtime`]
-//! (`surgeguard run`: Kafka in and out, with [`offsets`] for commit-after-delivery, [`dlq`]
+//! (`surgeguard run`: Kafka in and out, with [`offsets`] and [`deliveries`] for
+//! commit-after-delivery, [`dlq`]
 //! records, [`kafka_topics`] set-up, [`changelog`] for limiter state, [`rebalance`] for
 //! partitions moving between instances and [`control`] for the control topics) and the
 //! `surgeguard` binary.
@@ -46,6 +47,7 @@ pub mod config_reload;
 pub mod config_service;
 pub mod control;
 pub mod decode;
+pub mod deliveries;
 pub mod demand;
 pub mod demo;
 pub mod dlq;

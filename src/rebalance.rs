@@ -23,82 +23,14 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 
 use crate::changelog::{self, CountedUpTo};
-use crate::offsets::{FastMap, OffsetTracker, Partition};
+use crate::deliveries::{Deliveries, Origin, OutputProducer};
+use crate::offsets::{FastMap, Partition};
 use crate::topology::{Counted, Topology};
-
-/// Outputs in flight and what they belong to (at-least-once bookkeeping). Shared by the main
-/// loop, the rebalance callbacks and the producer's delivery callback, which applies each report
-/// as it comes (no future or channel per record). Lock order: `Shared` before `Deliveries`.
-#[derive(Debug, Default)]
-pub struct Deliveries {
-    pub tracker: OffsetTracker,
-    /// Per input partition, the last offset whose outputs (and all before it) are delivered.
-    delivered: HashMap<Partition, i64>,
-    /// Partitions whose delivered prefix moved since the main loop last looked.
-    moved: HashMap<Partition, i64>,
-    /// The first delivery that failed: the main loop stops on it, and nothing after it commits.
-    pub failed: Option<KafkaError>,
-}
-
-impl Deliveries {
-    /// Records a message with `outputs` records in flight (see `OffsetTracker::begin`).
-    pub fn begin(&mut self, tp: &Partition, offset: i64, outputs: u32) {
-        if let Some(o) = self.tracker.begin(tp, offset, outputs) {
-            self.advance(tp, o);
-        }
-    }
-
-    /// Applies one successful delivery of an output of the message at `offset` of `tp`.
-    pub fn ack(&mut self, tp: &Partition, offset: i64) {
-        if let Some(o) = self.tracker.ack(tp, offset) {
-            self.advance(tp, o);
-        }
-    }
-
-    fn advance(&mut self, tp: &Partition, o: i64) {
-        self.delivered.insert(tp.clone(), o);
-        self.moved.insert(tp.clone(), o);
-    }
-
-    /// The partitions whose delivered prefix moved since the last call, with that prefix.
-    pub fn take_moved(&mut self) -> Vec<(Partition, i64)> {
-        self.moved.drain().collect()
-    }
-}
-
-/// Where an output came from: its input partition and offset (the delivery report's opaque).
-pub type Origin = Box<(Partition, i64)>;
-
-/// The producer's context: every delivery report goes straight to `Deliveries`.
-pub struct DeliveryContext {
-    pub deliveries: Arc<Mutex<Deliveries>>,
-}
-
-impl ClientContext for DeliveryContext {}
-
-impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Origin;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, origin: Origin) {
-        let mut d = lock(&self.deliveries);
-        match result {
-            Ok(_) => d.ack(&origin.0, origin.1),
-            Err((e, _)) => {
-                tracing::error!(topic = %origin.0.0, partition = origin.0.1, offset = origin.1, error = %e, "an output was not delivered");
-                d.failed.get_or_insert_with(|| e.clone());
-            }
-        }
-    }
-}
-
-/// The service's producer.
-pub type OutputProducer = ThreadedProducer<DeliveryContext>;
 
 /// The pipeline's state, shared by the main loop and the rebalance callbacks.
 pub struct Shared {
@@ -366,7 +298,7 @@ impl RunContext {
         match flushed {
             Ok(()) if deliveries.failed.is_none() => {
                 for tp in &revoked {
-                    if let Some(&o) = deliveries.delivered.get(tp)
+                    if let Some(o) = deliveries.delivered(tp)
                         && let Err(e) = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(o + 1))
                     {
                         tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "offset not committed");
@@ -613,7 +545,7 @@ mod tests {
         let records = sh.take_changelog(&d, "requests");
         assert_eq!(records.len(), 1);
         assert_eq!(ack(&d, &tp, 13), [(tp.clone(), 13)]);
-        assert_eq!(lock(&d).delivered.get(&tp), Some(&13));
+        assert_eq!(lock(&d).delivered(&tp), Some(13));
     }
 
     #[test]

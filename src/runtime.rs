@@ -6,7 +6,7 @@
 //! outputs are produced keyed as DESIGN.md says. Offsets are stored for commit only once every
 //! output of a message, and of every earlier message of its partition, is acknowledged by the
 //! broker (`OffsetTracker`): at-least-once. The producer's own thread applies each delivery
-//! report to that bookkeeping as it arrives (`rebalance::DeliveryContext`); the main loop takes the
+//! report to that bookkeeping as it arrives (`deliveries::DeliveryContext`); the main loop takes the
 //! committable offsets from it every second. When the producer queue is full, consumption waits
 //! for deliveries to make room instead of dropping anything, so the messages in flight stay
 //! bounded by the producer queue.
@@ -37,7 +37,8 @@ use crate::api::ApiState;
 use crate::api_metrics::Metrics;
 use crate::config::{Config, Guarantee};
 use crate::kafka_topics;
-use crate::rebalance::{self, Deliveries, DeliveryContext, OutputProducer, RunContext, Shared};
+use crate::deliveries::{Deliveries, DeliveryContext, OutputProducer};
+use crate::rebalance::{self, RunContext, Shared};
 use crate::topology::Topology;
 use crate::control;
 pub use crate::shell::{RunError, RunStats};

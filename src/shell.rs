@@ -21,7 +21,8 @@ use crate::events::InputEvent;
 use crate::kafka_topics;
 use crate::offsets::Partition;
 use crate::outputs::Output;
-use crate::rebalance::{self, Deliveries, Origin, OutputProducer, RunContext, Shared};
+use crate::deliveries::{Deliveries, Origin, OutputProducer};
+use crate::rebalance::{self, RunContext, Shared};
 use crate::time::Millis;
 use crate::topology::Counted;
 

@@ -94,7 +94,8 @@ pub enum Guarantee {
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port…]` (`--brokers` overrides).
     pub brokers: String,
-    /// The consumer group; instances in one group split the input partitions.
+    /// The consumer group; instances in one group split the requests topic's partitions (each
+    /// reads every control partition).
     pub group_id: String,
     /// Create missing topics at start-up with the partitions below and the right cleanup
     /// policies (limits and breakers compacted).

@@ -21,7 +21,7 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
 use crate::kafka_topics;
 use crate::runtime::{self, RunError};
 use crate::scenario::{Demand, Surge};
@@ -128,14 +128,24 @@ pub async fn unprotected(opts: &DemoOptions) -> RunReport {
     report
 }
 
+/// The config as the demo runs it on the mock cluster.
+fn on_mock_cluster(mut cfg: Config) -> Config {
+    cfg.kafka.create_topics = false; // the mock cluster has no CreateTopics API
+    // Nor read_committed isolation or transactional offset commits: exactly-once would not hold.
+    if cfg.kafka.guarantee != Guarantee::AtLeastOnce {
+        tracing::warn!("the demo's mock cluster has no read_committed isolation or transactional offset commits: running at_least_once");
+        cfg.kafka.guarantee = Guarantee::AtLeastOnce;
+    }
+    // The surge runs on simulated time, ahead of or behind the wall clock: event time only.
+    cfg.kafka.wall_clock_after_idle_ms = 0;
+    cfg
+}
+
 /// The surge through surgeguard on the mock cluster. `on_ready` is told the bootstrap address.
 pub async fn protected(cfg: Config, opts: &DemoOptions, on_ready: impl FnOnce(&str)) -> Result<RunReport, DemoError> {
     let cluster = MockCluster::new(1)?;
     let brokers = cluster.bootstrap_servers();
-    let mut cfg = cfg;
-    cfg.kafka.create_topics = false; // the mock cluster has no CreateTopics API
-    // The surge runs on simulated time, ahead of or behind the wall clock: event time only.
-    cfg.kafka.wall_clock_after_idle_ms = 0;
+    let cfg = on_mock_cluster(cfg);
     for spec in kafka_topics::specs(&cfg) {
         cluster.create_topic(&spec.name, spec.partitions, 1)?;
     }
@@ -286,4 +296,24 @@ pub fn table(without: &RunReport, with: &RunReport) -> String {
         out.push_str(&format!("{name}{}  {a:>w1$}  {b}\n", " ".repeat(pad)));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_the_mock_cluster_the_demo_runs_at_least_once_on_event_time_with_its_own_topics() {
+        let mut cfg = Config::default();
+        cfg.kafka.guarantee = Guarantee::ExactlyOnce;
+        let on = on_mock_cluster(cfg.clone());
+        assert_eq!(on.kafka.guarantee, Guarantee::AtLeastOnce);
+        assert!(!on.kafka.create_topics);
+        assert_eq!(on.kafka.wall_clock_after_idle_ms, 0);
+        // Nothing else changes.
+        let mut back = on.clone();
+        (back.kafka.guarantee, back.kafka.create_topics, back.kafka.wall_clock_after_idle_ms) =
+            (cfg.kafka.guarantee, cfg.kafka.create_topics, cfg.kafka.wall_clock_after_idle_ms);
+        assert_eq!(back, cfg);
+    }
 }

@@ -142,11 +142,7 @@ async fn read(consumer: &StreamConsumer, want: usize, stamped_from: i64, timeout
         let Ok(m) = tokio::time::timeout(left.max(Duration::from_millis(1)), consumer.recv()).await else {
             return Err(BenchError::Incomplete { got, want, secs: timeout.as_secs() });
         };
-        let m = match m {
-            Ok(m) => m,
-            Err(e) if just_created(&e) => continue,
-            Err(e) => return Err(e.into()),
-        };
+        let Some(m) = unless_just_created(m)? else { continue };
         let at = Instant::now();
         first.get_or_insert(at);
         last = at;
@@ -168,10 +164,14 @@ async fn read(consumer: &StreamConsumer, want: usize, stamped_from: i64, timeout
     Ok((first.unwrap_or(last), last, latencies))
 }
 
-/// A consumer error that a topic created a moment ago gives until the client's metadata knows
-/// it (librdkafka retries by itself).
-fn just_created(e: &KafkaError) -> bool {
-    matches!(e, KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition))
+/// The message; none for the error a topic created a moment ago gives until the client's
+/// metadata knows it (librdkafka retries by itself).
+fn unless_just_created<M>(m: Result<M, KafkaError>) -> Result<Option<M>, KafkaError> {
+    match m {
+        Ok(m) => Ok(Some(m)),
+        Err(KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The one field of an output the latency phase reads.
@@ -206,11 +206,7 @@ async fn passthrough(brokers: String, input: String, output: String, group: Stri
                 r.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
             }
             m = consumer.recv() => {
-                let m = match m {
-                    Ok(m) => m,
-                    Err(e) if just_created(&e) => continue,
-                    Err(e) => return Err(e.into()),
-                };
+                let Some(m) = unless_just_created(m)? else { continue };
                 let mut record = FutureRecord::to(&output).payload(m.payload().unwrap_or(&[]));
                 if let Some(k) = m.key() {
                     record = record.key(k);

@@ -188,13 +188,19 @@ mod tests {
         Arc::new(c)
     }
 
-    #[test]
-    fn a_snapshot_republishes_every_breaker_as_it_is() {
+    /// The breakers with ai_primary tripped at 1 s, and its trip.
+    fn primary_tripped() -> (Breakers, BreakerState) {
         let mut b = Breakers::new(cfg());
         let mut out = Vec::new();
         b.on_outcome(&fail("ai_primary", 1), &mut out);
         b.on_outcome(&fail("ai_primary", 1), &mut out);
         let tripped = out.pop().expect("a trip");
+        (b, tripped)
+    }
+
+    #[test]
+    fn a_snapshot_republishes_every_breaker_as_it_is() {
+        let (b, tripped) = primary_tripped();
         let mut snap = Vec::new();
         b.snapshot(Millis::from_secs(2), &mut snap);
         assert_eq!(snap.len(), cfg().dependencies.len());
@@ -205,11 +211,8 @@ mod tests {
 
     #[test]
     fn the_current_view_names_the_state_before_the_latest_transition() {
-        let mut b = Breakers::new(cfg());
-        let mut out = Vec::new();
-        b.on_outcome(&fail("ai_primary", 1), &mut out);
-        b.on_outcome(&fail("ai_primary", 1), &mut out);
-        let mut now = Vec::new();
+        let (mut b, _) = primary_tripped();
+        let (mut out, mut now) = (Vec::new(), Vec::new());
         b.current(Millis::from_secs(2), &mut now);
         assert_eq!(now.len(), cfg().dependencies.len());
         let of = |v: &[BreakerState], d: &str| v.iter().find(|s| &*s.dependency == d).map(|s| (s.previous, s.state, s.ts));

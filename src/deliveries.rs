@@ -51,6 +51,14 @@ impl Deliveries {
         self.delivered.get(tp).copied()
     }
 
+    /// Forgets how far a revoked partition's outputs are delivered. Should the partition come
+    /// back after another instance has moved its offsets on, a prefix left over from this
+    /// instance's earlier ownership would otherwise be committed again, moving them back.
+    pub fn forget(&mut self, tp: &Partition) {
+        self.delivered.remove(tp);
+        self.moved.remove(tp);
+    }
+
     /// The partitions whose delivered prefix moved since the last call, with that prefix.
     pub fn take_moved(&mut self) -> Vec<(Partition, i64)> {
         self.moved.drain().collect()
@@ -84,3 +92,23 @@ impl ProducerContext for DeliveryContext {
 
 /// The service's producer.
 pub type OutputProducer = ThreadedProducer<DeliveryContext>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revoked_partition_keeps_no_delivered_prefix() {
+        let mut d = Deliveries::default();
+        let tp: Partition = ("requests".into(), 2);
+        d.begin(&tp, 40, 1);
+        d.ack(&tp, 40);
+        assert_eq!(d.delivered(&tp), Some(40));
+        d.forget(&tp);
+        // Back after another owner moved on: nothing of the old ownership is committable.
+        assert_eq!(d.delivered(&tp), None);
+        assert!(d.take_moved().is_empty());
+        d.begin(&tp, 90, 0);
+        assert_eq!(d.delivered(&tp), Some(90));
+    }
+}

@@ -265,7 +265,9 @@ impl RunContext {
             // Stopping on an error, or the group gave the partitions away already: commit
             // nothing, keep nothing (the next owner works from the last commit and the changelog).
             tracing::warn!(lost = consumer.assignment_lost(), "revoked without committing");
+            let mut deliveries = lock(&self.deliveries);
             for tp in &revoked {
+                deliveries.forget(tp);
                 shared.processed.remove(tp);
                 if tp.0 == self.requests_topic && shared.owned.remove(&tp.1).is_some() {
                     shared.topology.drop_partition(tp.1);
@@ -294,7 +296,7 @@ impl RunContext {
         // `Shared`, which this holds): after the flush, `delivered` says what to commit. A report
         // still being applied as the flush returns only makes the commit smaller.
         let flushed = self.producer.flush(Timeout::After(self.flush_timeout));
-        let deliveries = lock(&self.deliveries);
+        let mut deliveries = lock(&self.deliveries);
         match flushed {
             Ok(()) if deliveries.failed.is_none() => {
                 for tp in &revoked {
@@ -307,6 +309,9 @@ impl RunContext {
             }
             Ok(()) => tracing::warn!("a delivery failed before the revocation: committing nothing"),
             Err(e) => tracing::warn!(error = %e, "outputs not all delivered before the revocation: the next owner processes them again"),
+        }
+        for tp in &revoked {
+            deliveries.forget(tp);
         }
         drop(deliveries);
         if commit.count() > 0 {

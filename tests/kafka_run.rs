@@ -429,7 +429,8 @@ async fn a_second_instance_joining_mid_stream_changes_no_decision() {
     );
     let records = encoded(&events);
     let (early, late) = records.split_at(records.len() / 2);
-    let first = p.start();
+    let first_log = std::env::temp_dir().join(format!("{}.first.log", p.prefix));
+    let first = p.start_logging_to(&first_log);
     tokio::time::sleep(Duration::from_secs(3)).await;
     produce(&p.topic("requests"), early).await;
     let mut n = 0;
@@ -457,11 +458,31 @@ async fn a_second_instance_joining_mid_stream_changes_no_decision() {
     let twice = decided_ids(&decisions).values().filter(|&&n| n > 1).count();
     assert_eq!(twice, 0, "requests decided twice: the revoked partitions were not committed before the handover");
     assert!(second.stop().success());
+    // The first instance takes the second's partitions back (it had them before the join) and
+    // stops without new input on them: what it commits then must not move their offsets back.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while log_count(&first_log, "limiter state restored") < 2 {
+        assert!(Instant::now() < deadline, "the first instance did not take the partitions back within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(first.stop().success());
-    assert!(committed_equals_end(&p.prefix, &p.topic("requests"), 3));
+    let at_end = committed_equals_end(&p.prefix, &p.topic("requests"), 3);
+    if !at_end {
+        for l in [&first_log, &log] {
+            eprintln!("--- {}\n{}", l.display(), std::fs::read_to_string(l).unwrap_or_default());
+        }
+    }
+    assert!(at_end, "committed offsets are not at the end of the requests topic");
+    std::fs::remove_file(&first_log).ok();
     // The second instance restored state the first had written, or this proves little.
     let restored = log_field_sum(&log, "limiter state restored", "records");
     assert!(restored > 0, "the second instance restored no changelog records");
+}
+
+/// How many lines of a service's JSON log carry `message`.
+fn log_count(log: &std::path::Path, message: &str) -> usize {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["fields"]["message"] == message).count()
 }
 
 #[tokio::test(flavor = "multi_thread")]

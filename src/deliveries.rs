@@ -22,6 +22,9 @@ pub struct Deliveries {
     delivered: HashMap<Partition, i64>,
     /// Partitions whose delivered prefix moved since the main loop last looked.
     moved: HashMap<Partition, i64>,
+    /// Partitions revoked since the main loop last looked: offsets it staged for them before the
+    /// revocation belong to an ownership that has ended.
+    forgotten: Vec<Partition>,
     /// The first delivery that failed: the main loop stops on it, and nothing after it commits.
     pub failed: Option<KafkaError>,
 }
@@ -57,6 +60,12 @@ impl Deliveries {
     pub fn forget(&mut self, tp: &Partition) {
         self.delivered.remove(tp);
         self.moved.remove(tp);
+        self.forgotten.push(tp.clone());
+    }
+
+    /// The partitions forgotten since the last call.
+    pub fn take_forgotten(&mut self) -> Vec<Partition> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// The partitions whose delivered prefix moved since the last call, with that prefix.
@@ -108,6 +117,8 @@ mod tests {
         // Back after another owner moved on: nothing of the old ownership is committable.
         assert_eq!(d.delivered(&tp), None);
         assert!(d.take_moved().is_empty());
+        assert_eq!(d.take_forgotten(), [tp.clone()]);
+        assert!(d.take_forgotten().is_empty());
         d.begin(&tp, 90, 0);
         assert_eq!(d.delivered(&tp), Some(90));
     }

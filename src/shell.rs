@@ -162,13 +162,19 @@ impl Shell<'_> {
     /// Takes in what the delivery reports have done since the last sweep: offsets whose outputs
     /// are all delivered become committable. Stops on a failed delivery.
     pub(crate) fn sweep(&mut self) -> Result<(), RunError> {
-        let moved = {
+        let (moved, forgotten) = {
             let mut d = rebalance::lock(&self.deliveries);
             if let Some(e) = &d.failed {
                 return Err(RunError::Delivery(e.clone()));
             }
-            d.take_moved()
+            (d.take_moved(), d.take_forgotten())
         };
+        // Offsets staged before a partition was revoked: the revocation committed what was
+        // delivered, and storing them now (the partition may be back) would move that commit back.
+        for tp in &forgotten {
+            self.ready.remove(tp);
+            self.stored.remove(tp);
+        }
         for (tp, o) in moved {
             self.done(&tp, o);
         }

@@ -55,11 +55,7 @@ pub struct AdaptiveLimits {
 
 /// The multiplier of the highest step whose threshold `utilisation` exceeds, else 1.
 pub fn step_multiplier(steps: &[Step], utilisation: f64) -> f64 {
-    steps
-        .iter()
-        .filter(|s| utilisation > s.above)
-        .max_by(|a, b| a.above.total_cmp(&b.above))
-        .map_or(1.0, |s| s.multiplier)
+    steps.iter().filter(|s| utilisation > s.above).max_by(|a, b| a.above.total_cmp(&b.above)).map_or(1.0, |s| s.multiplier)
 }
 
 fn scaled(value: u32, share: f64) -> u32 {

@@ -8,16 +8,16 @@
 
 use std::sync::atomic::Ordering;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodRouter, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-pub use crate::api_state::{ApiState, Problem};
 use crate::api_state::lock;
+pub use crate::api_state::{ApiState, Problem};
 use crate::time::Millis;
 
 /// Every route and its methods. `/openapi.json` documents exactly these (a unit test compares
@@ -74,7 +74,10 @@ async fn dashboard() -> Response {
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             // Nothing but this origin: the page loads nothing from elsewhere.
-            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+            ),
         ],
         include_str!("dashboard.html"),
     )
@@ -119,7 +122,11 @@ async fn limit(State(s): State<ApiState>, Path((tier, request_type)): Path<(Stri
     let sh = lock(&s.shared).await?;
     match sh.topology.limits_now().into_iter().find(|l| *l.key == *key) {
         Some(l) => Ok(Json(l).into_response()),
-        None => Err(Problem::new(StatusCode::NOT_FOUND, "Not Found", format!("no limit `{key}` (tiers and request types are those of the config; none before the first event)"))),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "Not Found",
+            format!("no limit `{key}` (tiers and request types are those of the config; none before the first event)"),
+        )),
     }
 }
 
@@ -161,7 +168,12 @@ async fn predictions(State(s): State<ApiState>) -> Result<Response, Problem> {
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` completes.
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, max_body_bytes: usize, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    max_body_bytes: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, router(state, max_body_bytes)).with_graceful_shutdown(shutdown).await
 }
 
@@ -183,7 +195,12 @@ mod tests {
                 assert!(op["operationId"].is_string() && op["summary"].is_string(), "{method} {path}: operationId and summary");
                 // Every path parameter is declared.
                 for name in path.split('/').filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'))) {
-                    let declared = op["parameters"].as_array().into_iter().flatten().chain(ops["parameters"].as_array().into_iter().flatten()).any(|p| p["name"] == name && p["in"] == "path");
+                    let declared = op["parameters"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .chain(ops["parameters"].as_array().into_iter().flatten())
+                        .any(|p| p["name"] == name && p["in"] == "path");
                     assert!(declared, "{method} {path}: parameter {name}");
                 }
             }

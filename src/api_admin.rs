@@ -9,12 +9,12 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -40,11 +40,7 @@ fn authorise<'a>(s: &'a ApiState, headers: &HeaderMap) -> Result<&'a Admin, Prob
     let Some(given) = given else {
         return Err(Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized", "expected `Authorization: Bearer TOKEN`").bearer());
     };
-    if same_token(given.as_bytes(), admin.token.as_bytes()) {
-        Ok(admin)
-    } else {
-        Err(Problem::new(StatusCode::FORBIDDEN, "Forbidden", "wrong token"))
-    }
+    if same_token(given.as_bytes(), admin.token.as_bytes()) { Ok(admin) } else { Err(Problem::new(StatusCode::FORBIDDEN, "Forbidden", "wrong token")) }
 }
 
 /// Whether `given` is `token`, in time that depends on `given`'s length only: every byte of it
@@ -98,7 +94,9 @@ pub async fn breaker(State(s): State<ApiState>, Path((dependency, action)): Path
         "disable" => AdminAction::Disable,
         "metrics_only" => AdminAction::MetricsOnly,
         "reset" => AdminAction::Reset,
-        other => return Err(Problem::new(StatusCode::NOT_FOUND, "Not Found", format!("no breaker action `{other}` (force_open, disable, metrics_only, reset)"))),
+        other => {
+            return Err(Problem::new(StatusCode::NOT_FOUND, "Not Found", format!("no breaker action `{other}` (force_open, disable, metrics_only, reset)")));
+        }
     };
     let (ts, known) = now(&s, Some(&dependency)).await?;
     if !known {
@@ -118,17 +116,35 @@ struct OverrideBody {
 }
 
 /// `PUT /v1/admin/limits/{tier}/{request_type}/override` with `{"rpm": N, "ttl_s": S}`.
-pub async fn set_override(State(s): State<ApiState>, Path((tier, request_type)): Path<(String, String)>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>) -> Result<Response, Problem> {
+pub async fn set_override(
+    State(s): State<ApiState>,
+    Path((tier, request_type)): Path<(String, String)>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
     let admin = authorise(&s, &headers)?;
     let raw = body(raw)?;
-    let b: OverrideBody = serde_json::from_slice(&raw).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Bad Request", format!("expected {{\"rpm\": N, \"ttl_s\": S}}: {e}")))?;
+    let b: OverrideBody = serde_json::from_slice(&raw)
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Bad Request", format!("expected {{\"rpm\": N, \"ttl_s\": S}}: {e}")))?;
     if b.rpm == 0 || b.ttl_s == 0 || b.ttl_s > MAX_OVERRIDE_S {
-        return Err(Problem::new(StatusCode::BAD_REQUEST, "Bad Request", format!("expected rpm ≥ 1 and ttl_s in 1..={MAX_OVERRIDE_S}, got rpm {} and ttl_s {}", b.rpm, b.ttl_s)));
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            format!("expected rpm ≥ 1 and ttl_s in 1..={MAX_OVERRIDE_S}, got rpm {} and ttl_s {}", b.rpm, b.ttl_s),
+        ));
     }
     let key = limit_key(&s, &tier, &request_type)?;
     let (ts, _) = now(&s, None).await?;
     let until = ts.plus_ms(b.ttl_s as i64 * 1000);
-    let ev = AdminEvent { ts, dependency: String::new(), action: AdminAction::OverrideLimit, key: Some(key.clone()), rpm: Some(b.rpm), until: Some(until), actor: Some(actor(&headers)) };
+    let ev = AdminEvent {
+        ts,
+        dependency: String::new(),
+        action: AdminAction::OverrideLimit,
+        key: Some(key.clone()),
+        rpm: Some(b.rpm),
+        until: Some(until),
+        actor: Some(actor(&headers)),
+    };
     publish(admin, &key, &ev).await
 }
 
@@ -137,17 +153,21 @@ pub async fn clear_override(State(s): State<ApiState>, Path((tier, request_type)
     let admin = authorise(&s, &headers)?;
     let key = limit_key(&s, &tier, &request_type)?;
     let (ts, _) = now(&s, None).await?;
-    let ev = AdminEvent { ts, dependency: String::new(), action: AdminAction::ClearOverride, key: Some(key.clone()), rpm: None, until: None, actor: Some(actor(&headers)) };
+    let ev = AdminEvent {
+        ts,
+        dependency: String::new(),
+        action: AdminAction::ClearOverride,
+        key: Some(key.clone()),
+        rpm: None,
+        until: None,
+        actor: Some(actor(&headers)),
+    };
     publish(admin, &key, &ev).await
 }
 
 fn limit_key(s: &ApiState, tier: &str, request_type: &str) -> Result<String, Problem> {
     let key = format!("{tier}/{request_type}");
-    if s.limit_keys.contains(&key) {
-        Ok(key)
-    } else {
-        Err(Problem::new(StatusCode::NOT_FOUND, "Not Found", format!("no limit `{key}` in the config")))
-    }
+    if s.limit_keys.contains(&key) { Ok(key) } else { Err(Problem::new(StatusCode::NOT_FOUND, "Not Found", format!("no limit `{key}` in the config"))) }
 }
 
 #[cfg(test)]

@@ -11,12 +11,12 @@
 
 use std::sync::atomic::Ordering;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 
 use crate::api_state::{ApiState, Problem, body, lock, path, query, wall_clock};
@@ -82,7 +82,11 @@ pub async fn decide(State(s): State<ApiState>, raw: Result<Bytes, BytesRejection
         // Checked under the lock: shutdown clears it, then takes the lock to publish what the
         // API queued, so nothing is queued after that.
         if !s.ready.load(Ordering::SeqCst) {
-            return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Not Ready", "partitions are being assigned or restored, or the service is stopping; try again"));
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Not Ready",
+                "partitions are being assigned or restored, or the service is stopping; try again",
+            ));
         }
         if sh.api_outputs.len() >= MAX_QUEUED {
             return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Busy", "decisions are waiting to be published (is the broker down?); try again"));

@@ -3,7 +3,7 @@
 //! `/metrics` is scraped (breaker states, adjusted limits, the latest predictions and their
 //! errors), and the consumer lag from librdkafka's statistics.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, GaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::config::Config;
 use crate::outputs::{BreakerStateKind, DecisionKind, Output};
@@ -49,26 +49,77 @@ impl Metrics {
     pub fn new(cfg: &Config) -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("surgeguard".into()), None)?;
         let events_in = reg(&registry, IntCounterVec::new(Opts::new("events_in_total", "Input messages consumed, by topic"), &["topic"])?)?;
-        let outputs = reg(&registry, IntCounterVec::new(Opts::new("outputs_total", "Output records produced, by kind (decisions, limits, breakers, predictions, alerts)"), &["kind"])?)?;
+        let outputs = reg(
+            &registry,
+            IntCounterVec::new(Opts::new("outputs_total", "Output records produced, by kind (decisions, limits, breakers, predictions, alerts)"), &["kind"])?,
+        )?;
         let decisions = reg(&registry, IntCounterVec::new(Opts::new("decisions_total", "Decisions, by decision and tier"), &["decision", "tier"])?)?;
         let dead_lettered = reg(&registry, IntCounter::new("dlq_messages_total", "Input messages sent to the DLQ")?)?;
-        let processing_seconds = reg(&registry, Histogram::with_opts(
-            HistogramOpts::new("processing_seconds", "Time to process one decoded input message and enqueue its outputs, waits for producer queue space included")
+        let processing_seconds = reg(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "processing_seconds",
+                    "Time to process one decoded input message and enqueue its outputs, waits for producer queue space included",
+                )
                 .buckets(vec![0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
-        )?)?;
+            )?,
+        )?;
         let ready = reg(&registry, IntGauge::new("ready", "1 once the instance has its partitions and their state")?)?;
-        let breaker_state = reg(&registry, IntGaugeVec::new(Opts::new("breaker_state", "1 for each dependency's current breaker state"), &["dependency", "state"])?)?;
-        let adjusted_rpm = reg(&registry, GaugeVec::new(Opts::new("limit_adjusted_requests_per_minute", "The adjusted limit per tier and request type"), &["tier", "request_type"])?)?;
-        let predicted_rpm = reg(&registry, GaugeVec::new(Opts::new("predicted_requests_per_minute", "The latest forecast mean demand per scope"), &["scope"])?)?;
+        let breaker_state =
+            reg(&registry, IntGaugeVec::new(Opts::new("breaker_state", "1 for each dependency's current breaker state"), &["dependency", "state"])?)?;
+        let adjusted_rpm = reg(
+            &registry,
+            GaugeVec::new(Opts::new("limit_adjusted_requests_per_minute", "The adjusted limit per tier and request type"), &["tier", "request_type"])?,
+        )?;
+        let predicted_rpm =
+            reg(&registry, GaugeVec::new(Opts::new("predicted_requests_per_minute", "The latest forecast mean demand per scope"), &["scope"])?)?;
         let spike_factor = reg(&registry, GaugeVec::new(Opts::new("predicted_spike_factor", "The latest forecast's spike factor per scope"), &["scope"])?)?;
-        let consumer_lag = reg(&registry, IntGaugeVec::new(Opts::new("consumer_lag_messages", "Messages behind the end of each requests partition this instance owns (librdkafka's statistics, every 5 s)"), &["topic", "partition"])?)?;
-        let prediction_error = reg(&registry, GaugeVec::new(Opts::new("prediction_error_requests_per_minute", "Actual minus predicted demand of the latest step a one-step-ahead forecast covered"), &["scope"])?)?;
-        let prediction_mae = reg(&registry, GaugeVec::new(Opts::new("prediction_mean_absolute_error_requests_per_minute", "Mean absolute one-step-ahead error since start"), &["scope"])?)?;
+        let consumer_lag = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "consumer_lag_messages",
+                    "Messages behind the end of each requests partition this instance owns (librdkafka's statistics, every 5 s)",
+                ),
+                &["topic", "partition"],
+            )?,
+        )?;
+        let prediction_error = reg(
+            &registry,
+            GaugeVec::new(
+                Opts::new("prediction_error_requests_per_minute", "Actual minus predicted demand of the latest step a one-step-ahead forecast covered"),
+                &["scope"],
+            )?,
+        )?;
+        let prediction_mae = reg(
+            &registry,
+            GaugeVec::new(Opts::new("prediction_mean_absolute_error_requests_per_minute", "Mean absolute one-step-ahead error since start"), &["scope"])?,
+        )?;
         let outputs_by_kind = Output::TOPICS.iter().map(|k| outputs.with_label_values(&[*k])).collect();
-        let decisions_by_tier = cfg.tiers.keys().map(|t| (t.clone(), DecisionKind::ALL.map(|k| decisions.with_label_values(&[decision_label(k), t])))).collect();
+        let decisions_by_tier =
+            cfg.tiers.keys().map(|t| (t.clone(), DecisionKind::ALL.map(|k| decisions.with_label_values(&[decision_label(k), t])))).collect();
         let t = &cfg.topics;
-        let events_in_by_topic = [&t.requests, &t.outcomes, &t.telemetry, &t.admin].into_iter().map(|topic| (topic.clone(), events_in.with_label_values(&[topic]))).collect();
-        Ok(Metrics { registry, events_in, decisions, dead_lettered, processing_seconds, ready, outputs_by_kind, decisions_by_tier, events_in_by_topic, breaker_state, adjusted_rpm, predicted_rpm, spike_factor, consumer_lag, prediction_error, prediction_mae })
+        let events_in_by_topic =
+            [&t.requests, &t.outcomes, &t.telemetry, &t.admin].into_iter().map(|topic| (topic.clone(), events_in.with_label_values(&[topic]))).collect();
+        Ok(Metrics {
+            registry,
+            events_in,
+            decisions,
+            dead_lettered,
+            processing_seconds,
+            ready,
+            outputs_by_kind,
+            decisions_by_tier,
+            events_in_by_topic,
+            breaker_state,
+            adjusted_rpm,
+            predicted_rpm,
+            spike_factor,
+            consumer_lag,
+            prediction_error,
+            prediction_mae,
+        })
     }
 
     /// The lag of each assigned partition from librdkafka's statistics (partitions no longer
@@ -163,7 +214,12 @@ mod tests {
         m.count_in(&cfg.topics.requests);
         m.count_in(&cfg.topics.requests);
         m.count_in("somewhere.else");
-        let outs = [decision("pro", DecisionKind::Allow), decision("pro", DecisionKind::Throttle), decision("pro", DecisionKind::Throttle), decision("nobody", DecisionKind::AllowWithGrace)];
+        let outs = [
+            decision("pro", DecisionKind::Allow),
+            decision("pro", DecisionKind::Throttle),
+            decision("pro", DecisionKind::Throttle),
+            decision("nobody", DecisionKind::AllowWithGrace),
+        ];
         m.count_outputs(&outs);
         let text = m.render(None);
         let has = |line: &str| assert!(text.lines().any(|l| l == line), "no line `{line}` in\n{text}");

@@ -126,7 +126,11 @@ pub(crate) async fn lock(shared: &Mutex<Shared>) -> Result<MutexGuard<'_, Shared
             continue;
         }
         if started.elapsed() >= Duration::from_secs(2) {
-            return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Busy", "the pipeline's state is held by a rebalance (a restore, or a flush and commit); try again"));
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Busy",
+                "the pipeline's state is held by a rebalance (a restore, or a flush and commit); try again",
+            ));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }

@@ -245,10 +245,13 @@ mod tests {
         assert_eq!(last, 8);
         assert!(b.is_empty());
         let rel: Vec<String> = files.iter().map(|f| f.strip_prefix(&dir).expect("under dir").display().to_string()).collect();
-        assert_eq!(rel, [
-            "date=1970-01-01/hour=09/req+2+00000000000000000005+00000000000000000008+1+2.parquet",
-            "date=1970-01-01/hour=10/req+2+00000000000000000005+00000000000000000008+2+2.parquet",
-        ]);
+        assert_eq!(
+            rel,
+            [
+                "date=1970-01-01/hour=09/req+2+00000000000000000005+00000000000000000008+1+2.parquet",
+                "date=1970-01-01/hour=10/req+2+00000000000000000005+00000000000000000008+2+2.parquet",
+            ]
+        );
         assert_eq!(recover(&dir, "req", 2).expect("scan"), Recovered { archived_up_to: Some(8), removed: vec![], wait: false });
         assert_eq!(recover(&dir, "req", 1).expect("scan").archived_up_to, None);
         assert_eq!(recover(&dir, "other", 2).expect("scan").archived_up_to, None);

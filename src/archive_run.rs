@@ -53,7 +53,9 @@ pub enum ArchiveError {
     Kafka(#[from] KafkaError),
     #[error("archive: {0}")]
     History(#[from] HistoryError),
-    #[error("the archive holds {topic} partition {partition} up to offset {archived}, but the partition ends at {end}: was the topic recreated? Archive it into another directory")]
+    #[error(
+        "the archive holds {topic} partition {partition} up to offset {archived}, but the partition ends at {end}: was the topic recreated? Archive it into another directory"
+    )]
     Ahead { topic: String, partition: i32, archived: i64, end: i64 },
 }
 
@@ -338,6 +340,13 @@ pub async fn archive(cfg: Arc<Config>, brokers: &str, opts: ArchiveOptions, shut
     a.sweep(true)?;
     let stats = a.stats;
     consumer.unsubscribe();
-    tracing::info!(consumed = stats.consumed, archived = stats.archived, files = stats.files, already_archived = stats.already_archived, undecodable = stats.undecodable, "stopped");
+    tracing::info!(
+        consumed = stats.consumed,
+        archived = stats.archived,
+        files = stats.files,
+        already_archived = stats.already_archived,
+        undecodable = stats.undecodable,
+        "stopped"
+    );
     Ok(stats)
 }

@@ -22,8 +22,8 @@ use serde::Serialize;
 
 use crate::demand::Series;
 use crate::features::EventSpan;
-use crate::forecast::{self, Design, FitOptions, ForecastError, Forecaster};
 use crate::features::prefix_sums;
+use crate::forecast::{self, Design, FitOptions, ForecastError, Forecaster};
 use crate::metrics::{Accuracy, ErrorSums, seasonal_naive_scale};
 use crate::time::Millis;
 
@@ -127,7 +127,14 @@ pub fn seasonal_naive(values: &[f64], origin: usize, h: usize, m: usize) -> Opti
 }
 
 /// One window: its report line, and the model fitted at its cutoff.
-fn run_window(series: &Series, events: &[EventSpan], opts: &BacktestOptions, rows: &Design, w: usize, origin: usize) -> Result<(Window, forecast::DemandModel), BacktestError> {
+fn run_window(
+    series: &Series,
+    events: &[EventSpan],
+    opts: &BacktestOptions,
+    rows: &Design,
+    w: usize,
+    origin: usize,
+) -> Result<(Window, forecast::DemandModel), BacktestError> {
     let h = opts.fit.horizon_steps;
     let cutoff = series.time_of(origin);
     let train = Series { start: series.start, step_ms: series.step_ms, values: series.values[..origin].to_vec() };
@@ -159,25 +166,28 @@ fn run_window(series: &Series, events: &[EventSpan], opts: &BacktestOptions, row
         .then(|| actual.iter().position(|a| *a > opts.spike_threshold * hf.baseline))
         .flatten()
         .map(|k| k as f64 * series.step_ms as f64 / 60_000.0);
-    Ok((Window {
-        cutoff,
-        origin,
-        naive_daily: seasonal_naive(&series.values, origin, h, steps_in(DAY)),
-        naive_weekly: seasonal_naive(&series.values, origin, h, steps_in(WEEK)),
-        actual,
-        predicted,
-        bands,
-        mae: e.mae(),
-        mase,
-        actual_mean,
-        predicted_mean: hf.mean,
-        baseline: hf.baseline,
-        spike_factor: hf.spike_factor,
-        confidence: hf.confidence,
-        spike,
-        alert,
-        lead_minutes,
-    }, model))
+    Ok((
+        Window {
+            cutoff,
+            origin,
+            naive_daily: seasonal_naive(&series.values, origin, h, steps_in(DAY)),
+            naive_weekly: seasonal_naive(&series.values, origin, h, steps_in(WEEK)),
+            actual,
+            predicted,
+            bands,
+            mae: e.mae(),
+            mase,
+            actual_mean,
+            predicted_mean: hf.mean,
+            baseline: hf.baseline,
+            spike_factor: hf.spike_factor,
+            confidence: hf.confidence,
+            spike,
+            alert,
+            lead_minutes,
+        },
+        model,
+    ))
 }
 
 /// Runs the backtest; `progress` is called once per finished window (from worker threads).

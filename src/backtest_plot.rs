@@ -32,12 +32,7 @@ pub fn plot(series: &Series, report: &Report, path: &Path, width: u32, height: u
     let from = first.origin.saturating_sub(per_day);
     let to = (last.origin + last.actual.len()).min(series.values.len());
     let hours = |i: usize| (i as i64 - from as i64) as f64 * step as f64 / 3_600_000.0;
-    let top = series.values[from..to]
-        .iter()
-        .copied()
-        .chain(report.per_window.iter().flat_map(|w| w.bands.iter().map(|b| b[3])))
-        .fold(1.0f64, f64::max)
-        * 1.08;
+    let top = series.values[from..to].iter().copied().chain(report.per_window.iter().flat_map(|w| w.bands.iter().map(|b| b[3]))).fold(1.0f64, f64::max) * 1.08;
     let t0 = series.time_of(from);
 
     let root = BitMapBackend::new(path, (width, height)).into_drawing_area();

@@ -151,11 +151,7 @@ async fn read(consumer: &StreamConsumer, want: usize, stamped_from: i64, timeout
         if stamped_from == i64::MAX {
             continue;
         }
-        if let Some(ts) = m
-            .payload()
-            .and_then(|p| serde_json::from_slice::<Stamped<'_>>(p).ok())
-            .and_then(|v| Millis::parse_rfc3339(v.ts).ok())
-        {
+        if let Some(ts) = m.payload().and_then(|p| serde_json::from_slice::<Stamped<'_>>(p).ok()).and_then(|v| Millis::parse_rfc3339(v.ts).ok()) {
             if ts.0 >= stamped_from {
                 latencies.push((now_ms() - ts.0) as f64);
             }
@@ -189,11 +185,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// A plain consume → produce loop, as fast as librdkafka goes (auto commit, no processing).
 async fn passthrough(brokers: String, input: String, output: String, group: String, stop: impl Future<Output = ()>) -> Result<(), BenchError> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", &group)
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+    let consumer: StreamConsumer =
+        ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", &group).set("auto.offset.reset", "earliest").create()?;
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create()?;
     consumer.subscribe(&[&input])?;
     let mut acks: FuturesUnordered<rdkafka::producer::DeliveryFuture> = FuturesUnordered::new();
@@ -266,13 +259,7 @@ where
         Err(e) => tracing::warn!(error = %e, "processor task ended abnormally"),
     }
     latencies.sort_by(f64::total_cmp);
-    Ok(Figures {
-        events_per_s,
-        p50_ms: percentile(&latencies, 0.50),
-        p99_ms: percentile(&latencies, 0.99),
-        latency_samples: latencies.len(),
-        offered_per_s,
-    })
+    Ok(Figures { events_per_s, p50_ms: percentile(&latencies, 0.50), p99_ms: percentile(&latencies, 0.99), latency_samples: latencies.len(), offered_per_s })
 }
 
 /// Which sides a bench run measures.
@@ -296,11 +283,15 @@ pub struct Round {
 async fn measure_passthrough(cfg: &Config, brokers: &str, opts: &BenchOptions, events: &[RequestEvent], run_id: &str) -> Result<Figures, BenchError> {
     let admin_cfg = runtime::client_config(cfg, brokers);
     let (input, output) = (format!("{run_id}.pt.in"), format!("{run_id}.pt.out"));
-    let specs: Vec<kafka_topics::TopicSpec> =
-        [&input, &output].iter().map(|name| kafka_topics::TopicSpec::new(name, cfg.kafka.partitions.requests)).collect();
+    let specs: Vec<kafka_topics::TopicSpec> = [&input, &output].iter().map(|name| kafka_topics::TopicSpec::new(name, cfg.kafka.partitions.requests)).collect();
     kafka_topics::create(&admin_cfg, &specs, cfg.kafka.replication_factor).await?;
     let (b, i, o, g) = (brokers.to_string(), input.clone(), output.clone(), format!("{run_id}.pt"));
-    let figures = measure(brokers, &input, &output, opts, events, |stopped| tokio::spawn(passthrough(b, i, o, g, async { stopped.await.ok(); }))).await;
+    let figures = measure(brokers, &input, &output, opts, events, |stopped| {
+        tokio::spawn(passthrough(b, i, o, g, async {
+            stopped.await.ok();
+        }))
+    })
+    .await;
     drop_topics(&admin_cfg, &[&input, &output]).await;
     figures
 }
@@ -344,7 +335,10 @@ async fn measure_surgeguard(cfg: &Config, brokers: &str, opts: &BenchOptions, ev
     let b = brokers.to_string();
     let figures = measure(brokers, &i, &o, opts, events, |stopped| {
         tokio::spawn(async move {
-            runtime::run(sg, &b, async { stopped.await.ok(); }).await?;
+            runtime::run(sg, &b, async {
+                stopped.await.ok();
+            })
+            .await?;
             Ok(())
         })
     })

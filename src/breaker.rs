@@ -25,7 +25,9 @@ use BreakerStateKind::*;
 pub enum Permission {
     Permitted,
     /// Refused; `retry_at` is when the breaker will let probes through, if it will.
-    Refused { retry_at: Option<Millis> },
+    Refused {
+        retry_at: Option<Millis>,
+    },
 }
 
 /// A state change, stamped with the event time at which it happened.
@@ -98,12 +100,7 @@ impl Breaker {
 
     pub fn metrics(&self) -> BreakerMetrics {
         let c = if self.state == HalfOpen { self.probes } else { self.last };
-        BreakerMetrics {
-            failure_weight: c.weight(),
-            failure_rate: c.failure_rate(),
-            slow_call_rate: c.slow_call_rate(),
-            calls: c.calls,
-        }
+        BreakerMetrics { failure_weight: c.weight(), failure_rate: c.failure_rate(), slow_call_rate: c.slow_call_rate(), calls: c.calls }
     }
 
     fn weight(&self, error: ErrorClass) -> f64 {
@@ -215,8 +212,7 @@ impl Breaker {
                 if self.probes.calls >= self.cfg.half_open_probes {
                     let p = self.probes;
                     self.last = p;
-                    let bad = p.failure_rate() >= self.cfg.failure_rate_threshold
-                        || p.slow_call_rate() >= self.cfg.slow_call_rate_threshold;
+                    let bad = p.failure_rate() >= self.cfg.failure_rate_threshold || p.slow_call_rate() >= self.cfg.slow_call_rate_threshold;
                     Some(self.go(if bad { Open } else { Closed }, now))
                 } else {
                     None
@@ -229,8 +225,7 @@ impl Breaker {
     fn should_trip(&self, t: &Counts) -> bool {
         let by_weight = t.weight_milli > 0 && t.weight() >= self.cfg.weight_threshold;
         let by_rate = t.calls >= self.cfg.minimum_calls
-            && (t.failure_rate() >= self.cfg.failure_rate_threshold
-                || t.slow_call_rate() >= self.cfg.slow_call_rate_threshold);
+            && (t.failure_rate() >= self.cfg.failure_rate_threshold || t.slow_call_rate() >= self.cfg.slow_call_rate_threshold);
         by_weight || by_rate
     }
 
@@ -406,12 +401,7 @@ mod tests {
 
     #[test]
     fn seed_weighted_score_trips_without_a_minimum() {
-        let mut b = Breaker::new(&BreakerConfig {
-            weight_threshold: 10.0,
-            minimum_calls: 1000,
-            weights: ErrorWeights::default(),
-            ..BreakerConfig::default()
-        });
+        let mut b = Breaker::new(&BreakerConfig { weight_threshold: 10.0, minimum_calls: 1000, weights: ErrorWeights::default(), ..BreakerConfig::default() });
         // server_error 2.5 × 3 + timeout 2.0 = 9.5: closed; + rate_limit 1.5 = 11: open.
         for _ in 0..3 {
             b.on_outcome(t(0), false, Some(ErrorClass::ServerError), 1.0);
@@ -443,12 +433,7 @@ mod tests {
 
     #[test]
     fn slow_calls_trip_by_rate() {
-        let mut b = Breaker::new(&BreakerConfig {
-            minimum_calls: 4,
-            slow_call_rate_threshold: 0.75,
-            slow_call_duration_ms: 1000,
-            ..BreakerConfig::default()
-        });
+        let mut b = Breaker::new(&BreakerConfig { minimum_calls: 4, slow_call_rate_threshold: 0.75, slow_call_duration_ms: 1000, ..BreakerConfig::default() });
         for latency in [1500.0, 1000.0, 2000.0] {
             b.on_outcome(t(0), true, None, latency);
         }

@@ -40,12 +40,8 @@ impl Breakers {
 
     fn entry(&mut self, dependency: &str) -> &mut Entry {
         if !self.entries.contains_key(dependency) {
-            let alternatives = self
-                .cfg
-                .dependencies
-                .get(dependency)
-                .map(|d| d.alternatives.iter().map(|a| Arc::<str>::from(a.as_str())).collect())
-                .unwrap_or_default();
+            let alternatives =
+                self.cfg.dependencies.get(dependency).map(|d| d.alternatives.iter().map(|a| Arc::<str>::from(a.as_str())).collect()).unwrap_or_default();
             let breaker = Breaker::new(self.cfg.breaker_for(dependency));
             let previous = breaker.state();
             let entry = Entry { breaker, alternatives, plan: Vec::new(), previous };
@@ -82,11 +78,7 @@ impl Breakers {
 
     /// Fires the timers due by `now` (open → half-open).
     pub fn advance(&mut self, now: Millis, out: &mut Vec<BreakerState>) {
-        let due: Vec<(Arc<str>, Transition)> = self
-            .entries
-            .iter_mut()
-            .filter_map(|(name, e)| e.breaker.advance(now).map(|t| (name.clone(), t)))
-            .collect();
+        let due: Vec<(Arc<str>, Transition)> = self.entries.iter_mut().filter_map(|(name, e)| e.breaker.advance(now).map(|t| (name.clone(), t))).collect();
         for (name, t) in due {
             self.publish(&name, t, out);
         }
@@ -152,12 +144,7 @@ impl Breakers {
         }
         out.extend(self.state_record(&name, t.from, t.at));
         // Dependents whose plan names this dependency.
-        let dependents: Vec<Arc<str>> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.alternatives.iter().any(|a| **a == *name))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let dependents: Vec<Arc<str>> = self.entries.iter().filter(|(_, e)| e.alternatives.iter().any(|a| **a == *name)).map(|(n, _)| n.clone()).collect();
         for dep in dependents {
             let plan = self.resolve(&dep);
             let Some(e) = self.entries.get_mut(&dep) else { continue };

@@ -25,17 +25,17 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use compact_str::CompactString;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::kafka_topics;
-use crate::offsets::FastMap;
 use crate::limiter::SavedState;
+use crate::offsets::FastMap;
 use crate::topology::Topology;
 
 /// One changelog record's value.
@@ -289,12 +289,8 @@ pub fn restore(
     if partitions.is_empty() {
         return Ok(out);
     }
-    let consumer: BaseConsumer = client
-        .clone()
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("group.id", "surgeguard-changelog-restore")
-        .create()?;
+    let consumer: BaseConsumer =
+        client.clone().set("enable.auto.commit", "false").set("enable.partition.eof", "false").set("group.id", "surgeguard-changelog-restore").create()?;
     // Assigned first: a client knows a partition (and can ask for its end) once it uses it.
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
@@ -394,7 +390,11 @@ mod tests {
         assert_eq!(
             flushed,
             vec![
-                Flush { partition: 0, hold: Some(10), users: vec![("u2".into(), "standard".into(), 11), ("u1".into(), "standard".into(), 12), ("u1".into(), "heavy".into(), 13)] },
+                Flush {
+                    partition: 0,
+                    hold: Some(10),
+                    users: vec![("u2".into(), "standard".into(), 11), ("u1".into(), "standard".into(), 12), ("u1".into(), "heavy".into(), 13)]
+                },
                 Flush { partition: 3, hold: Some(5), users: vec![("u3".into(), "heavy".into(), 5)] },
             ]
         );
@@ -452,7 +452,10 @@ mod tests {
         let mut dirty: Vec<i32> = p.dirty_partitions().collect();
         dirty.sort_unstable();
         assert_eq!(dirty, [0, 1]);
-        assert_eq!(p.take_where(|q| q == 1), vec![Flush { partition: 1, hold: Some(20), users: vec![("u2".into(), "standard".into(), 20), ("u3".into(), "standard".into(), 21)] }]);
+        assert_eq!(
+            p.take_where(|q| q == 1),
+            vec![Flush { partition: 1, hold: Some(20), users: vec![("u2".into(), "standard".into(), 20), ("u3".into(), "standard".into(), 21)] }]
+        );
         assert_eq!(p.len(), 1, "partition 0's key stays dirty");
         assert!(!p.note(0, 11, "u4", "standard"), "partition 0 still holds at 10");
         assert!(p.note(1, 22, "u2", "standard"), "partition 1 holds again after its flush");

@@ -144,7 +144,14 @@ fn load(h: &HistoryArgs) -> anyhow::Result<(Series, Vec<EventSpan>)> {
         }
         None => groups.into_values().next().context("the history has no rows")?,
     };
-    eprintln!("read {} steps of {} from {} to {} in {:.2} s", series.values.len(), h.source.resolution, series.start, series.time_of(series.values.len().saturating_sub(1)), started.elapsed().as_secs_f64());
+    eprintln!(
+        "read {} steps of {} from {} to {} in {:.2} s",
+        series.values.len(),
+        h.source.resolution,
+        series.start,
+        series.time_of(series.values.len().saturating_sub(1)),
+        started.elapsed().as_secs_f64()
+    );
     let events = match &h.events {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -278,7 +285,17 @@ fn print_summary(reports: &[Report]) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{:<14} {:>10} {:>10} {:>8} {:>7} {:>7} {:>7}", "forecast", "MAE", "RMSE", "sMAPE%", "MASE", "cov80", "cov95");
     let mut line = |name: &str, a: &surgeguard::metrics::Accuracy, c80: Option<f64>, c95: Option<f64>| {
-        let _ = writeln!(o, "{:<14} {:>10.3} {:>10.3} {:>8.2} {:>7} {:>7} {:>7}", name, a.mae, a.rmse, a.smape, fmt_opt(a.mase, 3), fmt_opt(c80, 3), fmt_opt(c95, 3));
+        let _ = writeln!(
+            o,
+            "{:<14} {:>10.3} {:>10.3} {:>8.2} {:>7} {:>7} {:>7}",
+            name,
+            a.mae,
+            a.rmse,
+            a.smape,
+            fmt_opt(a.mase, 3),
+            fmt_opt(c80, 3),
+            fmt_opt(c95, 3)
+        );
     };
     for r in reports {
         line(&r.family, &r.model, Some(r.coverage_80), Some(r.coverage_95));

@@ -11,12 +11,11 @@ use serde::Deserialize;
 #[cfg(test)]
 use serde::Serialize;
 
-use crate::outputs::{AlertSeverity, LoadSeverity};
 pub use crate::config_service::{ApiConfig, Guarantee, KafkaConfig, TopicPartitions, TopicsConfig};
+use crate::outputs::{AlertSeverity, LoadSeverity};
 
 /// The whole pipeline configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -51,8 +50,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct LimiterConfig {
@@ -82,8 +80,7 @@ impl Default for LimiterConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct TierConfig {
@@ -103,8 +100,7 @@ fn tier(baseline_rpm: u32, minimum_guaranteed: u32, maximum_burst: u32, grace_al
     TierConfig { baseline_rpm, minimum_guaranteed, maximum_burst, grace_allowance, grace_window_s: 3600 }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct RequestTypeConfig {
@@ -123,8 +119,7 @@ pub enum StrategyKind {
 }
 
 /// One row of the throttling table. Empty `tiers` / `request_types` match any.
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleRule {
@@ -171,8 +166,7 @@ pub enum Aggregate {
     Max,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
@@ -189,8 +183,7 @@ impl Default for HealthConfig {
 }
 
 /// One step of a multiplier table: above `above` utilisation, apply `multiplier`.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -202,8 +195,7 @@ fn steps(pairs: &[(f64, f64)]) -> Vec<Step> {
     pairs.iter().map(|&(above, multiplier)| Step { above, multiplier }).collect()
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct AdaptiveConfig {
@@ -235,8 +227,7 @@ impl Default for AdaptiveConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiMultipliers {
@@ -254,8 +245,7 @@ impl Default for ApiMultipliers {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
@@ -307,8 +297,7 @@ impl Default for BreakerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct ErrorWeights {
@@ -325,8 +314,7 @@ impl Default for ErrorWeights {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct DependencyConfig {
@@ -339,15 +327,8 @@ pub struct DependencyConfig {
 }
 
 fn default_dependencies() -> BTreeMap<String, DependencyConfig> {
-    let dep = |alts: &[&str]| DependencyConfig {
-        alternatives: alts.iter().map(|s| s.to_string()).collect(),
-        breaker: toml::Table::new(),
-    };
-    BTreeMap::from([
-        ("ai_primary".to_string(), dep(&["ai_secondary"])),
-        ("ai_secondary".to_string(), dep(&["ai_primary"])),
-        ("database".to_string(), dep(&[])),
-    ])
+    let dep = |alts: &[&str]| DependencyConfig { alternatives: alts.iter().map(|s| s.to_string()).collect(), breaker: toml::Table::new() };
+    BTreeMap::from([("ai_primary".to_string(), dep(&["ai_secondary"])), ("ai_secondary".to_string(), dep(&["ai_primary"])), ("database".to_string(), dep(&[]))])
 }
 
 /// A kind of fallback step, for ordering the plan.
@@ -361,8 +342,7 @@ pub enum FallbackKind {
     Template,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct FallbackConfig {
@@ -381,8 +361,7 @@ impl Default for FallbackConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorConfig {
@@ -397,8 +376,7 @@ impl Default for MonitorConfig {
 }
 
 /// A threshold rule evaluated on each closed minute.
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdRule {
@@ -410,8 +388,7 @@ pub struct ThresholdRule {
 }
 
 /// A rule that fires on an event (per subject, e.g. per dependency).
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct EventRule {
@@ -420,8 +397,7 @@ pub struct EventRule {
     pub cooldown_s: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
@@ -437,8 +413,7 @@ pub struct AlertsConfig {
     pub predicted_spike: EventRule,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct CorrelationRule {
@@ -455,13 +430,7 @@ impl Default for AlertsConfig {
         AlertsConfig {
             throttling: ThresholdRule { enabled: true, threshold: 100.0, severity: AlertSeverity::Warning, cooldown_s: 300 },
             grace_usage: ThresholdRule { enabled: true, threshold: 0.8, severity: AlertSeverity::High, cooldown_s: 300 },
-            throttle_load_correlation: CorrelationRule {
-                enabled: true,
-                threshold: 0.3,
-                severity: AlertSeverity::Medium,
-                cooldown_s: 900,
-                min_throttled: 100,
-            },
+            throttle_load_correlation: CorrelationRule { enabled: true, threshold: 0.3, severity: AlertSeverity::Medium, cooldown_s: 900, min_throttled: 100 },
             breaker_tripped: EventRule { enabled: true, severity: AlertSeverity::High, cooldown_s: 60 },
             predicted_spike: EventRule { enabled: true, severity: AlertSeverity::High, cooldown_s: 3600 },
         }
@@ -470,8 +439,7 @@ impl Default for AlertsConfig {
 
 /// Predictive limits: a demand model (`surgeguard fit`) forecasts the next horizon at each of its
 /// steps from the request stream's counts, and a forecast spike cuts every limit ahead of it.
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct PredictionConfig {
@@ -548,10 +516,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             topics: TopicsConfig::default(),
             kafka: KafkaConfig::default(),
-            resolved_breakers: default_dependencies()
-                .into_keys()
-                .map(|name| (name, BreakerConfig::default()))
-                .collect(),
+            resolved_breakers: default_dependencies().into_keys().map(|name| (name, BreakerConfig::default())).collect(),
         }
     }
 }

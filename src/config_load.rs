@@ -11,9 +11,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
-use crate::config::{
-    BreakerConfig, Config, ErrorWeights, Step, ThrottleRule,
-};
+use crate::config::{BreakerConfig, Config, ErrorWeights, Step, ThrottleRule};
 use crate::outputs::LoadSeverity;
 
 /// One problem in a config file.
@@ -50,10 +48,8 @@ impl fmt::Display for ConfigErrors {
 /// Reads and validates a pipeline file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        origin: origin.clone(),
-        errors: vec![ConfigError { key: String::new(), message: format!("cannot read file: {e}") }],
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors { origin: origin.clone(), errors: vec![ConfigError { key: String::new(), message: format!("cannot read file: {e}") }] })?;
     load_str(&text, &origin)
 }
 
@@ -170,9 +166,7 @@ fn parse<T: DeserializeOwned>(mut value: toml::Value, prefix: &str, errors: &mut
                         }
                     }
                 }
-                let path = target.iter().fold(String::new(), |acc, s| {
-                    if s.parse::<usize>().is_ok() { format!("{acc}[{s}]") } else { join(&acc, s) }
-                });
+                let path = target.iter().fold(String::new(), |acc, s| if s.parse::<usize>().is_ok() { format!("{acc}[{s}]") } else { join(&acc, s) });
                 let key = join(prefix, &path);
                 if message.starts_with("missing field") && backticked(&message).is_some_and(|name| removed.contains(&join(&key, name))) {
                     return None;
@@ -212,7 +206,8 @@ fn set<T: DeserializeOwned>(slot: &mut T, value: toml::Value, prefix: &str, erro
     }
 }
 
-const SECTIONS: &str = "limiter, tiers, request_types, throttle, health, adaptive, breaker, dependencies, fallback, monitor, alerts, prediction, api, topics, kafka";
+const SECTIONS: &str =
+    "limiter, tiers, request_types, throttle, health, adaptive, breaker, dependencies, fallback, monitor, alerts, prediction, api, topics, kafka";
 
 /// librdkafka properties surgeguard sets itself; a pipeline file may not override them.
 pub const MANAGED_PROPERTIES: &[&str] = &[
@@ -306,13 +301,17 @@ fn check(errors: &mut Vec<ConfigError>, ok: bool, key: impl Into<String>, messag
 fn check_steps(errors: &mut Vec<ConfigError>, key: &str, steps: &[Step]) {
     for (i, s) in steps.iter().enumerate() {
         check(errors, (0.0..1.0).contains(&s.above), format!("{key}[{i}].above"), || format!("expected a utilisation in 0..1, got {}", s.above));
-        check(errors, s.multiplier > 0.0 && s.multiplier <= 10.0, format!("{key}[{i}].multiplier"), || format!("expected a factor in (0, 10], got {}", s.multiplier));
+        check(errors, s.multiplier > 0.0 && s.multiplier <= 10.0, format!("{key}[{i}].multiplier"), || {
+            format!("expected a factor in (0, 10], got {}", s.multiplier)
+        });
     }
 }
 
 fn check_breaker(errors: &mut Vec<ConfigError>, key: &str, b: &BreakerConfig) {
     check(errors, (1..=3600).contains(&b.window_s), format!("{key}.window_s"), || format!("expected 1..=3600 seconds, got {}", b.window_s));
-    check(errors, b.weight_threshold > 0.0 && b.weight_threshold <= 1e9, format!("{key}.weight_threshold"), || format!("expected a number in (0, 1e9], got {}", b.weight_threshold));
+    check(errors, b.weight_threshold > 0.0 && b.weight_threshold <= 1e9, format!("{key}.weight_threshold"), || {
+        format!("expected a number in (0, 1e9], got {}", b.weight_threshold)
+    });
     for (name, v) in [("failure_rate_threshold", b.failure_rate_threshold), ("slow_call_rate_threshold", b.slow_call_rate_threshold)] {
         check(errors, v > 0.0 && v <= 1.0, format!("{key}.{name}"), || format!("expected a rate in (0, 1], got {v}"));
     }
@@ -335,15 +334,15 @@ fn check_topic(errors: &mut Vec<ConfigError>, key: &str, name: &str) {
         && name != "."
         && name != ".."
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    check(errors, valid, format!("topics.{key}"), || {
-        format!("expected a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -), got `{name}`")
-    });
+    check(errors, valid, format!("topics.{key}"), || format!("expected a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -), got `{name}`"));
 }
 
 fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     let l = &c.limiter;
     check(errors, (1..=86_400).contains(&l.window_s), "limiter.window_s", || format!("expected 1..=86400 seconds, got {}", l.window_s));
-    check(errors, c.tiers.contains_key(&l.default_tier), "limiter.default_tier", || format!("expected one of the tiers ({}), got `{}`", names(&c.tiers), l.default_tier));
+    check(errors, c.tiers.contains_key(&l.default_tier), "limiter.default_tier", || {
+        format!("expected one of the tiers ({}), got `{}`", names(&c.tiers), l.default_tier)
+    });
     check(errors, c.request_types.contains_key(&l.default_request_type), "limiter.default_request_type", || {
         format!("expected one of the request types ({}), got `{}`", names(&c.request_types), l.default_request_type)
     });
@@ -389,7 +388,9 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
 
     check(errors, c.health.stale_after_s >= 1, "health.stale_after_s", || "expected ≥ 1 second".into());
     let a = &c.adaptive;
-    check(errors, a.severity_high > 0.0 && a.severity_high < 1.0, "adaptive.severity_high", || format!("expected a utilisation in (0, 1), got {}", a.severity_high));
+    check(errors, a.severity_high > 0.0 && a.severity_high < 1.0, "adaptive.severity_high", || {
+        format!("expected a utilisation in (0, 1), got {}", a.severity_high)
+    });
     check(errors, a.severity_critical > a.severity_high && a.severity_critical <= 1.0, "adaptive.severity_critical", || {
         format!("expected a utilisation above severity_high ({}) and ≤ 1, got {}", a.severity_high, a.severity_critical)
     });
@@ -397,7 +398,14 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     check_steps(errors, "adaptive.db", &a.db);
     check_steps(errors, "adaptive.queue", &a.queue);
     let api = &a.api;
-    for (name, v) in [("closed", api.closed), ("half_open", api.half_open), ("open", api.open), ("forced_open", api.forced_open), ("disabled", api.disabled), ("metrics_only", api.metrics_only)] {
+    for (name, v) in [
+        ("closed", api.closed),
+        ("half_open", api.half_open),
+        ("open", api.open),
+        ("forced_open", api.forced_open),
+        ("disabled", api.disabled),
+        ("metrics_only", api.metrics_only),
+    ] {
         check(errors, v > 0.0 && v <= 10.0, format!("adaptive.api.{name}"), || format!("expected a factor in (0, 10], got {v}"));
     }
 
@@ -417,7 +425,9 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
 
     let f = &c.fallback;
     let distinct: BTreeSet<_> = f.order.iter().map(|k| *k as u8).collect();
-    check(errors, !f.order.is_empty() && distinct.len() == f.order.len(), "fallback.order", || "expected each of alternative, cache, rules, template at most once".into());
+    check(errors, !f.order.is_empty() && distinct.len() == f.order.len(), "fallback.order", || {
+        "expected each of alternative, cache, rules, template at most once".into()
+    });
     for (name, v) in [("cache_min_similarity", f.cache_min_similarity), ("cache_min_quality", f.cache_min_quality)] {
         check(errors, (0.0..=1.0).contains(&v), format!("fallback.{name}"), || format!("expected a score in 0..1, got {v}"));
     }
@@ -432,10 +442,14 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     let p = &c.prediction;
     check(errors, p.spike_factor > 1.0 && p.spike_factor.is_finite(), "prediction.spike_factor", || format!("expected a factor > 1, got {}", p.spike_factor));
     check(errors, (0.0..1.0).contains(&p.min_confidence), "prediction.min_confidence", || format!("expected a probability in 0..1, got {}", p.min_confidence));
-    check(errors, p.coverage > 0.0 && p.coverage <= 0.98, "prediction.coverage", || format!("expected a coverage in (0, 0.98] (model files keep score quantiles from 1 % to 99 %), got {}", p.coverage));
+    check(errors, p.coverage > 0.0 && p.coverage <= 0.98, "prediction.coverage", || {
+        format!("expected a coverage in (0, 0.98] (model files keep score quantiles from 1 % to 99 %), got {}", p.coverage)
+    });
     check(errors, p.allowed_lateness_s <= 86_400, "prediction.allowed_lateness_s", || format!("expected 0..=86400 seconds, got {}", p.allowed_lateness_s));
     check(errors, !p.scope.is_empty(), "prediction.scope", || "expected a non-empty key".into());
-    check(errors, p.history.is_empty() || !p.model.is_empty(), "prediction.history", || "expected empty while prediction.model is empty (there is no model to seed)".into());
+    check(errors, p.history.is_empty() || !p.model.is_empty(), "prediction.history", || {
+        "expected empty while prediction.model is empty (there is no model to seed)".into()
+    });
     let listen = &c.api.listen;
     check(errors, listen.is_empty() || listen.parse::<std::net::SocketAddr>().is_ok(), "api.listen", || {
         format!("expected \"\" (off) or an address such as 127.0.0.1:8480, got `{listen}`")
@@ -446,9 +460,16 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     check_kafka(c, errors);
     let t = &c.topics;
     let all = [
-        ("requests", &t.requests), ("outcomes", &t.outcomes), ("telemetry", &t.telemetry), ("admin", &t.admin),
-        ("decisions", &t.decisions), ("limits", &t.limits), ("breakers", &t.breakers),
-        ("predictions", &t.predictions), ("alerts", &t.alerts), ("dlq", &t.dlq),
+        ("requests", &t.requests),
+        ("outcomes", &t.outcomes),
+        ("telemetry", &t.telemetry),
+        ("admin", &t.admin),
+        ("decisions", &t.decisions),
+        ("limits", &t.limits),
+        ("breakers", &t.breakers),
+        ("predictions", &t.predictions),
+        ("alerts", &t.alerts),
+        ("dlq", &t.dlq),
     ];
     let mut seen = BTreeMap::new();
     for (key, name) in all {
@@ -468,9 +489,16 @@ fn check_kafka(c: &Config, errors: &mut Vec<ConfigError>) {
     });
     let p = &k.partitions;
     for (name, n) in [
-        ("requests", p.requests), ("outcomes", p.outcomes), ("telemetry", p.telemetry), ("admin", p.admin),
-        ("decisions", p.decisions), ("limits", p.limits), ("breakers", p.breakers),
-        ("predictions", p.predictions), ("alerts", p.alerts), ("dlq", p.dlq),
+        ("requests", p.requests),
+        ("outcomes", p.outcomes),
+        ("telemetry", p.telemetry),
+        ("admin", p.admin),
+        ("decisions", p.decisions),
+        ("limits", p.limits),
+        ("breakers", p.breakers),
+        ("predictions", p.predictions),
+        ("alerts", p.alerts),
+        ("dlq", p.dlq),
     ] {
         check(errors, n >= 1, format!("kafka.partitions.{name}"), || format!("expected ≥ 1, got {n}"));
     }
@@ -593,10 +621,7 @@ mod tests {
             ("throttle", "catch-all"),
         ];
         for (key, text) in want {
-            assert!(
-                errs.iter().any(|e| e.starts_with(&format!("{key}: ")) && e.contains(text)),
-                "no `{text}` error for {key}: {errs:#?}"
-            );
+            assert!(errs.iter().any(|e| e.starts_with(&format!("{key}: ")) && e.contains(text)), "no `{text}` error for {key}: {errs:#?}");
         }
     }
 

@@ -55,11 +55,7 @@ pub fn load_change(path: &Path, current: &Config, adjust: &dyn Fn(&mut Config)) 
     let mut new = config_load::load_file(path).map_err(|e| e.to_string())?;
     adjust(&mut new);
     let restart = needs_restart(current, &new);
-    if restart.is_empty() {
-        Ok(new)
-    } else {
-        Err(format!("{}: changes that need a restart: {}", path.display(), restart.join(", ")))
-    }
+    if restart.is_empty() { Ok(new) } else { Err(format!("{}: changes that need a restart: {}", path.display(), restart.join(", "))) }
 }
 
 /// Watches `path` for SIGHUP and changes of its contents (checked every `every`); sends each
@@ -141,7 +137,16 @@ mod tests {
         use crate::time::Millis;
         use crate::topology::Topology;
         let old = Arc::new(config_load::load_str("", "initial").expect("valid"));
-        let fail = |t: i64| InputEvent::Outcome(OutcomeEvent { ts: Millis(t), dependency: "ai_primary".into(), ok: false, error: Some(ErrorClass::Timeout), latency_ms: 5.0, request_id: None });
+        let fail = |t: i64| {
+            InputEvent::Outcome(OutcomeEvent {
+                ts: Millis(t),
+                dependency: "ai_primary".into(),
+                ok: false,
+                error: Some(ErrorClass::Timeout),
+                latency_ms: 5.0,
+                request_id: None,
+            })
+        };
         let opened = |outs: &[Output]| outs.iter().any(|o| matches!(o, Output::Breaker(b) if b.state == BreakerStateKind::Open));
         // Two timeouts (weight 4) stay under the default threshold of 10.
         let mut t = Topology::new(old.clone());

@@ -9,8 +9,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 /// The HTTP API that `surgeguard run` and the demo serve.
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
@@ -37,8 +36,7 @@ impl Default for ApiConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicsConfig {
@@ -87,8 +85,7 @@ pub enum Guarantee {
 }
 
 /// How `surgeguard run` talks to Kafka.
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
@@ -140,8 +137,7 @@ impl Default for KafkaConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[derive(PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicPartitions {
@@ -160,17 +156,6 @@ pub struct TopicPartitions {
 impl Default for TopicPartitions {
     fn default() -> Self {
         // Requests and decisions carry the volume and are keyed by user: room to scale out.
-        TopicPartitions {
-            requests: 6,
-            outcomes: 3,
-            telemetry: 3,
-            admin: 1,
-            decisions: 6,
-            limits: 1,
-            breakers: 1,
-            predictions: 1,
-            alerts: 1,
-            dlq: 1,
-        }
+        TopicPartitions { requests: 6, outcomes: 3, telemetry: 3, admin: 1, decisions: 6, limits: 1, breakers: 1, predictions: 1, alerts: 1, dlq: 1 }
     }
 }

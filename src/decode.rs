@@ -7,9 +7,7 @@ use std::borrow::Cow;
 use compact_str::CompactString;
 use serde::Deserialize;
 
-use crate::events::{
-    AdminAction, AdminEvent, ErrorClass, InputEvent, InputTopic, OutcomeEvent, RequestEvent, TelemetrySample,
-};
+use crate::events::{AdminAction, AdminEvent, ErrorClass, InputEvent, InputTopic, OutcomeEvent, RequestEvent, TelemetrySample};
 use crate::flat_json::{self, Scalar};
 use crate::time::{Millis, TimeError};
 
@@ -89,11 +87,7 @@ fn non_empty<'a, T: From<Cow<'a, str>>>(field: &'static str, value: Cow<'a, str>
 }
 
 fn unit_interval(field: &'static str, v: f64) -> Result<f64, DecodeError> {
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(invalid(field, format!("utilisation must be within 0..1, got {v}")))
-    }
+    if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(invalid(field, format!("utilisation must be within 0..1, got {v}"))) }
 }
 
 /// Sets a field the fast path read, refusing a second occurrence (serde refuses duplicate fields).
@@ -200,8 +194,7 @@ pub fn decode_outcome(bytes: &[u8]) -> Result<OutcomeEvent, DecodeError> {
 impl<'a> RawOutcome<'a> {
     /// The fast path (see `flat_json`); `None` sends the text to serde_json.
     fn flat(text: &'a str) -> Option<Self> {
-        let (mut ts, mut dependency, mut ok, mut error, mut latency_ms, mut request_id) =
-            (None, None, None, None, None, None);
+        let (mut ts, mut dependency, mut ok, mut error, mut latency_ms, mut request_id) = (None, None, None, None, None, None);
         flat_json::fields(text, |key, v| match key {
             "ts" => set_once(&mut ts, v.str()),
             "dependency" => set_once(&mut dependency, v.str()),
@@ -268,13 +261,7 @@ fn decode_telemetry_str(text: &str) -> Result<TelemetrySample, DecodeError> {
         return Err(invalid("db_connections_max", "must be ≥ 1"));
     }
     if raw.db_connections_in_use > raw.db_connections_max {
-        return Err(invalid(
-            "db_connections_in_use",
-            format!(
-                "{} exceeds db_connections_max {}",
-                raw.db_connections_in_use, raw.db_connections_max
-            ),
-        ));
+        return Err(invalid("db_connections_in_use", format!("{} exceeds db_connections_max {}", raw.db_connections_in_use, raw.db_connections_max)));
     }
     match (raw.queue_depth, raw.queue_capacity) {
         (_, Some(0)) => return Err(invalid("queue_capacity", "must be ≥ 1")),
@@ -455,32 +442,43 @@ mod tests {
 
     #[test]
     fn type_errors_and_missing_fields_name_the_field() {
-        let e = decode_telemetry(br#"{"ts":"2026-11-29T09:00:00Z","source":"h1","cpu":"high","memory":0.5,"db_connections_in_use":1,"db_connections_max":2}"#).unwrap_err();
+        let e = decode_telemetry(br#"{"ts":"2026-11-29T09:00:00Z","source":"h1","cpu":"high","memory":0.5,"db_connections_in_use":1,"db_connections_max":2}"#)
+            .unwrap_err();
         assert_eq!(e.kind(), "invalid_field");
         assert!(e.to_string().starts_with("field `cpu`: invalid type: string \"high\""), "{e}");
         let e = decode_outcome(br#"{"ts":"2026-11-29T09:00:00Z","dependency":"ai","ok":false,"error":"meltdown","latency_ms":1}"#).unwrap_err();
         assert!(e.to_string().starts_with("field `error`: unknown variant `meltdown`"), "{e}");
         let e = decode_request(br#"{"id":"r1","ts":"2026-11-29T09:00:00Z","tier":"pro","request_type":"s"}"#).unwrap_err();
         assert_eq!(e.to_string(), "field `user_id`: missing");
-        let e = decode_telemetry(br#"{"ts":"2026-11-29T09:00:00Z","source":"h1","cpu":0.1,"memory":0.5,"db_connections_in_use":1,"db_connections_max":2,"queue_depth":3}"#).unwrap_err();
+        let e = decode_telemetry(
+            br#"{"ts":"2026-11-29T09:00:00Z","source":"h1","cpu":0.1,"memory":0.5,"db_connections_in_use":1,"db_connections_max":2,"queue_depth":3}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("queue_capacity"), "{e}");
     }
 
     #[test]
     fn telemetry_utilisation_must_be_in_unit_interval() {
-        let base = |cpu: &str| format!(r#"{{"ts":"2026-11-29T09:00:00Z","source":"h1","cpu":{cpu},"memory":0.5,"db_connections_in_use":10,"db_connections_max":200}}"#);
+        let base = |cpu: &str| {
+            format!(r#"{{"ts":"2026-11-29T09:00:00Z","source":"h1","cpu":{cpu},"memory":0.5,"db_connections_in_use":10,"db_connections_max":200}}"#)
+        };
         assert!(decode_telemetry(base("0.95").as_bytes()).is_ok());
         let err = decode_telemetry(base("1.5").as_bytes()).unwrap_err().to_string();
         assert!(err.contains("`cpu`") && err.contains("0..1"), "{err}");
         let err = decode_telemetry(base("-0.1").as_bytes()).unwrap_err().to_string();
         assert!(err.contains("`cpu`"), "{err}");
-        let err = decode_telemetry(br#"{"ts":"2026-11-29T09:00:00Z","source":"h1","cpu":0.1,"memory":0.5,"db_connections_in_use":201,"db_connections_max":200}"#).unwrap_err();
+        let err =
+            decode_telemetry(br#"{"ts":"2026-11-29T09:00:00Z","source":"h1","cpu":0.1,"memory":0.5,"db_connections_in_use":201,"db_connections_max":200}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("db_connections_in_use"), "{err}");
     }
 
     #[test]
     fn admin_limit_overrides() {
-        let a = decode_admin(br#"{"ts":"2026-11-29T09:00:00Z","action":"override_limit","key":"free/standard","rpm":5,"until":"2026-11-29T10:00:00Z","actor":"ops"}"#).unwrap();
+        let a = decode_admin(
+            br#"{"ts":"2026-11-29T09:00:00Z","action":"override_limit","key":"free/standard","rpm":5,"until":"2026-11-29T10:00:00Z","actor":"ops"}"#,
+        )
+        .unwrap();
         assert_eq!((a.action, a.key.as_deref(), a.rpm, a.dependency.as_str()), (AdminAction::OverrideLimit, Some("free/standard"), Some(5), ""));
         assert_eq!(a.until, Some(Millis::parse_rfc3339("2026-11-29T10:00:00Z").unwrap()));
         let c = decode_admin(br#"{"ts":"2026-11-29T09:00:00Z","action":"clear_override","key":"free/standard"}"#).unwrap();
@@ -534,8 +532,7 @@ mod tests {
             Just("null".to_string()),
             Just("{\"x\":1}".to_string()),
             Just("[1,2]".to_string()),
-            prop::sample::select(vec!["timeout", "rate_limit", "server_error", "other", "Timeout"])
-                .prop_map(|s| format!("\"{s}\"")),
+            prop::sample::select(vec!["timeout", "rate_limit", "server_error", "other", "Timeout"]).prop_map(|s| format!("\"{s}\"")),
             Just("\"2026-11-29T09:00:00.123Z\"".to_string()),
         ]
     }
@@ -569,12 +566,7 @@ mod tests {
         let keep = prop::collection::vec(prop::bool::weighted(0.95), keys.len());
         (present, extra, keep, any::<bool>())
             .prop_flat_map(|(present, extra, keep, spaced)| {
-                let fields: Vec<(&str, String)> = present
-                    .into_iter()
-                    .zip(keep)
-                    .filter_map(|(f, k)| k.then_some(f))
-                    .chain(extra)
-                    .collect();
+                let fields: Vec<(&str, String)> = present.into_iter().zip(keep).filter_map(|(f, k)| k.then_some(f)).chain(extra).collect();
                 (Just(fields).prop_shuffle(), Just(spaced))
             })
             .prop_map(|(fields, spaced)| {
@@ -585,16 +577,8 @@ mod tests {
             })
     }
 
-    const REQUEST_FIELDS: &[(&str, char)] =
-        &[("id", 's'), ("ts", 's'), ("user_id", 's'), ("tier", 's'), ("request_type", 's'), ("cost", 'n')];
-    const OUTCOME_FIELDS: &[(&str, char)] = &[
-        ("ts", 's'),
-        ("dependency", 's'),
-        ("ok", 'b'),
-        ("error", 'e'),
-        ("latency_ms", 'n'),
-        ("request_id", 's'),
-    ];
+    const REQUEST_FIELDS: &[(&str, char)] = &[("id", 's'), ("ts", 's'), ("user_id", 's'), ("tier", 's'), ("request_type", 's'), ("cost", 'n')];
+    const OUTCOME_FIELDS: &[(&str, char)] = &[("ts", 's'), ("dependency", 's'), ("ok", 'b'), ("error", 'e'), ("latency_ms", 'n'), ("request_id", 's')];
 
     /// The generators reach the fast path often, so the properties below test something.
     #[test]

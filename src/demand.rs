@@ -19,8 +19,8 @@ use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::error::ArrowError;
-use datafusion::error::DataFusionError;
 use datafusion::datasource::file_format::options::ArrowReadOptions;
+use datafusion::error::DataFusionError;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 
 use futures_util::FutureExt;
@@ -237,11 +237,9 @@ async fn aggregate_checked(source: &DemandSource, step_ms: i64) -> Result<BTreeM
         let buckets = cast(b.column(0), &DataType::Int64)?;
         let groups = cast(b.column(1), &DataType::Utf8)?;
         let values = cast(b.column(2), &DataType::Float64)?;
-        let (Some(buckets), Some(groups), Some(values)) = (
-            buckets.as_any().downcast_ref::<Int64Array>(),
-            groups.as_any().downcast_ref::<StringArray>(),
-            values.as_any().downcast_ref::<Float64Array>(),
-        ) else {
+        let (Some(buckets), Some(groups), Some(values)) =
+            (buckets.as_any().downcast_ref::<Int64Array>(), groups.as_any().downcast_ref::<StringArray>(), values.as_any().downcast_ref::<Float64Array>())
+        else {
             return Err(DemandError::Arrow(ArrowError::CastError("unexpected result columns".into())));
         };
         for i in 0..b.num_rows() {
@@ -314,7 +312,11 @@ impl RequestReader {
             text("request_type"),
         );
         let count = ctx.sql("SELECT COUNT(*) FROM history").await?.collect().await?;
-        let total = count.first().and_then(|b| cast(b.column(0), &DataType::Int64).ok()).and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.value(0))).unwrap_or(0);
+        let total = count
+            .first()
+            .and_then(|b| cast(b.column(0), &DataType::Int64).ok())
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)))
+            .unwrap_or(0);
         let stream = ctx.sql(&sql).await?.execute_stream().await?;
         Ok(RequestReader { stream, path: path.to_string(), total: total.max(0) as u64, read: 0 })
     }
@@ -346,7 +348,10 @@ impl RequestReader {
             }
             let units = if cost.is_null(i) { 1 } else { cost.value(i) };
             let Ok(units) = u32::try_from(units) else {
-                return Err(DemandError::Read { path: self.path.clone(), message: format!("request {id:?} (row {}): cost {units} is not a whole number ≥ 1", self.read) });
+                return Err(DemandError::Read {
+                    path: self.path.clone(),
+                    message: format!("request {id:?} (row {}): cost {units} is not a whole number ≥ 1", self.read),
+                });
             };
             if units == 0 {
                 return Err(DemandError::Read { path: self.path.clone(), message: format!("request {id:?} (row {}): cost 0, expected ≥ 1", self.read) });

@@ -155,7 +155,12 @@ pub async fn protected(cfg: Config, opts: &DemoOptions, on_ready: impl FnOnce(&s
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = {
         let (cfg, brokers) = (cfg.clone(), brokers.clone());
-        tokio::spawn(async move { runtime::run_with(cfg, &brokers, &[("fetch.wait.max.ms", "5")], async { stopped.await.ok(); }).await })
+        tokio::spawn(async move {
+            runtime::run_with(cfg, &brokers, &[("fetch.wait.max.ms", "5")], async {
+                stopped.await.ok();
+            })
+            .await
+        })
     };
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "1").create()?;
     let gateway: StreamConsumer = ClientConfig::new()

@@ -151,12 +151,8 @@ mod tests {
 
     #[test]
     fn decisions_match_serde_for_every_shape() {
-        let strategies = [
-            None,
-            Some(Strategy::Delay { seconds: 5 }),
-            Some(Strategy::RejectWithBackoff { seconds: 30 }),
-            Some(Strategy::QueueWithTimeout { seconds: 0 }),
-        ];
+        let strategies =
+            [None, Some(Strategy::Delay { seconds: 5 }), Some(Strategy::RejectWithBackoff { seconds: 30 }), Some(Strategy::QueueWithTimeout { seconds: 0 })];
         for kind in [DecisionKind::Allow, DecisionKind::AllowWithGrace, DecisionKind::Throttle] {
             for severity in [LoadSeverity::Normal, LoadSeverity::High, LoadSeverity::Critical] {
                 for s in strategies {

@@ -33,13 +33,7 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 5] = [
-        ErrorClass::Timeout,
-        ErrorClass::RateLimit,
-        ErrorClass::ServerError,
-        ErrorClass::ClientError,
-        ErrorClass::Other,
-    ];
+    pub const ALL: [ErrorClass; 5] = [ErrorClass::Timeout, ErrorClass::RateLimit, ErrorClass::ServerError, ErrorClass::ClientError, ErrorClass::Other];
 
     /// The class with this wire name (`timeout`, `rate_limit`, …).
     pub fn from_name(name: &str) -> Option<Self> {

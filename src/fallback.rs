@@ -18,16 +18,10 @@ pub fn plan(cfg: &FallbackConfig, alternatives: &[Arc<str>], state_of: impl Fn(&
     let mut steps = Vec::new();
     for kind in &cfg.order {
         match kind {
-            FallbackKind::Alternative => steps.extend(
-                alternatives
-                    .iter()
-                    .filter(|a| takes_calls(state_of(a)))
-                    .map(|a| FallbackStep::Alternative { dependency: a.clone() }),
-            ),
-            FallbackKind::Cache => steps.push(FallbackStep::Cache {
-                min_similarity: cfg.cache_min_similarity,
-                min_quality: cfg.cache_min_quality,
-            }),
+            FallbackKind::Alternative => {
+                steps.extend(alternatives.iter().filter(|a| takes_calls(state_of(a))).map(|a| FallbackStep::Alternative { dependency: a.clone() }))
+            }
+            FallbackKind::Cache => steps.push(FallbackStep::Cache { min_similarity: cfg.cache_min_similarity, min_quality: cfg.cache_min_quality }),
             FallbackKind::Rules => steps.push(FallbackStep::Rules),
             FallbackKind::Template => steps.push(FallbackStep::Template),
         }

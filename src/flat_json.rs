@@ -107,9 +107,7 @@ fn special_byte(b: &[u8]) -> Option<usize> {
     let mut at = 0;
     while let Some(chunk) = b.get(at..at + 8) {
         let w = u64::from_le_bytes(chunk.try_into().ok()?);
-        let found = zero_bytes(w ^ (ONES * u64::from(b'"')))
-            | zero_bytes(w ^ (ONES * u64::from(b'\\')))
-            | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS);
+        let found = zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\'))) | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS);
         if found != 0 {
             return Some(at + (found.trailing_zeros() / 8) as usize);
         }

@@ -103,7 +103,15 @@ pub struct FitOptions {
 
 impl FitOptions {
     pub fn new(family: Family, horizon_steps: usize) -> Self {
-        FitOptions { family, spec: None, horizon_steps, scale: IntervalScale::SqrtLevel, calibration_steps: None, max_calibration_origins: 500, warm_start: None }
+        FitOptions {
+            family,
+            spec: None,
+            horizon_steps,
+            scale: IntervalScale::SqrtLevel,
+            calibration_steps: None,
+            max_calibration_origins: 500,
+            warm_start: None,
+        }
     }
 }
 
@@ -219,7 +227,12 @@ fn solve(family: Family, x: ArrayView2<'_, f64>, y: ArrayView1<'_, f64>, start: 
             (m.params().to_vec(), m.intercept())
         }
         Family::ElasticNet { penalty, l1_ratio } => {
-            let m = ElasticNet::params().penalty(penalty).l1_ratio(l1_ratio).max_iterations(5_000).fit(&Dataset::new(z, y.to_owned())).map_err(|e| fail(e.to_string()))?;
+            let m = ElasticNet::params()
+                .penalty(penalty)
+                .l1_ratio(l1_ratio)
+                .max_iterations(5_000)
+                .fit(&Dataset::new(z, y.to_owned()))
+                .map_err(|e| fail(e.to_string()))?;
             (m.hyperplane().to_vec(), m.intercept())
         }
         Family::Poisson => {
@@ -456,7 +469,14 @@ impl DemandModel {
 
     /// A forecast of the model's horizon from `origin`: `values[..origin]` are observed, with
     /// `values[0]` starting at `start`.
-    pub fn forecast_horizon(&self, values: &[f64], start: Millis, origin: usize, spike_threshold: f64, coverage: f64) -> Result<HorizonForecast, ForecastError> {
+    pub fn forecast_horizon(
+        &self,
+        values: &[f64],
+        start: Millis,
+        origin: usize,
+        spike_threshold: f64,
+        coverage: f64,
+    ) -> Result<HorizonForecast, ForecastError> {
         let w = self.features.warmup();
         if origin < w || origin > values.len() {
             return Err(too_short(origin.min(values.len()), w, "the model's longest lag or mean"));

@@ -140,4 +140,3 @@ fn finish(beta: Option<Array1<f64>>, dev: f64, k: usize) -> Result<(Vec<f64>, f6
         _ => Err("the deviance is not finite".into()),
     }
 }
-

@@ -80,8 +80,7 @@ impl HealthView {
         let before = self.sources.len();
         let horizon = now.0 - self.stale_after_ms;
         self.sources.retain(|_, s| s.ts.0 >= horizon);
-        self.next_expiry_ms =
-            self.sources.values().map(|s| s.ts.0.saturating_add(self.stale_after_ms)).min().unwrap_or(i64::MAX);
+        self.next_expiry_ms = self.sources.values().map(|s| s.ts.0.saturating_add(self.stale_after_ms)).min().unwrap_or(i64::MAX);
         before != self.sources.len() && self.recompute()
     }
 

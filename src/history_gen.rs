@@ -187,9 +187,7 @@ pub fn generate(opts: &HistoryOptions, dir: &Path, mut progress: impl FnMut(u32)
     out.rows = rows;
     out.files = files.len();
     let path = dir.join("events.csv");
-    std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(factors.as_bytes()))
-        .map_err(|source| HistoryError::Io { path, source })?;
+    std::fs::File::create(&path).and_then(|mut f| f.write_all(factors.as_bytes())).map_err(|source| HistoryError::Io { path, source })?;
     Ok(out)
 }
 

@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -57,9 +57,7 @@ pub fn specs(cfg: &Config) -> Vec<TopicSpec> {
         TopicSpec::new(&t.alerts, p.alerts),
         TopicSpec::new(&t.dlq, p.dlq),
         // Deleted by age as well, so users idle past eviction leave it.
-        TopicSpec::new(&t.changelog, p.requests)
-            .with("cleanup.policy", "compact,delete")
-            .with("retention.ms", changelog_retention_ms(cfg).to_string()),
+        TopicSpec::new(&t.changelog, p.requests).with("cleanup.policy", "compact,delete").with("retention.ms", changelog_retention_ms(cfg).to_string()),
     ]
 }
 
@@ -74,11 +72,7 @@ pub async fn create(client: &ClientConfig, specs: &[TopicSpec], replication: i32
     let admin: AdminClient<DefaultClientContext> = client.create()?;
     let new: Vec<NewTopic> = specs
         .iter()
-        .map(|s| {
-            s.configs
-                .iter()
-                .fold(NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication)), |t, (k, v)| t.set(k, v))
-        })
+        .map(|s| s.configs.iter().fold(NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication)), |t, (k, v)| t.set(k, v)))
         .collect();
     // Fail within half a minute when no broker answers, instead of waiting without a word.
     let timeout = Some(std::time::Duration::from_secs(30));
@@ -117,12 +111,7 @@ pub async fn delete(client: &ClientConfig, names: &[&str]) -> Result<(), KafkaEr
 
 /// A partition's low and high watermarks. A client that was just assigned a partition may not
 /// have its metadata yet (librdkafka answers "unknown partition"): it asks again until `timeout`.
-pub fn watermarks<C: ConsumerContext>(
-    consumer: &impl Consumer<C>,
-    topic: &str,
-    partition: i32,
-    timeout: Duration,
-) -> Result<(i64, i64), KafkaError> {
+pub fn watermarks<C: ConsumerContext>(consumer: &impl Consumer<C>, topic: &str, partition: i32, timeout: Duration) -> Result<(i64, i64), KafkaError> {
     let started = Instant::now();
     loop {
         match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
@@ -139,13 +128,8 @@ pub fn watermarks<C: ConsumerContext>(
 /// Which input a topic of this pipeline is, by its configured name.
 pub fn input_topic(cfg: &Config, name: &str) -> Option<InputTopic> {
     let t = &cfg.topics;
-    [
-        (&t.requests, InputTopic::Requests),
-        (&t.outcomes, InputTopic::Outcomes),
-        (&t.telemetry, InputTopic::Telemetry),
-        (&t.admin, InputTopic::Admin),
-    ]
-    .into_iter()
-    .find(|(n, _)| n.as_str() == name)
-    .map(|(_, t)| t)
+    [(&t.requests, InputTopic::Requests), (&t.outcomes, InputTopic::Outcomes), (&t.telemetry, InputTopic::Telemetry), (&t.admin, InputTopic::Admin)]
+        .into_iter()
+        .find(|(n, _)| n.as_str() == name)
+        .map(|(_, t)| t)
 }

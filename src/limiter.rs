@@ -150,12 +150,7 @@ impl Limiter {
     pub fn check(&mut self, user_id: &str, request_type: u16, now: Millis, cost: u32, quota: Quota) -> Verdict {
         let key = self.key(user_id, request_type);
         let (idx, half, half_ms) = self.numbers(now, quota);
-        let st = self.users.entry(key).or_insert_with(|| UserState {
-            head: idx,
-            grace_half: half,
-            grace_half_ms: half_ms as u32,
-            ..UserState::default()
-        });
+        let st = self.users.entry(key).or_insert_with(|| UserState { head: idx, grace_half: half, grace_half_ms: half_ms as u32, ..UserState::default() });
         decide(st, self.bucket_ms, idx, half, half_ms, now, cost, quota)
     }
 
@@ -309,21 +304,14 @@ fn decide(st: &mut UserState, bucket_ms: i64, idx: u32, half: u32, half_ms: i64,
     let share = |units: u64| (allowance > 0).then(|| (units as f64 / allowance as f64).min(1.0));
     if grace_used + cost64 <= allowance {
         st.grace_cur = st.grace_cur.saturating_add(cost);
-        return Verdict {
-            kind: DecisionKind::AllowWithGrace,
-            remaining,
-            reset_s,
-            grace_used: share(grace_used + cost64),
-        };
+        return Verdict { kind: DecisionKind::AllowWithGrace, remaining, reset_s, grace_used: share(grace_used + cost64) };
     }
     Verdict { kind: DecisionKind::Throttle, remaining, reset_s, grace_used: share(grace_used) }
 }
 
 /// Seconds until the newest counted bucket leaves the checked span (full quota again).
 fn reset_secs(st: &UserState, now: Millis, bucket_ms: i64) -> u64 {
-    let newest = (0..SLOTS as u32)
-        .map(|back| st.head.wrapping_sub(back))
-        .find(|&b| st.counts[(b as usize) % SLOTS] > 0);
+    let newest = (0..SLOTS as u32).map(|back| st.head.wrapping_sub(back)).find(|&b| st.counts[(b as usize) % SLOTS] > 0);
     match newest {
         None => 0,
         Some(b) => {

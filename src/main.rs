@@ -233,9 +233,7 @@ enum Gen {
 /// Where `--out` sends output: the file, or stdout when absent or `-`.
 fn output(out: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
     Ok(match out {
-        Some(p) if p != Path::new("-") => {
-            Box::new(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?))
-        }
+        Some(p) if p != Path::new("-") => Box::new(BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?)),
         _ => Box::new(BufWriter::new(io::stdout().lock())),
     })
 }
@@ -267,7 +265,9 @@ fn run_gen_history(days: u32, out: &Path, seed: u64, peak_rpm: f64, start: &str)
     let start = surgeguard::time::Millis(start.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_millis()).unwrap_or(0));
     let opts = HistoryOptions { days, start, seed, peak_rpm, ..HistoryOptions::default() };
     let bar = indicatif::ProgressBar::new(u64::from(days));
-    bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} days {elapsed} (eta {eta})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} days {elapsed} (eta {eta})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let started = std::time::Instant::now();
     let done = generate(&opts, out, |d| bar.set_position(u64::from(d)))?;
     bar.finish_and_clear();
@@ -351,7 +351,10 @@ async fn shutdown_signal() {
 fn run_service(config: &Path, brokers: Option<&str>, api_listen: Option<String>) -> anyhow::Result<()> {
     let mut cfg = load(config)?;
     if let Some(listen) = &api_listen {
-        anyhow::ensure!(listen.is_empty() || listen.parse::<std::net::SocketAddr>().is_ok(), "--api-listen {listen:?}: expected \"\" or an address such as 0.0.0.0:8480");
+        anyhow::ensure!(
+            listen.is_empty() || listen.parse::<std::net::SocketAddr>().is_ok(),
+            "--api-listen {listen:?}: expected \"\" or an address such as 0.0.0.0:8480"
+        );
         let mut c = (*cfg).clone();
         c.api.listen = listen.clone();
         cfg = Arc::new(c);
@@ -371,14 +374,33 @@ fn run_service(config: &Path, brokers: Option<&str>, api_listen: Option<String>)
     Ok(())
 }
 
-fn run_archive(config: &Path, brokers: Option<&str>, dir: PathBuf, group: Option<String>, flush_every: &str, max_rows: usize, grace: &str) -> anyhow::Result<()> {
+fn run_archive(
+    config: &Path,
+    brokers: Option<&str>,
+    dir: PathBuf,
+    group: Option<String>,
+    flush_every: &str,
+    max_rows: usize,
+    grace: &str,
+) -> anyhow::Result<()> {
     let cfg = load(config)?;
     let brokers = brokers.map_or_else(|| cfg.kafka.brokers.clone(), str::to_string);
-    let flush_ms = surgeguard::demand::parse_resolution(flush_every).map_err(|_| anyhow::anyhow!("--flush-every {flush_every:?}: expected a duration such as 500ms, 30s or 5m"))?;
+    let flush_ms = surgeguard::demand::parse_resolution(flush_every)
+        .map_err(|_| anyhow::anyhow!("--flush-every {flush_every:?}: expected a duration such as 500ms, 30s or 5m"))?;
     anyhow::ensure!(max_rows >= 1, "--max-rows must be at least 1");
-    let grace_ms = if grace.trim() == "0" { 0 } else { surgeguard::demand::parse_resolution(grace).map_err(|_| anyhow::anyhow!("--incomplete-grace {grace:?}: expected 0 or a duration such as 30s"))? };
+    let grace_ms = if grace.trim() == "0" {
+        0
+    } else {
+        surgeguard::demand::parse_resolution(grace).map_err(|_| anyhow::anyhow!("--incomplete-grace {grace:?}: expected 0 or a duration such as 30s"))?
+    };
     let group = group.unwrap_or_else(|| format!("{}.archive", cfg.kafka.group_id));
-    let opts = surgeguard::archive_run::ArchiveOptions { dir, group, flush_every: std::time::Duration::from_millis(flush_ms as u64), max_rows, incomplete_grace: std::time::Duration::from_millis(grace_ms as u64) };
+    let opts = surgeguard::archive_run::ArchiveOptions {
+        dir,
+        group,
+        flush_every: std::time::Duration::from_millis(flush_ms as u64),
+        max_rows,
+        incomplete_grace: std::time::Duration::from_millis(grace_ms as u64),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let stats = runtime.block_on(surgeguard::archive_run::archive(cfg, &brokers, opts, shutdown_signal()))?;
     eprintln!(

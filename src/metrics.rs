@@ -45,13 +45,7 @@ impl ErrorSums {
     pub fn finish(&self, scale: Option<f64>) -> Accuracy {
         let n = self.n.max(1) as f64;
         let mae = self.abs / n;
-        Accuracy {
-            mae,
-            rmse: (self.sq / n).sqrt(),
-            smape: self.smape / n,
-            mase: scale.filter(|s| *s > 0.0 && s.is_finite()).map(|s| mae / s),
-            n: self.n,
-        }
+        Accuracy { mae, rmse: (self.sq / n).sqrt(), smape: self.smape / n, mase: scale.filter(|s| *s > 0.0 && s.is_finite()).map(|s| mae / s), n: self.n }
     }
 }
 

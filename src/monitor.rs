@@ -144,7 +144,11 @@ impl Monitor {
                 s.failure_weight,
                 s.calls
             ),
-            suggested_action: format!("Calls to {} go to the fallback plan ({}); check the dependency's health and status page", s.dependency, plan.join(" → ")),
+            suggested_action: format!(
+                "Calls to {} go to the fallback plan ({}); check the dependency's health and status page",
+                s.dependency,
+                plan.join(" → ")
+            ),
             value: s.failure_weight,
             threshold: weight_threshold,
         });

@@ -56,9 +56,7 @@ pub enum Strategy {
 impl Strategy {
     pub fn seconds(self) -> u32 {
         match self {
-            Strategy::Delay { seconds }
-            | Strategy::RejectWithBackoff { seconds }
-            | Strategy::QueueWithTimeout { seconds } => seconds,
+            Strategy::Delay { seconds } | Strategy::RejectWithBackoff { seconds } | Strategy::QueueWithTimeout { seconds } => seconds,
         }
     }
 }
@@ -102,8 +100,7 @@ pub struct Multipliers {
 }
 
 impl Multipliers {
-    pub const NEUTRAL: Multipliers =
-        Multipliers { resource: 1.0, db: 1.0, api: 1.0, queue: 1.0, predicted: 1.0 };
+    pub const NEUTRAL: Multipliers = Multipliers { resource: 1.0, db: 1.0, api: 1.0, queue: 1.0, predicted: 1.0 };
 
     pub fn product(&self) -> f64 {
         self.resource * self.db * self.api * self.queue * self.predicted

@@ -321,7 +321,10 @@ mod tests {
     }
 
     fn surges(days: usize) -> Vec<EventSpan> {
-        (1..days as i64).step_by(3).map(|d| EventSpan { start: Millis(d * 24 * HOUR + 12 * HOUR), end: Millis(d * 24 * HOUR + 13 * HOUR), label: "campaign".into() }).collect()
+        (1..days as i64)
+            .step_by(3)
+            .map(|d| EventSpan { start: Millis(d * 24 * HOUR + 12 * HOUR), end: Millis(d * 24 * HOUR + 13 * HOUR), label: "campaign".into() })
+            .collect()
     }
 
     fn model(events: &[EventSpan]) -> Arc<DemandModel> {

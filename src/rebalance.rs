@@ -17,14 +17,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
 use crate::changelog::{self, CountedUpTo};
@@ -390,8 +389,7 @@ impl RunContext {
     fn assign(&self, _consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let mut shared = lock(&self.shared);
         shared.assignments += 1;
-        let assigned: HashSet<i32> =
-            tpl.elements().iter().filter(|e| e.topic() == self.requests_topic).map(|e| e.partition()).collect();
+        let assigned: HashSet<i32> = tpl.elements().iter().filter(|e| e.topic() == self.requests_topic).map(|e| e.partition()).collect();
         let mut to_restore = Vec::new();
         for &p in &assigned {
             match shared.revoked.remove(&p) {

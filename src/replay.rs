@@ -108,10 +108,7 @@ pub fn replay<R: BufRead, W: Write>(
 
 /// Calls `f` with each line of `input`, without its `\n`. A line that lies within the reader's
 /// buffer is borrowed from it; only a line split across two fills is copied.
-fn for_each_line<R: BufRead>(
-    input: &mut R,
-    mut f: impl FnMut(&[u8]) -> Result<(), ReplayError>,
-) -> Result<(), ReplayError> {
+fn for_each_line<R: BufRead>(input: &mut R, mut f: impl FnMut(&[u8]) -> Result<(), ReplayError>) -> Result<(), ReplayError> {
     let mut partial = Vec::new();
     loop {
         let avail = input.fill_buf().map_err(ReplayError::Read)?;

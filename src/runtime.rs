@@ -36,19 +36,17 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::api::ApiState;
 use crate::api_metrics::Metrics;
 use crate::config::{Config, Guarantee};
-use crate::kafka_topics;
-use crate::deliveries::{Deliveries, DeliveryContext, OutputProducer};
-use crate::rebalance::{self, RunContext, Shared};
-use crate::topology::Topology;
 use crate::control;
+use crate::deliveries::{Deliveries, DeliveryContext, OutputProducer};
+use crate::kafka_topics;
+use crate::rebalance::{self, RunContext, Shared};
 pub use crate::shell::{RunError, RunStats};
 use crate::shell::{Shell, Source, TRANSACTION_EVERY};
-
+use crate::topology::Topology;
 
 /// How long consumer errors may go on, without any message in between, before the service stops
 /// (librdkafka retries transient errors by itself; this catches the ones that never end).
 const CONSUMER_GIVE_UP: Duration = Duration::from_secs(300);
-
 
 /// The client settings shared by every client: the brokers and the pass-through properties.
 pub fn client_config(cfg: &Config, brokers: &str) -> ClientConfig {
@@ -59,7 +57,6 @@ pub fn client_config(cfg: &Config, brokers: &str) -> ClientConfig {
     }
     c
 }
-
 
 /// How many request messages in a row may go before a waiting control message.
 const CONTROL_EVERY: u32 = 16;
@@ -83,7 +80,6 @@ impl Drop for NoCommitOnError {
     }
 }
 
-
 /// How long a starting instance reads the control topics' recent past before it goes on.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -94,8 +90,6 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 /// are then not committed, so they are processed again after the restart).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
-
-
 /// Runs the pipeline against `brokers` until `shutdown` completes, then finishes the work in
 /// flight, commits and leaves the group.
 pub async fn run(cfg: Arc<Config>, brokers: &str, shutdown: impl Future<Output = ()>) -> Result<RunStats, RunError> {
@@ -104,12 +98,7 @@ pub async fn run(cfg: Arc<Config>, brokers: &str, shutdown: impl Future<Output =
 
 /// As `run`, with extra consumer properties (the embedded demo shortens fetch waits: the mock
 /// cluster holds every fetch for the full `fetch.wait.max.ms`).
-pub async fn run_with(
-    cfg: Arc<Config>,
-    brokers: &str,
-    consumer_overrides: &[(&str, &str)],
-    shutdown: impl Future<Output = ()>,
-) -> Result<RunStats, RunError> {
+pub async fn run_with(cfg: Arc<Config>, brokers: &str, consumer_overrides: &[(&str, &str)], shutdown: impl Future<Output = ()>) -> Result<RunStats, RunError> {
     run_reloading(cfg, brokers, consumer_overrides, None, shutdown).await
 }
 
@@ -159,11 +148,7 @@ pub async fn run_reloading(
     let requests_partitions = check_changelog_partitions(&producer, t)?;
     // The control side first: every partition of the control topics, from the lookback on,
     // folded into the topology before this instance decides anything.
-    let control: StreamConsumer = consumer_config
-        .clone()
-        .set("group.id", &cfg.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let control: StreamConsumer = consumer_config.clone().set("group.id", &cfg.kafka.group_id).set("enable.auto.commit", "false").create()?;
     let predictor = crate::prediction_setup::load(&cfg.prediction).await?;
     let mut topology = Topology::new(cfg.clone()).with_predictor(predictor);
     let plan = control::assign(&control, &cfg)?;
@@ -276,78 +261,82 @@ pub async fn run_reloading(
         // Fair shares: requests go first, but after CONTROL_EVERY of them in a row a ready
         // control message does (neither consumer starves the other).
         let due = if control_ready && requests_streak >= CONTROL_EVERY { controls.next().now_or_never().flatten() } else { None };
-        let msg = if let Some(m) = due { m.map(|m| (m, Source::Control)) } else { tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            _ = tick.tick() => {
-                ticks += 1;
-                let (leader, snapshot) = {
-                    let mut sh = rebalance::lock(&shared);
-                    if let Some(e) = sh.failed.take() {
-                        return Err(RunError::Restore(e));
+        let msg = if let Some(m) = due {
+            m.map(|m| (m, Source::Control))
+        } else {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {
+                    ticks += 1;
+                    let (leader, snapshot) = {
+                        let mut sh = rebalance::lock(&shared);
+                        if let Some(e) = sh.failed.take() {
+                            return Err(RunError::Restore(e));
+                        }
+                        let mut snapshot = Vec::new();
+                        if sh.is_leader() && !shell.leader {
+                            sh.topology.snapshot("leader", &mut snapshot);
+                        }
+                        (sh.is_leader(), snapshot)
+                    };
+                    // Leadership can change with no message to handle (a rebalance after the
+                    // leader died): the new leader publishes at once.
+                    if leader && !shell.leader {
+                        shell.leader = true;
+                        shell.lead(snapshot).await?;
+                        shell.in_transaction = true;
+                    } else if !leader && shell.leader {
+                        tracing::info!("no longer leading");
+                        shell.leader = false;
                     }
-                    let mut snapshot = Vec::new();
-                    if sh.is_leader() && !shell.leader {
-                        sh.topology.snapshot("leader", &mut snapshot);
+                    shell.sweep()?;
+                    shell.maybe_flush_changelog().await?;
+                    shell.flush_offsets();
+                    if shell.stats.consumed != consumed_at_tick {
+                        consumed_at_tick = shell.stats.consumed;
+                        idle_since = Instant::now();
+                    } else if !idle_after.is_zero() && idle_since.elapsed() >= idle_after {
+                        shell.wall_clock(&shared).await?;
                     }
-                    (sh.is_leader(), snapshot)
-                };
-                // Leadership can change with no message to handle (a rebalance after the
-                // leader died): the new leader publishes at once.
-                if leader && !shell.leader {
-                    shell.leader = true;
-                    shell.lead(snapshot).await?;
-                    shell.in_transaction = true;
-                } else if !leader && shell.leader {
-                    tracing::info!("no longer leading");
-                    shell.leader = false;
+                    if ticks % 30 == 1 {
+                        let s = shell.stats;
+                        tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.in_flight(), leader = shell.leader, "progress");
+                    }
+                    continue;
                 }
-                shell.sweep()?;
-                shell.maybe_flush_changelog().await?;
-                shell.flush_offsets();
-                if shell.stats.consumed != consumed_at_tick {
-                    consumed_at_tick = shell.stats.consumed;
-                    idle_since = Instant::now();
-                } else if !idle_after.is_zero() && idle_since.elapsed() >= idle_after {
-                    shell.wall_clock(&shared).await?;
+                _ = wake.notified(), if !api_armed => {
+                    api_armed = true;
+                    api_publish.as_mut().reset(tokio::time::Instant::now() + API_PUBLISH_AFTER);
+                    continue;
                 }
-                if ticks % 30 == 1 {
-                    let s = shell.stats;
-                    tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.in_flight(), leader = shell.leader, "progress");
+                _ = &mut api_publish, if api_armed => {
+                    api_armed = false;
+                    shell.publish_api_outputs().await?;
+                    continue;
                 }
-                continue;
-            }
-            _ = wake.notified(), if !api_armed => {
-                api_armed = true;
-                api_publish.as_mut().reset(tokio::time::Instant::now() + API_PUBLISH_AFTER);
-                continue;
-            }
-            _ = &mut api_publish, if api_armed => {
-                api_armed = false;
-                shell.publish_api_outputs().await?;
-                continue;
-            }
-            Some(new) = next_config(&mut reload) => {
-                {
-                    let mut sh = rebalance::lock(&shared);
-                    let mut outs = Vec::new();
-                    sh.topology.reconfigure(new, &mut outs);
-                    tracing::info!(limit_updates = outs.len(), "reloaded config applied");
-                    sh.api_outputs.extend(outs);
+                Some(new) = next_config(&mut reload) => {
+                    {
+                        let mut sh = rebalance::lock(&shared);
+                        let mut outs = Vec::new();
+                        sh.topology.reconfigure(new, &mut outs);
+                        tracing::info!(limit_updates = outs.len(), "reloaded config applied");
+                        sh.api_outputs.extend(outs);
+                    }
+                    shell.publish_api_outputs().await?;
+                    continue;
                 }
-                shell.publish_api_outputs().await?;
-                continue;
-            }
-            _ = transaction_tick.tick(), if shell.eos => {
-                // An idle pipeline commits what it did too.
-                if shell.in_transaction && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
-                    shell.commit_transaction(&shared).await?;
+                _ = transaction_tick.tick(), if shell.eos => {
+                    // An idle pipeline commits what it did too.
+                    if shell.in_transaction && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
+                        shell.commit_transaction(&shared).await?;
+                    }
+                    continue;
                 }
-                continue;
+                Some(m) = requests.next() => m.map(|m| (m, Source::Requests)),
+                Some(m) = controls.next(), if control_ready => m.map(|m| (m, Source::Control)),
             }
-            Some(m) = requests.next() => m.map(|m| (m, Source::Requests)),
-            Some(m) = controls.next(), if control_ready => m.map(|m| (m, Source::Control)),
-        }};
+        };
         match msg {
             Ok((m, source)) => {
                 failing_since = None;
@@ -475,7 +464,11 @@ async fn start_api(cfg: &Config, state: ApiState) -> Result<Option<ApiTask>, Run
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let max_body = cfg.api.max_body_bytes;
     let task = tokio::spawn(async move {
-        if let Err(e) = crate::api::serve(listener, state, max_body, async { stopped.await.ok(); }).await {
+        if let Err(e) = crate::api::serve(listener, state, max_body, async {
+            stopped.await.ok();
+        })
+        .await
+        {
             tracing::error!(error = %e, "the HTTP API stopped");
         }
     });
@@ -495,4 +488,3 @@ fn check_changelog_partitions(producer: &OutputProducer, t: &crate::config::Topi
     }
     Ok(requests)
 }
-

@@ -238,11 +238,7 @@ mod tests {
         assert_eq!(a, b);
         assert!(a.windows(2).all(|w| w[0].ts() <= w[1].ts()));
         let start = Surge::default().start.0;
-        let per_minute = |m: i64| {
-            a.iter()
-                .filter(|e| matches!(e, InputEvent::Request(_)) && (e.ts().0 - start) / 60_000 == m)
-                .count()
-        };
+        let per_minute = |m: i64| a.iter().filter(|e| matches!(e, InputEvent::Request(_)) && (e.ts().0 - start) / 60_000 == m).count();
         let (quiet, peak) = (per_minute(2), per_minute(17));
         assert!(peak > 3 * quiet, "quiet {quiet}/min, peak {peak}/min");
     }

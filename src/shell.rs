@@ -16,12 +16,12 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
 use crate::decode::{self, DecodeError};
+use crate::deliveries::{Deliveries, Origin, OutputProducer};
 use crate::dlq;
 use crate::events::InputEvent;
 use crate::kafka_topics;
 use crate::offsets::Partition;
 use crate::outputs::Output;
-use crate::deliveries::{Deliveries, Origin, OutputProducer};
 use crate::rebalance::{self, RunContext, Shared};
 use crate::time::Millis;
 use crate::topology::Counted;
@@ -44,7 +44,9 @@ pub enum RunError {
     Prediction(#[from] crate::prediction_setup::PredictionSetupError),
     #[error("HTTP API: {0}")]
     Api(String),
-    #[error("topic {changelog} has {has} partitions, fewer than {requests} ({needs}): each requests partition keeps its state in the changelog partition of the same number")]
+    #[error(
+        "topic {changelog} has {has} partitions, fewer than {requests} ({needs}): each requests partition keeps its state in the changelog partition of the same number"
+    )]
     ChangelogPartitions { changelog: String, has: usize, requests: String, needs: usize },
 }
 

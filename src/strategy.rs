@@ -68,17 +68,9 @@ mod tests {
         use LoadSeverity::*;
         for (ti, tier) in tiers.iter().enumerate() {
             for (ri, rt) in rts.iter().enumerate() {
-                let critical = if *tier == "enterprise" {
-                    Strategy::Delay { seconds: 5 }
-                } else {
-                    Strategy::RejectWithBackoff { seconds: 30 }
-                };
+                let critical = if *tier == "enterprise" { Strategy::Delay { seconds: 5 } } else { Strategy::RejectWithBackoff { seconds: 30 } };
                 assert_eq!(t.lookup(Critical, ti, ri), critical, "critical {tier}/{rt}");
-                let high = if *rt == "critical_business" {
-                    Strategy::Delay { seconds: 2 }
-                } else {
-                    Strategy::QueueWithTimeout { seconds: 10 }
-                };
+                let high = if *rt == "critical_business" { Strategy::Delay { seconds: 2 } } else { Strategy::QueueWithTimeout { seconds: 10 } };
                 assert_eq!(t.lookup(High, ti, ri), high, "high {tier}/{rt}");
                 assert_eq!(t.lookup(Normal, ti, ri), Strategy::Delay { seconds: 1 }, "normal {tier}/{rt}");
             }
@@ -87,13 +79,8 @@ mod tests {
 
     #[test]
     fn first_matching_rule_wins() {
-        let rule = |tiers: Vec<String>, seconds| ThrottleRule {
-            severity: LoadSeverity::Normal,
-            tiers,
-            request_types: vec![],
-            strategy: StrategyKind::Delay,
-            seconds,
-        };
+        let rule =
+            |tiers: Vec<String>, seconds| ThrottleRule { severity: LoadSeverity::Normal, tiers, request_types: vec![], strategy: StrategyKind::Delay, seconds };
         let rules = vec![rule(vec![], 7), rule(vec!["pro".into()], 9)];
         let t = StrategyTable::compile(&rules, &["pro"], &["standard"]);
         assert_eq!(t.lookup(LoadSeverity::Normal, 0, 0), Strategy::Delay { seconds: 7 });

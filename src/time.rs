@@ -39,9 +39,7 @@ impl Millis {
     pub fn parse_rfc3339(text: &str) -> Result<Self, TimeError> {
         let ms = match plain_utc_ms(text) {
             Some(ms) => ms,
-            None => DateTime::parse_from_rfc3339(text)
-                .map_err(|_| TimeError::NotRfc3339(truncate(text)))?
-                .timestamp_millis(),
+            None => DateTime::parse_from_rfc3339(text).map_err(|_| TimeError::NotRfc3339(truncate(text)))?.timestamp_millis(),
         };
         if !(MIN_MS..MAX_MS).contains(&ms) {
             return Err(TimeError::OutOfRange(truncate(text)));
@@ -63,19 +61,9 @@ impl Millis {
     pub fn write_rfc3339(self, out: &mut [u8; 24]) {
         let secs = self.0.div_euclid(1000);
         let ms = self.0.rem_euclid(1000) as u32;
-        let dt: NaiveDateTime = DateTime::from_timestamp(secs, 0)
-            .map(|d| d.naive_utc())
-            .unwrap_or_default();
+        let dt: NaiveDateTime = DateTime::from_timestamp(secs, 0).map(|d| d.naive_utc()).unwrap_or_default();
         let year = dt.year().clamp(0, 9999) as u32;
-        let fields = [
-            (0, 4, year),
-            (5, 2, dt.month()),
-            (8, 2, dt.day()),
-            (11, 2, dt.hour()),
-            (14, 2, dt.minute()),
-            (17, 2, dt.second()),
-            (20, 3, ms),
-        ];
+        let fields = [(0, 4, year), (5, 2, dt.month()), (8, 2, dt.day()), (11, 2, dt.hour()), (14, 2, dt.minute()), (17, 2, dt.second()), (20, 3, ms)];
         *out = *b"0000-00-00T00:00:00.000Z";
         for (at, width, mut value) in fields {
             for i in (0..width).rev() {
@@ -91,9 +79,7 @@ impl Millis {
 /// takes other offsets, other fraction lengths, a space or lowercase `t`, leap seconds).
 fn plain_utc_ms(text: &str) -> Option<i64> {
     let b = text.as_bytes();
-    let num = |from: usize, to: usize| {
-        b.get(from..to)?.iter().try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
-    };
+    let num = |from: usize, to: usize| b.get(from..to)?.iter().try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')));
     let ms = match b.len() {
         20 => 0,
         24 if b[19] == b'.' => num(20, 23)?,
@@ -156,10 +142,7 @@ mod tests {
         for bad in ["2026-11-29T13:47:00", "2026-11-29", "yesterday", "", "1969-12-31T23:59:59Z"] {
             assert!(Millis::parse_rfc3339(bad).is_err(), "{bad}");
         }
-        assert!(matches!(
-            Millis::parse_rfc3339("2100-01-01T00:00:00Z"),
-            Err(TimeError::OutOfRange(_))
-        ));
+        assert!(matches!(Millis::parse_rfc3339("2100-01-01T00:00:00Z"), Err(TimeError::OutOfRange(_))));
     }
 
     #[test]
@@ -201,11 +184,7 @@ mod tests {
             if let Some(ms) = plain_utc_ms(text) {
                 assert_eq!(Some(ms), general(text), "{text}");
             }
-            assert_eq!(
-                Millis::parse_rfc3339(text).ok().map(|m| m.0),
-                general(text).filter(|ms| (MIN_MS..MAX_MS).contains(ms)),
-                "{text}"
-            );
+            assert_eq!(Millis::parse_rfc3339(text).ok().map(|m| m.0), general(text).filter(|ms| (MIN_MS..MAX_MS).contains(ms)), "{text}");
         }
     }
 

@@ -14,9 +14,9 @@
 use std::sync::Arc;
 
 use crate::adaptive::AdaptiveLimits;
+use crate::breaker::Breaker;
 use crate::breakers::Breakers;
 use crate::config::Config;
-use crate::breaker::Breaker;
 use crate::events::{AdminAction, AdminEvent, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
 use crate::health::HealthView;
 use crate::limiter::{ImportError, Limiter, Quota, SavedState};
@@ -247,8 +247,7 @@ impl Topology {
 
     /// Puts back one user's state in `partition` from the changelog.
     pub fn restore(&mut self, partition: i32, user_id: &str, request_type: &str, saved: &SavedState) -> Result<(), RestoreError> {
-        let rt = index_of(&self.request_types, request_type)
-            .ok_or_else(|| RestoreError::UnknownRequestType(request_type.chars().take(64).collect()))?;
+        let rt = index_of(&self.request_types, request_type).ok_or_else(|| RestoreError::UnknownRequestType(request_type.chars().take(64).collect()))?;
         Ok(self.limiter(partition).import(user_id, rt as u16, saved)?)
     }
 
@@ -288,7 +287,14 @@ impl Topology {
                 }
             })
             .collect();
-        UserQuota { user_id: user_id.to_string(), tier: self.tiers[t].clone(), unknown_tier: unknown_tier.then(|| tier.to_string()), partition, ts: now, quotas }
+        UserQuota {
+            user_id: user_id.to_string(),
+            tier: self.tiers[t].clone(),
+            unknown_tier: unknown_tier.then(|| tier.to_string()),
+            partition,
+            ts: now,
+            quotas,
+        }
     }
 
     /// The configured request types.

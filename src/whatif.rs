@@ -158,10 +158,8 @@ impl Whatif {
     /// `policies`: each a name and its topology; `capacity`: requests per minute the backend can
     /// take (optional).
     pub fn new(policies: Vec<(String, Topology)>, capacity: Option<f64>) -> Self {
-        let runs = policies
-            .into_iter()
-            .map(|(name, topology)| Run { topology, report: PolicyReport { name, ..PolicyReport::default() }, outs: Vec::new() })
-            .collect();
+        let runs =
+            policies.into_iter().map(|(name, topology)| Run { topology, report: PolicyReport { name, ..PolicyReport::default() }, outs: Vec::new() }).collect();
         Whatif { runs, report: WhatifReport { capacity_per_minute: capacity, ..WhatifReport::default() } }
     }
 

@@ -67,7 +67,12 @@ async fn the_api_serves_the_pipelines_state() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = {
         let (cfg, brokers) = (cfg.clone(), brokers.clone());
-        tokio::spawn(async move { surgeguard::runtime::run(cfg, &brokers, async { stopped.await.ok(); }).await })
+        tokio::spawn(async move {
+            surgeguard::runtime::run(cfg, &brokers, async {
+                stopped.await.ok();
+            })
+            .await
+        })
     };
     // Up, then ready once the group has assigned the partitions.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -135,7 +140,9 @@ async fn the_api_serves_the_pipelines_state() {
         };
         assert!(m.contains("surgeguard_decisions_total{decision=\"allow\",tier=\"free\"}"), "{m}");
         assert!(m.contains("surgeguard_processing_seconds_bucket") && m.contains("surgeguard_ready 1"), "{m}");
-        let limit_line = m.lines().find(|l| l.starts_with("surgeguard_limit_adjusted_requests_per_minute{") && l.contains("tier=\"free\"") && l.contains("request_type=\"standard\""));
+        let limit_line = m.lines().find(|l| {
+            l.starts_with("surgeguard_limit_adjusted_requests_per_minute{") && l.contains("tier=\"free\"") && l.contains("request_type=\"standard\"")
+        });
         assert!(limit_line.is_some(), "{m}");
         // Exactly one state of each configured dependency's breaker is 1.
         for dep in ["ai_primary", "ai_secondary", "database"] {

@@ -71,7 +71,10 @@ impl Http {
     }
 
     fn put(&self, path: &str, body: &str, token: &str) -> Reply {
-        Self::reply(self.agent.put(format!("{}{path}", self.base)).header("authorization", format!("Bearer {token}")).header("x-actor", "test-operator").send(body), path)
+        Self::reply(
+            self.agent.put(format!("{}{path}", self.base)).header("authorization", format!("Bearer {token}")).header("x-actor", "test-operator").send(body),
+            path,
+        )
     }
 
     /// `method` on `path` with an empty body and no token.
@@ -162,7 +165,12 @@ async fn decide_users_and_admin_on_two_instances() {
     for cfg in [a, b] {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (cfg, brokers) = (Arc::new(cfg), brokers.clone());
-        services.push(tokio::spawn(async move { surgeguard::runtime::run(cfg, &brokers, async { stopped.await.ok(); }).await }));
+        services.push(tokio::spawn(async move {
+            surgeguard::runtime::run(cfg, &brokers, async {
+                stopped.await.ok();
+            })
+            .await
+        }));
         stops.push(stop);
     }
     let cfg = Arc::new(base);
@@ -186,7 +194,12 @@ async fn decide_users_and_admin_on_two_instances() {
         // Both ready, the two partitions split between them.
         // (Two members joining together: the mock cluster's coordinator once took over 30 s to
         // settle the group.)
-        let owned = |h: &Http| h.wait_for_up_to("/v1/assignment", Duration::from_secs(120), |v| v["ready"] == true && v["owned"].as_array().is_some_and(|o| o.len() == 1))["owned"][0].as_i64().expect("a partition");
+        let owned = |h: &Http| {
+            h.wait_for_up_to("/v1/assignment", Duration::from_secs(120), |v| v["ready"] == true && v["owned"].as_array().is_some_and(|o| o.len() == 1))["owned"]
+                [0]
+            .as_i64()
+            .expect("a partition")
+        };
         let (pa, pb) = (owned(&ha), owned(&hb));
         assert_ne!(pa, pb, "each owns one partition");
         // Every route of the router answers each of its documented methods with a documented

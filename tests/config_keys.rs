@@ -47,8 +47,14 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
     ("kafka.replication_factor", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.guarantee", "Kafka runtime only: how `surgeguard run` commits (tests/kafka_run.rs runs both); replay has no broker"),
     ("kafka.control_lookback_s", "Kafka runtime only: where a starting `surgeguard run` begins reading the control topics; replay reads its whole input"),
-    ("kafka.wall_clock_after_idle_ms", "Kafka runtime only: `surgeguard run` moves event time to the wall clock when idle (tests/kafka_run.rs sees a breaker half-open without events); replay has event time only"),
-    ("kafka.commit_interval_ms", "Kafka runtime only: how often `surgeguard run` writes coalesced limiter state to the changelog (tests/kafka_run.rs counts the records); replay keeps state in memory"),
+    (
+        "kafka.wall_clock_after_idle_ms",
+        "Kafka runtime only: `surgeguard run` moves event time to the wall clock when idle (tests/kafka_run.rs sees a breaker half-open without events); replay has event time only",
+    ),
+    (
+        "kafka.commit_interval_ms",
+        "Kafka runtime only: how often `surgeguard run` writes coalesced limiter state to the changelog (tests/kafka_run.rs counts the records); replay keeps state in memory",
+    ),
     ("kafka.partitions.requests", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.partitions.outcomes", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.partitions.telemetry", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
@@ -60,17 +66,29 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
     ("kafka.partitions.alerts", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.partitions.dlq", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("api.listen", "Kafka runtime only: where `surgeguard run` serves its HTTP API (tests/api.rs); replay serves none"),
-    ("api.partitioner", "Kafka runtime only: which partition the API looks a user up in (tests/api.rs checks it against librdkafka producers); replay serves no API"),
+    (
+        "api.partitioner",
+        "Kafka runtime only: which partition the API looks a user up in (tests/api.rs checks it against librdkafka producers); replay serves no API",
+    ),
     ("api.admin_token_env", "Kafka runtime only: the admin endpoints' token (tests/api.rs); replay serves no API"),
     ("api.max_body_bytes", "Kafka runtime only: the API's body limit (tests/api.rs sends a larger body); replay serves no API"),
     ("prediction.model", "prediction is off by default (no model); tests/predictive.rs replays with a model file, and with a missing and a bad one"),
-    ("prediction.history", "prediction is off by default; tests/predictive.rs seeds from a history (predictions from the first step) and refuses a history without a model"),
-    ("prediction.history_kind", "prediction is off by default; tests/predictive.rs reads a history as a series, and the same file as events (one request per row) forecasts far less"),
+    (
+        "prediction.history",
+        "prediction is off by default; tests/predictive.rs seeds from a history (predictions from the first step) and refuses a history without a model",
+    ),
+    (
+        "prediction.history_kind",
+        "prediction is off by default; tests/predictive.rs reads a history as a series, and the same file as events (one request per row) forecasts far less",
+    ),
     ("prediction.scope", "prediction is off by default; tests/predictive.rs perturbs it with a model"),
     ("prediction.spike_factor", "prediction is off by default; tests/predictive.rs perturbs it with a model"),
     ("prediction.min_confidence", "prediction is off by default; tests/predictive.rs perturbs it with a model"),
     ("prediction.coverage", "prediction is off by default; tests/predictive.rs perturbs it with a model"),
-    ("prediction.allowed_lateness_s", "prediction is off by default; tests/predictive.rs perturbs it with a model (predictor.rs's unit test counts late requests)"),
+    (
+        "prediction.allowed_lateness_s",
+        "prediction is off by default; tests/predictive.rs perturbs it with a model (predictor.rs's unit test counts late requests)",
+    ),
     ("alerts.predicted_spike.enabled", "fires only with a demand model; tests/predictive.rs perturbs it with one"),
     ("alerts.predicted_spike.severity", "fires only with a demand model; tests/predictive.rs perturbs it with one"),
     ("alerts.predicted_spike.cooldown_s", "fires only with a demand model; monitor.rs's unit test holds a second spike within the cool-down"),
@@ -257,8 +275,7 @@ fn with(doc: &Value, path: &[Seg], value: &Value) -> Value {
 
 /// Whether a validation error is about `path`: the same key, or a table or array holding it.
 fn names_key(error_key: &str, path: &str) -> bool {
-    !error_key.is_empty()
-        && (path == error_key || path.starts_with(&format!("{error_key}.")) || path.starts_with(&format!("{error_key}[")))
+    !error_key.is_empty() && (path == error_key || path.starts_with(&format!("{error_key}.")) || path.starts_with(&format!("{error_key}[")))
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -302,18 +319,19 @@ impl Hand {
     }
 
     fn outcome(&mut self, ts: Millis, dependency: &str, error: Option<ErrorClass>, latency_ms: f64) {
-        self.events.push(InputEvent::Outcome(OutcomeEvent {
-            ts,
-            dependency: dependency.into(),
-            ok: error.is_none(),
-            error,
-            latency_ms,
-            request_id: None,
-        }));
+        self.events.push(InputEvent::Outcome(OutcomeEvent { ts, dependency: dependency.into(), ok: error.is_none(), error, latency_ms, request_id: None }));
     }
 
     fn admin(&mut self, ts: Millis, dependency: &str, action: AdminAction) {
-        self.events.push(InputEvent::Admin(AdminEvent { ts, dependency: dependency.into(), action, key: None, rpm: None, until: None, actor: Some("probe-operator".into()) }));
+        self.events.push(InputEvent::Admin(AdminEvent {
+            ts,
+            dependency: dependency.into(),
+            action,
+            key: None,
+            rpm: None,
+            until: None,
+            actor: Some("probe-operator".into()),
+        }));
     }
 
     /// A sample from the single probe host (after the surge's hosts went stale).
@@ -453,11 +471,8 @@ fn hand_events() -> Vec<InputEvent> {
 const SURGE_CUTS: [((i64, i64), (i64, i64)); 3] = [((0, 0), (2, 0)), ((6, 40), (8, 40)), ((14, 20), (14, 40))];
 
 fn scenario() -> Vec<u8> {
-    let in_cut = |ts: Millis| {
-        SURGE_CUTS.iter().any(|((m0, s0), (m1, s1))| at(*m0, s0 * 1000) <= ts && ts < at(*m1, s1 * 1000))
-    };
-    let mut all: Vec<(InputEvent, bool)> =
-        monday_surge(&Surge::default()).into_iter().filter(|e| in_cut(e.ts())).map(|e| (e, false)).collect();
+    let in_cut = |ts: Millis| SURGE_CUTS.iter().any(|((m0, s0), (m1, s1))| at(*m0, s0 * 1000) <= ts && ts < at(*m1, s1 * 1000));
+    let mut all: Vec<(InputEvent, bool)> = monday_surge(&Surge::default()).into_iter().filter(|e| in_cut(e.ts())).map(|e| (e, false)).collect();
     all.extend(hand_events().into_iter().map(|e| (e, true)));
     all.sort_by_key(|(e, _)| e.ts()); // stable: equal times keep their order
     let mut buf = Vec::new();
@@ -494,9 +509,7 @@ fn check_base(out: &[u8], summary: &ReplaySummary) {
     // Grace bursts: the first has the whole allowance, the second (next half window) none.
     for (tier, _, grace) in TIERS {
         let d = decisions(&format!("probe-grace-{tier}"));
-        let kinds = |ds: &[&serde_json::Value]| {
-            ds.iter().map(|d| d["decision"].as_str().unwrap().to_string()).collect::<Vec<_>>()
-        };
+        let kinds = |ds: &[&serde_json::Value]| ds.iter().map(|d| d["decision"].as_str().unwrap().to_string()).collect::<Vec<_>>();
         let n = grace as usize + 3;
         assert_eq!(d.len(), 2 * n, "{tier}");
         let first = kinds(&d[..n]);
@@ -518,9 +531,7 @@ fn check_base(out: &[u8], summary: &ReplaySummary) {
         ("probe-throttle-free-standard", "normal", r#"{"delay":{"seconds":1}}"#),
     ] {
         let strategy: serde_json::Value = serde_json::from_str(strategy).unwrap();
-        let found = decisions(user)
-            .iter()
-            .any(|d| d["severity"] == severity && d["decision"] == "throttle" && d["strategy"] == strategy);
+        let found = decisions(user).iter().any(|d| d["severity"] == severity && d["decision"] == "throttle" && d["strategy"] == strategy);
         assert!(found, "{user} under {severity} load gets {strategy}");
     }
     // Every multiplier step shows in a limit update's reason.
@@ -560,10 +571,8 @@ fn check_base(out: &[u8], summary: &ReplaySummary) {
     for rule in ["throttling", "grace_usage", "breaker_tripped"] {
         assert!(rules.contains(&rule), "{rule}: {rules:?}");
     }
-    let corr: Vec<Millis> = of("alerts")
-        .filter(|a| a["rule"] == "throttle_load_correlation")
-        .map(|a| Millis::parse_rfc3339(a["ts"].as_str().unwrap()).unwrap())
-        .collect();
+    let corr: Vec<Millis> =
+        of("alerts").filter(|a| a["rule"] == "throttle_load_correlation").map(|a| Millis::parse_rfc3339(a["ts"].as_str().unwrap()).unwrap()).collect();
     assert!(corr.iter().filter(|ts| **ts >= at(CORRELATION, 0)).count() >= 2, "{corr:?}");
     // The late sweep forgot the surge's users.
     assert!(summary.counters.evicted_users > 0 && summary.tracked_users < 10, "{summary:?}");
@@ -619,9 +628,7 @@ fn every_key_in_default_toml_changes_behaviour() {
             }
         }
         match (chosen, in_list(VALIDATION_ONLY, &key)) {
-            (Some((value, _)), true) => {
-                failures.push(format!("{key} = {value} passes validation: take it off VALIDATION_ONLY"))
-            }
+            (Some((value, _)), true) => failures.push(format!("{key} = {value} passes validation: take it off VALIDATION_ONLY")),
             (Some((value, cfg)), false) => jobs.push(Job { key, value, cfg }),
             (None, listed) => {
                 for (value, e) in &rejected {
@@ -631,10 +638,7 @@ fn every_key_in_default_toml_changes_behaviour() {
                 }
                 if !listed {
                     let tried: Vec<String> = rejected.iter().map(|(v, _)| v.to_string()).collect();
-                    failures.push(format!(
-                        "{key}: every perturbation ({}) fails validation; find a valid one or list it in VALIDATION_ONLY",
-                        tried.join(", ")
-                    ));
+                    failures.push(format!("{key}: every perturbation ({}) fails validation; find a valid one or list it in VALIDATION_ONLY", tried.join(", ")));
                 }
             }
         }
@@ -660,11 +664,7 @@ fn every_key_in_default_toml_changes_behaviour() {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = jobs.get(i) else { break };
                     let (out, summary) = replay(job.cfg.clone(), &input);
-                    let changed = if in_list(SUMMARY_ONLY, &job.key) {
-                        evictions(&summary) != evictions(&base_summary)
-                    } else {
-                        out != base
-                    };
+                    let changed = if in_list(SUMMARY_ONLY, &job.key) { evictions(&summary) != evictions(&base_summary) } else { out != base };
                     results.lock().unwrap().push((job.key.clone(), job.value.clone(), changed));
                 }
             });

@@ -60,7 +60,21 @@ fn fit_and_backtest_from_the_command_line() {
     // backtest: two models, six cutoffs 8 hours apart.
     let out = arg(&dir, "bt");
     let table = ok(&[
-        "backtest", "--history", &history, "--events", &events, "--model", "ols,poisson", "--windows", "6", "--step", "8h", "--horizon", "1h", "--out", &out,
+        "backtest",
+        "--history",
+        &history,
+        "--events",
+        &events,
+        "--model",
+        "ols,poisson",
+        "--windows",
+        "6",
+        "--step",
+        "8h",
+        "--horizon",
+        "1h",
+        "--out",
+        &out,
     ]);
     for name in ["ols", "poisson", "naive_daily", "naive_weekly"] {
         assert!(table.lines().any(|l| l.starts_with(name)), "no {name} row in:\n{table}");

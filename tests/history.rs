@@ -13,10 +13,10 @@ use datafusion::arrow::array::{Array, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use support::Scratch;
 use surgeguard::demand::{DemandError, DemandSource, aggregate};
 use surgeguard::history_gen::{HistoryOptions, generate};
 use surgeguard::time::Millis;
-use support::Scratch;
 
 /// Every `ts` in the Parquet files under `dir`, read with the parquet crate's own reader (not
 /// DataFusion).
@@ -95,10 +95,7 @@ async fn generated_history_aggregates_to_the_counts_of_its_rows() {
 async fn a_series_is_binned_summed_and_zero_filled() {
     let dir = Scratch::new("series");
     // 5-minute buckets from 00:00: 2 | 0 | 3+1 | 0 | 0 | 4 (rows out of order, RFC 3339 times).
-    let csv = dir.write(
-        "s.csv",
-        "ts,value\n2026-01-05T00:10:00Z,3\n2026-01-05T00:00:30Z,2\n2026-01-05T00:25:00Z,4\n2026-01-05T00:14:59.999Z,1\n",
-    );
+    let csv = dir.write("s.csv", "ts,value\n2026-01-05T00:10:00Z,3\n2026-01-05T00:00:30Z,2\n2026-01-05T00:25:00Z,4\n2026-01-05T00:14:59.999Z,1\n");
     let got = aggregate(&series(&csv), 300_000).await.expect("aggregate");
     let s = &got[""];
     assert_eq!(s.start, Millis(1_767_571_200_000));

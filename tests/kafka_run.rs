@@ -17,9 +17,9 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use surgeguard::changelog;
 use surgeguard::config::Config;
 use surgeguard::events::{ErrorClass, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
-use surgeguard::time::Millis;
 use surgeguard::outputs::Output;
 use surgeguard::scenario::{Surge, monday_surge};
+use surgeguard::time::Millis;
 use surgeguard::topology::Topology;
 
 fn brokers() -> String {
@@ -41,10 +41,11 @@ impl Pipeline {
     fn with(name: &str, kafka: &str) -> Self {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let prefix = format!("{name}-{}-{}", std::process::id(), nanos % 1_000_000_000);
-        let topics: Vec<String> = ["requests", "outcomes", "telemetry", "admin", "decisions", "limits", "breakers", "predictions", "alerts", "dlq", "changelog"]
-            .iter()
-            .map(|t| format!("{t} = \"{prefix}.{t}\""))
-            .collect();
+        let topics: Vec<String> =
+            ["requests", "outcomes", "telemetry", "admin", "decisions", "limits", "breakers", "predictions", "alerts", "dlq", "changelog"]
+                .iter()
+                .map(|t| format!("{t} = \"{prefix}.{t}\""))
+                .collect();
         // Event time only unless a test asks for the wall clock: the surge's events carry fixed
         // times, which the wall clock must not overtake during the tests' pauses.
         let wall_clock = if kafka.contains("wall_clock_after_idle_ms") { "" } else { "wall_clock_after_idle_ms = 0\n" };
@@ -247,7 +248,12 @@ async fn decides_every_request_dead_letters_malformed_input_and_commits_after_de
     let good = requests(2000);
     let ids: BTreeSet<String> = good.iter().map(|(_, v)| serde_json::from_slice::<serde_json::Value>(v).unwrap()["id"].as_str().unwrap().to_string()).collect();
     let mut bad: Vec<(String, Vec<u8>)> = (0..50).map(|i| (format!("bad-{i}"), format!("{{not json {i}").into_bytes())).collect();
-    bad.extend((0..50).map(|i| (format!("neg-{i}"), format!(r#"{{"id":"n{i}","ts":"2026-11-30T09:00:00Z","user_id":"u","tier":"pro","request_type":"standard","cost":-1}}"#).into_bytes())));
+    bad.extend((0..50).map(|i| {
+        (
+            format!("neg-{i}"),
+            format!(r#"{{"id":"n{i}","ts":"2026-11-30T09:00:00Z","user_id":"u","tier":"pro","request_type":"standard","cost":-1}}"#).into_bytes(),
+        )
+    }));
     // Topics are created by the service; wait for them by producing with retries.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut mixed = good.clone();
@@ -341,7 +347,8 @@ fn log_field_sum(log: &std::path::Path, message: &str, field: &str) -> u64 {
 /// once it has decided 2 000 of them and before it has decided all; returns the request ids.
 async fn kill_9_mid_stream(p: &Pipeline, n: usize) -> BTreeSet<String> {
     let events = requests(n);
-    let ids: BTreeSet<String> = events.iter().map(|(_, v)| serde_json::from_slice::<serde_json::Value>(v).unwrap()["id"].as_str().unwrap().to_string()).collect();
+    let ids: BTreeSet<String> =
+        events.iter().map(|(_, v)| serde_json::from_slice::<serde_json::Value>(v).unwrap()["id"].as_str().unwrap().to_string()).collect();
     let first = p.start();
     tokio::time::sleep(Duration::from_secs(3)).await;
     produce(&p.topic("requests"), &events).await;
@@ -365,14 +372,13 @@ async fn kill_9_mid_stream(p: &Pipeline, n: usize) -> BTreeSet<String> {
 /// The latest changelog record per key, reading every partition to its end, and how many records
 /// were read.
 fn latest_states(topic: &str, partitions: i32) -> (BTreeMap<String, changelog::Record>, usize) {
-    let consumer: BaseConsumer =
-        ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("group.id", "changelog-reader")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .expect("consumer");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "changelog-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for p in 0..partitions {
@@ -423,10 +429,7 @@ async fn a_second_instance_joining_mid_stream_changes_no_decision() {
     let p = Pipeline::new("rebalance");
     let events = request_events(60_000);
     let (want, _) = uninterrupted(&events);
-    assert!(
-        want.values().filter(|d| d["decision"] == "throttle").count() > 1000,
-        "the scenario must throttle, or equal decisions would prove little"
-    );
+    assert!(want.values().filter(|d| d["decision"] == "throttle").count() > 1000, "the scenario must throttle, or equal decisions would prove little");
     let records = encoded(&events);
     let (early, late) = records.split_at(records.len() / 2);
     let first_log = std::env::temp_dir().join(format!("{}.first.log", p.prefix));
@@ -574,7 +577,14 @@ fn upstream_timeouts_now(n: i64) -> Vec<(String, Vec<u8>)> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
     (0..n)
         .map(|i| {
-            let o = OutcomeEvent { ts: Millis(now + i), dependency: "ai_primary".into(), ok: false, error: Some(ErrorClass::Timeout), latency_ms: 100.0, request_id: None };
+            let o = OutcomeEvent {
+                ts: Millis(now + i),
+                dependency: "ai_primary".into(),
+                ok: false,
+                error: Some(ErrorClass::Timeout),
+                latency_ms: 100.0,
+                request_id: None,
+            };
             ("ai_primary".to_string(), serde_json::to_vec(&o).expect("outcome JSON"))
         })
         .collect()
@@ -642,7 +652,9 @@ async fn an_open_breaker_half_opens_on_the_wall_clock_when_nothing_arrives() {
     // nothing to an open breaker's dependency): only the wall clock can move it on.
     produce(&p.topic("outcomes"), &failures).await;
     let state = |m: &rdkafka::message::OwnedMessage| {
-        serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or(b"{}")).map(|v| v["state"].as_str().unwrap_or_default().to_string()).unwrap_or_default()
+        serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or(b"{}"))
+            .map(|v| v["state"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
     };
     let states = read_until(&p.topic("breakers"), Duration::from_secs(30), |m| state(m) == "half_open");
     let seen: Vec<String> = states.iter().map(state).collect();

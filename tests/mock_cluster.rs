@@ -37,7 +37,12 @@ async fn nothing_is_lost_when_a_broker_goes_down_and_requests_fail() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = {
         let (cfg, brokers) = (cfg.clone(), brokers.clone());
-        tokio::spawn(async move { surgeguard::runtime::run(cfg, &brokers, async { stopped.await.ok(); }).await })
+        tokio::spawn(async move {
+            surgeguard::runtime::run(cfg, &brokers, async {
+                stopped.await.ok();
+            })
+            .await
+        })
     };
 
     let requests: Vec<_> = monday_surge(&Surge { backend: false, ..Surge::default() })

@@ -181,9 +181,7 @@ fn the_cut_comes_before_a_planned_surge_through_the_cli() {
     assert!(p["spike_factor"].as_f64().unwrap() > 2.0 && p["confidence"].as_f64().unwrap() > 0.8, "{p}");
     assert_eq!(p["scope"], "global");
     // Decisions after the cut are made against the lower limit.
-    let limit_at = |t: Millis| {
-        of(&out, "decisions").find(|d| ts(d) >= t).map(|d| d["limit"].as_u64().expect("limit")).expect("a decision")
-    };
+    let limit_at = |t: Millis| of(&out, "decisions").find(|d| ts(d) >= t).map(|d| d["limit"].as_u64().expect("limit")).expect("a decision");
     assert!(limit_at(at) < limit_at(Millis(surge.start.0 - 3 * HOUR)));
     // The limits come back after the surge.
     let restored = of(&out, "limits").find(|l| ts(l) > surge.start && predicted_multiplier(l) == 1.0).expect("restored");
@@ -304,7 +302,12 @@ async fn run_publishes_predictions_the_cut_and_the_alert() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = {
         let (cfg, brokers) = (cfg.clone(), brokers.clone());
-        tokio::spawn(async move { surgeguard::runtime::run(cfg, &brokers, async { stopped.await.ok(); }).await })
+        tokio::spawn(async move {
+            surgeguard::runtime::run(cfg, &brokers, async {
+                stopped.await.ok();
+            })
+            .await
+        })
     };
     // Day 31 from midnight to 12:30: the campaign starts at 12:00.
     let surge = campaign(31);

@@ -61,8 +61,7 @@ fn gap_ms() -> impl Strategy<Value = i64> {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    (0..USERS.len(), gap_ms(), 1u32..=5, prop::bool::weighted(0.2))
-        .prop_map(|(user, gap_ms, cost, sweep)| Step { user, gap_ms, cost, sweep })
+    (0..USERS.len(), gap_ms(), 1u32..=5, prop::bool::weighted(0.2)).prop_map(|(user, gap_ms, cost, sweep)| Step { user, gap_ms, cost, sweep })
 }
 
 fn limiter_case() -> impl Strategy<Value = LimiterCase> {
@@ -136,10 +135,7 @@ fn check_limiter(case: &LimiterCase) -> Result<(), String> {
         }
         let allowed_recent = sum_in(h, t - memory_ms, t, |k| k == Allow);
         if allowed_recent + cost <= limit && v.kind != Allow {
-            return Err(format!(
-                "only {allowed_recent} units allowed in the last {memory_ms} ms (limit {limit}), yet not allowed: {}",
-                at()
-            ));
+            return Err(format!("only {allowed_recent} units allowed in the last {memory_ms} ms (limit {limit}), yet not allowed: {}", at()));
         }
         match v.kind {
             Allow => {
@@ -162,10 +158,7 @@ fn check_limiter(case: &LimiterCase) -> Result<(), String> {
                 let graced_recent = sum_in(h, t - grace_memory_ms, t, |k| k == AllowWithGrace);
                 // Grace never covers a request larger than the whole limit.
                 if cost <= limit && graced_recent + cost <= allowance && v.kind != AllowWithGrace {
-                    return Err(format!(
-                        "only {graced_recent} grace units in the last {grace_memory_ms} ms (allowance {allowance}), yet throttled: {}",
-                        at()
-                    ));
+                    return Err(format!("only {graced_recent} grace units in the last {grace_memory_ms} ms (allowance {allowance}), yet throttled: {}", at()));
                 }
             }
         }
@@ -302,22 +295,21 @@ fn error_class() -> impl Strategy<Value = ErrorClass> {
 }
 
 fn request_event() -> impl Strategy<Value = InputEvent> {
-    (0..4usize, select(TIERS.to_vec()), select(REQUEST_TYPES.to_vec()), prop_oneof![4 => Just(1u32), 1 => 1u32..=5])
-        .prop_map(|(u, tier, rt, cost)| {
-            InputEvent::Request(RequestEvent {
-                id: Default::default(),
-                ts: Millis(0),
-                user_id: format!("u{u}").into(),
-                tier: tier.into(),
-                request_type: rt.into(),
-                cost,
-            })
+    (0..4usize, select(TIERS.to_vec()), select(REQUEST_TYPES.to_vec()), prop_oneof![4 => Just(1u32), 1 => 1u32..=5]).prop_map(|(u, tier, rt, cost)| {
+        InputEvent::Request(RequestEvent {
+            id: Default::default(),
+            ts: Millis(0),
+            user_id: format!("u{u}").into(),
+            tier: tier.into(),
+            request_type: rt.into(),
+            cost,
         })
+    })
 }
 
 fn outcome_event() -> impl Strategy<Value = InputEvent> {
-    (select(DEPENDENCIES.to_vec()), prop::bool::weighted(0.5), error_class(), 0.0f64..20_000.0, prop::option::of(0..50u32))
-        .prop_map(|(dep, ok, class, latency_ms, req)| {
+    (select(DEPENDENCIES.to_vec()), prop::bool::weighted(0.5), error_class(), 0.0f64..20_000.0, prop::option::of(0..50u32)).prop_map(
+        |(dep, ok, class, latency_ms, req)| {
             InputEvent::Outcome(OutcomeEvent {
                 ts: Millis(0),
                 dependency: dep.into(),
@@ -326,7 +318,8 @@ fn outcome_event() -> impl Strategy<Value = InputEvent> {
                 latency_ms,
                 request_id: req.map(|r| format!("r{r}").into()),
             })
-        })
+        },
+    )
 }
 
 fn admin_event() -> impl Strategy<Value = InputEvent> {
@@ -436,23 +429,23 @@ fn any_text() -> impl Strategy<Value = String> {
 }
 
 fn any_request() -> impl Strategy<Value = RequestEvent> {
-    (any_text(), MIN_MS..MAX_MS, any_text(), any_text(), any_text(), prop_oneof![Just(1u32), 1u32..=u32::MAX])
-        .prop_map(|(id, ts, user_id, tier, request_type, cost)| RequestEvent {
+    (any_text(), MIN_MS..MAX_MS, any_text(), any_text(), any_text(), prop_oneof![Just(1u32), 1u32..=u32::MAX]).prop_map(
+        |(id, ts, user_id, tier, request_type, cost)| RequestEvent {
             id: id.into(),
             ts: Millis(ts),
             user_id: user_id.into(),
             tier: tier.into(),
             request_type: request_type.into(),
             cost,
-        })
+        },
+    )
 }
 
 fn any_event() -> impl Strategy<Value = InputEvent> {
-    (prop_oneof![any_request().prop_map(InputEvent::Request), outcome_event(), telemetry_sample(), admin_event()], MIN_MS..MAX_MS)
-        .prop_map(|(mut e, ts)| {
-            set_ts(&mut e, Millis(ts));
-            e
-        })
+    (prop_oneof![any_request().prop_map(InputEvent::Request), outcome_event(), telemetry_sample(), admin_event()], MIN_MS..MAX_MS).prop_map(|(mut e, ts)| {
+        set_ts(&mut e, Millis(ts));
+        e
+    })
 }
 
 fn tagged_line(e: &InputEvent) -> Vec<u8> {
@@ -466,12 +459,8 @@ fn check_accepted(e: &InputEvent) -> Result<(), String> {
     let ts_ok = |ts: Millis| (MIN_MS..MAX_MS).contains(&ts.0);
     let ok = match e {
         InputEvent::Admin(a) => ts_ok(a.ts) && !a.dependency.is_empty(),
-        InputEvent::Request(r) => {
-            ts_ok(r.ts) && r.cost >= 1 && ![&r.id, &r.user_id, &r.tier, &r.request_type].iter().any(|s| s.is_empty())
-        }
-        InputEvent::Outcome(o) => {
-            ts_ok(o.ts) && !o.dependency.is_empty() && o.latency_ms >= 0.0 && o.ok == o.error.is_none()
-        }
+        InputEvent::Request(r) => ts_ok(r.ts) && r.cost >= 1 && ![&r.id, &r.user_id, &r.tier, &r.request_type].iter().any(|s| s.is_empty()),
+        InputEvent::Outcome(o) => ts_ok(o.ts) && !o.dependency.is_empty() && o.latency_ms >= 0.0 && o.ok == o.error.is_none(),
         InputEvent::Telemetry(t) => {
             ts_ok(t.ts)
                 && !t.source.is_empty()
@@ -525,14 +514,42 @@ fn json_byte() -> impl Strategy<Value = u8> {
 fn tricky_value() -> impl Strategy<Value = String> {
     prop_oneof![
         select(vec![
-            "0", "-0", "1", "-1", "1.5", "0.0", "1e400", "-1e400", "4294967295", "4294967296",
-            "4294967295.5", "18446744073709551615", "18446744073709551616", "1e-400", "null",
-            "true", "false", "[]", "{}", "\"\"", "\"\\ud800\"", "\"\\u0000\"",
-            "\"2100-01-01T00:00:00Z\"", "\"2099-12-31T23:59:59.999+00:00\"",
-            "\"2099-12-31T23:59:59-23:59\"", "\"1970-01-01T00:00:00+00:01\"",
-            "\"1969-12-31T23:59:59.999Z\"", "\"2026-06-30T23:59:60Z\"", "\"9999-12-31T23:59:59Z\"",
-            "\"0000-01-01T00:00:00Z\"", "\"2026-11-30T09:00:00.123456789012Z\"", "\"timeout\"",
-            "\"meltdown\"", "\"requests\"", "\"outcomes\"", "\"telemetry\"",
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "1.5",
+            "0.0",
+            "1e400",
+            "-1e400",
+            "4294967295",
+            "4294967296",
+            "4294967295.5",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1e-400",
+            "null",
+            "true",
+            "false",
+            "[]",
+            "{}",
+            "\"\"",
+            "\"\\ud800\"",
+            "\"\\u0000\"",
+            "\"2100-01-01T00:00:00Z\"",
+            "\"2099-12-31T23:59:59.999+00:00\"",
+            "\"2099-12-31T23:59:59-23:59\"",
+            "\"1970-01-01T00:00:00+00:01\"",
+            "\"1969-12-31T23:59:59.999Z\"",
+            "\"2026-06-30T23:59:60Z\"",
+            "\"9999-12-31T23:59:59Z\"",
+            "\"0000-01-01T00:00:00Z\"",
+            "\"2026-11-30T09:00:00.123456789012Z\"",
+            "\"timeout\"",
+            "\"meltdown\"",
+            "\"requests\"",
+            "\"outcomes\"",
+            "\"telemetry\"",
         ])
         .prop_map(String::from),
         any::<f64>().prop_map(|f| format!("{f:?}")),

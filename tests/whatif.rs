@@ -57,11 +57,13 @@ fn two_policies_by_hand_and_as_replay_decides() {
     let default = support::root().join("pipelines/default.toml").to_string_lossy().to_string();
     let strict = dir.write("strict.toml", "[tiers.free]\nbaseline_rpm = 30\nminimum_guaranteed = 10\nmaximum_burst = 60\ngrace_allowance = 10\ngrace_window_s = 3600\n[tiers.pro]\nbaseline_rpm = 600\nminimum_guaranteed = 100\nmaximum_burst = 1200\ngrace_allowance = 60\ngrace_window_s = 3600\n[tiers.enterprise]\nbaseline_rpm = 3000\nminimum_guaranteed = 1000\nmaximum_burst = 6000\ngrace_allowance = 300\ngrace_window_s = 3600\n");
     let report = dir.path("report.json");
-    let (ok, stdout, stderr) = whatif(&["--history", &history.to_string_lossy(), "--config", &default, "--config", &strict, "--capacity", "60", "--out", &report.to_string_lossy()]);
+    let (ok, stdout, stderr) =
+        whatif(&["--history", &history.to_string_lossy(), "--config", &default, "--config", &strict, "--capacity", "60", "--out", &report.to_string_lossy()]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("policy default") && stdout.contains("policy strict"), "{stdout}");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
-    let counts = |p: &Value, tier: &str| (p["by_tier"][tier]["allowed"].as_u64(), p["by_tier"][tier]["graced"].as_u64(), p["by_tier"][tier]["throttled"].as_u64());
+    let counts =
+        |p: &Value, tier: &str| (p["by_tier"][tier]["allowed"].as_u64(), p["by_tier"][tier]["graced"].as_u64(), p["by_tier"][tier]["throttled"].as_u64());
     let (d, s) = (&r["policies"][0], &r["policies"][1]);
     assert_eq!((d["name"].as_str(), s["name"].as_str()), (Some("default"), Some("strict")));
     // By hand: 60 allowed + 10 graced + 5 throttled in minute 0, 20 allowed in minute 5.

@@ -7,7 +7,8 @@
 //! can answer; the others answer 421 Misdirected Request with the partition, so a caller routes
 //! with `/v1/assignment`. A decision counts in the state like a streamed request: it goes to the
 //! changelog with the next flush, and its outputs (the `Decision`, any timer outputs) are
-//! published by the main loop (`ApiState::wake`).
+//! published by the main loop (`ApiState::wake`). A request id decided shortly before is answered
+//! with its first decision and not counted again (`idempotency.rs`).
 
 use std::sync::atomic::Ordering;
 
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 use crate::api_state::{ApiState, Problem, body, lock, path, query, wall_clock};
 use crate::events::InputEvent;
+use crate::idempotency::Seen;
 use crate::outputs::{Decision, DecisionKind, Output};
 use crate::topology::Counted;
 
@@ -28,6 +30,8 @@ use crate::topology::Counted;
 const MAX_QUEUED: usize = 100_000;
 
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// On an answer repeated for a request id decided before (`idempotency.rs`).
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// The IETF draft's fields (draft-ietf-httpapi-ratelimit-headers): `RateLimit-Policy:
@@ -95,6 +99,25 @@ pub async fn decide(State(s): State<ApiState>, raw: Result<Bytes, BytesRejection
         // The decision is made at the service's time, not the caller's: a caller's clock must
         // not move this instance's event time (it drives every timer, eviction and override).
         ev.ts = sh.topology.watermark().map_or_else(wall_clock, |w| w.max(wall_clock()));
+        let now = ev.ts;
+        match sh.api_recent.seen(&ev, now) {
+            Seen::New => {}
+            Seen::Again(d) => {
+                let mut response = decision_response(d, s.window_s);
+                drop(sh);
+                s.metrics.api_replayed.inc();
+                response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+                return Ok(response);
+            }
+            Seen::Conflict => {
+                return Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Unprocessable Entity",
+                    format!("request id `{}` of user `{}` was decided for another tier, request type or cost; a new request needs a new id", ev.id, ev.user_id),
+                ));
+            }
+        }
+        let asked = ev.clone();
         let mut outs = Vec::with_capacity(2);
         sh.topology.process_in(p, InputEvent::Request(ev), Counted::No, &mut outs);
         let Some(d) = outs.iter().rev().find_map(|o| match o {
@@ -103,6 +126,7 @@ pub async fn decide(State(s): State<ApiState>, raw: Result<Bytes, BytesRejection
         }) else {
             return Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", "the limiter gave no decision"));
         };
+        sh.api_recent.remember(&asked, &d, now);
         let through = sh.counted_through(&s.requests_topic, p, &d.user_id, &d.request_type);
         sh.changelog.note_untracked(p, through, &d.user_id, &d.request_type);
         // One wake-up per batch: the main loop takes everything queued when it wakes.

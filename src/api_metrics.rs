@@ -14,6 +14,8 @@ pub struct Metrics {
     events_in: IntCounterVec,
     decisions: IntCounterVec,
     pub dead_lettered: IntCounter,
+    /// `POST /v1/decide` answers repeated for a request id decided before.
+    pub api_replayed: IntCounter,
     pub processing_seconds: Histogram,
     pub ready: IntGauge,
     /// `outputs` per output kind, and `decisions` per configured tier and decision kind, looked
@@ -55,6 +57,10 @@ impl Metrics {
         )?;
         let decisions = reg(&registry, IntCounterVec::new(Opts::new("decisions_total", "Decisions, by decision and tier"), &["decision", "tier"])?)?;
         let dead_lettered = reg(&registry, IntCounter::new("dlq_messages_total", "Input messages sent to the DLQ")?)?;
+        let api_replayed = reg(
+            &registry,
+            IntCounter::new("api_decisions_replayed_total", "POST /v1/decide answers repeated for a request id decided before (not counted again)")?,
+        )?;
         let processing_seconds = reg(
             &registry,
             Histogram::with_opts(
@@ -107,6 +113,7 @@ impl Metrics {
             events_in,
             decisions,
             dead_lettered,
+            api_replayed,
             processing_seconds,
             ready,
             outputs_by_kind,

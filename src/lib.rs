@@ -61,6 +61,7 @@ pub mod glm;
 pub mod health;
 pub mod history;
 pub mod history_gen;
+pub mod idempotency;
 pub mod intervals;
 pub mod kafka_topics;
 pub mod limiter;

@@ -53,6 +53,8 @@ pub struct Shared {
     pub requests_partitions: usize,
     /// Outputs of the API's decisions (`POST /v1/decide`), for the main loop to publish.
     pub api_outputs: Vec<crate::outputs::Output>,
+    /// The API's recent decisions by request id (off until the runtime configures it).
+    pub api_recent: crate::idempotency::RecentDecisions,
 }
 
 impl Shared {
@@ -68,6 +70,7 @@ impl Shared {
             no_commit: false,
             requests_partitions: 0,
             api_outputs: Vec::new(),
+            api_recent: crate::idempotency::RecentDecisions::default(),
         }
     }
 

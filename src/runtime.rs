@@ -159,6 +159,7 @@ pub async fn run_reloading(
 
     let mut sh = Shared::new(topology);
     sh.requests_partitions = requests_partitions;
+    sh.api_recent = crate::idempotency::RecentDecisions::new(cfg.api.idempotency_window_s, cfg.api.idempotency_capacity);
     let shared = Arc::new(Mutex::new(sh));
     let metrics = Arc::new(Metrics::new(&cfg).map_err(|e| RunError::Api(format!("metrics: {e}")))?);
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -255,8 +255,11 @@ async fn decide_users_and_admin_on_two_instances() {
         let ts = now_rfc3339();
         let mut seen = std::collections::BTreeMap::<String, u32>::new();
         let mut last_remaining = u64::MAX;
+        let mut bodies = Vec::new();
         for i in 0..75 {
             let r = ha.post("/v1/decide", &request(&format!("http-{i}"), &user, &ts), None);
+            assert_eq!(r.header("idempotent-replayed"), None);
+            bodies.push(r.body.clone());
             let d = r.json();
             *seen.entry(d["decision"].as_str().unwrap_or("?").to_string()).or_default() += 1;
             let (remaining, _) = ratelimit(r.header("ratelimit").ok_or("no RateLimit")?);
@@ -274,6 +277,18 @@ async fn decide_users_and_admin_on_two_instances() {
         }
         let expect: std::collections::BTreeMap<String, u32> = [("allow".into(), 60), ("allow_with_grace".into(), 10), ("throttle".into(), 5)].into();
         assert_eq!(seen, expect);
+        // Sent again (a client's retry): the first answer again, not counted, not published again.
+        for (i, status) in [(3, 200), (74, 429)] {
+            let again = ha.post("/v1/decide", &request(&format!("http-{i}"), &user, &now_rfc3339()), None);
+            assert_eq!((again.status, again.header("idempotent-replayed")), (status, Some("true")), "{}", again.body);
+            assert_eq!(again.body, bodies[i], "the first decision, as it was");
+        }
+        // The same id for another request is refused.
+        let reused = json!({"id": "http-3", "ts": ts, "user_id": user, "tier": "free", "request_type": "standard", "cost": 5}).to_string();
+        let p = ha.post("/v1/decide", &reused, None).problem(422);
+        assert!(p["detail"].as_str().unwrap_or("").contains("http-3"), "{p}");
+        let metrics = ha.get("/metrics").body;
+        assert!(metrics.lines().any(|l| l == "surgeguard_api_decisions_replayed_total 2"), "{metrics}");
         // The other instance does not decide for this user.
         hb.post("/v1/decide", &request("http-x", &user, &ts), None).problem(421);
         let q = ha.get(&format!("/v1/users/{user}?tier=free&request_type=standard")).json();
@@ -341,7 +356,7 @@ async fn decide_users_and_admin_on_two_instances() {
         .create()
         .expect("consumer");
     consumer.subscribe(&[cfg.topics.decisions.as_str()]).expect("subscribe");
-    let mut http_ids = std::collections::BTreeSet::new();
+    let mut http_ids = std::collections::BTreeMap::<String, usize>::new();
     let mut streamed = None;
     let deadline = Instant::now() + Duration::from_secs(30);
     while (http_ids.len() < 75 || streamed.is_none()) && Instant::now() < deadline {
@@ -349,7 +364,7 @@ async fn decide_users_and_admin_on_two_instances() {
             let v: Value = serde_json::from_slice(m.payload().unwrap_or(b"{}")).unwrap_or_default();
             match v["request_id"].as_str() {
                 Some(id) if id.starts_with("http-") => {
-                    http_ids.insert(id.to_string());
+                    *http_ids.entry(id.to_string()).or_default() += 1;
                 }
                 Some("stream-after") => streamed = v["decision"].as_str().map(str::to_string),
                 _ => {}
@@ -396,6 +411,7 @@ async fn decide_users_and_admin_on_two_instances() {
         Err(e) => panic!("checks: {e}"),
     }
     assert_eq!(http_ids.len(), 75, "every API decision published");
+    assert!(http_ids.values().all(|&n| n == 1), "an API decision published twice: {http_ids:?}");
     assert_eq!(streamed.as_deref(), Some("throttle"), "the stream counts the API's decisions");
     if let Err(m) = lag_seen {
         panic!("no consumer lag in /metrics:\n{m}");

@@ -72,6 +72,11 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
     ),
     ("api.admin_token_env", "Kafka runtime only: the admin endpoints' token (tests/api.rs); replay serves no API"),
     ("api.max_body_bytes", "Kafka runtime only: the API's body limit (tests/api.rs sends a larger body); replay serves no API"),
+    (
+        "api.idempotency_window_s",
+        "Kafka runtime only: how long POST /v1/decide remembers a request id (tests/api_decide.rs sends one twice); replay serves no API",
+    ),
+    ("api.idempotency_capacity", "Kafka runtime only: how many request ids POST /v1/decide remembers (src/idempotency.rs); replay serves no API"),
     ("prediction.model", "prediction is off by default (no model); tests/predictive.rs replays with a model file, and with a missing and a bad one"),
     (
         "prediction.history",

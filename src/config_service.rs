@@ -26,7 +26,8 @@ pub struct ApiConfig {
     /// `POST /v1/decide` answers a request id it decided this long ago or less (the same user)
     /// with the same decision, counting it once (`idempotency.rs`); 0 turns that off.
     pub idempotency_window_s: u32,
-    /// The most decisions remembered for that; the oldest go first.
+    /// The most decisions held for that, in two generations dropped whole: a decision is
+    /// remembered for the window unless half this many newer ones came first.
     pub idempotency_capacity: usize,
 }
 
@@ -37,8 +38,8 @@ impl Default for ApiConfig {
             partitioner: crate::partitioner::Partitioner::default(),
             admin_token_env: "SURGEGUARD_ADMIN_TOKEN".into(),
             max_body_bytes: 16 * 1024,
-            // A client's retries come within seconds; at 25 000 decisions/s the capacity keeps
-            // the last 4 s, at 1 000/s the whole minute (a few hundred bytes per decision).
+            // A client's retries come within seconds; at 25 000 decisions/s half the capacity
+            // is 2 s of decisions, at 1 000/s the whole minute (a few hundred bytes each).
             idempotency_window_s: 60,
             idempotency_capacity: 100_000,
         }

@@ -4,13 +4,12 @@
 //! cost is a mistake, refused (as the IETF's Idempotency-Key draft answers a reused key with a
 //! different payload).
 //!
-//! Pure: the caller passes the time. A decision is remembered for `window` or until `capacity`
-//! newer ones push it out, whichever comes first. Each instance remembers its own decisions only
-//! (a user's decisions come from the instance owning the user's partition; after a rebalance the
-//! new owner has not seen the old one's).
+//! Pure: the caller passes the time. A decision is remembered for `window` unless half the
+//! `capacity` of newer ones came first (`RecentDecisions` says why halves). Each instance
+//! remembers its own decisions only (a user's decisions come from the instance owning the user's
+//! partition; after a rebalance the new owner has not seen the old one's).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::HashMap;
 
 use compact_str::CompactString;
 
@@ -38,25 +37,39 @@ struct Entry {
     decision: Decision,
 }
 
-/// The API's recent decisions by (user, request id). `window_ms` 0 or `capacity` 0 turns it off.
+/// The decisions of one stretch of time. Emptied whole and refilled: the map neither rehashes
+/// for deletions nor grows (it is sized for a full generation once), and its memory is reused.
+#[derive(Debug, Default)]
+struct Generation {
+    started: Millis,
+    by_key: HashMap<Box<str>, Entry, ahash::RandomState>,
+}
+
+/// The API's recent decisions by (user, request id), in two generations: new decisions go into
+/// the current one; when it holds half the capacity or is a window old, it becomes the previous
+/// one, and the previous one is emptied to be the next current one. So a decision is remembered
+/// for the window unless half the capacity of newer ones came first, and no more than the
+/// capacity is held, without a per-entry eviction. Reusing the two tables matters: filling fresh
+/// memory (page faults under the pipeline's lock) raised `POST /v1/decide`'s p99 in
+/// `scripts/bench-decide` (BENCHMARKS.md). `window_s` 0 or `capacity` 0 turns it off.
 #[derive(Debug, Default)]
 pub struct RecentDecisions {
     window_ms: i64,
-    capacity: usize,
-    by_key: HashMap<Arc<str>, Entry, ahash::RandomState>,
-    /// Keys in the order they were decided, each with its time: the oldest go first.
-    order: VecDeque<(Millis, Arc<str>)>,
+    per_generation: usize,
+    current: Generation,
+    previous: Generation,
     /// The key being looked up, built here so a lookup allocates nothing.
     scratch: String,
 }
 
 impl RecentDecisions {
     pub fn new(window_s: u32, capacity: usize) -> Self {
-        RecentDecisions { window_ms: i64::from(window_s) * 1000, capacity, ..Self::default() }
+        let per_generation = if capacity == 0 { 0 } else { capacity.div_ceil(2) };
+        RecentDecisions { window_ms: i64::from(window_s) * 1000, per_generation, ..Self::default() }
     }
 
     fn on(&self) -> bool {
-        self.window_ms > 0 && self.capacity > 0
+        self.window_ms > 0 && self.per_generation > 0
     }
 
     /// `len:user` then the id: the user's length makes the split unambiguous, whatever the
@@ -67,29 +80,16 @@ impl RecentDecisions {
         let _ = write!(scratch, "{}:{user_id}{id}", user_id.len());
     }
 
-    /// Forgets what is older than the window at `now`, and what is over capacity.
-    fn expire(&mut self, now: Millis) {
-        while let Some((at, _)) = self.order.front() {
-            let old = now.0 - at.0 >= self.window_ms;
-            if !old && self.order.len() <= self.capacity {
-                break;
-            }
-            if let Some((at, key)) = self.order.pop_front()
-                && self.by_key.get(&key).is_some_and(|e| e.at == at)
-            {
-                self.by_key.remove(&key);
-            }
-        }
-    }
-
     /// Whether `ev` (its user and id) was decided within the window before `now`.
     pub fn seen(&mut self, ev: &RequestEvent, now: Millis) -> Seen<'_> {
         if !self.on() || ev.id.is_empty() {
             return Seen::New;
         }
-        self.expire(now);
         Self::key_into(&mut self.scratch, &ev.user_id, &ev.id);
-        match self.by_key.get(self.scratch.as_str()) {
+        let key = self.scratch.as_str();
+        let found = self.current.by_key.get(key).or_else(|| self.previous.by_key.get(key));
+        match found {
+            Some(e) if now.0 - e.at.0 >= self.window_ms => Seen::New,
             None => Seen::New,
             Some(e) if e.tier == ev.tier && e.request_type == ev.request_type && e.cost == ev.cost => Seen::Again(&e.decision),
             Some(_) => Seen::Conflict,
@@ -101,21 +101,29 @@ impl RecentDecisions {
         if !self.on() || ev.id.is_empty() {
             return;
         }
+        let full = self.current.by_key.len() >= self.per_generation;
+        let old = now.0 - self.current.started.0 >= self.window_ms;
+        if full || old || self.current.by_key.capacity() == 0 {
+            let mut next = std::mem::take(&mut self.previous);
+            next.by_key.clear();
+            if next.by_key.capacity() < self.per_generation {
+                next.by_key = HashMap::with_capacity_and_hasher(self.per_generation, ahash::RandomState::new());
+            }
+            next.started = now;
+            self.previous = std::mem::replace(&mut self.current, next);
+        }
         Self::key_into(&mut self.scratch, &ev.user_id, &ev.id);
-        let key: Arc<str> = self.scratch.as_str().into();
         let entry = Entry { at: now, tier: ev.tier.clone(), request_type: ev.request_type.clone(), cost: ev.cost, decision: decision.clone() };
-        self.by_key.insert(key.clone(), entry);
-        self.order.push_back((now, key));
-        self.expire(now);
+        self.current.by_key.insert(self.scratch.as_str().into(), entry);
     }
 
-    /// Decisions remembered now.
+    /// Decisions held now (some may be past the window, not yet dropped).
     pub fn len(&self) -> usize {
-        self.by_key.len()
+        self.current.by_key.len() + self.previous.by_key.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
+        self.len() == 0
     }
 }
 
@@ -131,7 +139,7 @@ mod tests {
 
     /// A real decision for `ev`, from the default config's limiter.
     fn decided(ev: &RequestEvent) -> Decision {
-        let mut t = Topology::new(Arc::new(crate::config::Config::default()));
+        let mut t = Topology::new(std::sync::Arc::new(crate::config::Config::default()));
         let mut outs = Vec::new();
         t.process(crate::events::InputEvent::Request(ev.clone()), &mut outs);
         outs.into_iter()
@@ -153,9 +161,11 @@ mod tests {
         // Sent again 30 s on, with its original time or any other: the same decision.
         let again = request("r1", "u1", 31_000);
         assert_eq!(r.seen(&again, Millis(31_000)), Seen::Again(&d));
-        // Another user's request with the same id is another request.
+        // Another user's request with the same id is another request, and so is another id.
         assert_eq!(r.seen(&request("r1", "u2", 31_000), Millis(31_000)), Seen::New);
         assert_eq!(r.seen(&request("r2", "u1", 31_000), Millis(31_000)), Seen::New);
+        // Keys do not run together: user "u" with id "1r1" is not user "u1" with id "r1".
+        assert_eq!(r.seen(&request("1r1", "u", 31_000), Millis(31_000)), Seen::New);
     }
 
     #[test]
@@ -173,27 +183,44 @@ mod tests {
     }
 
     #[test]
-    fn decisions_are_forgotten_after_the_window_or_beyond_capacity() {
-        let mut r = RecentDecisions::new(60, 3);
-        let evs: Vec<_> = (0..4).map(|i| request(&format!("r{i}"), "u", 1_000 * i)).collect();
+    fn half_the_capacity_of_newer_decisions_pushes_a_generation_out() {
+        // Capacity 4: generations of 2.
+        let mut r = RecentDecisions::new(60, 4);
+        let evs: Vec<_> = (0..5).map(|i| request(&format!("r{i}"), "u", 0)).collect();
         let d = decided(&evs[0]);
-        for (i, ev) in evs.iter().take(3).enumerate() {
-            r.remember(ev, &d, Millis(1_000 * i as i64));
-        }
-        assert!(matches!(r.seen(&evs[0], Millis(59_999)), Seen::Again(_)));
-        // 60 s after r0: r0 is gone, r1 (decided at 1 s) is not.
-        assert_eq!(r.seen(&evs[0], Millis(60_000)), Seen::New);
-        assert!(matches!(r.seen(&evs[1], Millis(60_000)), Seen::Again(_)));
-        assert_eq!(r.len(), 2);
-        // Capacity 3: two more push r1 out.
-        r.remember(&evs[3], &d, Millis(60_000));
-        r.remember(&request("r4", "u", 0), &d, Millis(60_000));
+        let again = |r: &mut RecentDecisions, i: usize, at: i64| matches!(r.seen(&evs[i], Millis(at)), Seen::Again(_));
+        r.remember(&evs[0], &d, Millis(0));
+        r.remember(&evs[1], &d, Millis(1_000));
+        assert!(again(&mut r, 0, 59_999));
+        assert!(!again(&mut r, 0, 60_000), "a window old");
+        // r2 starts a new generation; r0 and r1 are still there.
+        r.remember(&evs[2], &d, Millis(2_000));
+        assert!(again(&mut r, 0, 3_000) && again(&mut r, 1, 3_000));
+        r.remember(&evs[3], &d, Millis(3_000));
+        // r4 starts the next: r0 and r1 go, r2 and r3 stay.
+        r.remember(&evs[4], &d, Millis(4_000));
+        assert!(!again(&mut r, 0, 5_000) && !again(&mut r, 1, 5_000));
+        assert!(again(&mut r, 2, 5_000) && again(&mut r, 3, 5_000) && again(&mut r, 4, 5_000));
         assert_eq!(r.len(), 3);
-        assert_eq!(r.seen(&evs[1], Millis(60_000)), Seen::New);
     }
 
     #[test]
-    fn a_decision_remembered_again_after_expiry_is_not_lost_to_its_old_place_in_line() {
+    fn a_generation_a_window_old_is_retired_and_what_it_holds_expires() {
+        let mut r = RecentDecisions::new(10, 1_000);
+        let (a, b, c) = (request("a", "u", 0), request("b", "u", 0), request("c", "u", 0));
+        let d = decided(&a);
+        r.remember(&a, &d, Millis(0));
+        // The first generation is a window old: b starts the next.
+        r.remember(&b, &d, Millis(10_000));
+        assert_eq!(r.seen(&a, Millis(10_000)), Seen::New);
+        assert!(matches!(r.seen(&b, Millis(19_999)), Seen::Again(_)));
+        r.remember(&c, &d, Millis(20_000));
+        assert_eq!(r.seen(&b, Millis(20_000)), Seen::New);
+        assert_eq!(r.len(), 2, "a dropped with its generation");
+    }
+
+    #[test]
+    fn a_decision_remembered_again_after_expiry_is_found() {
         let mut r = RecentDecisions::new(10, 10);
         let ev = request("r1", "u", 0);
         let d = decided(&ev);

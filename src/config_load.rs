@@ -456,6 +456,11 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     });
     let body = c.api.max_body_bytes;
     check(errors, (256..=16 << 20).contains(&body), "api.max_body_bytes", || format!("expected 256..=16777216 bytes, got {body}"));
+    // Both tables are sized for half of it on the first decision.
+    let remembered = c.api.idempotency_capacity;
+    check(errors, remembered <= 10_000_000, "api.idempotency_capacity", || format!("expected 0..=10000000 decisions, got {remembered}"));
+    let window = c.api.idempotency_window_s;
+    check(errors, window <= 86_400, "api.idempotency_window_s", || format!("expected 0..=86400 seconds, got {window}"));
 
     check_kafka(c, errors);
     let t = &c.topics;
@@ -609,9 +614,14 @@ mod tests {
             tiers = ["gold"]
             strategy = "delay"
             seconds = 1
+            [api]
+            idempotency_capacity = 1000000000
+            idempotency_window_s = 100000
             "#,
         );
         let want = [
+            ("api.idempotency_capacity", "0..=10000000 decisions"),
+            ("api.idempotency_window_s", "0..=86400 seconds"),
             ("limiter.default_tier", "expected one of the tiers"),
             ("adaptive.severity_critical", "above severity_high"),
             ("breaker.failure_rate_threshold", "(0, 1]"),

@@ -23,7 +23,7 @@ pub struct ApiConfig {
     pub admin_token_env: String,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
-    /// `POST /v1/decide` answers a request id it decided this long ago or less (the same user)
+    /// `POST /v1/decide` answers a request id it decided less than this long ago (the same user)
     /// with the same decision, counting it once (`idempotency.rs`); 0 turns that off.
     pub idempotency_window_s: u32,
     /// The most decisions held for that, in two generations dropped whole: a decision is
@@ -39,7 +39,7 @@ impl Default for ApiConfig {
             admin_token_env: "SURGEGUARD_ADMIN_TOKEN".into(),
             max_body_bytes: 16 * 1024,
             // A client's retries come within seconds; at 25 000 decisions/s half the capacity
-            // is 2 s of decisions, at 1 000/s the whole minute (a few hundred bytes each).
+            // is 2 s of decisions, at 1 000/s 50 s (a few hundred bytes each).
             idempotency_window_s: 60,
             idempotency_capacity: 100_000,
         }

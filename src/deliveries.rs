@@ -25,6 +25,10 @@ pub struct Deliveries {
     /// Partitions revoked since the main loop last looked: offsets it staged for them before the
     /// revocation belong to an ownership that has ended.
     forgotten: Vec<Partition>,
+    /// Per partition revoked once: where its current ownership started (its first `begin`), or
+    /// none until it starts. A delivered prefix below it is an ended ownership's: a late report
+    /// (a flush that timed out, a lost assignment) must not bring it back.
+    floors: HashMap<Partition, Option<i64>>,
     /// The first delivery that failed: the main loop stops on it, and nothing after it commits.
     pub failed: Option<KafkaError>,
 }
@@ -32,6 +36,10 @@ pub struct Deliveries {
 impl Deliveries {
     /// Records a message with `outputs` records in flight (see `OffsetTracker::begin`).
     pub fn begin(&mut self, tp: &Partition, offset: i64, outputs: u32) {
+        if let Some(floor @ None) = self.floors.get_mut(tp) {
+            *floor = Some(offset);
+            self.tracker.drop_below(tp, offset);
+        }
         if let Some(o) = self.tracker.begin(tp, offset, outputs) {
             self.advance(tp, o);
         }
@@ -45,6 +53,11 @@ impl Deliveries {
     }
 
     fn advance(&mut self, tp: &Partition, o: i64) {
+        match self.floors.get(tp) {
+            Some(None) => return,
+            Some(Some(floor)) if o < *floor => return,
+            _ => {}
+        }
         self.delivered.insert(tp.clone(), o);
         self.moved.insert(tp.clone(), o);
     }
@@ -61,6 +74,7 @@ impl Deliveries {
         self.delivered.remove(tp);
         self.moved.remove(tp);
         self.forgotten.push(tp.clone());
+        self.floors.insert(tp.clone(), None);
     }
 
     /// The partitions forgotten since the last call.
@@ -121,5 +135,40 @@ mod tests {
         assert!(d.take_forgotten().is_empty());
         d.begin(&tp, 90, 0);
         assert_eq!(d.delivered(&tp), Some(90));
+    }
+
+    #[test]
+    fn a_late_report_of_an_ended_ownership_moves_nothing() {
+        let mut d = Deliveries::default();
+        let tp: Partition = ("requests".into(), 2);
+        d.begin(&tp, 40, 1);
+        // Revoked with the output still in flight (a flush that timed out), reported afterwards.
+        d.forget(&tp);
+        d.ack(&tp, 40);
+        assert_eq!(d.delivered(&tp), None);
+        assert!(d.take_moved().is_empty());
+        // Back, from offset 90: an old output still in flight neither holds the new ones back
+        // nor counts for them.
+        d.begin(&tp, 35, 1);
+        d.forget(&tp);
+        d.begin(&tp, 90, 1);
+        d.ack(&tp, 35);
+        assert_eq!(d.delivered(&tp), None);
+        d.ack(&tp, 90);
+        assert_eq!(d.delivered(&tp), Some(90));
+    }
+
+    #[test]
+    fn a_message_consumed_again_waits_for_both_ownerships_outputs() {
+        let mut d = Deliveries::default();
+        let tp: Partition = ("requests".into(), 0);
+        d.begin(&tp, 100, 1);
+        d.forget(&tp);
+        // Back from the same offset, before the first output's report came.
+        d.begin(&tp, 100, 1);
+        d.ack(&tp, 100);
+        assert_eq!(d.delivered(&tp), None, "one of two outputs");
+        d.ack(&tp, 100);
+        assert_eq!(d.delivered(&tp), Some(100));
     }
 }

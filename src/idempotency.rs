@@ -49,9 +49,10 @@ struct Generation {
 /// the current one; when it holds half the capacity or is a window old, it becomes the previous
 /// one, and the previous one is emptied to be the next current one. So a decision is remembered
 /// for the window unless half the capacity of newer ones came first, and no more than the
-/// capacity is held, without a per-entry eviction. Reusing the two tables matters: filling fresh
-/// memory (page faults under the pipeline's lock) raised `POST /v1/decide`'s p99 in
-/// `scripts/bench-decide` (BENCHMARKS.md). `window_s` 0 or `capacity` 0 turns it off.
+/// capacity (rounded up to even) is held, without a per-decision eviction. The two tables are
+/// reused rather than allocated anew: a table that is still being filled for the first time was
+/// the slowest variant in `scripts/bench-decide` (BENCHMARKS.md; page faults under the
+/// pipeline's lock are the likely cause, not measured). `window_s` 0 or `capacity` 0 turns it off.
 #[derive(Debug, Default)]
 pub struct RecentDecisions {
     window_ms: i64,

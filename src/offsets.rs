@@ -69,6 +69,14 @@ impl OffsetTracker {
     pub fn forget(&mut self, tp: &Partition) {
         self.pending.remove(tp);
     }
+
+    /// Drops what is pending below `offset` (an ended ownership's messages, when the partition
+    /// comes back starting at `offset`): nothing of the new ownership waits for them.
+    pub fn drop_below(&mut self, tp: &Partition, offset: i64) {
+        if let Some(p) = self.pending.get_mut(tp) {
+            *p = p.split_off(&offset);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -171,8 +171,10 @@ impl Shell<'_> {
             }
             (d.take_moved(), d.take_forgotten())
         };
-        // Offsets staged before a partition was revoked: the revocation committed what was
-        // delivered, and storing them now (the partition may be back) would move that commit back.
+        // A partition revoked since the last sweep: what `stored` says of it is an ended
+        // ownership's, and would hold back the stores of a new one that starts lower. (`ready`
+        // is drained in the same tick it is filled, with no poll, so no rebalance, in between;
+        // it is cleared too should that ever change.)
         for tp in &forgotten {
             self.ready.remove(tp);
             self.stored.remove(tp);

@@ -118,6 +118,13 @@ impl RecentDecisions {
         self.current.by_key.insert(self.scratch.as_str().into(), entry);
     }
 
+    /// Forgets every decision (their counts were lost with the partitions' state: a retry must
+    /// count again).
+    pub fn clear(&mut self) {
+        self.current.by_key.clear();
+        self.previous.by_key.clear();
+    }
+
     /// Decisions held now (some may be past the window, not yet dropped).
     pub fn len(&self) -> usize {
         self.current.by_key.len() + self.previous.by_key.len()
@@ -242,6 +249,9 @@ mod tests {
             assert!(r.is_empty());
         }
         let mut r = RecentDecisions::new(10, 10);
+        r.remember(&ev, &d, Millis(0));
+        r.clear();
+        assert_eq!(r.seen(&ev, Millis(1)), Seen::New, "cleared");
         let anonymous = request("", "u", 0);
         r.remember(&anonymous, &d, Millis(0));
         assert_eq!(r.seen(&anonymous, Millis(1)), Seen::New);

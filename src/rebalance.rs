@@ -268,6 +268,8 @@ impl RunContext {
             // nothing, keep nothing (the next owner works from the last commit and the changelog).
             tracing::warn!(lost = consumer.assignment_lost(), "revoked without committing");
             let mut deliveries = lock(&self.deliveries);
+            // The API's decisions counted in the state dropped here: a retry must count again.
+            shared.api_recent.clear();
             for tp in &revoked {
                 deliveries.forget(tp);
                 shared.processed.remove(tp);

@@ -30,9 +30,9 @@ use crate::topology::Counted;
 const MAX_QUEUED: usize = 100_000;
 
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// On an answer repeated for a request id decided before (`idempotency.rs`).
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// The IETF draft's fields (draft-ietf-httpapi-ratelimit-headers): `RateLimit-Policy:
 /// "free/chat";q=600;w=60` and `RateLimit: "free/chat";r=12;t=30`, one list member per quota.

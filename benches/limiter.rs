@@ -12,9 +12,9 @@ use std::num::NonZeroU32;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use governor::{Quota as GQuota, RateLimiter};
-use surgeguard::limiter::{Limiter, Quota};
-use surgeguard::scenario::zipf_keys;
-use surgeguard::time::Millis;
+use surgeguard::apps::scenario::zipf_keys;
+use surgeguard::core::limiter::{Limiter, Quota};
+use surgeguard::wire::time::Millis;
 
 const USERS: u32 = 100_000;
 const DRAWS: usize = 1_000_000;

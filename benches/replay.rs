@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use surgeguard::apps::replay::replay;
+use surgeguard::apps::scenario::{Surge, monday_surge};
 use surgeguard::config::Config;
-use surgeguard::replay::replay;
-use surgeguard::scenario::{Surge, monday_surge};
 
 fn bench(c: &mut Criterion) {
     let events = monday_surge(&Surge { scale: 4, ..Surge::default() });

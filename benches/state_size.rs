@@ -6,8 +6,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use surgeguard::limiter::{Limiter, Quota};
-use surgeguard::time::Millis;
+use surgeguard::core::limiter::{Limiter, Quota};
+use surgeguard::wire::time::Millis;
 
 struct Counting;
 

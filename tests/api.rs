@@ -9,10 +9,10 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
+use surgeguard::apps::scenario::{Surge, monday_surge};
 use surgeguard::config::Config;
-use surgeguard::events::InputEvent;
-use surgeguard::kafka_topics;
-use surgeguard::scenario::{Surge, monday_surge};
+use surgeguard::kafka::topics;
+use surgeguard::wire::events::InputEvent;
 
 struct Http {
     agent: ureq::Agent,
@@ -58,7 +58,7 @@ async fn the_api_serves_the_pipelines_state() {
     cfg.kafka.group_id = "api".into();
     cfg.kafka.wall_clock_after_idle_ms = 0;
     cfg.api.listen = format!("127.0.0.1:{port}");
-    for spec in kafka_topics::specs(&cfg) {
+    for spec in topics::specs(&cfg) {
         cluster.create_topic(&spec.name, spec.partitions, 1).expect("create topic");
     }
     let cfg = Arc::new(cfg);
@@ -68,7 +68,7 @@ async fn the_api_serves_the_pipelines_state() {
     let service = {
         let (cfg, brokers) = (cfg.clone(), brokers.clone());
         tokio::spawn(async move {
-            surgeguard::runtime::run(cfg, &brokers, async {
+            surgeguard::apps::run::run(cfg, &brokers, async {
                 stopped.await.ok();
             })
             .await

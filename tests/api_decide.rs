@@ -14,7 +14,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use surgeguard::config::Config;
-use surgeguard::kafka_topics;
+use surgeguard::kafka::topics;
 
 struct Http {
     agent: ureq::Agent,
@@ -123,7 +123,7 @@ fn request(id: &str, user: &str, ts: &str) -> String {
 
 fn now_rfc3339() -> String {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64;
-    surgeguard::time::Millis(ms).to_string()
+    surgeguard::wire::time::Millis(ms).to_string()
 }
 
 /// `RateLimit: "free/standard";r=12;t=30` → (r, t).
@@ -147,7 +147,7 @@ async fn decide_users_and_admin_on_two_instances() {
     base.kafka.commit_interval_ms = 200;
     base.kafka.partitions.requests = 2;
     base.api.max_body_bytes = 1024;
-    for spec in kafka_topics::specs(&base) {
+    for spec in topics::specs(&base) {
         cluster.create_topic(&spec.name, spec.partitions, 1).expect("create topic");
     }
     // As many partitions as the requests topic: where a producer puts each user.
@@ -166,7 +166,7 @@ async fn decide_users_and_admin_on_two_instances() {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (cfg, brokers) = (Arc::new(cfg), brokers.clone());
         services.push(tokio::spawn(async move {
-            surgeguard::runtime::run(cfg, &brokers, async {
+            surgeguard::apps::run::run(cfg, &brokers, async {
                 stopped.await.ok();
             })
             .await
@@ -205,7 +205,7 @@ async fn decide_users_and_admin_on_two_instances() {
         // Every route of the router answers each of its documented methods with a documented
         // status (not the unknown-path 404), and refuses every other method with 405.
         let doc: Value = ha.get("/openapi.json").json();
-        for (path, methods) in surgeguard::api::ROUTES {
+        for (path, methods) in surgeguard::api::server::ROUTES {
             let concrete = path
                 .replace("{tier}", "free")
                 .replace("{request_type}", "standard")

@@ -15,9 +15,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use support::Scratch;
 use surgeguard::config::Config;
-use surgeguard::demand::RequestReader;
-use surgeguard::events::RequestEvent;
-use surgeguard::time::Millis;
+use surgeguard::history::aggregate::RequestReader;
+use surgeguard::wire::events::RequestEvent;
+use surgeguard::wire::time::Millis;
 
 const T0: i64 = 1_767_571_200_000; // 2026-01-05T00:00:00Z
 const TOPIC: &str = "surgeguard.requests";
@@ -124,7 +124,7 @@ async fn archived_ids(dir: &std::path::Path) -> BTreeMap<String, usize> {
 async fn killed_mid_stream_and_read_again_every_request_is_archived_once() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
-    for spec in surgeguard::kafka_topics::specs(&Config::default()) {
+    for spec in surgeguard::kafka::topics::specs(&Config::default()) {
         cluster.create_topic(&spec.name, spec.partitions, 1).expect("create topic");
     }
     let dir = Scratch::new("archive");

@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use surgeguard::kafka_topics;
+use surgeguard::kafka::topics;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn compose() -> Yaml {
@@ -70,7 +70,7 @@ fn compose_creates_the_topics_surgeguard_run_would() {
             (words[0].to_string(), (words[1].parse().expect("partitions"), configs))
         })
         .collect();
-    let want: BTreeMap<String, (i32, Vec<(String, String)>)> = kafka_topics::specs(&support::default_config())
+    let want: BTreeMap<String, (i32, Vec<(String, String)>)> = topics::specs(&support::default_config())
         .into_iter()
         .map(|s| (s.name, (s.partitions, s.configs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())))
         .collect();

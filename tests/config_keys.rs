@@ -20,12 +20,12 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use surgeguard::apps::replay::ReplaySummary;
+use surgeguard::apps::scenario::{Surge, monday_surge};
 use surgeguard::config::Config;
-use surgeguard::config_load::{self, ConfigErrors};
-use surgeguard::events::{AdminAction, AdminEvent, ErrorClass, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
-use surgeguard::replay::ReplaySummary;
-use surgeguard::scenario::{Surge, monday_surge};
-use surgeguard::time::Millis;
+use surgeguard::config::load::{self, ConfigErrors};
+use surgeguard::wire::events::{AdminAction, AdminEvent, ErrorClass, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
+use surgeguard::wire::time::Millis;
 use toml::Value;
 
 // ------------------------------------------------------------------------------------------------
@@ -269,7 +269,7 @@ fn candidates(path_segs: &[Seg], v: &Value, doc: &Value) -> Vec<Value> {
 
 fn load(doc: &Value, origin: &str) -> Result<Config, ConfigErrors> {
     let text = toml::to_string(doc).expect("serialisable");
-    config_load::load_str(&text, origin)
+    load::load_str(&text, origin)
 }
 
 fn with(doc: &Value, path: &[Seg], value: &Value) -> Value {

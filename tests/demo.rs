@@ -2,8 +2,8 @@
 //! simulated backend): through the surge the protected run keeps its success rate at 99 % or
 //! better, and the unprotected run collapses and does not recover, as the demo itself measures.
 
+use surgeguard::apps::demo::{self, DemoOptions};
 use surgeguard::config::Config;
-use surgeguard::demo::{self, DemoOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protection_keeps_the_surge_served_and_its_absence_collapses() {

@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 mod support;
 
 use support::Scratch;
-use surgeguard::forecast::{DemandModel, Family};
-use surgeguard::time::Millis;
+use surgeguard::forecast::model::{DemandModel, Family};
+use surgeguard::wire::time::Millis;
 
 const BIN: &str = env!("CARGO_BIN_EXE_surgeguard");
 

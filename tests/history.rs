@@ -14,9 +14,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use support::Scratch;
-use surgeguard::demand::{DemandError, DemandSource, aggregate};
-use surgeguard::history_gen::{HistoryOptions, generate};
-use surgeguard::time::Millis;
+use surgeguard::apps::generate::{HistoryOptions, generate};
+use surgeguard::history::aggregate::{DemandError, DemandSource, aggregate};
+use surgeguard::wire::time::Millis;
 
 /// Every `ts` in the Parquet files under `dir`, read with the parquet crate's own reader (not
 /// DataFusion).

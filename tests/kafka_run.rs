@@ -14,13 +14,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use surgeguard::changelog;
+use surgeguard::apps::scenario::{Surge, monday_surge};
 use surgeguard::config::Config;
-use surgeguard::events::{ErrorClass, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
-use surgeguard::outputs::Output;
-use surgeguard::scenario::{Surge, monday_surge};
-use surgeguard::time::Millis;
-use surgeguard::topology::Topology;
+use surgeguard::core::topology::Topology;
+use surgeguard::kafka::changelog;
+use surgeguard::wire::events::{ErrorClass, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
+use surgeguard::wire::outputs::Output;
+use surgeguard::wire::time::Millis;
 
 fn brokers() -> String {
     std::env::var("SURGEGUARD_TEST_BROKERS").expect("set SURGEGUARD_TEST_BROKERS or run scripts/test, which starts a broker")
@@ -283,7 +283,13 @@ async fn decides_every_request_dead_letters_malformed_input_and_commits_after_de
     for m in &dlq {
         let headers = m.headers().expect("DLQ headers");
         let names: BTreeSet<&str> = headers.iter().map(|h| h.key).collect();
-        for h in [surgeguard::dlq::EXCEPTION, surgeguard::dlq::MESSAGE, surgeguard::dlq::TOPIC, surgeguard::dlq::PARTITION, surgeguard::dlq::OFFSET] {
+        for h in [
+            surgeguard::wire::dlq::EXCEPTION,
+            surgeguard::wire::dlq::MESSAGE,
+            surgeguard::wire::dlq::TOPIC,
+            surgeguard::wire::dlq::PARTITION,
+            surgeguard::wire::dlq::OFFSET,
+        ] {
             assert!(names.contains(h), "missing header {h}: {names:?}");
         }
         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();

@@ -13,10 +13,10 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use surgeguard::apps::scenario::{Surge, monday_surge};
 use surgeguard::config::Config;
-use surgeguard::events::InputEvent;
-use surgeguard::kafka_topics;
-use surgeguard::scenario::{Surge, monday_surge};
+use surgeguard::kafka::topics;
+use surgeguard::wire::events::InputEvent;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_when_a_broker_goes_down_and_requests_fail() {
@@ -29,7 +29,7 @@ async fn nothing_is_lost_when_a_broker_goes_down_and_requests_fail() {
     cfg.api.listen = "127.0.0.1:0".into();
     // Event time only: the requests carry fixed times that the wall clock must not overtake.
     cfg.kafka.wall_clock_after_idle_ms = 0;
-    for spec in kafka_topics::specs(&cfg) {
+    for spec in topics::specs(&cfg) {
         cluster.create_topic(&spec.name, spec.partitions, 3).expect("create topic");
     }
     let cfg = Arc::new(cfg);
@@ -38,7 +38,7 @@ async fn nothing_is_lost_when_a_broker_goes_down_and_requests_fail() {
     let service = {
         let (cfg, brokers) = (cfg.clone(), brokers.clone());
         tokio::spawn(async move {
-            surgeguard::runtime::run(cfg, &brokers, async {
+            surgeguard::apps::run::run(cfg, &brokers, async {
                 stopped.await.ok();
             })
             .await

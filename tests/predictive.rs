@@ -10,12 +10,12 @@ use std::process::Command;
 
 use serde_json::Value;
 use support::Scratch;
-use surgeguard::demand::Series;
-use surgeguard::events::{InputEvent, RequestEvent};
-use surgeguard::features::{EventSpan, FeatureSpec, Transform};
-use surgeguard::forecast::{Family, FitOptions, fit};
-use surgeguard::scenario::SplitMix64;
-use surgeguard::time::Millis;
+use surgeguard::forecast::features::{EventSpan, FeatureSpec, Transform};
+use surgeguard::forecast::model::{Family, FitOptions, fit};
+use surgeguard::forecast::rng::SplitMix64;
+use surgeguard::forecast::series::Series;
+use surgeguard::wire::events::{InputEvent, RequestEvent};
+use surgeguard::wire::time::Millis;
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
@@ -110,7 +110,7 @@ impl Case {
     /// Multiplies the model's calibration scores of the horizon mean by `k`.
     fn widen_intervals(&self, k: f64) {
         let path = self.dir.path("model.json");
-        let mut m = surgeguard::forecast::DemandModel::from_json(&std::fs::read_to_string(&path).expect("model")).expect("model parses");
+        let mut m = surgeguard::forecast::model::DemandModel::from_json(&std::fs::read_to_string(&path).expect("model")).expect("model parses");
         for q in &mut m.intervals.horizon_mean.0 {
             *q *= k;
         }
@@ -131,7 +131,7 @@ impl Case {
             "__EVENTS__" => self.pipeline("").replace("history_kind = \"series\"", "history_kind = \"events\""),
             _ => self.pipeline(extra),
         };
-        let cfg = surgeguard::config_load::load_str(&text, "predictive.toml").unwrap_or_else(|e| panic!("{e}"));
+        let cfg = surgeguard::config::load::load_str(&text, "predictive.toml").unwrap_or_else(|e| panic!("{e}"));
         let (out, _) = support::run(std::sync::Arc::new(cfg), &self.input);
         lines(&out)
     }
@@ -290,12 +290,12 @@ async fn run_publishes_predictions_the_cut_and_the_alert() {
     let case = Case::new(true);
     let cluster = MockCluster::new(1).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
-    let mut cfg = surgeguard::config_load::load_str(&case.pipeline(""), "predictive.toml").unwrap_or_else(|e| panic!("{e}"));
+    let mut cfg = surgeguard::config::load::load_str(&case.pipeline(""), "predictive.toml").unwrap_or_else(|e| panic!("{e}"));
     cfg.kafka.create_topics = false;
     cfg.kafka.group_id = "predictive".into();
     cfg.api.listen = "127.0.0.1:0".into();
     cfg.kafka.wall_clock_after_idle_ms = 0;
-    for spec in surgeguard::kafka_topics::specs(&cfg) {
+    for spec in surgeguard::kafka::topics::specs(&cfg) {
         cluster.create_topic(&spec.name, spec.partitions, 1).expect("create topic");
     }
     let cfg = std::sync::Arc::new(cfg);
@@ -303,7 +303,7 @@ async fn run_publishes_predictions_the_cut_and_the_alert() {
     let service = {
         let (cfg, brokers) = (cfg.clone(), brokers.clone());
         tokio::spawn(async move {
-            surgeguard::runtime::run(cfg, &brokers, async {
+            surgeguard::apps::run::run(cfg, &brokers, async {
                 stopped.await.ok();
             })
             .await
@@ -363,7 +363,7 @@ async fn run_publishes_predictions_the_cut_and_the_alert() {
 fn whatif_tries_the_predictive_policy_on_history() {
     let case = Case::new(true);
     let dir = case.dir.path("requests");
-    let mut w = surgeguard::history::HistoryWriter::new(&dir, "day-31");
+    let mut w = surgeguard::history::parquet::HistoryWriter::new(&dir, "day-31");
     let surge = campaign(31);
     for r in requests_of_day_31(288, |t| if surge.start <= t && t < surge.end { 600 } else { 100 }) {
         w.write(&r).expect("write");

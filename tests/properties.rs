@@ -9,11 +9,11 @@ mod support;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 
-use surgeguard::decode::{decode_admin, decode_outcome, decode_request, decode_tagged, decode_telemetry};
-use surgeguard::events::{AdminAction, AdminEvent, ErrorClass, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
-use surgeguard::limiter::{Limiter, Quota, SUB_BUCKETS};
-use surgeguard::outputs::DecisionKind::{self, Allow, AllowWithGrace, Throttle};
-use surgeguard::time::{MAX_MS, MIN_MS, Millis};
+use surgeguard::core::limiter::{Limiter, Quota, SUB_BUCKETS};
+use surgeguard::wire::decode::{decode_admin, decode_outcome, decode_request, decode_tagged, decode_telemetry};
+use surgeguard::wire::events::{AdminAction, AdminEvent, ErrorClass, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
+use surgeguard::wire::outputs::DecisionKind::{self, Allow, AllowWithGrace, Throttle};
+use surgeguard::wire::time::{MAX_MS, MIN_MS, Millis};
 
 /// `cases` by default (kept small for debug builds); `PROPTEST_CASES=n` runs n instead.
 fn config(cases: u32) -> ProptestConfig {

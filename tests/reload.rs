@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
 use serde_json::{Value, json};
-use surgeguard::kafka_topics;
+use surgeguard::kafka::topics;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
@@ -71,7 +71,7 @@ fn wait_log(log: &std::path::Path, from: usize, needle: &str, what: &str) -> Res
 
 /// How many of `n` decisions for a fresh user are plain `allow`.
 fn allowed(agent: &ureq::Agent, base: &str, user: &str, n: usize) -> usize {
-    let ts = surgeguard::time::Millis(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64).to_string();
+    let ts = surgeguard::wire::time::Millis(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64).to_string();
     (0..n)
         .filter(|i| {
             let body = json!({"id": format!("{user}-{i}"), "ts": ts, "user_id": user, "tier": "free", "request_type": "standard"}).to_string();
@@ -87,7 +87,7 @@ fn a_changed_file_reloads_limits_and_a_broken_one_is_refused() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
     let cfg = surgeguard::config::Config::default();
-    for spec in kafka_topics::specs(&cfg) {
+    for spec in topics::specs(&cfg) {
         // One requests partition: this instance owns every user.
         let partitions = if spec.name == cfg.topics.requests || spec.name == cfg.topics.changelog { 1 } else { spec.partitions };
         cluster.create_topic(&spec.name, partitions, 1).expect("create topic");

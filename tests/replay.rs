@@ -4,7 +4,7 @@ mod support;
 
 use std::process::Command;
 
-use surgeguard::scenario::{Surge, monday_surge};
+use surgeguard::apps::scenario::{Surge, monday_surge};
 
 #[test]
 fn replay_is_byte_identical_across_runs() {

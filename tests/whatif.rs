@@ -7,9 +7,9 @@ use std::process::Command;
 
 use serde_json::Value;
 use support::Scratch;
-use surgeguard::events::{InputEvent, RequestEvent};
-use surgeguard::history::HistoryWriter;
-use surgeguard::time::Millis;
+use surgeguard::history::parquet::HistoryWriter;
+use surgeguard::wire::events::{InputEvent, RequestEvent};
+use surgeguard::wire::time::Millis;
 
 const T0: i64 = 1_767_571_200_000; // 2026-01-05T00:00:00Z
 const MINUTE: i64 = 60_000;

@@ -4,17 +4,17 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use surgeguard::apps::replay;
 use surgeguard::config::Config;
-use surgeguard::config_load;
-use surgeguard::events::InputEvent;
-use surgeguard::replay;
+use surgeguard::config::load;
+use surgeguard::wire::events::InputEvent;
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 pub fn default_config() -> Arc<Config> {
-    Arc::new(config_load::load_file(&root().join("pipelines/default.toml")).unwrap_or_else(|e| panic!("{e}")))
+    Arc::new(load::load_file(&root().join("pipelines/default.toml")).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// Events as replay input lines.

@@ -1,0 +1,11 @@
+//! The HTTP API: the router and its handlers ([`server`]), what the handlers share ([`state`]),
+//! the synchronous decision ([`decide`]), the admin endpoints ([`admin`]), and the dashboard and
+//! OpenAPI document served as they are.
+
+pub mod admin;
+pub mod decide;
+pub mod server;
+pub mod state;
+
+pub use server::serve;
+pub use state::{ApiState, Problem};

@@ -1,0 +1,205 @@
+//! Replay: JSON lines in, JSON lines out, through the same topology as the live service.
+//!
+//! Each input line is an event's JSON object with a `topic` field (`requests`, `outcomes`,
+//! `telemetry`, `admin`, or the configured full topic name). Each output line is an output's JSON object
+//! with its `topic` (`decisions`, `limits`, `breakers`, `alerts`, `predictions`). Lines that fail
+//! to decode are handed to the caller with their line number and skipped. Blank lines are ignored.
+//! At the end of the input the monitor's last minute is closed, so its alerts are written too.
+//! The same input gives byte-identical output. With `[prediction] model` set, the model is loaded
+//! (and seeded from `[prediction] history`) before the first line.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, Write};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::core::topology::{Counters, Topology};
+use crate::wire::decode::{DecodeError, decode_tagged_with};
+use crate::wire::events::InputTopic;
+use crate::wire::outputs::Output;
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplaySummary {
+    pub lines: u64,
+    pub events: u64,
+    pub skipped: u64,
+    pub outputs: BTreeMap<&'static str, u64>,
+    pub counters: Counters,
+    pub tracked_users: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("reading input: {0}")]
+    Read(io::Error),
+    #[error("writing output: {0}")]
+    Write(io::Error),
+    #[error("encoding output: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Prediction(#[from] crate::history::prediction_setup::PredictionSetupError),
+}
+
+/// Replays `input` into `output`. `on_skip` is told about each line that failed to decode.
+pub fn replay<R: BufRead, W: Write>(
+    cfg: Arc<Config>,
+    mut input: R,
+    mut output: W,
+    mut on_skip: impl FnMut(u64, &DecodeError),
+) -> Result<ReplaySummary, ReplayError> {
+    let topics = cfg.topics.clone();
+    // A line names its topic by the short name or by the configured topic name.
+    let resolve = |name: &str| InputTopic::from_name(name).or_else(|| topics.input_topic(name));
+    let predictor = crate::history::prediction_setup::load_blocking(&cfg.prediction)?;
+    let mut topology = Topology::new(cfg.clone()).with_predictor(predictor);
+    let mut summary = ReplaySummary::default();
+    let mut outs = Vec::new();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut counts = [0u64; Output::TOPICS.len()];
+    for_each_line(&mut input, |line| {
+        summary.lines += 1;
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            return Ok(());
+        }
+        match decode_tagged_with(text, resolve) {
+            Ok(event) => {
+                summary.events += 1;
+                topology.process(event, &mut outs);
+            }
+            Err(e) => {
+                summary.skipped += 1;
+                on_skip(summary.lines, &e);
+                return Ok(());
+            }
+        }
+        for o in outs.drain(..) {
+            counts[o.kind()] += 1;
+            o.write_tagged_line(&mut buf)?;
+        }
+        if buf.len() >= 60 * 1024 {
+            output.write_all(&buf).map_err(ReplayError::Write)?;
+            buf.clear();
+        }
+        Ok(())
+    })?;
+    topology.finish(&mut outs);
+    for o in outs.drain(..) {
+        counts[o.kind()] += 1;
+        o.write_tagged_line(&mut buf)?;
+    }
+    output.write_all(&buf).map_err(ReplayError::Write)?;
+    summary.outputs = Output::TOPICS.into_iter().zip(counts).filter(|&(_, n)| n > 0).collect();
+    output.flush().map_err(ReplayError::Write)?;
+    summary.counters = topology.counters();
+    summary.tracked_users = topology.tracked_users();
+    Ok(summary)
+}
+
+/// Calls `f` with each line of `input`, without its `\n`. A line that lies within the reader's
+/// buffer is borrowed from it; only a line split across two fills is copied.
+fn for_each_line<R: BufRead>(input: &mut R, mut f: impl FnMut(&[u8]) -> Result<(), ReplayError>) -> Result<(), ReplayError> {
+    let mut partial = Vec::new();
+    loop {
+        let avail = input.fill_buf().map_err(ReplayError::Read)?;
+        if avail.is_empty() {
+            return if partial.is_empty() { Ok(()) } else { f(&partial) };
+        }
+        let filled = avail.len();
+        let mut rest = avail;
+        if !partial.is_empty() {
+            let Some(end) = memchr::memchr(b'\n', rest) else {
+                partial.extend_from_slice(rest);
+                input.consume(filled);
+                continue;
+            };
+            partial.extend_from_slice(&rest[..end]);
+            f(&partial)?;
+            partial.clear();
+            rest = &rest[end + 1..];
+        }
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', rest) {
+            f(&rest[start..end])?;
+            start = end + 1;
+        }
+        partial.extend_from_slice(&rest[start..]);
+        input.consume(filled);
+    }
+}
+
+/// `surgeguard replay`.
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub config: crate::apps::cli::ConfigArg,
+    /// Input: one JSON object per line with a `topic` field (`-` for stdin).
+    pub input: std::path::PathBuf,
+    /// Output file (default, or `-`: stdout).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+pub fn main(args: &ReplayArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::BufReader;
+    let cfg = args.config.load()?;
+    let input = args.input.as_path();
+    let reader: Box<dyn BufRead> = if input == std::path::Path::new("-") {
+        Box::new(BufReader::with_capacity(1 << 16, std::io::stdin().lock()))
+    } else {
+        let f = std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+        Box::new(BufReader::with_capacity(1 << 16, f))
+    };
+    let writer = crate::apps::cli::output(args.out.as_deref())?;
+    let started = std::time::Instant::now();
+    let summary = replay(cfg, reader, writer, |line, err| {
+        eprintln!("{}:{line}: skipped: {err}", input.display());
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let outputs: Vec<String> = summary.outputs.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    let c = summary.counters;
+    eprintln!(
+        "replayed {} events from {} lines in {secs:.2} s ({:.0} events/s); skipped {} undecodable; outputs: {}; decisions: {} allow, {} grace, {} throttle; {} users tracked",
+        summary.events,
+        summary.lines,
+        summary.events as f64 / secs.max(1e-9),
+        summary.skipped,
+        if outputs.is_empty() { "none".into() } else { outputs.join(", ") },
+        c.allowed,
+        c.graced,
+        c.throttled,
+        summary.tracked_users,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(text: &[u8], capacity: usize) -> Vec<Vec<u8>> {
+        let mut input = io::BufReader::with_capacity(capacity, text);
+        let mut got = Vec::new();
+        for_each_line(&mut input, |l| {
+            got.push(l.to_vec());
+            Ok(())
+        })
+        .expect("in-memory input");
+        got
+    }
+
+    #[test]
+    fn lines_split_across_buffer_fills_come_out_whole() {
+        let text = b"first line\n\nsecond, longer than the buffer\nx\nlast without newline";
+        let want: Vec<Vec<u8>> = text.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+        for capacity in [1, 2, 3, 7, 16, 1 << 16] {
+            assert_eq!(lines_of(text, capacity), want, "capacity {capacity}");
+        }
+        let mut ended = text.to_vec();
+        ended.push(b'\n');
+        assert_eq!(lines_of(&ended, 5), want, "a final newline adds no empty line");
+        assert!(lines_of(b"", 4).is_empty());
+    }
+}

@@ -1,0 +1,536 @@
+//! `surgeguard run`: the Kafka clients and the loop around the topology (each message goes
+//! through `shell.rs`).
+//!
+//! The configured group's consumer reads the requests topic; each message is decoded (or sent
+//! to the DLQ with KIP-1034 headers), processed by the same `Topology` replay uses, and its
+//! outputs are produced keyed as DESIGN.md says. Offsets are stored for commit only once every
+//! output of a message, and of every earlier message of its partition, is acknowledged by the
+//! broker (`OffsetTracker`): at-least-once. The producer's own thread applies each delivery
+//! report to that bookkeeping as it arrives (`deliveries::DeliveryContext`); the main loop takes the
+//! committable offsets from it every second. When the producer queue is full, consumption waits
+//! for deliveries to make room instead of dropping anything, so the messages in flight stay
+//! bounded by the producer queue.
+//!
+//! Scale-out: requests count in the limiter of their input partition, and changed user state goes
+//! to the changelog topic once per commit interval (`changelog.rs`); when partitions move between instances,
+//! `rebalance.rs` commits what was done and restores what arrives before it is processed.
+//! Control events (outcomes, telemetry, admin) are read in full by every instance (`control.rs`).
+//! With `kafka.guarantee = "exactly_once"` outputs, changelog records and input offsets go in one
+//! transaction instead of offsets being committed after delivery.
+//!
+//! Time: processors run on event time; after `kafka.wall_clock_after_idle_ms` without input, event
+//! time moves on to the wall clock so timers still fire (`Shell::wall_clock`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, StreamExt};
+use rdkafka::ClientConfig;
+
+use crate::kafka::client::client_config;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::api::server::ApiState;
+use crate::config::{Config, Guarantee};
+use crate::core::topology::Topology;
+use crate::kafka::control;
+use crate::kafka::deliveries::{Deliveries, DeliveryContext, OutputProducer};
+use crate::kafka::metrics::Metrics;
+use crate::kafka::rebalance::RunContext;
+use crate::kafka::shared::{Shared, lock};
+pub use crate::kafka::shell::{RunError, RunStats};
+use crate::kafka::shell::{Shell, Source, TRANSACTION_EVERY};
+use crate::kafka::topics;
+
+/// How long consumer errors may go on, without any message in between, before the service stops
+/// (librdkafka retries transient errors by itself; this catches the ones that never end).
+const CONSUMER_GIVE_UP: Duration = Duration::from_secs(300);
+
+/// How many request messages in a row may go before a waiting control message.
+const CONTROL_EVERY: u32 = 16;
+
+/// How long the API's decisions gather before the main loop publishes them. The caller has its
+/// answer already and the producer lingers 5 ms anyway; publishing on every wake-up cost the
+/// handlers a futex wake and the main loop a round of its select per decision.
+const API_PUBLISH_AFTER: Duration = Duration::from_millis(1);
+
+/// Marks the shared state "commit nothing" when `run_with` leaves with an error.
+struct NoCommitOnError {
+    shared: Arc<Mutex<Shared>>,
+    armed: bool,
+}
+
+impl Drop for NoCommitOnError {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.shared).no_commit = true;
+        }
+    }
+}
+
+/// How long a starting instance reads the control topics' recent past before it goes on.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long reading a partition's changelog may take before the service gives up.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long shutdown waits for the deliveries in flight before giving up on them (their offsets
+/// are then not committed, so they are processed again after the restart).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a caller of `run_with` may add to the config.
+#[derive(Default)]
+pub struct RunOptions<'a> {
+    /// Extra consumer properties (the embedded demo shortens fetch waits: the mock cluster holds
+    /// every fetch for the full `fetch.wait.max.ms`).
+    pub consumer_overrides: &'a [(&'a str, &'a str)],
+    /// Configs to apply while running (`config::reload::watch`): tier limits, the throttle
+    /// table, breaker thresholds and alert rules.
+    pub reload: Option<tokio::sync::mpsc::Receiver<Arc<Config>>>,
+    /// Told the HTTP API's address once it listens (dropped unsent when the API is off).
+    pub on_api: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+}
+
+/// Runs the pipeline against `brokers` until `shutdown` completes, then finishes the work in
+/// flight, commits and leaves the group.
+pub async fn run(cfg: Arc<Config>, brokers: &str, shutdown: impl Future<Output = ()>) -> Result<RunStats, RunError> {
+    run_with(cfg, brokers, RunOptions::default(), shutdown).await
+}
+
+/// As `run`, with the caller's `options`.
+pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, shutdown: impl Future<Output = ()>) -> Result<RunStats, RunError> {
+    let RunOptions { consumer_overrides, mut reload, on_api } = options;
+    let base = client_config(&cfg, brokers);
+    if cfg.kafka.create_topics {
+        tracing::info!(brokers, "checking topics (and creating the missing ones)");
+        let created = topics::ensure(&base, &cfg).await?;
+        if !created.is_empty() {
+            tracing::info!(topics = ?created, "created missing topics");
+        }
+    }
+    let mut consumer_config = base.clone();
+    for (k, v) in consumer_overrides {
+        consumer_config.set(*k, *v);
+    }
+    let eos = cfg.kafka.guarantee == Guarantee::ExactlyOnce;
+    // Inputs, changelog and control topics alike: only committed transactions are read.
+    consumer_config.set("isolation.level", "read_committed");
+    let mut producer_config = base.clone();
+    // linger.ms stays librdkafka's default (5 ms) unless kafka.properties sets it.
+    producer_config.set("enable.idempotence", "true").set("acks", "all");
+    if eos {
+        // Unique per process: with KIP-447 the group's generation fences a zombie instance.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        producer_config.set("transactional.id", format!("{}-{}-{nanos}", cfg.kafka.group_id, std::process::id()));
+        // A transaction left open by a crashed instance blocks read_committed readers (the
+        // changelog restore among them) until it times out: keep that short, as Kafka Streams does.
+        producer_config.set("transaction.timeout.ms", "10000");
+    }
+    let deliveries = Arc::new(Mutex::new(Deliveries::default()));
+    let producer: OutputProducer = producer_config.create_with_context(DeliveryContext { deliveries: deliveries.clone() })?;
+    if eos {
+        tokio::task::block_in_place(|| producer.init_transactions(Duration::from_secs(30)))?;
+        producer.begin_transaction()?;
+        tracing::info!("exactly-once: outputs, limiter state and offsets commit together");
+    }
+    let t = &cfg.topics;
+    let requests_partitions = check_changelog_partitions(&producer, t)?;
+    // The control side first: every partition of the control topics, from the lookback on,
+    // folded into the topology before this instance decides anything.
+    let control: StreamConsumer = consumer_config.clone().set("group.id", &cfg.kafka.group_id).set("enable.auto.commit", "false").create()?;
+    let predictor = crate::history::prediction_setup::load(&cfg.prediction).await?;
+    let mut topology = Topology::new(cfg.clone()).with_predictor(predictor);
+    let plan = control::assign(&control, &cfg)?;
+    let started = Instant::now();
+    let catch_up_client = consumer_config.clone().set("group.id", format!("{}.catch-up", cfg.kafka.group_id)).clone();
+    let read = control::catch_up(&catch_up_client, plan, &mut topology, &cfg, CATCH_UP_TIMEOUT).await?;
+    tracing::info!(messages = read, took = ?started.elapsed(), lookback_s = cfg.kafka.control_lookback_s, "control state rebuilt from the control topics");
+
+    let mut sh = Shared::new(topology);
+    sh.requests_partitions = requests_partitions;
+    sh.api_recent = crate::core::idempotency::RecentDecisions::new(cfg.api.idempotency_window_s, cfg.api.idempotency_capacity);
+    let shared = Arc::new(Mutex::new(sh));
+    let metrics = Arc::new(Metrics::new(&cfg).map_err(|e| RunError::Api(format!("metrics: {e}")))?);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut api_state = ApiState::new(&cfg, shared.clone(), metrics.clone(), ready.clone());
+    api_state.admin = admin_sink(&cfg, &base)?;
+    let wake = api_state.wake.clone();
+    let api = start_api(&cfg, api_state).await?;
+    if let (Some(tx), Some((_, addr))) = (on_api, &api) {
+        tx.send(*addr).ok();
+    }
+    let context = RunContext {
+        shared: shared.clone(),
+        deliveries: deliveries.clone(),
+        requests_topic: t.requests.clone(),
+        changelog_topic: t.changelog.clone(),
+        restore_client: consumer_config.clone(),
+        producer: producer.clone(),
+        restore_timeout: RESTORE_TIMEOUT,
+        flush_timeout: DRAIN_TIMEOUT,
+        exactly_once: eos,
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+    };
+    // The consumer lag for /metrics comes with librdkafka's statistics.
+    if !cfg.kafka.properties.contains_key("statistics.interval.ms") {
+        consumer_config.set("statistics.interval.ms", "5000");
+    }
+    // The changelog restore runs inside the consumer's poll (the assignment callback): a restore
+    // that takes up to RESTORE_TIMEOUT must not count as a consumer that stopped polling
+    // (librdkafka's default max.poll.interval.ms is exactly 300 s). A value in
+    // kafka.properties wins.
+    if !cfg.kafka.properties.contains_key("max.poll.interval.ms") {
+        consumer_config.set("max.poll.interval.ms", (RESTORE_TIMEOUT + Duration::from_secs(60)).as_millis().to_string());
+    }
+    // The group's member list (kafka-consumer-groups.sh --describe) then shows where each
+    // instance's API answers for the partitions it owns.
+    if let Some((_, addr)) = &api
+        && !cfg.kafka.properties.contains_key("client.id")
+    {
+        consumer_config.set("client.id", format!("surgeguard-api-{addr}"));
+    }
+    let consumer: StreamConsumer<RunContext> = consumer_config
+        .set("group.id", &cfg.kafka.group_id)
+        // Exactly-once commits offsets in the transaction, never on its own.
+        .set("enable.auto.commit", if eos { "false" } else { "true" })
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(context)?;
+    consumer.subscribe(&[t.requests.as_str()])?;
+    tracing::info!(brokers, group = %cfg.kafka.group_id, requests = %t.requests, control = ?[&t.outcomes, &t.telemetry, &t.admin], "consuming");
+
+    let mut shell = Shell {
+        cfg: &cfg,
+        consumer: &consumer,
+        producer: &producer,
+        shared: shared.clone(),
+        deliveries: deliveries.clone(),
+        stats: RunStats::default(),
+        ready: HashMap::new(),
+        stored: HashMap::new(),
+        leader: false,
+        control_done: HashMap::new(),
+        last_control_commit: Instant::now(),
+        eos,
+        last_transaction: Instant::now(),
+        in_transaction: false,
+        outs: Vec::new(),
+        buf: Vec::with_capacity(1024),
+        backlog: std::collections::VecDeque::new(),
+        backlog_dropped: 0,
+        control_high: HashMap::new(),
+        changelog_schedule: crate::kafka::changelog::FlushSchedule::new(u64::from(cfg.kafka.commit_interval_ms)),
+        changelog_epoch: Instant::now(),
+        metrics: metrics.clone(),
+    };
+    // Declared after the consumer, so dropped before it: an error exit marks the state so that
+    // the revocation closing the consumer brings commits nothing.
+    let mut exit_guard = NoCommitOnError { shared: shared.clone(), armed: true };
+    // Every second: stop on a failure a callback saw, hand stored offsets to librdkafka, and poll
+    // the delivery reports again (a callback that drained them leaves no waker behind); every
+    // 30 s a progress line.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
+    // Wall-clock timers: how long no input has arrived, counted in ticks.
+    let idle_after = Duration::from_millis(u64::from(cfg.kafka.wall_clock_after_idle_ms));
+    let (mut consumed_at_tick, mut idle_since) = (0u64, Instant::now());
+    let mut requests_streak = 0u32;
+    let mut transaction_tick = tokio::time::interval(TRANSACTION_EVERY);
+    transaction_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing_since: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    // One stream per consumer for the whole run: a `recv()` per message would register and drop
+    // a waker slot each time.
+    let (mut requests, mut controls) = (consumer.stream(), control.stream());
+    // Armed by the API's wake-up, fires API_PUBLISH_AFTER later (a handler wakes the loop only
+    // when it finds the queue empty).
+    let api_publish = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(api_publish);
+    let mut api_armed = false;
+    loop {
+        // Control events wait until this instance knows whether it leads (see `control.rs`).
+        let control_ready = lock(&shared).assigned();
+        // Fair shares: requests go first, but after CONTROL_EVERY of them in a row a ready
+        // control message does (neither consumer starves the other).
+        let due = if control_ready && requests_streak >= CONTROL_EVERY { controls.next().now_or_never().flatten() } else { None };
+        let msg = if let Some(m) = due {
+            m.map(|m| (m, Source::Control))
+        } else {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {
+                    ticks += 1;
+                    let (leader, snapshot) = {
+                        let mut sh = lock(&shared);
+                        if let Some(e) = sh.failed.take() {
+                            return Err(RunError::Restore(e));
+                        }
+                        let mut snapshot = Vec::new();
+                        if sh.is_leader() && !shell.leader {
+                            sh.topology.snapshot("leader", &mut snapshot);
+                        }
+                        (sh.is_leader(), snapshot)
+                    };
+                    // Leadership can change with no message to handle (a rebalance after the
+                    // leader died): the new leader publishes at once.
+                    if leader && !shell.leader {
+                        shell.leader = true;
+                        shell.lead(snapshot).await?;
+                        shell.in_transaction = true;
+                    } else if !leader && shell.leader {
+                        tracing::info!("no longer leading");
+                        shell.leader = false;
+                    }
+                    shell.sweep()?;
+                    shell.maybe_flush_changelog().await?;
+                    shell.flush_offsets();
+                    if shell.stats.consumed != consumed_at_tick {
+                        consumed_at_tick = shell.stats.consumed;
+                        idle_since = Instant::now();
+                    } else if !idle_after.is_zero() && idle_since.elapsed() >= idle_after {
+                        shell.wall_clock(&shared).await?;
+                    }
+                    if ticks % 30 == 1 {
+                        let s = shell.stats;
+                        tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.in_flight(), leader = shell.leader, "progress");
+                    }
+                    continue;
+                }
+                _ = wake.notified(), if !api_armed => {
+                    api_armed = true;
+                    api_publish.as_mut().reset(tokio::time::Instant::now() + API_PUBLISH_AFTER);
+                    continue;
+                }
+                _ = &mut api_publish, if api_armed => {
+                    api_armed = false;
+                    shell.publish_api_outputs().await?;
+                    continue;
+                }
+                Some(new) = next_config(&mut reload) => {
+                    {
+                        let mut sh = lock(&shared);
+                        let mut outs = Vec::new();
+                        sh.topology.reconfigure(new, &mut outs);
+                        tracing::info!(limit_updates = outs.len(), "reloaded config applied");
+                        sh.api_outputs.extend(outs);
+                    }
+                    shell.publish_api_outputs().await?;
+                    continue;
+                }
+                _ = transaction_tick.tick(), if shell.eos => {
+                    // An idle pipeline commits what it did too.
+                    if shell.in_transaction && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
+                        shell.commit_transaction(&shared).await?;
+                    }
+                    continue;
+                }
+                Some(m) = requests.next() => m.map(|m| (m, Source::Requests)),
+                Some(m) = controls.next(), if control_ready => m.map(|m| (m, Source::Control)),
+            }
+        };
+        match msg {
+            Ok((m, source)) => {
+                failing_since = None;
+                requests_streak = if source == Source::Requests { requests_streak.saturating_add(1) } else { 0 };
+                shell.handle(&shared, &m, source).await?;
+                handled(&mut shell, &shared).await?;
+                drop(m);
+                // Requests already waiting go without another round of the select (its timers
+                // and wake-ups cost more than a message), up to the control side's turn.
+                if source == Source::Requests {
+                    for _ in 1..CONTROL_EVERY {
+                        let m = match requests.next().now_or_never() {
+                            Some(Some(Ok(m))) => m,
+                            Some(Some(Err(e))) => {
+                                failing_since.get_or_insert_with(Instant::now);
+                                tracing::warn!(error = %e, "consumer error");
+                                break;
+                            }
+                            _ => break,
+                        };
+                        requests_streak = requests_streak.saturating_add(1);
+                        shell.handle(&shared, &m, Source::Requests).await?;
+                        handled(&mut shell, &shared).await?;
+                    }
+                }
+            }
+            Err(e) => {
+                // librdkafka retries and reconnects by itself; say so and carry on, unless
+                // nothing but errors has come for CONSUMER_GIVE_UP.
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= CONSUMER_GIVE_UP {
+                    return Err(RunError::ConsumerDown(since.elapsed(), e));
+                }
+                tracing::warn!(error = %e, "consumer error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    // No more API decisions (they check readiness under the lock), then what they queued goes
+    // out before the changelog and the final flush.
+    ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    shell.publish_api_outputs().await?;
+    if !shell.eos {
+        shell.flush_changelog().await?;
+    }
+    tracing::info!(in_flight = shell.in_flight(), "shutting down: finishing deliveries");
+    if let Err(e) = tokio::task::block_in_place(|| producer.flush(DRAIN_TIMEOUT)) {
+        tracing::warn!(error = %e, in_flight = shell.in_flight(), "deliveries still in flight after {DRAIN_TIMEOUT:?}: their inputs will be processed again");
+    }
+    shell.sweep()?;
+    if shell.eos {
+        shell.commit_transaction(&shared).await?;
+    }
+    exit_guard.armed = false;
+    shell.flush_offsets();
+    shell.commit_control(CommitMode::Sync);
+    let stats = shell.stats;
+    // Synchronous commit blocks: keep it off the async workers. (Exactly-once has committed its
+    // offsets in the last transaction; nothing is stored, so this finds no offset.)
+    tokio::task::block_in_place(|| match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+        Err(e) => Err(e),
+    })?;
+    consumer.unsubscribe();
+    if let Some(((stop, task), _)) = api {
+        stop.send(()).ok();
+        // Open connections get a few seconds to finish.
+        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            tracing::warn!("the HTTP API did not stop within 5 s");
+        }
+    }
+    tracing::info!(
+        consumed = stats.consumed,
+        produced = stats.produced,
+        dead_lettered = stats.dead_lettered,
+        already_counted = stats.already_counted,
+        "stopped"
+    );
+    Ok(stats)
+}
+
+/// After each handled message: exactly-once commits the transaction when it is due; otherwise
+/// the changelog is flushed when due (checked every 64 messages).
+async fn handled(shell: &mut Shell<'_>, shared: &Mutex<Shared>) -> Result<(), RunError> {
+    shell.in_transaction = true;
+    if shell.eos && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
+        shell.commit_transaction(shared).await?;
+    } else if shell.stats.consumed % 64 == 0 {
+        shell.maybe_flush_changelog().await?;
+    }
+    Ok(())
+}
+
+/// The next reloaded config; never, without a watch.
+async fn next_config(reload: &mut Option<tokio::sync::mpsc::Receiver<Arc<Config>>>) -> Option<Arc<Config>> {
+    match reload {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The admin endpoints' token and producer, when `api.admin_token_env` names a set variable.
+fn admin_sink(cfg: &Config, base: &ClientConfig) -> Result<Option<Arc<crate::api::state::Admin>>, RunError> {
+    let token = std::env::var(&cfg.api.admin_token_env).unwrap_or_default();
+    if cfg.api.listen.is_empty() || token.trim().is_empty() {
+        tracing::info!(variable = %cfg.api.admin_token_env, "admin endpoints off (no token)");
+        return Ok(None);
+    }
+    let producer = base.clone().set("enable.idempotence", "true").set("acks", "all").create()?;
+    tracing::info!(variable = %cfg.api.admin_token_env, "admin endpoints on");
+    Ok(Some(Arc::new(crate::api::state::Admin { token: token.trim().to_string(), producer, topic: cfg.topics.admin.clone() })))
+}
+
+type ApiTask = ((tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>), std::net::SocketAddr);
+
+/// Binds `[api] listen` (unless empty) and serves the API until the returned sender fires.
+async fn start_api(cfg: &Config, state: ApiState) -> Result<Option<ApiTask>, RunError> {
+    if cfg.api.listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.api.listen).await.map_err(|e| RunError::Api(format!("api.listen = {:?}: {e}", cfg.api.listen)))?;
+    let addr = listener.local_addr().map_err(|e| RunError::Api(e.to_string()))?;
+    tracing::info!("HTTP API on http://{addr}");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let max_body = cfg.api.max_body_bytes;
+    let task = tokio::spawn(async move {
+        if let Err(e) = crate::api::server::serve(listener, state, max_body, async {
+            stopped.await.ok();
+        })
+        .await
+        {
+            tracing::error!(error = %e, "the HTTP API stopped");
+        }
+    });
+    Ok(Some(((stop, task), addr)))
+}
+
+/// Refuses to start when the changelog has fewer partitions than the requests topic; returns the
+/// requests topic's partition count.
+fn check_changelog_partitions(producer: &OutputProducer, t: &crate::config::TopicsConfig) -> Result<usize, RunError> {
+    let count = |topic: &str| -> Result<usize, RunError> {
+        let md = tokio::task::block_in_place(|| producer.client().fetch_metadata(Some(topic), Duration::from_secs(30)))?;
+        Ok(md.topics().first().map_or(0, |m| m.partitions().len()))
+    };
+    let (requests, changelog) = (count(&t.requests)?, count(&t.changelog)?);
+    if changelog < requests {
+        return Err(RunError::ChangelogPartitions { changelog: t.changelog.clone(), has: changelog, requests: t.requests.clone(), needs: requests });
+    }
+    Ok(requests)
+}
+
+/// `surgeguard run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: crate::apps::cli::ConfigArg,
+    /// Bootstrap servers (overrides `kafka.brokers`).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Where the HTTP API listens (overrides `api.listen`; "" turns it off).
+    #[arg(long)]
+    pub api_listen: Option<String>,
+}
+
+pub fn main(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs { config, brokers, api_listen } = args;
+    let mut cfg = config.load()?;
+    if let Some(listen) = &api_listen {
+        anyhow::ensure!(
+            listen.is_empty() || listen.parse::<std::net::SocketAddr>().is_ok(),
+            "--api-listen {listen:?}: expected \"\" or an address such as 0.0.0.0:8480"
+        );
+        let mut c = (*cfg).clone();
+        c.api.listen = listen.clone();
+        cfg = Arc::new(c);
+    }
+    let brokers = brokers.unwrap_or_else(|| cfg.kafka.brokers.clone());
+    let path = config.path();
+    crate::apps::cli::runtime()?.block_on(async {
+        // Hot reload: SIGHUP or a change of the file (the same --api-listen applies to it).
+        let reload = match path {
+            Some(path) => {
+                let adjust = move |c: &mut Config| {
+                    if let Some(listen) = &api_listen {
+                        c.api.listen = listen.clone();
+                    }
+                };
+                Some(crate::config::reload::watch(path, cfg.clone(), Duration::from_secs(1), adjust))
+            }
+            None => {
+                crate::config::reload::ignore_hangups();
+                None
+            }
+        };
+        run_with(cfg, &brokers, RunOptions { reload, ..RunOptions::default() }, crate::apps::cli::shutdown_signal()).await
+    })?;
+    Ok(())
+}

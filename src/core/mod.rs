@@ -1,0 +1,22 @@
+//! The functional core: plain structs that take an event and its event time and return outputs.
+//! No tokio, rdkafka, DataFusion, axum, clock or I/O here (tests/layers.rs checks the imports).
+//!
+//! [`topology`] wires the processors together and every way of running surgeguard drives it:
+//! [`limiter`] (per-user quota), [`adaptive`] (tier limits from the multipliers), [`strategy`]
+//! (the throttling table), [`health`] (telemetry folded into one view), [`breaker`] (with
+//! [`breaker_window`]) and [`breakers`] (all of them, with [`fallback`] plans), [`predictor`]
+//! (demand forecasts into a multiplier), [`monitor`] (per-minute metrics and alerts) and
+//! [`idempotency`] (the API's remembered decisions).
+
+pub mod adaptive;
+pub mod breaker;
+pub mod breaker_window;
+pub mod breakers;
+pub mod fallback;
+pub mod health;
+pub mod idempotency;
+pub mod limiter;
+pub mod monitor;
+pub mod predictor;
+pub mod strategy;
+pub mod topology;

@@ -1,0 +1,623 @@
+//! The processor topology: one input event in, its outputs out, driven only by event time.
+//! Live Kafka, the embedded demo and replay all feed this same struct; only sources and sinks
+//! differ.
+//!
+//! Order of work for each event: the first event publishes every limit (reason `initial`); an
+//! event later than any before it moves time forward (stale telemetry sources drop out, breaker
+//! timers fire, finished minutes close and their alert rules run, idle users are swept); then the
+//! event itself goes to its processor: requests → limiter → decisions; outcomes → breakers →
+//! breaker states (→ adaptive limits, → alerts); admin actions → breakers (the same way);
+//! telemetry → health → adaptive limits. With a demand model (`with_predictor`), requests are also
+//! counted per model step, and each step boundary publishes a prediction; a forecast spike cuts
+//! the limits (the `predicted` multiplier) and fires the proactive alert.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::core::adaptive::AdaptiveLimits;
+use crate::core::breaker::Breaker;
+use crate::core::breakers::Breakers;
+use crate::core::health::HealthView;
+use crate::core::limiter::{ImportError, Limiter, Quota, SavedState};
+use crate::core::monitor::Monitor;
+use crate::core::predictor::{Predictor, Step};
+use crate::core::strategy::StrategyTable;
+use crate::wire::events::{AdminAction, AdminEvent, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
+use crate::wire::outputs::{BreakerState, Decision, DecisionKind, Output};
+use crate::wire::time::Millis;
+
+/// What the topology has done, for metrics and summaries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub requests: u64,
+    pub outcomes: u64,
+    pub telemetry: u64,
+    pub admin: u64,
+    pub allowed: u64,
+    pub graced: u64,
+    pub throttled: u64,
+    pub unknown_tier: u64,
+    pub limit_updates: u64,
+    pub breaker_states: u64,
+    pub alerts: u64,
+    pub evicted_users: u64,
+    pub predictions: u64,
+}
+
+/// Whether a request is already counted in the limiter's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    No,
+    /// Processed again after a restart or rebalance, and the state restored from the changelog
+    /// already holds it.
+    Already,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("request type `{0}` is not configured")]
+    UnknownRequestType(String),
+    #[error(transparent)]
+    Import(#[from] ImportError),
+}
+
+pub struct Topology {
+    tiers: Vec<Arc<str>>,
+    request_types: Vec<Arc<str>>,
+    default_tier: usize,
+    default_request_type: usize,
+    strategies: StrategyTable,
+    /// Per-user state, one limiter per input partition of the requests topic (replay uses
+    /// partition 0), so a partition's state can be restored and dropped as it moves between
+    /// instances.
+    limiters: Vec<Option<Limiter>>,
+    window_s: u32,
+    evict_idle_after_s: u32,
+    limits: AdaptiveLimits,
+    health: HealthView,
+    breakers: Breakers,
+    monitor: Monitor,
+    watermark: Option<Millis>,
+    sweep_every_ms: i64,
+    next_sweep: Millis,
+    counters: Counters,
+    scratch_breakers: Vec<BreakerState>,
+    /// The configured dependencies: only their breakers move the api multiplier (an outcome for
+    /// any other name gets a breaker and published states, but must not cut every limit).
+    upstream: Vec<Arc<str>>,
+    predictor: Option<Predictor>,
+    /// What each request counts for in the predictor (1 / the share of the requests partitions
+    /// this instance owns).
+    demand_weight: f64,
+    spike_factor: f64,
+    scratch_steps: Vec<Step>,
+    /// The latest alerts (at most `RECENT_ALERTS`) and each scope's latest prediction, for the
+    /// HTTP API.
+    recent_alerts: std::collections::VecDeque<crate::wire::outputs::Alert>,
+    predictions: std::collections::BTreeMap<String, crate::wire::outputs::Prediction>,
+    /// Per scope, how the one-step-ahead forecasts did.
+    prediction_errors: std::collections::BTreeMap<String, PredictionError>,
+}
+
+/// One scope's forecast error so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PredictionError {
+    /// Actual minus predicted, requests per minute, for the latest step observed.
+    pub last: f64,
+    pub abs_sum: f64,
+    pub steps: u64,
+}
+
+impl PredictionError {
+    pub fn mean_absolute(&self) -> f64 {
+        if self.steps == 0 { 0.0 } else { self.abs_sum / self.steps as f64 }
+    }
+}
+
+/// A user's quota state (`GET /v1/users/{user_id}`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UserQuota {
+    pub user_id: String,
+    pub tier: Arc<str>,
+    /// The tier asked for when it is not configured (the default tier was applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_tier: Option<String>,
+    /// The requests partition whose limiter holds the user.
+    pub partition: i32,
+    pub ts: Millis,
+    pub quotas: Vec<QuotaState>,
+}
+
+/// One request type's quota for a user: the IETF RateLimit fields and the grace allowance.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct QuotaState {
+    pub request_type: Arc<str>,
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_s: u64,
+    pub window_s: u32,
+    pub policy: Arc<str>,
+    pub grace_allowance: u32,
+    pub grace_window_s: u64,
+}
+
+/// How many of the latest alerts the topology keeps for queries.
+pub const RECENT_ALERTS: usize = 1000;
+
+fn index_of(names: &[Arc<str>], name: &str) -> Option<usize> {
+    names.iter().position(|n| **n == *name)
+}
+
+impl Topology {
+    /// Builds the processors from a validated config.
+    pub fn new(cfg: Arc<Config>) -> Self {
+        let tiers: Vec<Arc<str>> = cfg.tiers.keys().map(|k| Arc::from(k.as_str())).collect();
+        let request_types: Vec<Arc<str>> = cfg.request_types.keys().map(|k| Arc::from(k.as_str())).collect();
+        let tier_names: Vec<&str> = tiers.iter().map(|s| &**s).collect();
+        let rt_names: Vec<&str> = request_types.iter().map(|s| &**s).collect();
+        Topology {
+            default_tier: index_of(&tiers, &cfg.limiter.default_tier).unwrap_or(0),
+            default_request_type: index_of(&request_types, &cfg.limiter.default_request_type).unwrap_or(0),
+            strategies: StrategyTable::compile(&cfg.throttle, &tier_names, &rt_names),
+            limiters: Vec::new(),
+            window_s: cfg.limiter.window_s,
+            evict_idle_after_s: cfg.limiter.evict_idle_after_s,
+            limits: AdaptiveLimits::new(&cfg, &tier_names, &rt_names),
+            health: HealthView::new(&cfg.health),
+            breakers: Breakers::new(cfg.clone()),
+            monitor: Monitor::new(&cfg.monitor, &cfg.alerts),
+            watermark: None,
+            sweep_every_ms: i64::from(cfg.limiter.sweep_every_s) * 1000,
+            next_sweep: Millis(i64::MIN),
+            counters: Counters::default(),
+            scratch_breakers: Vec::new(),
+            upstream: cfg.dependencies.keys().map(|k| Arc::from(k.as_str())).collect(),
+            predictor: None,
+            demand_weight: 1.0,
+            spike_factor: cfg.prediction.spike_factor,
+            scratch_steps: Vec::new(),
+            recent_alerts: std::collections::VecDeque::new(),
+            predictions: std::collections::BTreeMap::new(),
+            prediction_errors: std::collections::BTreeMap::new(),
+            tiers,
+            request_types,
+        }
+    }
+
+    /// A reloaded config (`config::reload::needs_restart` found nothing that needs a restart):
+    /// tier limits, the throttle table, breaker thresholds and alert rules change now; every
+    /// limit is published again (as of the latest event time).
+    pub fn reconfigure(&mut self, cfg: Arc<Config>, out: &mut Vec<Output>) {
+        let tier_names: Vec<&str> = self.tiers.iter().map(|s| &**s).collect();
+        let rt_names: Vec<&str> = self.request_types.iter().map(|s| &**s).collect();
+        self.strategies = StrategyTable::compile(&cfg.throttle, &tier_names, &rt_names);
+        self.monitor.set_rules(&cfg.alerts);
+        let mut updates = Vec::new();
+        let now = self.watermark.unwrap_or(Millis(0));
+        self.limits.reconfigure(&cfg, &tier_names, &rt_names, now, &mut updates);
+        self.breakers.reconfigure(cfg);
+        // Before the first event nothing is published: the first event publishes every limit.
+        if self.watermark.is_some() {
+            self.push_limits(updates, out);
+        }
+    }
+
+    /// Adds predictive limits (see `predictor.rs`); the shell loads and seeds the predictor.
+    pub fn with_predictor(mut self, predictor: Option<Predictor>) -> Self {
+        self.predictor = predictor;
+        self
+    }
+
+    /// Each request counts `weight` requests of demand: an instance that owns k of n requests
+    /// partitions sees about k/n of the requests (users are spread by hash), so it counts n/k.
+    pub fn set_demand_weight(&mut self, weight: f64) {
+        if weight.is_finite() && weight > 0.0 {
+            self.demand_weight = weight;
+        }
+    }
+
+    /// What each request counts for in the predictor.
+    pub fn demand_weight(&self) -> f64 {
+        self.demand_weight
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    pub fn tracked_users(&self) -> usize {
+        self.limiters.iter().flatten().map(Limiter::len).sum()
+    }
+
+    fn limiter(&mut self, partition: i32) -> &mut Limiter {
+        let i = usize::try_from(partition).unwrap_or(0);
+        if self.limiters.len() <= i {
+            self.limiters.resize_with(i + 1, || None);
+        }
+        let (window_s, evict) = (self.window_s, self.evict_idle_after_s);
+        self.limiters[i].get_or_insert_with(|| Limiter::new(window_s, evict))
+    }
+
+    /// One user's limiter state in `partition` for a request type, for the changelog.
+    pub fn saved_state(&self, partition: i32, user_id: &str, request_type: &str) -> Option<SavedState> {
+        let rt = index_of(&self.request_types, request_type)?;
+        let limiter = self.limiters.get(usize::try_from(partition).ok()?)?.as_ref()?;
+        limiter.export(user_id, rt as u16)
+    }
+
+    /// Puts back one user's state in `partition` from the changelog.
+    pub fn restore(&mut self, partition: i32, user_id: &str, request_type: &str, saved: &SavedState) -> Result<(), RestoreError> {
+        let rt = index_of(&self.request_types, request_type).ok_or_else(|| RestoreError::UnknownRequestType(request_type.chars().take(64).collect()))?;
+        Ok(self.limiter(partition).import(user_id, rt as u16, saved)?)
+    }
+
+    /// A user's quota for each request type (or just `request_type`) in `tier`, as the limiter
+    /// of `partition` holds it at `now`, counting nothing. An unknown tier or request type gets
+    /// the default, as a request naming it would.
+    pub fn user_quota(&self, partition: i32, user_id: &str, tier: &str, request_type: Option<&str>, now: Millis) -> UserQuota {
+        let (t, unknown_tier) = match index_of(&self.tiers, tier) {
+            Some(i) => (i, false),
+            None => (self.default_tier, true),
+        };
+        let rts: Vec<usize> = match request_type {
+            None => (0..self.request_types.len()).collect(),
+            Some(rt) => vec![index_of(&self.request_types, rt).unwrap_or(self.default_request_type)],
+        };
+        let limiter = usize::try_from(partition).ok().and_then(|i| self.limiters.get(i)).and_then(Option::as_ref);
+        let quotas = rts
+            .into_iter()
+            .map(|rt| {
+                let k = self.limits.limit(t, rt);
+                let quota = Quota { limit: k.window_limit, grace_allowance: k.grace_allowance, grace_window_ms: k.grace_window_ms };
+                // A cost of 0 reads the state as of `now` without counting anything; a partition
+                // with no limiter yet has no usage.
+                let (remaining, reset_s) = limiter.map_or((k.window_limit, 0), |l| {
+                    let v = l.peek(user_id, rt as u16, now, 0, quota);
+                    (v.remaining, v.reset_s)
+                });
+                QuotaState {
+                    request_type: self.request_types[rt].clone(),
+                    limit: k.window_limit,
+                    remaining,
+                    reset_s,
+                    window_s: self.window_s,
+                    policy: k.policy.clone(),
+                    grace_allowance: k.grace_allowance,
+                    grace_window_s: (k.grace_window_ms / 1000) as u64,
+                }
+            })
+            .collect();
+        UserQuota {
+            user_id: user_id.to_string(),
+            tier: self.tiers[t].clone(),
+            unknown_tier: unknown_tier.then(|| tier.to_string()),
+            partition,
+            ts: now,
+            quotas,
+        }
+    }
+
+    /// The configured request types.
+    pub fn request_types(&self) -> &[Arc<str>] {
+        &self.request_types
+    }
+
+    /// Forgets the state of a partition this instance no longer owns.
+    pub fn drop_partition(&mut self, partition: i32) {
+        if let Some(slot) = usize::try_from(partition).ok().and_then(|i| self.limiters.get_mut(i)) {
+            *slot = None;
+        }
+    }
+
+    /// Every current limit, as last published: the reason and event time of its last change
+    /// (empty before the first event).
+    pub fn limits_now(&self) -> Vec<crate::wire::outputs::LimitUpdate> {
+        let mut out = Vec::new();
+        if self.watermark.is_some() {
+            self.limits.current(&mut out);
+        }
+        out
+    }
+
+    /// Whether `dependency` has a breaker (configured, or named by an outcome).
+    pub fn has_breaker(&self, dependency: &str) -> bool {
+        self.breakers.state(dependency).is_some()
+    }
+
+    /// Whether `dependency` is one of the configured dependencies.
+    pub fn is_upstream(&self, dependency: &str) -> bool {
+        self.upstream.iter().any(|d| **d == *dependency)
+    }
+
+    /// Every breaker's state, as of the latest event time.
+    pub fn breakers_now(&self) -> Vec<BreakerState> {
+        let mut out = Vec::new();
+        if let Some(now) = self.watermark {
+            self.breakers.current(now, &mut out);
+        }
+        out
+    }
+
+    /// The latest alerts in the order raised (a minute's rules are stamped with the minute's
+    /// end, so `ts` is not quite in order), those at or after `since` when given.
+    pub fn alerts_since(&self, since: Option<Millis>) -> Vec<crate::wire::outputs::Alert> {
+        self.recent_alerts.iter().filter(|a| since.is_none_or(|s| a.ts >= s)).cloned().collect()
+    }
+
+    /// Each scope's one-step-ahead forecast error so far.
+    pub fn prediction_errors(&self) -> impl Iterator<Item = (&str, &PredictionError)> {
+        self.prediction_errors.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Each scope's latest prediction.
+    pub fn latest_predictions(&self) -> Vec<crate::wire::outputs::Prediction> {
+        self.predictions.values().cloned().collect()
+    }
+
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+
+    /// The latest event time seen.
+    pub fn watermark(&self) -> Option<Millis> {
+        self.watermark
+    }
+
+    /// Processes one event, appending its outputs to `out` (requests count in partition 0).
+    pub fn process(&mut self, event: InputEvent, out: &mut Vec<Output>) {
+        self.process_in(0, event, Counted::No, out);
+    }
+
+    /// Processes one event whose requests count in the limiter of `partition`. A request the
+    /// partition's restored state already counted (`Counted::Already`) is decided without being
+    /// counted again.
+    pub fn process_in(&mut self, partition: i32, event: InputEvent, counted: Counted, out: &mut Vec<Output>) {
+        let ts = event.ts();
+        self.advance(ts, out);
+        match event {
+            InputEvent::Request(r) => self.on_request(partition, counted, r, out),
+            InputEvent::Outcome(o) => self.on_outcome(o, out),
+            InputEvent::Telemetry(t) => self.on_telemetry(t, out),
+            InputEvent::Admin(a) => self.on_admin(a, out),
+        }
+    }
+
+    /// Every current limit (with `reason`) and every breaker's state as of the latest event
+    /// time: what a new publisher of the control side writes so the compacted topics are whole
+    /// (nothing before the first event, whose outputs include every limit anyway).
+    pub fn snapshot(&self, reason: &str, out: &mut Vec<Output>) {
+        let Some(now) = self.watermark else { return };
+        let mut updates = Vec::new();
+        self.limits.snapshot(now, reason, &mut updates);
+        out.extend(updates.into_iter().map(Output::Limit));
+        let mut states = Vec::new();
+        self.breakers.snapshot(now, &mut states);
+        out.extend(states.into_iter().map(Output::Breaker));
+    }
+
+    /// End of input: closes the monitor's open minute (replay and backtest call this; a live
+    /// service does not).
+    pub fn finish(&mut self, out: &mut Vec<Output>) {
+        let mut alerts = Vec::new();
+        self.monitor.finish(&mut alerts);
+        self.push_alerts(alerts, out);
+    }
+
+    /// Moves event time to `now` if it is later than the watermark, firing what is due.
+    pub fn advance(&mut self, now: Millis, out: &mut Vec<Output>) {
+        match self.watermark {
+            None => {
+                self.watermark = Some(now);
+                let mut updates = Vec::new();
+                self.limits.snapshot(now, "initial", &mut updates);
+                self.limits.started(now);
+                self.push_limits(updates, out);
+                self.next_sweep = now.plus_ms(self.sweep_every_ms);
+                self.predict(now, None, out);
+            }
+            Some(w) if now > w => {
+                self.watermark = Some(now);
+                if self.health.expire(now) {
+                    self.health_changed(now, out);
+                }
+                let mut states = std::mem::take(&mut self.scratch_breakers);
+                self.breakers.advance(now, &mut states);
+                self.breaker_states(&mut states, out);
+                self.scratch_breakers = states;
+                let mut alerts = Vec::new();
+                self.monitor.advance(now, &mut alerts);
+                self.push_alerts(alerts, out);
+                let mut updates = Vec::new();
+                self.limits.expire_overrides(now, &mut updates);
+                self.push_limits(updates, out);
+                if now >= self.next_sweep {
+                    let evicted: usize = self.limiters.iter_mut().flatten().map(|l| l.sweep(now)).sum();
+                    self.counters.evicted_users += evicted as u64;
+                    self.next_sweep = now.plus_ms(self.sweep_every_ms);
+                }
+                self.predict(now, None, out);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Moves the predictor to `now` (counting `requests` there, if any) and publishes what its
+    /// step boundaries produced: predictions, the predicted multiplier, the proactive alert.
+    fn predict(&mut self, now: Millis, requests: Option<f64>, out: &mut Vec<Output>) {
+        let Some(p) = self.predictor.as_mut() else { return };
+        let mut steps = std::mem::take(&mut self.scratch_steps);
+        match requests {
+            Some(n) => p.on_requests(now, n, &mut steps),
+            None => p.advance(now, &mut steps),
+        }
+        for step in steps.drain(..) {
+            if let (Some(o), Some(p)) = (step.observed, self.predictor.as_ref()) {
+                let e = self.prediction_errors.entry(p.scope().to_string()).or_default();
+                e.last = o.actual - o.predicted;
+                e.abs_sum += (o.actual - o.predicted).abs();
+                e.steps += 1;
+            }
+            if let Some(m) = step.multiplier {
+                let mut updates = Vec::new();
+                self.limits.set_predicted(m, step.at, &mut updates);
+                self.push_limits(updates, out);
+            }
+            if let (Some(spike), Some(pred)) = (step.spike, step.prediction.as_ref()) {
+                let mut alerts = Vec::new();
+                self.monitor.on_predicted_spike(pred, self.spike_factor, spike.until, &mut alerts);
+                self.push_alerts(alerts, out);
+            }
+            if let Some(pred) = step.prediction {
+                self.counters.predictions += 1;
+                self.predictions.insert(pred.scope.clone(), pred.clone());
+                out.push(Output::Prediction(pred));
+            }
+        }
+        self.scratch_steps = steps;
+    }
+
+    fn push_limits(&mut self, updates: Vec<crate::wire::outputs::LimitUpdate>, out: &mut Vec<Output>) {
+        self.counters.limit_updates += updates.len() as u64;
+        out.extend(updates.into_iter().map(Output::Limit));
+    }
+
+    fn push_alerts(&mut self, alerts: Vec<crate::wire::outputs::Alert>, out: &mut Vec<Output>) {
+        self.counters.alerts += alerts.len() as u64;
+        for a in &alerts {
+            if self.recent_alerts.len() >= RECENT_ALERTS {
+                self.recent_alerts.pop_front();
+            }
+            self.recent_alerts.push_back(a.clone());
+        }
+        out.extend(alerts.into_iter().map(Output::Alert));
+    }
+
+    fn on_request(&mut self, partition: i32, counted: Counted, ev: RequestEvent, out: &mut Vec<Output>) {
+        self.counters.requests += 1;
+        // Counted once: a request the restored state already holds was counted before.
+        let demand = (counted == Counted::No).then_some(self.demand_weight);
+        self.predict(ev.ts, demand, out);
+        let (tier, unknown_tier) = match index_of(&self.tiers, &ev.tier) {
+            Some(i) => (i, None),
+            None => (self.default_tier, Some(ev.tier)),
+        };
+        let (rt, unknown_request_type) = match index_of(&self.request_types, &ev.request_type) {
+            Some(i) => (i, None),
+            None => (self.default_request_type, Some(ev.request_type)),
+        };
+        self.counters.unknown_tier += u64::from(unknown_tier.is_some());
+        let k = self.limits.limit(tier, rt);
+        let (limit, policy) = (k.window_limit, k.policy.clone());
+        let quota = Quota { limit, grace_allowance: k.grace_allowance, grace_window_ms: k.grace_window_ms };
+        let limiter = self.limiter(partition);
+        let v = match counted {
+            Counted::No => limiter.check(&ev.user_id, rt as u16, ev.ts, ev.cost, quota),
+            Counted::Already => limiter.peek(&ev.user_id, rt as u16, ev.ts, ev.cost, quota),
+        };
+        let severity = self.limits.severity();
+        let strategy = match v.kind {
+            DecisionKind::Allow => {
+                self.counters.allowed += 1;
+                None
+            }
+            DecisionKind::AllowWithGrace => {
+                self.counters.graced += 1;
+                None
+            }
+            DecisionKind::Throttle => {
+                self.counters.throttled += 1;
+                Some(self.strategies.lookup(severity, tier, rt))
+            }
+        };
+        let d = Decision {
+            request_id: ev.id,
+            ts: ev.ts,
+            user_id: ev.user_id,
+            tier: self.tiers[tier].clone(),
+            request_type: self.request_types[rt].clone(),
+            decision: v.kind,
+            strategy,
+            limit,
+            remaining: v.remaining,
+            reset_s: v.reset_s,
+            policy,
+            severity,
+            unknown_tier,
+            unknown_request_type,
+        };
+        self.monitor.on_decision(&d, v.grace_used);
+        out.push(Output::Decision(d));
+    }
+
+    fn on_outcome(&mut self, ev: OutcomeEvent, out: &mut Vec<Output>) {
+        self.counters.outcomes += 1;
+        let mut states = std::mem::take(&mut self.scratch_breakers);
+        self.breakers.on_outcome(&ev, &mut states);
+        self.breaker_states(&mut states, out);
+        self.scratch_breakers = states;
+    }
+
+    /// Publishes breaker states and lets the adaptive limits and the monitor react to them.
+    fn breaker_states(&mut self, states: &mut Vec<BreakerState>, out: &mut Vec<Output>) {
+        for s in states.drain(..) {
+            let mut updates = Vec::new();
+            if self.upstream.contains(&s.dependency) {
+                self.limits.on_breaker(s.dependency.clone(), s.state, s.ts, &mut updates);
+            }
+            let mut alerts = Vec::new();
+            let weight_threshold = self.breakers.weight_threshold(&s.dependency);
+            self.monitor.on_breaker(&s, weight_threshold, &mut alerts);
+            self.counters.breaker_states += 1;
+            out.push(Output::Breaker(s));
+            self.push_limits(updates, out);
+            self.push_alerts(alerts, out);
+        }
+    }
+
+    fn on_admin(&mut self, ev: AdminEvent, out: &mut Vec<Output>) {
+        self.counters.admin += 1;
+        let action = match ev.action {
+            AdminAction::ForceOpen => Breaker::force_open,
+            AdminAction::Disable => Breaker::disable,
+            AdminAction::MetricsOnly => Breaker::metrics_only,
+            AdminAction::Reset => Breaker::reset,
+            AdminAction::OverrideLimit | AdminAction::ClearOverride => {
+                // An unknown key changes nothing (the event names a tier or request type this
+                // config does not have).
+                let Some(i) = ev.key.as_deref().and_then(|k| self.limits.key_index(k)) else {
+                    tracing::warn!(key = ?ev.key, "admin: no such limit, ignored");
+                    return;
+                };
+                let value = match (ev.action, ev.rpm, ev.until) {
+                    // An override already over (by the event's time, or the later event time a
+                    // catch-up has reached) is no override.
+                    (AdminAction::OverrideLimit, Some(rpm), Some(until)) if until > self.watermark.map_or(ev.ts, |w| w.max(ev.ts)) => Some((rpm, until)),
+                    _ => None,
+                };
+                let mut updates = Vec::new();
+                self.limits.set_override(i, value, ev.ts, &mut updates);
+                self.push_limits(updates, out);
+                return;
+            }
+        };
+        let mut states = std::mem::take(&mut self.scratch_breakers);
+        self.breakers.admin(&ev.dependency, action, ev.ts, &mut states);
+        self.breaker_states(&mut states, out);
+        self.scratch_breakers = states;
+    }
+
+    fn on_telemetry(&mut self, ev: TelemetrySample, out: &mut Vec<Output>) {
+        self.counters.telemetry += 1;
+        let ts = ev.ts;
+        if self.health.on_sample(ev) {
+            self.health_changed(ts, out);
+        }
+        self.monitor.on_load(ts, self.health.current().worst());
+    }
+
+    fn health_changed(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let mut updates = Vec::new();
+        self.limits.on_health(self.health.current(), now, &mut updates);
+        self.push_limits(updates, out);
+    }
+}

@@ -1,0 +1,245 @@
+//! The service's Prometheus metrics: counters the shell moves as it works (events in, outputs
+//! out, decisions, dead letters, processing time), and gauges read from the topology when
+//! `/metrics` is scraped (breaker states, adjusted limits, the latest predictions and their
+//! errors), and the consumer lag from librdkafka's statistics.
+
+use prometheus::{Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::config::Config;
+use crate::core::topology::Topology;
+use crate::wire::outputs::{BreakerStateKind, DecisionKind, Output};
+
+pub struct Metrics {
+    registry: Registry,
+    events_in: IntCounterVec,
+    decisions: IntCounterVec,
+    pub dead_lettered: IntCounter,
+    /// `POST /v1/decide` answers repeated for a request id decided before.
+    pub api_replayed: IntCounter,
+    pub processing_seconds: Histogram,
+    pub ready: IntGauge,
+    /// `outputs` per output kind, and `decisions` per configured tier and decision kind, looked
+    /// up once (a labelled lookup hashes the labels and takes a lock, per message).
+    outputs_by_kind: Vec<IntCounter>,
+    decisions_by_tier: Vec<(String, [IntCounter; 3])>,
+    events_in_by_topic: Vec<(String, IntCounter)>,
+    breaker_state: IntGaugeVec,
+    adjusted_rpm: GaugeVec,
+    predicted_rpm: GaugeVec,
+    spike_factor: GaugeVec,
+    consumer_lag: IntGaugeVec,
+    prediction_error: GaugeVec,
+    prediction_mae: GaugeVec,
+}
+
+/// Registers `c` with `registry` and hands it back.
+fn reg<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> Result<C, prometheus::Error> {
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn decision_label(k: DecisionKind) -> &'static str {
+    match k {
+        DecisionKind::Allow => "allow",
+        DecisionKind::AllowWithGrace => "allow_with_grace",
+        DecisionKind::Throttle => "throttle",
+    }
+}
+
+impl Metrics {
+    /// The metrics of a service run with `cfg` (its tiers and input topics are looked up once).
+    pub fn new(cfg: &Config) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("surgeguard".into()), None)?;
+        let events_in = reg(&registry, IntCounterVec::new(Opts::new("events_in_total", "Input messages consumed, by topic"), &["topic"])?)?;
+        let outputs = reg(
+            &registry,
+            IntCounterVec::new(Opts::new("outputs_total", "Output records produced, by kind (decisions, limits, breakers, predictions, alerts)"), &["kind"])?,
+        )?;
+        let decisions = reg(&registry, IntCounterVec::new(Opts::new("decisions_total", "Decisions, by decision and tier"), &["decision", "tier"])?)?;
+        let dead_lettered = reg(&registry, IntCounter::new("dlq_messages_total", "Input messages sent to the DLQ")?)?;
+        let api_replayed = reg(
+            &registry,
+            IntCounter::new("api_decisions_replayed_total", "POST /v1/decide answers repeated for a request id decided before (not counted again)")?,
+        )?;
+        let processing_seconds = reg(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "processing_seconds",
+                    "Time to process one decoded input message and enqueue its outputs, waits for producer queue space included",
+                )
+                .buckets(vec![0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+            )?,
+        )?;
+        let ready = reg(&registry, IntGauge::new("ready", "1 once the instance has its partitions and their state")?)?;
+        let breaker_state =
+            reg(&registry, IntGaugeVec::new(Opts::new("breaker_state", "1 for each dependency's current breaker state"), &["dependency", "state"])?)?;
+        let adjusted_rpm = reg(
+            &registry,
+            GaugeVec::new(Opts::new("limit_adjusted_requests_per_minute", "The adjusted limit per tier and request type"), &["tier", "request_type"])?,
+        )?;
+        let predicted_rpm =
+            reg(&registry, GaugeVec::new(Opts::new("predicted_requests_per_minute", "The latest forecast mean demand per scope"), &["scope"])?)?;
+        let spike_factor = reg(&registry, GaugeVec::new(Opts::new("predicted_spike_factor", "The latest forecast's spike factor per scope"), &["scope"])?)?;
+        let consumer_lag = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "consumer_lag_messages",
+                    "Messages behind the end of each requests partition this instance owns (librdkafka's statistics, every 5 s)",
+                ),
+                &["topic", "partition"],
+            )?,
+        )?;
+        let prediction_error = reg(
+            &registry,
+            GaugeVec::new(
+                Opts::new("prediction_error_requests_per_minute", "Actual minus predicted demand of the latest step a one-step-ahead forecast covered"),
+                &["scope"],
+            )?,
+        )?;
+        let prediction_mae = reg(
+            &registry,
+            GaugeVec::new(Opts::new("prediction_mean_absolute_error_requests_per_minute", "Mean absolute one-step-ahead error since start"), &["scope"])?,
+        )?;
+        let outputs_by_kind = Output::TOPICS.iter().map(|k| outputs.with_label_values(&[*k])).collect();
+        let decisions_by_tier =
+            cfg.tiers.keys().map(|t| (t.clone(), DecisionKind::ALL.map(|k| decisions.with_label_values(&[decision_label(k), t])))).collect();
+        let t = &cfg.topics;
+        let events_in_by_topic = crate::wire::events::InputTopic::ALL
+            .into_iter()
+            .map(|k| t.name(k))
+            .map(|topic| (topic.to_string(), events_in.with_label_values(&[topic])))
+            .collect();
+        Ok(Metrics {
+            registry,
+            events_in,
+            decisions,
+            dead_lettered,
+            api_replayed,
+            processing_seconds,
+            ready,
+            outputs_by_kind,
+            decisions_by_tier,
+            events_in_by_topic,
+            breaker_state,
+            adjusted_rpm,
+            predicted_rpm,
+            spike_factor,
+            consumer_lag,
+            prediction_error,
+            prediction_mae,
+        })
+    }
+
+    /// The lag of each assigned partition from librdkafka's statistics (partitions no longer
+    /// assigned disappear).
+    pub fn set_consumer_lag(&self, stats: &rdkafka::Statistics) {
+        self.consumer_lag.reset();
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                // -1 is librdkafka's internal unassigned partition; a lag of -1 is unknown.
+                if *p >= 0 && part.desired && part.consumer_lag >= 0 {
+                    self.consumer_lag.with_label_values(&[topic.as_str(), &p.to_string()]).set(part.consumer_lag);
+                }
+            }
+        }
+    }
+
+    /// Counts one input message of `topic`.
+    pub fn count_in(&self, topic: &str) {
+        match self.events_in_by_topic.iter().find(|(t, _)| t == topic) {
+            Some((_, c)) => c.inc(),
+            None => self.events_in.with_label_values(&[topic]).inc(),
+        }
+    }
+
+    /// Counts the outputs of one message that this instance produces (a follower has dropped
+    /// the control side's by then).
+    pub fn count_outputs(&self, outs: &[Output]) {
+        for o in outs {
+            self.outputs_by_kind[o.kind()].inc();
+            if let Output::Decision(d) = o {
+                match self.decisions_by_tier.iter().find(|(t, _)| *t == *d.tier) {
+                    Some((_, by_kind)) => by_kind[d.decision as usize].inc(),
+                    None => self.decisions.with_label_values(&[decision_label(d.decision), &*d.tier]).inc(),
+                }
+            }
+        }
+    }
+
+    /// The content type of `render`'s text.
+    pub fn content_type(&self) -> String {
+        TextEncoder::new().format_type().to_string()
+    }
+
+    /// The text exposition, with the gauges read from `topology` now (breaker states only for
+    /// the configured dependencies: an outcome may name any dependency, and each name would
+    /// be six series that never go away).
+    pub fn render(&self, topology: Option<&Topology>) -> String {
+        if let Some(t) = topology {
+            for b in t.breakers_now().into_iter().filter(|b| t.is_upstream(&b.dependency)) {
+                for s in BreakerStateKind::ALL {
+                    self.breaker_state.with_label_values(&[&*b.dependency, s.as_str()]).set(i64::from(b.state == s));
+                }
+            }
+            for l in t.limits_now() {
+                let (tier, request_type) = l.key.split_once('/').unwrap_or((&l.key, ""));
+                self.adjusted_rpm.with_label_values(&[tier, request_type]).set(f64::from(l.adjusted_rpm));
+            }
+            for p in t.latest_predictions() {
+                self.predicted_rpm.with_label_values(&[&p.scope]).set(p.predicted);
+                self.spike_factor.with_label_values(&[&p.scope]).set(p.spike_factor);
+            }
+            for (scope, e) in t.prediction_errors() {
+                self.prediction_error.with_label_values(&[scope]).set(e.last);
+                self.prediction_mae.with_label_values(&[scope]).set(e.mean_absolute());
+            }
+        }
+        let mut buf = Vec::new();
+        // Encoding into memory fails only on a metric the encoder cannot write; say so in the body.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            return format!("# error encoding metrics: {e}\n");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(tier: &str, kind: DecisionKind) -> Output {
+        let mut d = crate::wire::outputs::test_decision(crate::wire::time::Millis(0), kind);
+        d.tier = tier.into();
+        Output::Decision(d)
+    }
+
+    /// The counters looked up once count the same series as a labelled lookup would, and names
+    /// outside the config still get theirs.
+    #[test]
+    fn counts_by_topic_kind_and_tier() {
+        let cfg = Config::default();
+        let m = Metrics::new(&cfg).expect("metrics");
+        m.count_in(&cfg.topics.requests);
+        m.count_in(&cfg.topics.requests);
+        m.count_in("somewhere.else");
+        let outs = [
+            decision("pro", DecisionKind::Allow),
+            decision("pro", DecisionKind::Throttle),
+            decision("pro", DecisionKind::Throttle),
+            decision("nobody", DecisionKind::AllowWithGrace),
+        ];
+        m.count_outputs(&outs);
+        let text = m.render(None);
+        let has = |line: &str| assert!(text.lines().any(|l| l == line), "no line `{line}` in\n{text}");
+        has(&format!("surgeguard_events_in_total{{topic=\"{}\"}} 2", cfg.topics.requests));
+        has("surgeguard_events_in_total{topic=\"somewhere.else\"} 1");
+        has("surgeguard_outputs_total{kind=\"decisions\"} 4");
+        has("surgeguard_outputs_total{kind=\"alerts\"} 0");
+        has("surgeguard_decisions_total{decision=\"allow\",tier=\"pro\"} 1");
+        has("surgeguard_decisions_total{decision=\"throttle\",tier=\"pro\"} 2");
+        has("surgeguard_decisions_total{decision=\"allow_with_grace\",tier=\"pro\"} 0");
+        has("surgeguard_decisions_total{decision=\"allow_with_grace\",tier=\"nobody\"} 1");
+    }
+}

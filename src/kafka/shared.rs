@@ -1,0 +1,171 @@
+//! The pipeline's state shared by the main loop, the rebalance callbacks and the HTTP API: the
+//! topology, the requests partitions owned (with what their restored state already counts), the
+//! offsets processed, and the API's decisions waiting to be published.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::core::topology::{Counted, Topology};
+use crate::kafka::changelog::{self, CountedUpTo, Outgoing};
+use crate::kafka::deliveries::Deliveries;
+use crate::kafka::offsets::{FastMap, Partition};
+
+/// The pipeline's state, shared by the main loop and the rebalance callbacks.
+pub struct Shared {
+    pub topology: Topology,
+    /// Requests partitions owned now, each with the requests its restored state already counts.
+    pub(super) owned: FastMap<i32, CountedUpTo>,
+    /// Partitions revoked in the last eager rebalance, with what `owned` had for them.
+    pub(super) revoked: HashMap<i32, CountedUpTo>,
+    /// Limiter state changed since the last changelog flush.
+    pub changelog: changelog::Pending,
+    /// The last offset processed per input partition: committed when the partition is revoked.
+    pub(super) processed: FastMap<Partition, i64>,
+    /// A failure inside a callback, which the main loop turns into an error.
+    pub failed: Option<String>,
+    /// Assignments received so far (an empty one counts).
+    pub(super) assignments: u64,
+    /// Set when the pipeline stops on an error: outputs of processed messages may not have been
+    /// delivered, so the revocation that closing the consumer brings commits nothing.
+    pub no_commit: bool,
+    /// The requests topic's partition count (0: unknown), for the predictor's demand weight.
+    pub requests_partitions: usize,
+    /// Outputs of the API's decisions (`POST /v1/decide`), for the main loop to publish.
+    pub api_outputs: Vec<crate::wire::outputs::Output>,
+    /// The API's recent decisions by request id (off until the runtime configures it).
+    pub api_recent: crate::core::idempotency::RecentDecisions,
+}
+
+impl Shared {
+    pub fn new(topology: Topology) -> Self {
+        Shared {
+            topology,
+            owned: FastMap::default(),
+            revoked: HashMap::new(),
+            changelog: changelog::Pending::default(),
+            processed: FastMap::default(),
+            failed: None,
+            assignments: 0,
+            no_commit: false,
+            requests_partitions: 0,
+            api_outputs: Vec::new(),
+            api_recent: crate::core::idempotency::RecentDecisions::default(),
+        }
+    }
+
+    /// After the owned partitions changed: each request now stands for `partitions / owned` of
+    /// the whole demand the predictor forecasts.
+    pub(super) fn reweigh(&mut self) {
+        if self.requests_partitions > 0 && !self.owned.is_empty() {
+            let w = self.requests_partitions as f64 / self.owned.len() as f64;
+            self.topology.set_demand_weight(w);
+        }
+    }
+
+    /// How a request at `offset` of requests partition `partition` by `user` (user_id,
+    /// request_type) counts; `None` when this instance does not own the partition (a message
+    /// fetched before it was revoked).
+    pub fn counted(&mut self, partition: i32, offset: i64, user: Option<(&str, &str)>) -> Option<Counted> {
+        let up_to = self.owned.get_mut(&partition)?;
+        if up_to.through().is_none_or(|t| offset > t) {
+            // Past everything restored: nothing further is counted already, so the per-key
+            // offsets can go.
+            if up_to.through().is_some() {
+                *up_to = CountedUpTo::default();
+            }
+            return Some(Counted::No);
+        }
+        Some(match user {
+            Some((u, rt)) if up_to.counts(offset, rt, u) => Counted::Already,
+            _ => Counted::No,
+        })
+    }
+
+    /// Takes the dirty limiter state for the changelog: the records to send, each to be
+    /// acknowledged as an output of its partition's holding message (the tracker learns how many
+    /// each hold waits for). A hold whose users all left the limiter (evicted as idle) is
+    /// released at once: partitions whose delivered prefix moved are returned with it.
+    pub fn take_changelog(&mut self, deliveries: &Mutex<Deliveries>, requests_topic: &str) -> Vec<Outgoing> {
+        self.take_changelog_of(deliveries, requests_topic, |_| true)
+    }
+
+    /// `take_changelog` for the partitions `which` picks only. The records are encoded by the
+    /// sender, after `Shared`'s lock is released (`Outgoing::encode`).
+    pub fn take_changelog_of(&mut self, deliveries: &Mutex<Deliveries>, requests_topic: &str, which: impl Fn(i32) -> bool) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let mut deliveries = lock(deliveries);
+        for flush in self.changelog.take_where(which) {
+            let tp: Partition = (requests_topic.to_string(), flush.partition);
+            let before = out.len();
+            for (user, rt, offset) in flush.users {
+                let Some(state) = self.topology.saved_state(flush.partition, &user, &rt) else { continue };
+                let record = changelog::Record { user_id: user, request_type: rt, offset, state };
+                out.push(Outgoing { partition: flush.partition, hold: flush.hold, record });
+            }
+            let records = (out.len() - before) as u32;
+            match flush.hold {
+                // Only API decisions: nothing waits for these records.
+                None => {}
+                Some(hold) if records == 0 => deliveries.ack(&tp, hold),
+                // The hold counted one output already.
+                Some(hold) => deliveries.begin(&tp, hold, records - 1),
+            }
+        }
+        out
+    }
+
+    /// Whether this instance owns requests partition `partition` now.
+    pub fn owns(&self, partition: i32) -> bool {
+        self.owned.contains_key(&partition)
+    }
+
+    /// The requests partitions this instance owns, in order.
+    pub fn owned_partitions(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self.owned.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The offset up to which the state of `user_id` (for `request_type`) in requests partition
+    /// `partition` of `topic` counts every request of theirs: the last processed, or what the
+    /// restored state already counted, whichever is later (-1: nothing yet). What a changelog
+    /// record written for an API decision says it counts.
+    pub fn counted_through(&self, topic: &str, partition: i32, user_id: &str, request_type: &str) -> i64 {
+        let processed = self.processed.get(&(topic.to_string(), partition)).copied().unwrap_or(-1);
+        let restored = self.owned.get(&partition).map_or(-1, |c| {
+            let key = c.per_key.get(&changelog::key(request_type, user_id)).copied().unwrap_or(-1);
+            c.all.unwrap_or(-1).max(key)
+        });
+        processed.max(restored)
+    }
+
+    /// Whether the group has given this instance its partitions yet. Until then it cannot know
+    /// whether it leads, so it leaves the control topics unread.
+    pub fn assigned(&self) -> bool {
+        self.assignments > 0
+    }
+
+    /// Whether this instance owns partition 0 of the requests topic, and so publishes the control
+    /// side's outputs (see `control.rs`).
+    pub fn is_leader(&self) -> bool {
+        self.owned.contains_key(&0)
+    }
+
+    /// The positions to commit: the last offset processed per input partition.
+    pub fn processed_offsets(&self) -> &FastMap<Partition, i64> {
+        &self.processed
+    }
+
+    pub fn processed(&mut self, tp: &Partition, offset: i64) {
+        match self.processed.get_mut(tp) {
+            Some(o) => *o = (*o).max(offset),
+            None => {
+                self.processed.insert(tp.clone(), offset);
+            }
+        }
+    }
+}
+
+pub fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}

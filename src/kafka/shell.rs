@@ -1,0 +1,600 @@
+//! The imperative part of `surgeguard run` around one message: decode it (or dead-letter it),
+//! run it through the topology, publish its outputs with their origin, and keep the at-least-once
+//! bookkeeping (committable offsets, the changelog flush, the control side's leadership).
+//! `runtime.rs` owns the clients and the loop that feeds the `Shell`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::Config;
+use crate::core::topology::Counted;
+use crate::kafka::deliveries::{Deliveries, Origin, OutputProducer};
+use crate::kafka::offsets::Partition;
+use crate::kafka::rebalance::{self, RunContext};
+use crate::kafka::shared::{Shared, lock};
+use crate::wire::decode::{self, DecodeError};
+use crate::wire::dlq;
+use crate::wire::events::InputEvent;
+use crate::wire::outputs::Output;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("encoding an output: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("an output could not be delivered: {0}")]
+    Delivery(KafkaError),
+    #[error("the consumer has failed for {0:?} without a single message: {1}")]
+    ConsumerDown(Duration, KafkaError),
+    #[error("restoring limiter state from the changelog: {0}")]
+    Restore(String),
+    #[error("exactly-once transaction failed (aborted; a restart resumes from the last committed one): {0}")]
+    Transaction(KafkaError),
+    #[error(transparent)]
+    Prediction(#[from] crate::history::prediction_setup::PredictionSetupError),
+    #[error("HTTP API: {0}")]
+    Api(String),
+    #[error(
+        "topic {changelog} has {has} partitions, fewer than {requests} ({needs}): each requests partition keeps its state in the changelog partition of the same number"
+    )]
+    ChangelogPartitions { changelog: String, has: usize, requests: String, needs: usize },
+}
+
+/// What a run did, for its final log line and for tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub consumed: u64,
+    pub dead_lettered: u64,
+    /// Requests decided again without being counted: the restored changelog state held them.
+    pub already_counted: u64,
+    pub produced: u64,
+}
+
+fn output_topic<'a>(cfg: &'a Config, o: &Output) -> &'a str {
+    let t = &cfg.topics;
+    match o {
+        Output::Decision(_) => &t.decisions,
+        Output::Limit(_) => &t.limits,
+        Output::Breaker(_) => &t.breakers,
+        Output::Prediction(_) => &t.predictions,
+        Output::Alert(_) => &t.alerts,
+    }
+}
+
+/// The most of a bad input's value kept in its DLQ record (the producer refuses records over
+/// `message.max.bytes`, 1 MB by default).
+const DLQ_MAX_VALUE: usize = 512 * 1024;
+
+/// Exactly-once: how often the open transaction commits (Kafka Streams' default for
+/// exactly-once).
+pub(crate) const TRANSACTION_EVERY: Duration = Duration::from_millis(100);
+
+/// The most control outputs a follower keeps for the day it leads (`Shell::suppress`).
+const MAX_BACKLOG: usize = 10_000;
+
+/// The origin of outputs no input offset waits for (the offset tracker knows no such partition).
+const UNTRACKED: (String, i32) = (String::new(), -1);
+
+/// At-least-once: the most dirty users kept before the changelog is flushed early.
+const MAX_DIRTY: usize = 100_000;
+
+pub(crate) struct Shell<'a> {
+    pub(crate) cfg: &'a Config,
+    pub(crate) consumer: &'a StreamConsumer<RunContext>,
+    pub(crate) producer: &'a OutputProducer,
+    pub(crate) shared: Arc<Mutex<Shared>>,
+    pub(crate) deliveries: Arc<Mutex<Deliveries>>,
+    pub(crate) stats: RunStats,
+    /// Offsets ready to store, per partition, handed to librdkafka in batches (`flush_offsets`).
+    pub(crate) ready: HashMap<Partition, i64>,
+    /// The highest offset stored per partition: a store never moves backwards.
+    pub(crate) stored: HashMap<Partition, i64>,
+    /// Whether this instance publishes the control side's outputs (`control.rs`).
+    pub(crate) leader: bool,
+    /// Exactly-once: outputs and offsets go in transactions, committed every `TRANSACTION_EVERY`.
+    pub(crate) eos: bool,
+    pub(crate) last_transaction: Instant,
+    /// Messages handled since the last commit.
+    pub(crate) in_transaction: bool,
+    /// Control partitions: the last offset whose outputs this instance (as leader) has
+    /// delivered, committed to the group now and then.
+    pub(crate) control_done: HashMap<Partition, i64>,
+    pub(crate) last_control_commit: Instant,
+    pub(crate) outs: Vec<Output>,
+    pub(crate) buf: Vec<u8>,
+    /// Control outputs computed as a follower, with their input partition and offset (`suppress`).
+    pub(crate) backlog: std::collections::VecDeque<(Partition, i64, Output)>,
+    pub(crate) backlog_dropped: u64,
+    /// Per control partition, the highest offset handed to `control_done`.
+    pub(crate) control_high: HashMap<Partition, i64>,
+    /// At-least-once: when each partition's dirty limiter state goes to the changelog, in
+    /// milliseconds from `changelog_epoch`.
+    pub(crate) changelog_schedule: crate::kafka::changelog::FlushSchedule,
+    pub(crate) changelog_epoch: Instant,
+    pub(crate) metrics: Arc<crate::kafka::metrics::Metrics>,
+}
+
+/// Which consumer a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The group's consumer: a requests partition this instance owns.
+    Requests,
+    /// The control consumer: outcomes, telemetry, admin (every instance reads them all).
+    Control,
+}
+
+impl Shell<'_> {
+    pub(crate) fn store(&mut self, tp: &Partition, offset: i64) {
+        if self.stored.get(tp).is_some_and(|&s| s >= offset) {
+            return;
+        }
+        self.stored.insert(tp.clone(), offset);
+        self.ready.insert(tp.clone(), offset);
+    }
+
+    /// Stores the ready offsets with librdkafka (which commits them with the next auto-commit).
+    pub(crate) fn flush_offsets(&mut self) {
+        if self.ready.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in self.ready.drain() {
+            // librdkafka's store takes the next offset to consume in a list.
+            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1)) {
+                tracing::warn!(%topic, partition, offset, error = %e, "offset not stored");
+            }
+        }
+        // A partition revoked in a rebalance cannot take offsets any more; its new owner
+        // reprocesses from the last commit, which is what at-least-once allows.
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            tracing::debug!(error = %e, "offsets not stored");
+        }
+    }
+
+    /// Takes in what the delivery reports have done since the last sweep: offsets whose outputs
+    /// are all delivered become committable. Stops on a failed delivery.
+    pub(crate) fn sweep(&mut self) -> Result<(), RunError> {
+        let (moved, forgotten) = {
+            let mut d = lock(&self.deliveries);
+            if let Some(e) = &d.failed {
+                return Err(RunError::Delivery(e.clone()));
+            }
+            (d.take_moved(), d.take_forgotten())
+        };
+        // A partition revoked since the last sweep: what `stored` says of it is an ended
+        // ownership's, and would hold back the stores of a new one that starts lower. (`ready`
+        // is drained in the same tick it is filled, with no poll, so no rebalance, in between;
+        // it is cleared too should that ever change.)
+        for tp in &forgotten {
+            self.ready.remove(tp);
+            self.stored.remove(tp);
+        }
+        for (tp, o) in moved {
+            self.done(&tp, o);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn begin(&mut self, tp: &Partition, offset: i64, outputs: u32) {
+        lock(&self.deliveries).begin(tp, offset, outputs);
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        lock(&self.deliveries).tracker.in_flight()
+    }
+
+    /// Sends the limiter state dirtied since the last flush to the changelog.
+    pub(crate) async fn flush_changelog(&mut self) -> Result<(), RunError> {
+        let started = Instant::now();
+        let records = {
+            let mut sh = lock(&self.shared);
+            if sh.changelog.is_empty() {
+                return Ok(());
+            }
+            sh.take_changelog(&self.deliveries, &self.cfg.topics.requests)
+        };
+        self.send_changelog(records, started).await
+    }
+
+    async fn send_changelog(&mut self, records: Vec<crate::kafka::changelog::Outgoing>, started: Instant) -> Result<(), RunError> {
+        let (n, taken) = (records.len(), started.elapsed());
+        let (mut key, mut value) = (String::new(), std::mem::take(&mut self.buf));
+        for r in records {
+            r.encode(&mut key, &mut value)?;
+            let origin: Origin = Box::new(match r.hold {
+                Some(hold) => ((self.cfg.topics.requests.clone(), r.partition), hold),
+                None => (UNTRACKED, -1),
+            });
+            let record = BaseRecord::with_opaque_to(&self.cfg.topics.changelog, origin).partition(r.partition).key(key.as_bytes()).payload(&value[..]);
+            self.send(record).await?;
+        }
+        self.buf = value;
+        tracing::debug!(records = n, ?taken, took = ?started.elapsed(), "changelog flushed");
+        Ok(())
+    }
+
+    /// At-least-once: flushes the partitions whose turn has come (`FlushSchedule`), or every
+    /// partition when too much is dirty.
+    pub(crate) async fn maybe_flush_changelog(&mut self) -> Result<(), RunError> {
+        if self.eos {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let now_ms = u64::try_from(self.changelog_epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let records = {
+            let mut sh = lock(&self.shared);
+            if sh.changelog.is_empty() {
+                return Ok(());
+            }
+            if sh.changelog.len() >= MAX_DIRTY {
+                sh.take_changelog(&self.deliveries, &self.cfg.topics.requests)
+            } else {
+                let n = sh.requests_partitions;
+                let due: Vec<i32> = sh.changelog.dirty_partitions().filter(|&p| self.changelog_schedule.due(p, n, now_ms)).collect();
+                if due.is_empty() {
+                    return Ok(());
+                }
+                for &p in &due {
+                    self.changelog_schedule.flushed(p, n, now_ms);
+                }
+                sh.take_changelog_of(&self.deliveries, &self.cfg.topics.requests, |p| due.contains(&p))
+            }
+        };
+        self.send_changelog(records, started).await
+    }
+
+    /// Exactly-once: commits the open transaction with the dirty limiter state and the processed
+    /// offsets, and opens the next. A failure aborts the transaction and stops the service: its
+    /// outputs and offsets are dropped together, and a restart resumes from the last committed
+    /// transaction with the limiter state of that transaction.
+    pub(crate) async fn commit_transaction(&mut self, shared: &Mutex<Shared>) -> Result<(), RunError> {
+        self.flush_changelog().await?;
+        self.in_transaction = false;
+        let processed = lock(shared).processed_offsets().clone();
+        let (producer, consumer) = (self.producer, self.consumer);
+        let started = Instant::now();
+        let result = tokio::task::block_in_place(|| rebalance::commit_transaction(producer, consumer, &processed)).map_err(|e| {
+            if let Err(abort) = tokio::task::block_in_place(|| producer.abort_transaction(Duration::from_secs(30))) {
+                tracing::warn!(error = %abort, "aborting the failed transaction failed too");
+            }
+            RunError::Transaction(e)
+        });
+        tracing::trace!(took = ?started.elapsed(), "transaction committed");
+        // The interval runs from the end of a commit, so a slow commit still leaves time to work.
+        self.last_transaction = Instant::now();
+        result
+    }
+
+    /// Everything up to `offset` of `tp` has its outputs delivered.
+    pub(crate) fn done(&mut self, tp: &Partition, offset: i64) {
+        if self.eos {
+            // The transaction carries the offsets.
+            return;
+        }
+        if tp.0 == self.cfg.topics.requests {
+            self.store(tp, offset);
+        } else {
+            // Outputs published from the backlog (`lead`) belong to earlier offsets than those
+            // already delivered: the commit never moves back.
+            if self.control_high.get(tp).is_some_and(|&h| h >= offset) {
+                return;
+            }
+            self.control_high.insert(tp.clone(), offset);
+            self.control_done.insert(tp.clone(), offset);
+            if self.last_control_commit.elapsed() >= Duration::from_secs(1) {
+                self.commit_control(CommitMode::Async);
+            }
+        }
+    }
+
+    /// Commits the control partitions' delivered offsets to the group (the group's consumer
+    /// commits them; the control consumer is not a member).
+    pub(crate) fn commit_control(&mut self, mode: CommitMode) {
+        self.last_control_commit = Instant::now();
+        if self.control_done.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in self.control_done.drain() {
+            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1)) {
+                tracing::warn!(%topic, partition, offset, error = %e, "control offset not committed");
+            }
+        }
+        let commit = || self.consumer.commit(&tpl, mode);
+        let result = if matches!(mode, CommitMode::Sync) { tokio::task::block_in_place(commit) } else { commit() };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "control offsets not committed: a new leader publishes their outputs again");
+        }
+    }
+
+    /// Decodes, processes and publishes one input message.
+    pub(crate) async fn handle(&mut self, shared: &Mutex<Shared>, m: &BorrowedMessage<'_>, source: Source) -> Result<(), RunError> {
+        self.stats.consumed += 1;
+        let started = Instant::now();
+        self.metrics.count_in(m.topic());
+        let tp: Partition = (m.topic().to_string(), m.partition());
+        let offset = m.offset();
+        let payload = m.payload().unwrap_or(&[]);
+        let decoded = match self.cfg.topics.input_topic(&tp.0) {
+            Some(topic) => decode::decode(topic, payload),
+            None => Err(DecodeError::UnknownTopic(tp.0.clone())),
+        };
+        let mut outs = std::mem::take(&mut self.outs);
+        let mut snapshot = Vec::new();
+        let gained;
+        let state = {
+            let mut sh = lock(shared);
+            if let Some(e) = sh.failed.take() {
+                return Err(RunError::Restore(e));
+            }
+            let leader = sh.is_leader();
+            if leader && !self.leader {
+                sh.topology.snapshot("leader", &mut snapshot);
+            }
+            gained = leader && !self.leader;
+            if !leader && self.leader {
+                tracing::info!("no longer leading");
+            }
+            self.leader = leader;
+            let user = match &decoded {
+                Ok(InputEvent::Request(r)) => Some((r.user_id.as_str(), r.request_type.as_str())),
+                _ => None,
+            };
+            let counted = match source {
+                Source::Requests => sh.counted(tp.1, offset, user),
+                Source::Control => Some(Counted::No),
+            };
+            // A requests partition this instance no longer owns: its new owner decides the
+            // message.
+            let Some(counted) = counted else {
+                self.outs = outs;
+                if gained {
+                    // Leads from the next message or tick on.
+                    self.leader = false;
+                }
+                return Ok(());
+            };
+            match decoded {
+                Ok(event) => {
+                    self.stats.already_counted += u64::from(counted == Counted::Already);
+                    sh.topology.process_in(tp.1, event, counted, &mut outs);
+                    // Exactly-once commits the leader's control positions in its transactions.
+                    if source == Source::Requests || (self.eos && self.leader) {
+                        sh.processed(&tp, offset);
+                    }
+                    // The user's state changed: it goes to the changelog with the next flush,
+                    // and the first such message since the last flush holds the partition.
+                    Ok(match (source, counted, outs.iter().find_map(decision)) {
+                        (Source::Requests, Counted::No, Some((user, rt))) => sh.changelog.note(tp.1, offset, user, rt),
+                        _ => false,
+                    })
+                }
+                Err(e) => Err(e),
+            }
+        };
+        if gained {
+            self.lead(snapshot).await?;
+        }
+        let holds = match state {
+            Ok(holds) => holds,
+            Err(e) => {
+                self.outs = outs;
+                // Control messages are every instance's: the leader dead-letters them.
+                if source == Source::Requests || self.leader {
+                    self.dead_letter(m, &tp, offset, &e).await?;
+                }
+                return Ok(());
+            }
+        };
+        // Other instances publish the control side's outputs only when they lead.
+        if !self.leader {
+            if source == Source::Control {
+                self.suppress(&tp, offset, &outs);
+            }
+            outs.retain(|o| matches!(o, Output::Decision(_)));
+        }
+        self.metrics.count_outputs(&outs);
+        // Recorded before anything is sent (waiting for queue space may already bring this
+        // message's first acknowledgements). Control partitions are committed by the leader.
+        if source == Source::Requests || self.leader {
+            let n = outs.len() + usize::from(holds);
+            self.begin(&tp, offset, n as u32);
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        for o in outs.drain(..) {
+            buf.clear();
+            o.write_json(&mut buf)?;
+            let origin: Origin = Box::new((tp.clone(), offset));
+            let record = BaseRecord::with_opaque_to(output_topic(self.cfg, &o), origin).key(o.key().as_bytes()).payload(&buf[..]);
+            self.send(record).await?;
+        }
+        self.buf = buf;
+        self.outs = outs;
+        self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    pub(crate) async fn dead_letter(&mut self, m: &BorrowedMessage<'_>, tp: &Partition, offset: i64, e: &DecodeError) -> Result<(), RunError> {
+        self.stats.dead_lettered += 1;
+        self.metrics.dead_lettered.inc();
+        self.begin(tp, offset, 1);
+        tracing::debug!(topic = %tp.0, partition = tp.1, offset, error = %e, "to the DLQ");
+        let payload = m.payload().unwrap_or(&[]);
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in dlq::headers(e, &tp.0, tp.1, offset) {
+            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        // A value too large for the producer would stop the service on every restart: keep its
+        // head, and say so.
+        let kept = if payload.len() > DLQ_MAX_VALUE {
+            headers = headers.insert(Header { key: dlq::TRUNCATED, value: Some(payload.len().to_string().as_bytes()) });
+            &payload[..DLQ_MAX_VALUE]
+        } else {
+            payload
+        };
+        let origin: Origin = Box::new((tp.clone(), offset));
+        let mut record = BaseRecord::with_opaque_to(&self.cfg.topics.dlq, origin).payload(kept).headers(headers);
+        if let Some(k) = m.key() {
+            record = record.key(k);
+        }
+        self.send(record).await
+    }
+
+    /// A follower keeps the control side's outputs it computed but did not publish (alerts,
+    /// breaker transitions, predictions; limits are republished whole by a new leader), so that
+    /// if it becomes leader it can publish those the old leader may not have (`lead`).
+    pub(crate) fn suppress(&mut self, tp: &Partition, offset: i64, outs: &[Output]) {
+        for o in outs.iter().filter(|o| !matches!(o, Output::Decision(_) | Output::Limit(_))) {
+            if self.backlog.len() >= MAX_BACKLOG {
+                self.backlog.pop_front();
+                self.backlog_dropped += 1;
+            }
+            self.backlog.push_back((tp.clone(), offset, o.clone()));
+        }
+    }
+
+    /// This instance has just become the leader: publishes the control outputs it computed as a
+    /// follower for control messages after the group's committed control offsets (the old
+    /// leader may not have published those), then `snapshot`, every current limit and breaker
+    /// state, so the compacted topics end with the current state.
+    pub(crate) async fn lead(&mut self, snapshot: Vec<Output>) -> Result<(), RunError> {
+        tracing::info!(backlog = self.backlog.len(), dropped = self.backlog_dropped, "leading: publishing the control side's outputs");
+        let backlog = std::mem::take(&mut self.backlog);
+        if !backlog.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (tp, _, _) in &backlog {
+                if tpl.find_partition(&tp.0, tp.1).is_none() {
+                    tpl.add_partition(&tp.0, tp.1);
+                }
+            }
+            let consumer = self.consumer;
+            // Without the committed offsets, everything kept is published (duplicates rather
+            // than gaps).
+            let committed = match tokio::task::block_in_place(|| consumer.committed_offsets(tpl, Duration::from_secs(10))) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "committed control offsets unknown: publishing every kept output");
+                    TopicPartitionList::new()
+                }
+            };
+            let mut published = 0usize;
+            for (tp, offset, o) in backlog {
+                let from = committed.find_partition(&tp.0, tp.1).and_then(|e| match e.offset() {
+                    Offset::Offset(n) => Some(n),
+                    _ => None,
+                });
+                if from.is_some_and(|c| offset < c) {
+                    continue;
+                }
+                self.begin(&tp, offset, 1);
+                self.publish(&o, Box::new((tp, offset))).await?;
+                published += 1;
+            }
+            tracing::info!(published, "published the control outputs the old leader had not committed");
+        }
+        // The current state is not tied to an input offset: untracked.
+        for o in snapshot {
+            self.publish(&o, Box::new((UNTRACKED, -1))).await?;
+        }
+        self.backlog_dropped = 0;
+        Ok(())
+    }
+
+    /// No input for a while: event time moves on to the wall clock (never back), so timers fire
+    /// without events, as Kafka Streams' wall-clock punctuation does: an open breaker turns
+    /// half-open (a gateway sends nothing to an open breaker's dependency, so no outcome would
+    /// ever come to move it), silent sources go stale in the health view, the monitor closes its
+    /// minute. The leader publishes what that changes; the others only apply it.
+    pub(crate) async fn wall_clock(&mut self, shared: &Mutex<Shared>) -> Result<(), RunError> {
+        let now = crate::kafka::clock::wall_clock();
+        let mut outs = Vec::new();
+        {
+            let mut sh = lock(shared);
+            if sh.topology.watermark().is_none_or(|w| now <= w) {
+                return Ok(());
+            }
+            sh.topology.advance(now, &mut outs);
+        }
+        if !self.leader || outs.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(outputs = outs.len(), "wall-clock timers fired");
+        for o in &outs {
+            self.publish(o, Box::new((UNTRACKED, -1))).await?;
+        }
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    /// Publishes outputs no input message caused (`Shared::api_outputs`: the API's decisions,
+    /// a reloaded config's limits): decisions always (no input offset waits for them), control
+    /// outputs only when leading, as `wall_clock` does.
+    pub(crate) async fn publish_api_outputs(&mut self) -> Result<(), RunError> {
+        let (mut outs, leader) = {
+            let mut sh = lock(&self.shared);
+            (std::mem::take(&mut sh.api_outputs), sh.is_leader())
+        };
+        if outs.is_empty() {
+            return Ok(());
+        }
+        // (A follower computes the same timer outputs at its own pace; the leader publishes
+        // them. They are not kept for a later leader, as control messages' are: no control
+        // offset waits for them.)
+        if !leader {
+            outs.retain(|o| matches!(o, Output::Decision(_)));
+        }
+        self.metrics.count_outputs(&outs);
+        for o in &outs {
+            self.publish(o, Box::new((UNTRACKED, -1))).await?;
+        }
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    /// Encodes and enqueues one output.
+    pub(crate) async fn publish(&mut self, o: &Output, origin: Origin) -> Result<(), RunError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        o.write_json(&mut buf)?;
+        let record = BaseRecord::with_opaque_to(output_topic(self.cfg, o), origin).key(o.key().as_bytes()).payload(&buf[..]);
+        let sent = self.send(record).await;
+        self.buf = buf;
+        sent
+    }
+
+    /// Enqueues one record; while the producer queue is full, waits for deliveries to make room
+    /// (the producer's own thread applies their reports).
+    pub(crate) async fn send(&mut self, record: BaseRecord<'_, [u8], [u8], Origin>) -> Result<(), RunError> {
+        let mut record = record;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.stats.produced += 1;
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => return Err(RunError::Kafka(e)),
+            }
+        }
+    }
+}
+
+/// The user and request type of a decision among a request's outputs.
+pub(crate) fn decision(o: &Output) -> Option<(&str, &str)> {
+    match o {
+        Output::Decision(d) => Some((&d.user_id, &d.request_type)),
+        _ => None,
+    }
+}

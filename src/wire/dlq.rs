@@ -1,0 +1,42 @@
+//! Dead-letter records: what goes to `surgeguard.dlq` for an input that failed to decode.
+//!
+//! The raw key and value are kept as they were; headers name the error and where the input came
+//! from, with the names Kafka Streams uses for its dead-letter queue (KIP-1034), so tools built
+//! for those read ours too. Pure: the runtime turns this into a Kafka record.
+
+use crate::wire::decode::DecodeError;
+
+/// Header names (KIP-1034).
+pub const EXCEPTION: &str = "__streams.errors.exception";
+pub const MESSAGE: &str = "__streams.errors.message";
+pub const TOPIC: &str = "__streams.errors.topic";
+pub const PARTITION: &str = "__streams.errors.partition";
+pub const OFFSET: &str = "__streams.errors.offset";
+/// Set when the value was cut to fit the DLQ: the original length in bytes.
+pub const TRUNCATED: &str = "__surgeguard.dlq.original_length";
+
+/// The headers of the dead-letter record for `error` on the input at `topic`/`partition`/`offset`.
+pub fn headers(error: &DecodeError, topic: &str, partition: i32, offset: i64) -> Vec<(&'static str, String)> {
+    vec![
+        (EXCEPTION, error.kind().to_string()),
+        (MESSAGE, error.to_string()),
+        (TOPIC, topic.to_string()),
+        (PARTITION, partition.to_string()),
+        (OFFSET, offset.to_string()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::decode::decode_request;
+
+    #[test]
+    fn headers_name_the_error_and_the_source() {
+        let err = decode_request(b"{oops").unwrap_err();
+        let h = headers(&err, "surgeguard.requests", 3, 42);
+        assert_eq!(h[0], (EXCEPTION, "invalid_json".to_string()));
+        assert!(h[1].1.starts_with("invalid JSON"));
+        assert_eq!(&h[2..], &[(TOPIC, "surgeguard.requests".into()), (PARTITION, "3".into()), (OFFSET, "42".into())]);
+    }
+}

@@ -21,8 +21,8 @@
 //! Time: processors run on event time; after `kafka.wall_clock_after_idle_ms` without input, event
 //! time moves on to the wall clock so timers still fire (`Shell::wall_clock`).
 
-use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,11 +40,12 @@ use crate::config::{Config, Guarantee};
 use crate::core::topology::Topology;
 use crate::kafka::control;
 use crate::kafka::deliveries::{Deliveries, DeliveryContext, OutputProducer};
+use crate::kafka::leadership::TRANSACTION_EVERY;
 use crate::kafka::metrics::Metrics;
 use crate::kafka::rebalance::RunContext;
 use crate::kafka::shared::{Shared, lock};
 pub use crate::kafka::shell::{RunError, RunStats};
-use crate::kafka::shell::{Shell, Source, TRANSACTION_EVERY};
+use crate::kafka::shell::{Shell, Source};
 use crate::kafka::topics;
 
 /// How long consumer errors may go on, without any message in between, before the service stops
@@ -102,63 +103,15 @@ pub async fn run(cfg: Arc<Config>, brokers: &str, shutdown: impl Future<Output =
     run_with(cfg, brokers, RunOptions::default(), shutdown).await
 }
 
-/// As `run`, with the caller's `options`.
+/// As `run`, with the caller's `options`: client set-up, the event loop, then shutdown.
 pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, shutdown: impl Future<Output = ()>) -> Result<RunStats, RunError> {
-    let RunOptions { consumer_overrides, mut reload, on_api } = options;
-    let base = client_config(&cfg, brokers);
-    if cfg.kafka.create_topics {
-        tracing::info!(brokers, "checking topics (and creating the missing ones)");
-        let created = topics::ensure(&base, &cfg).await?;
-        if !created.is_empty() {
-            tracing::info!(topics = ?created, "created missing topics");
-        }
-    }
-    let mut consumer_config = base.clone();
-    for (k, v) in consumer_overrides {
-        consumer_config.set(*k, *v);
-    }
-    let eos = cfg.kafka.guarantee == Guarantee::ExactlyOnce;
-    // Inputs, changelog and control topics alike: only committed transactions are read.
-    consumer_config.set("isolation.level", "read_committed");
-    let mut producer_config = base.clone();
-    // linger.ms stays librdkafka's default (5 ms) unless kafka.properties sets it.
-    producer_config.set("enable.idempotence", "true").set("acks", "all");
-    if eos {
-        // Unique per process: with KIP-447 the group's generation fences a zombie instance.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        producer_config.set("transactional.id", format!("{}-{}-{nanos}", cfg.kafka.group_id, std::process::id()));
-        // A transaction left open by a crashed instance blocks read_committed readers (the
-        // changelog restore among them) until it times out: keep that short, as Kafka Streams does.
-        producer_config.set("transaction.timeout.ms", "10000");
-    }
-    let deliveries = Arc::new(Mutex::new(Deliveries::default()));
-    let producer: OutputProducer = producer_config.create_with_context(DeliveryContext { deliveries: deliveries.clone() })?;
-    if eos {
-        tokio::task::block_in_place(|| producer.init_transactions(Duration::from_secs(30)))?;
-        producer.begin_transaction()?;
-        tracing::info!("exactly-once: outputs, limiter state and offsets commit together");
-    }
-    let t = &cfg.topics;
-    let requests_partitions = check_changelog_partitions(&producer, t)?;
-    // The control side first: every partition of the control topics, from the lookback on,
-    // folded into the topology before this instance decides anything.
-    let control: StreamConsumer = consumer_config.clone().set("group.id", &cfg.kafka.group_id).set("enable.auto.commit", "false").create()?;
-    let predictor = crate::history::prediction_setup::load(&cfg.prediction).await?;
-    let mut topology = Topology::new(cfg.clone()).with_predictor(predictor);
-    let plan = control::assign(&control, &cfg)?;
-    let started = Instant::now();
-    let catch_up_client = consumer_config.clone().set("group.id", format!("{}.catch-up", cfg.kafka.group_id)).clone();
-    let read = control::catch_up(&catch_up_client, plan, &mut topology, &cfg, CATCH_UP_TIMEOUT).await?;
-    tracing::info!(messages = read, took = ?started.elapsed(), lookback_s = cfg.kafka.control_lookback_s, "control state rebuilt from the control topics");
-
-    let mut sh = Shared::new(topology);
-    sh.requests_partitions = requests_partitions;
-    sh.api_recent = crate::core::idempotency::RecentDecisions::new(cfg.api.idempotency_window_s, cfg.api.idempotency_capacity);
-    let shared = Arc::new(Mutex::new(sh));
+    let RunOptions { consumer_overrides, reload, on_api } = options;
+    let clients = Clients::connect(&cfg, brokers, consumer_overrides).await?;
+    let (shared, control) = rebuild_control_state(&cfg, &clients).await?;
     let metrics = Arc::new(Metrics::new(&cfg).map_err(|e| RunError::Api(format!("metrics: {e}")))?);
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
     let mut api_state = ApiState::new(&cfg, shared.clone(), metrics.clone(), ready.clone());
-    api_state.admin = admin_sink(&cfg, &base)?;
+    api_state.admin = admin_sink(&cfg, &clients.base)?;
     let wake = api_state.wake.clone();
     let api = start_api(&cfg, api_state).await?;
     if let (Some(tx), Some((_, addr))) = (on_api, &api) {
@@ -166,88 +119,161 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
     }
     let context = RunContext {
         shared: shared.clone(),
-        deliveries: deliveries.clone(),
-        requests_topic: t.requests.clone(),
-        changelog_topic: t.changelog.clone(),
-        restore_client: consumer_config.clone(),
-        producer: producer.clone(),
+        deliveries: clients.deliveries.clone(),
+        requests_topic: cfg.topics.requests.clone(),
+        changelog_topic: cfg.topics.changelog.clone(),
+        restore_client: clients.consumer_config.clone(),
+        producer: clients.producer.clone(),
         restore_timeout: RESTORE_TIMEOUT,
         flush_timeout: DRAIN_TIMEOUT,
-        exactly_once: eos,
+        exactly_once: clients.exactly_once,
         ready: ready.clone(),
         metrics: metrics.clone(),
     };
-    // The consumer lag for /metrics comes with librdkafka's statistics.
-    if !cfg.kafka.properties.contains_key("statistics.interval.ms") {
-        consumer_config.set("statistics.interval.ms", "5000");
-    }
-    // The changelog restore runs inside the consumer's poll (the assignment callback): a restore
-    // that takes up to RESTORE_TIMEOUT must not count as a consumer that stopped polling
-    // (librdkafka's default max.poll.interval.ms is exactly 300 s). A value in
-    // kafka.properties wins.
-    if !cfg.kafka.properties.contains_key("max.poll.interval.ms") {
-        consumer_config.set("max.poll.interval.ms", (RESTORE_TIMEOUT + Duration::from_secs(60)).as_millis().to_string());
-    }
-    // The group's member list (kafka-consumer-groups.sh --describe) then shows where each
-    // instance's API answers for the partitions it owns.
-    if let Some((_, addr)) = &api
-        && !cfg.kafka.properties.contains_key("client.id")
-    {
-        consumer_config.set("client.id", format!("surgeguard-api-{addr}"));
-    }
-    let consumer: StreamConsumer<RunContext> = consumer_config
-        .set("group.id", &cfg.kafka.group_id)
-        // Exactly-once commits offsets in the transaction, never on its own.
-        .set("enable.auto.commit", if eos { "false" } else { "true" })
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(context)?;
-    consumer.subscribe(&[t.requests.as_str()])?;
+    let consumer = clients.group_consumer(&cfg, context, api.as_ref().map(|(_, addr)| *addr))?;
+    let t = &cfg.topics;
     tracing::info!(brokers, group = %cfg.kafka.group_id, requests = %t.requests, control = ?[&t.outcomes, &t.telemetry, &t.admin], "consuming");
-
-    let mut shell = Shell {
-        cfg: &cfg,
-        consumer: &consumer,
-        producer: &producer,
-        shared: shared.clone(),
-        deliveries: deliveries.clone(),
-        stats: RunStats::default(),
-        ready: HashMap::new(),
-        stored: HashMap::new(),
-        leader: false,
-        control_done: HashMap::new(),
-        last_control_commit: Instant::now(),
-        eos,
-        last_transaction: Instant::now(),
-        in_transaction: false,
-        outs: Vec::new(),
-        buf: Vec::with_capacity(1024),
-        backlog: std::collections::VecDeque::new(),
-        backlog_dropped: 0,
-        control_high: HashMap::new(),
-        changelog_schedule: crate::kafka::changelog::FlushSchedule::new(u64::from(cfg.kafka.commit_interval_ms)),
-        changelog_epoch: Instant::now(),
-        metrics: metrics.clone(),
-    };
+    let mut shell = Shell::new(&cfg, &consumer, &clients.producer, shared.clone(), clients.deliveries.clone(), metrics);
     // Declared after the consumer, so dropped before it: an error exit marks the state so that
     // the revocation closing the consumer brings commits nothing.
     let mut exit_guard = NoCommitOnError { shared: shared.clone(), armed: true };
-    // Every second: stop on a failure a callback saw, hand stored offsets to librdkafka, and poll
-    // the delivery reports again (a callback that drained them leaves no waker behind); every
-    // 30 s a progress line.
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut ticks = 0u64;
-    // Wall-clock timers: how long no input has arrived, counted in ticks.
     let idle_after = Duration::from_millis(u64::from(cfg.kafka.wall_clock_after_idle_ms));
-    let (mut consumed_at_tick, mut idle_since) = (0u64, Instant::now());
-    let mut requests_streak = 0u32;
+    event_loop(&mut shell, Inputs { requests: &consumer, control: &control, wake: &wake, reload }, idle_after, shutdown).await?;
+    // No more API decisions (they check readiness under the lock), then what they queued goes
+    // out before the changelog and the final flush.
+    ready.store(false, Ordering::SeqCst);
+    shell.finish(DRAIN_TIMEOUT).await?;
+    exit_guard.armed = false;
+    leave(shell, &consumer, api).await
+}
+
+/// The clients `run` starts with, before it joins the group.
+struct Clients {
+    /// The brokers and the pass-through properties: every client's start.
+    base: ClientConfig,
+    /// Consumers: read_committed, with the caller's overrides.
+    consumer_config: ClientConfig,
+    producer: OutputProducer,
+    deliveries: Arc<Mutex<Deliveries>>,
+    exactly_once: bool,
+    requests_partitions: usize,
+}
+
+impl Clients {
+    /// Creates the missing topics (when configured to), the producer (with its transactions
+    /// under exactly-once), and checks the changelog's partitions against the requests topic's.
+    async fn connect(cfg: &Config, brokers: &str, consumer_overrides: &[(&str, &str)]) -> Result<Clients, RunError> {
+        let base = client_config(cfg, brokers);
+        if cfg.kafka.create_topics {
+            tracing::info!(brokers, "checking topics (and creating the missing ones)");
+            let created = topics::ensure(&base, cfg).await?;
+            if !created.is_empty() {
+                tracing::info!(topics = ?created, "created missing topics");
+            }
+        }
+        let mut consumer_config = base.clone();
+        for (k, v) in consumer_overrides {
+            consumer_config.set(*k, *v);
+        }
+        // Inputs, changelog and control topics alike: only committed transactions are read.
+        consumer_config.set("isolation.level", "read_committed");
+        let exactly_once = cfg.kafka.guarantee == Guarantee::ExactlyOnce;
+        let mut producer_config = base.clone();
+        // linger.ms stays librdkafka's default (5 ms) unless kafka.properties sets it.
+        producer_config.set("enable.idempotence", "true").set("acks", "all");
+        if exactly_once {
+            // Unique per process: with KIP-447 the group's generation fences a zombie instance.
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+            producer_config.set("transactional.id", format!("{}-{}-{nanos}", cfg.kafka.group_id, std::process::id()));
+            // A transaction left open by a crashed instance blocks read_committed readers (the
+            // changelog restore among them) until it times out: keep that short, as Kafka
+            // Streams does.
+            producer_config.set("transaction.timeout.ms", "10000");
+        }
+        let deliveries = Arc::new(Mutex::new(Deliveries::default()));
+        let producer: OutputProducer = producer_config.create_with_context(DeliveryContext { deliveries: deliveries.clone() })?;
+        if exactly_once {
+            tokio::task::block_in_place(|| producer.init_transactions(Duration::from_secs(30)))?;
+            producer.begin_transaction()?;
+            tracing::info!("exactly-once: outputs, limiter state and offsets commit together");
+        }
+        let requests_partitions = check_changelog_partitions(&producer, &cfg.topics)?;
+        Ok(Clients { base, consumer_config, producer, deliveries, exactly_once, requests_partitions })
+    }
+
+    /// The group's consumer of the requests topic, subscribed.
+    fn group_consumer(&self, cfg: &Config, context: RunContext, api: Option<std::net::SocketAddr>) -> Result<StreamConsumer<RunContext>, RunError> {
+        let mut config = self.consumer_config.clone();
+        let set_unless_configured = |config: &mut ClientConfig, key: &str, value: String| {
+            if !cfg.kafka.properties.contains_key(key) {
+                config.set(key, value);
+            }
+        };
+        // The consumer lag for /metrics comes with librdkafka's statistics.
+        set_unless_configured(&mut config, "statistics.interval.ms", "5000".into());
+        // The changelog restore runs inside the consumer's poll (the assignment callback): a
+        // restore that takes up to RESTORE_TIMEOUT must not count as a consumer that stopped
+        // polling (librdkafka's default max.poll.interval.ms is exactly 300 s).
+        set_unless_configured(&mut config, "max.poll.interval.ms", (RESTORE_TIMEOUT + Duration::from_secs(60)).as_millis().to_string());
+        // The group's member list (kafka-consumer-groups.sh --describe) then shows where each
+        // instance's API answers for the partitions it owns.
+        if let Some(addr) = api {
+            set_unless_configured(&mut config, "client.id", format!("surgeguard-api-{addr}"));
+        }
+        let consumer: StreamConsumer<RunContext> = config
+            .set("group.id", &cfg.kafka.group_id)
+            // Exactly-once commits offsets in the transaction, never on its own.
+            .set("enable.auto.commit", if self.exactly_once { "false" } else { "true" })
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create_with_context(context)?;
+        consumer.subscribe(&[cfg.topics.requests.as_str()])?;
+        Ok(consumer)
+    }
+}
+
+/// The control side first: every partition of the control topics, from the lookback on, folded
+/// into the topology before this instance decides anything. Returns the shared state and the
+/// control consumer, positioned for the main loop.
+async fn rebuild_control_state(cfg: &Arc<Config>, clients: &Clients) -> Result<(Arc<Mutex<Shared>>, StreamConsumer), RunError> {
+    let group = &cfg.kafka.group_id;
+    let control: StreamConsumer = clients.consumer_config.clone().set("group.id", group).set("enable.auto.commit", "false").create()?;
+    let predictor = crate::history::prediction_setup::load(&cfg.prediction).await?;
+    let mut topology = Topology::new(cfg.clone()).with_predictor(predictor);
+    let plan = control::assign(&control, cfg)?;
+    let started = Instant::now();
+    let catch_up_client = clients.consumer_config.clone().set("group.id", format!("{group}.catch-up")).clone();
+    let read = control::catch_up(&catch_up_client, plan, &mut topology, cfg, CATCH_UP_TIMEOUT).await?;
+    tracing::info!(messages = read, took = ?started.elapsed(), lookback_s = cfg.kafka.control_lookback_s, "control state rebuilt from the control topics");
+    let mut sh = Shared::new(topology);
+    sh.requests_partitions = clients.requests_partitions;
+    sh.api_recent = crate::core::idempotency::RecentDecisions::new(cfg.api.idempotency_window_s, cfg.api.idempotency_capacity);
+    Ok((Arc::new(Mutex::new(sh)), control))
+}
+
+/// What the event loop reads.
+struct Inputs<'a> {
+    requests: &'a StreamConsumer<RunContext>,
+    control: &'a StreamConsumer,
+    /// A handler's wake-up: the API queued decisions to publish.
+    wake: &'a tokio::sync::Notify,
+    reload: Option<tokio::sync::mpsc::Receiver<Arc<Config>>>,
+}
+
+/// The main loop, until `shutdown` completes or an error stops it: messages from both
+/// consumers (fair shares), the API's decisions, reloaded configs, and the timers (every
+/// second, exactly-once's commits).
+async fn event_loop(shell: &mut Shell<'_>, inputs: Inputs<'_>, idle_after: Duration, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let Inputs { requests: requests_consumer, control, wake, mut reload } = inputs;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut clock = Clock { ticks: 0, consumed_at_tick: 0, idle_since: Instant::now(), idle_after };
     let mut transaction_tick = tokio::time::interval(TRANSACTION_EVERY);
     transaction_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing_since: Option<Instant> = None;
+    let mut streak = Streak::default();
     tokio::pin!(shutdown);
     // One stream per consumer for the whole run: a `recv()` per message would register and drop
     // a waker slot each time.
-    let (mut requests, mut controls) = (consumer.stream(), control.stream());
+    let (mut requests, mut controls) = (requests_consumer.stream(), control.stream());
     // Armed by the API's wake-up, fires API_PUBLISH_AFTER later (a handler wakes the loop only
     // when it finds the queue empty).
     let api_publish = tokio::time::sleep(Duration::ZERO);
@@ -255,52 +281,18 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
     let mut api_armed = false;
     loop {
         // Control events wait until this instance knows whether it leads (see `control.rs`).
-        let control_ready = lock(&shared).assigned();
+        let control_ready = shell.assigned();
         // Fair shares: requests go first, but after CONTROL_EVERY of them in a row a ready
         // control message does (neither consumer starves the other).
-        let due = if control_ready && requests_streak >= CONTROL_EVERY { controls.next().now_or_never().flatten() } else { None };
+        let due = if control_ready && streak.requests >= CONTROL_EVERY { controls.next().now_or_never().flatten() } else { None };
         let msg = if let Some(m) = due {
             m.map(|m| (m, Source::Control))
         } else {
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
+                _ = &mut shutdown => return Ok(()),
                 _ = tick.tick() => {
-                    ticks += 1;
-                    let (leader, snapshot) = {
-                        let mut sh = lock(&shared);
-                        if let Some(e) = sh.failed.take() {
-                            return Err(RunError::Restore(e));
-                        }
-                        let mut snapshot = Vec::new();
-                        if sh.is_leader() && !shell.leader {
-                            sh.topology.snapshot("leader", &mut snapshot);
-                        }
-                        (sh.is_leader(), snapshot)
-                    };
-                    // Leadership can change with no message to handle (a rebalance after the
-                    // leader died): the new leader publishes at once.
-                    if leader && !shell.leader {
-                        shell.leader = true;
-                        shell.lead(snapshot).await?;
-                        shell.in_transaction = true;
-                    } else if !leader && shell.leader {
-                        tracing::info!("no longer leading");
-                        shell.leader = false;
-                    }
-                    shell.sweep()?;
-                    shell.maybe_flush_changelog().await?;
-                    shell.flush_offsets();
-                    if shell.stats.consumed != consumed_at_tick {
-                        consumed_at_tick = shell.stats.consumed;
-                        idle_since = Instant::now();
-                    } else if !idle_after.is_zero() && idle_since.elapsed() >= idle_after {
-                        shell.wall_clock(&shared).await?;
-                    }
-                    if ticks % 30 == 1 {
-                        let s = shell.stats;
-                        tracing::info!(consumed = s.consumed, produced = s.produced, dead_lettered = s.dead_lettered, in_flight = shell.in_flight(), leader = shell.leader, "progress");
-                    }
+                    clock.tick(shell).await?;
                     continue;
                 }
                 _ = wake.notified(), if !api_armed => {
@@ -314,21 +306,11 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
                     continue;
                 }
                 Some(new) = next_config(&mut reload) => {
-                    {
-                        let mut sh = lock(&shared);
-                        let mut outs = Vec::new();
-                        sh.topology.reconfigure(new, &mut outs);
-                        tracing::info!(limit_updates = outs.len(), "reloaded config applied");
-                        sh.api_outputs.extend(outs);
-                    }
-                    shell.publish_api_outputs().await?;
+                    shell.reconfigure(new).await?;
                     continue;
                 }
-                _ = transaction_tick.tick(), if shell.eos => {
-                    // An idle pipeline commits what it did too.
-                    if shell.in_transaction && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
-                        shell.commit_transaction(&shared).await?;
-                    }
+                _ = transaction_tick.tick(), if shell.exactly_once() => {
+                    shell.commit_if_due().await?;
                     continue;
                 }
                 Some(m) = requests.next() => m.map(|m| (m, Source::Requests)),
@@ -337,62 +319,110 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
         };
         match msg {
             Ok((m, source)) => {
-                failing_since = None;
-                requests_streak = if source == Source::Requests { requests_streak.saturating_add(1) } else { 0 };
-                shell.handle(&shared, &m, source).await?;
-                handled(&mut shell, &shared).await?;
+                streak.handled(source);
+                shell.handle(&m, source).await?;
+                shell.handled().await?;
                 drop(m);
                 // Requests already waiting go without another round of the select (its timers
                 // and wake-ups cost more than a message), up to the control side's turn.
                 if source == Source::Requests {
-                    for _ in 1..CONTROL_EVERY {
-                        let m = match requests.next().now_or_never() {
-                            Some(Some(Ok(m))) => m,
-                            Some(Some(Err(e))) => {
-                                failing_since.get_or_insert_with(Instant::now);
-                                tracing::warn!(error = %e, "consumer error");
-                                break;
-                            }
-                            _ => break,
-                        };
-                        requests_streak = requests_streak.saturating_add(1);
-                        shell.handle(&shared, &m, Source::Requests).await?;
-                        handled(&mut shell, &shared).await?;
-                    }
+                    handle_waiting_requests(shell, &mut requests, &mut streak).await?;
                 }
             }
-            Err(e) => {
-                // librdkafka retries and reconnects by itself; say so and carry on, unless
-                // nothing but errors has come for CONSUMER_GIVE_UP.
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= CONSUMER_GIVE_UP {
-                    return Err(RunError::ConsumerDown(since.elapsed(), e));
-                }
-                tracing::warn!(error = %e, "consumer error");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(e) => streak.consumer_error(e).await?,
         }
     }
+}
 
-    // No more API decisions (they check readiness under the lock), then what they queued goes
-    // out before the changelog and the final flush.
-    ready.store(false, std::sync::atomic::Ordering::SeqCst);
-    shell.publish_api_outputs().await?;
-    if !shell.eos {
-        shell.flush_changelog().await?;
+/// The loop's one-second timer: the shell's housekeeping, the wall clock after
+/// `idle_after` without input, and a progress line every 30 s.
+struct Clock {
+    ticks: u64,
+    consumed_at_tick: u64,
+    idle_since: Instant,
+    idle_after: Duration,
+}
+
+impl Clock {
+    async fn tick(&mut self, shell: &mut Shell<'_>) -> Result<(), RunError> {
+        self.ticks += 1;
+        shell.tick().await?;
+        if shell.stats.consumed != self.consumed_at_tick {
+            self.consumed_at_tick = shell.stats.consumed;
+            self.idle_since = Instant::now();
+        } else if !self.idle_after.is_zero() && self.idle_since.elapsed() >= self.idle_after {
+            shell.wall_clock().await?;
+        }
+        if self.ticks % 30 == 1 {
+            let s = shell.stats;
+            tracing::info!(
+                consumed = s.consumed,
+                produced = s.produced,
+                dead_lettered = s.dead_lettered,
+                in_flight = shell.in_flight(),
+                leader = shell.leading(),
+                "progress"
+            );
+        }
+        Ok(())
     }
-    tracing::info!(in_flight = shell.in_flight(), "shutting down: finishing deliveries");
-    if let Err(e) = tokio::task::block_in_place(|| producer.flush(DRAIN_TIMEOUT)) {
-        tracing::warn!(error = %e, in_flight = shell.in_flight(), "deliveries still in flight after {DRAIN_TIMEOUT:?}: their inputs will be processed again");
+}
+
+/// Requests in a row (for the control side's turn), and since when only consumer errors came.
+#[derive(Default)]
+struct Streak {
+    requests: u32,
+    failing_since: Option<Instant>,
+}
+
+impl Streak {
+    fn handled(&mut self, source: Source) {
+        self.failing_since = None;
+        self.requests = if source == Source::Requests { self.requests.saturating_add(1) } else { 0 };
     }
-    shell.sweep()?;
-    if shell.eos {
-        shell.commit_transaction(&shared).await?;
+
+    /// librdkafka retries and reconnects by itself; say so and carry on, unless nothing but
+    /// errors has come for CONSUMER_GIVE_UP.
+    async fn consumer_error(&mut self, e: KafkaError) -> Result<(), RunError> {
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= CONSUMER_GIVE_UP {
+            return Err(RunError::ConsumerDown(since.elapsed(), e));
+        }
+        tracing::warn!(error = %e, "consumer error");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
     }
-    exit_guard.armed = false;
-    shell.flush_offsets();
-    shell.commit_control(CommitMode::Sync);
+}
+
+/// Handles the requests already fetched, up to the control side's turn.
+async fn handle_waiting_requests(
+    shell: &mut Shell<'_>,
+    requests: &mut rdkafka::consumer::MessageStream<'_, RunContext>,
+    streak: &mut Streak,
+) -> Result<(), RunError> {
+    for _ in 1..CONTROL_EVERY {
+        let m = match requests.next().now_or_never() {
+            Some(Some(Ok(m))) => m,
+            Some(Some(Err(e))) => {
+                streak.failing_since.get_or_insert_with(Instant::now);
+                tracing::warn!(error = %e, "consumer error");
+                break;
+            }
+            _ => break,
+        };
+        streak.requests = streak.requests.saturating_add(1);
+        shell.handle(&m, Source::Requests).await?;
+        shell.handled().await?;
+    }
+    Ok(())
+}
+
+/// The last of shutdown: stores and commits the delivered offsets, leaves the group and stops
+/// the API.
+async fn leave(mut shell: Shell<'_>, consumer: &StreamConsumer<RunContext>, api: Option<ApiTask>) -> Result<RunStats, RunError> {
+    shell.store_final();
     let stats = shell.stats;
+    drop(shell);
     // Synchronous commit blocks: keep it off the async workers. (Exactly-once has committed its
     // offsets in the last transaction; nothing is stored, so this finds no offset.)
     tokio::task::block_in_place(|| match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -415,18 +445,6 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
         "stopped"
     );
     Ok(stats)
-}
-
-/// After each handled message: exactly-once commits the transaction when it is due; otherwise
-/// the changelog is flushed when due (checked every 64 messages).
-async fn handled(shell: &mut Shell<'_>, shared: &Mutex<Shared>) -> Result<(), RunError> {
-    shell.in_transaction = true;
-    if shell.eos && shell.last_transaction.elapsed() >= TRANSACTION_EVERY {
-        shell.commit_transaction(shared).await?;
-    } else if shell.stats.consumed % 64 == 0 {
-        shell.maybe_flush_changelog().await?;
-    }
-    Ok(())
 }
 
 /// The next reloaded config; never, without a watch.

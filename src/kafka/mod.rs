@@ -8,6 +8,8 @@ pub mod client;
 pub mod clock;
 pub mod control;
 pub mod deliveries;
+pub mod error;
+pub(crate) mod leadership;
 pub mod metrics;
 pub mod offsets;
 pub mod partitioner;

@@ -79,6 +79,38 @@ impl OffsetTracker {
     }
 }
 
+/// The offsets handed to librdkafka's offset store (which commits them with the next
+/// auto-commit): the highest stored per partition, so a store never moves backwards, and those
+/// waiting for the next batch.
+#[derive(Debug, Default)]
+pub struct StoredOffsets {
+    ready: HashMap<Partition, i64>,
+    stored: HashMap<Partition, i64>,
+}
+
+impl StoredOffsets {
+    /// Everything up to `offset` of `tp` may be committed.
+    pub fn store(&mut self, tp: &Partition, offset: i64) {
+        if self.stored.get(tp).is_some_and(|&s| s >= offset) {
+            return;
+        }
+        self.stored.insert(tp.clone(), offset);
+        self.ready.insert(tp.clone(), offset);
+    }
+
+    /// The offsets stored since the last batch, emptied.
+    pub fn take_ready(&mut self) -> Vec<(Partition, i64)> {
+        self.ready.drain().collect()
+    }
+
+    /// A partition revoked: what was stored of it is an ended ownership's, and would hold back
+    /// the stores of a new one that starts lower.
+    pub fn forget(&mut self, tp: &Partition) {
+        self.ready.remove(tp);
+        self.stored.remove(tp);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +160,19 @@ mod tests {
         t.forget(&tp(0));
         assert_eq!(t.ack(&tp(0), 1), None);
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_store_never_moves_back_until_the_partition_is_forgotten() {
+        let mut s = StoredOffsets::default();
+        let tp: Partition = ("t".into(), 0);
+        s.store(&tp, 10);
+        s.store(&tp, 7);
+        assert_eq!(s.take_ready(), vec![(tp.clone(), 10)]);
+        s.store(&tp, 9);
+        assert!(s.take_ready().is_empty());
+        s.forget(&tp);
+        s.store(&tp, 3);
+        assert_eq!(s.take_ready(), vec![(tp, 3)]);
     }
 }

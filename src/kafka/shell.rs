@@ -3,7 +3,6 @@
 //! bookkeeping (committable offsets, the changelog flush, the control side's leadership).
 //! `runtime.rs` owns the clients and the loop that feeds the `Shell`.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,47 +16,15 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::Config;
 use crate::core::topology::Counted;
 use crate::kafka::deliveries::{Deliveries, Origin, OutputProducer};
-use crate::kafka::offsets::Partition;
+pub use crate::kafka::error::{RunError, RunStats};
+use crate::kafka::leadership::{Change, Leadership, Transactions};
+use crate::kafka::offsets::{Partition, StoredOffsets};
 use crate::kafka::rebalance::{self, RunContext};
 use crate::kafka::shared::{Shared, lock};
 use crate::wire::decode::{self, DecodeError};
 use crate::wire::dlq;
 use crate::wire::events::InputEvent;
 use crate::wire::outputs::Output;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Kafka(#[from] KafkaError),
-    #[error("encoding an output: {0}")]
-    Encode(#[from] serde_json::Error),
-    #[error("an output could not be delivered: {0}")]
-    Delivery(KafkaError),
-    #[error("the consumer has failed for {0:?} without a single message: {1}")]
-    ConsumerDown(Duration, KafkaError),
-    #[error("restoring limiter state from the changelog: {0}")]
-    Restore(String),
-    #[error("exactly-once transaction failed (aborted; a restart resumes from the last committed one): {0}")]
-    Transaction(KafkaError),
-    #[error(transparent)]
-    Prediction(#[from] crate::history::prediction_setup::PredictionSetupError),
-    #[error("HTTP API: {0}")]
-    Api(String),
-    #[error(
-        "topic {changelog} has {has} partitions, fewer than {requests} ({needs}): each requests partition keeps its state in the changelog partition of the same number"
-    )]
-    ChangelogPartitions { changelog: String, has: usize, requests: String, needs: usize },
-}
-
-/// What a run did, for its final log line and for tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RunStats {
-    pub consumed: u64,
-    pub dead_lettered: u64,
-    /// Requests decided again without being counted: the restored changelog state held them.
-    pub already_counted: u64,
-    pub produced: u64,
-}
 
 fn output_topic<'a>(cfg: &'a Config, o: &Output) -> &'a str {
     let t = &cfg.topics;
@@ -74,13 +41,6 @@ fn output_topic<'a>(cfg: &'a Config, o: &Output) -> &'a str {
 /// `message.max.bytes`, 1 MB by default).
 const DLQ_MAX_VALUE: usize = 512 * 1024;
 
-/// Exactly-once: how often the open transaction commits (Kafka Streams' default for
-/// exactly-once).
-pub(crate) const TRANSACTION_EVERY: Duration = Duration::from_millis(100);
-
-/// The most control outputs a follower keeps for the day it leads (`Shell::suppress`).
-const MAX_BACKLOG: usize = 10_000;
-
 /// The origin of outputs no input offset waits for (the offset tracker knows no such partition).
 const UNTRACKED: (String, i32) = (String::new(), -1);
 
@@ -88,39 +48,25 @@ const UNTRACKED: (String, i32) = (String::new(), -1);
 const MAX_DIRTY: usize = 100_000;
 
 pub(crate) struct Shell<'a> {
-    pub(crate) cfg: &'a Config,
-    pub(crate) consumer: &'a StreamConsumer<RunContext>,
-    pub(crate) producer: &'a OutputProducer,
-    pub(crate) shared: Arc<Mutex<Shared>>,
-    pub(crate) deliveries: Arc<Mutex<Deliveries>>,
+    cfg: &'a Config,
+    consumer: &'a StreamConsumer<RunContext>,
+    producer: &'a OutputProducer,
+    shared: Arc<Mutex<Shared>>,
+    deliveries: Arc<Mutex<Deliveries>>,
     pub(crate) stats: RunStats,
-    /// Offsets ready to store, per partition, handed to librdkafka in batches (`flush_offsets`).
-    pub(crate) ready: HashMap<Partition, i64>,
-    /// The highest offset stored per partition: a store never moves backwards.
-    pub(crate) stored: HashMap<Partition, i64>,
-    /// Whether this instance publishes the control side's outputs (`control.rs`).
-    pub(crate) leader: bool,
-    /// Exactly-once: outputs and offsets go in transactions, committed every `TRANSACTION_EVERY`.
-    pub(crate) eos: bool,
-    pub(crate) last_transaction: Instant,
-    /// Messages handled since the last commit.
-    pub(crate) in_transaction: bool,
-    /// Control partitions: the last offset whose outputs this instance (as leader) has
-    /// delivered, committed to the group now and then.
-    pub(crate) control_done: HashMap<Partition, i64>,
-    pub(crate) last_control_commit: Instant,
-    pub(crate) outs: Vec<Output>,
-    pub(crate) buf: Vec<u8>,
-    /// Control outputs computed as a follower, with their input partition and offset (`suppress`).
-    pub(crate) backlog: std::collections::VecDeque<(Partition, i64, Output)>,
-    pub(crate) backlog_dropped: u64,
-    /// Per control partition, the highest offset handed to `control_done`.
-    pub(crate) control_high: HashMap<Partition, i64>,
+    /// Offsets of delivered requests, handed to librdkafka in batches (`flush_offsets`).
+    stored: StoredOffsets,
+    /// Whether this instance publishes the control side's outputs, and what goes with it.
+    leadership: Leadership,
+    /// Exactly-once: when the open transaction commits.
+    transactions: Transactions,
+    outs: Vec<Output>,
+    buf: Vec<u8>,
     /// At-least-once: when each partition's dirty limiter state goes to the changelog, in
     /// milliseconds from `changelog_epoch`.
-    pub(crate) changelog_schedule: crate::kafka::changelog::FlushSchedule,
-    pub(crate) changelog_epoch: Instant,
-    pub(crate) metrics: Arc<crate::kafka::metrics::Metrics>,
+    changelog_schedule: crate::kafka::changelog::FlushSchedule,
+    changelog_epoch: Instant,
+    metrics: Arc<crate::kafka::metrics::Metrics>,
 }
 
 /// Which consumer a message came from.
@@ -132,22 +78,139 @@ pub(crate) enum Source {
     Control,
 }
 
-impl Shell<'_> {
-    pub(crate) fn store(&mut self, tp: &Partition, offset: i64) {
-        if self.stored.get(tp).is_some_and(|&s| s >= offset) {
-            return;
+impl<'a> Shell<'a> {
+    pub(crate) fn new(
+        cfg: &'a Config,
+        consumer: &'a StreamConsumer<RunContext>,
+        producer: &'a OutputProducer,
+        shared: Arc<Mutex<Shared>>,
+        deliveries: Arc<Mutex<Deliveries>>,
+        metrics: Arc<crate::kafka::metrics::Metrics>,
+    ) -> Self {
+        Shell {
+            cfg,
+            consumer,
+            producer,
+            shared,
+            deliveries,
+            stats: RunStats::default(),
+            stored: StoredOffsets::default(),
+            leadership: Leadership::default(),
+            transactions: Transactions::new(cfg.kafka.guarantee == crate::config::Guarantee::ExactlyOnce),
+            outs: Vec::new(),
+            buf: Vec::with_capacity(1024),
+            changelog_schedule: crate::kafka::changelog::FlushSchedule::new(u64::from(cfg.kafka.commit_interval_ms)),
+            changelog_epoch: Instant::now(),
+            metrics,
         }
-        self.stored.insert(tp.clone(), offset);
-        self.ready.insert(tp.clone(), offset);
+    }
+
+    pub(crate) fn exactly_once(&self) -> bool {
+        self.transactions.exactly_once()
+    }
+
+    pub(crate) fn leading(&self) -> bool {
+        self.leadership.leading()
+    }
+
+    /// Whether the group has given this instance its partitions yet (until then it leaves the
+    /// control topics unread: it cannot know whether it leads).
+    pub(crate) fn assigned(&self) -> bool {
+        lock(&self.shared).assigned()
+    }
+
+    /// Applies a reloaded config to the topology and publishes the limits it changes.
+    pub(crate) async fn reconfigure(&mut self, new: Arc<Config>) -> Result<(), RunError> {
+        {
+            let mut sh = lock(&self.shared);
+            let mut outs = Vec::new();
+            sh.topology.reconfigure(new, &mut outs);
+            tracing::info!(limit_updates = outs.len(), "reloaded config applied");
+            sh.api_outputs.extend(outs);
+        }
+        self.publish_api_outputs().await
+    }
+
+    /// Every second: stops on a failure a rebalance callback saw, publishes at once when this
+    /// instance became the leader with no message to handle (a rebalance after the leader died),
+    /// takes in the delivery reports, flushes the changelog partitions whose turn has come and
+    /// hands the stored offsets to librdkafka.
+    pub(crate) async fn tick(&mut self) -> Result<(), RunError> {
+        let (leading, snapshot) = {
+            let mut sh = lock(&self.shared);
+            if let Some(e) = sh.failed.take() {
+                return Err(RunError::Restore(e));
+            }
+            let mut snapshot = Vec::new();
+            if sh.is_leader() && !self.leadership.leading() {
+                sh.topology.snapshot("leader", &mut snapshot);
+            }
+            (sh.is_leader(), snapshot)
+        };
+        if self.leadership.set(leading) == Change::Gained {
+            self.lead(snapshot).await?;
+            self.transactions.touched();
+        }
+        self.sweep()?;
+        self.maybe_flush_changelog().await?;
+        self.flush_offsets();
+        Ok(())
+    }
+
+    /// After each handled message: exactly-once commits the transaction when it is due;
+    /// otherwise the changelog is flushed when due (checked every 64 messages).
+    pub(crate) async fn handled(&mut self) -> Result<(), RunError> {
+        self.transactions.touched();
+        if self.transactions.due() {
+            self.commit_transaction().await?;
+        } else if self.stats.consumed % 64 == 0 {
+            self.maybe_flush_changelog().await?;
+        }
+        Ok(())
+    }
+
+    /// Exactly-once: an idle pipeline commits what it did too.
+    pub(crate) async fn commit_if_due(&mut self) -> Result<(), RunError> {
+        if self.transactions.due() {
+            self.commit_transaction().await?;
+        }
+        Ok(())
+    }
+
+    /// Shutdown, once no message or API decision comes any more: the changelog goes out, the
+    /// deliveries in flight get `drain` to finish, exactly-once commits its last transaction,
+    /// and the delivered offsets are stored and the control offsets committed.
+    pub(crate) async fn finish(&mut self, drain: Duration) -> Result<(), RunError> {
+        self.publish_api_outputs().await?;
+        if !self.exactly_once() {
+            self.flush_changelog().await?;
+        }
+        tracing::info!(in_flight = self.in_flight(), "shutting down: finishing deliveries");
+        let producer = self.producer;
+        if let Err(e) = tokio::task::block_in_place(|| producer.flush(drain)) {
+            tracing::warn!(error = %e, in_flight = self.in_flight(), "deliveries still in flight after {drain:?}: their inputs will be processed again");
+        }
+        self.sweep()?;
+        if self.exactly_once() {
+            self.commit_transaction().await?;
+        }
+        Ok(())
+    }
+
+    /// The offsets of what was delivered, for the final commit.
+    pub(crate) fn store_final(&mut self) {
+        self.flush_offsets();
+        self.commit_control(CommitMode::Sync);
     }
 
     /// Stores the ready offsets with librdkafka (which commits them with the next auto-commit).
     pub(crate) fn flush_offsets(&mut self) {
-        if self.ready.is_empty() {
+        let ready = self.stored.take_ready();
+        if ready.is_empty() {
             return;
         }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in self.ready.drain() {
+        for ((topic, partition), offset) in ready {
             // librdkafka's store takes the next offset to consume in a list.
             if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1)) {
                 tracing::warn!(%topic, partition, offset, error = %e, "offset not stored");
@@ -175,8 +238,7 @@ impl Shell<'_> {
         // is drained in the same tick it is filled, with no poll, so no rebalance, in between;
         // it is cleared too should that ever change.)
         for tp in &forgotten {
-            self.ready.remove(tp);
-            self.stored.remove(tp);
+            self.stored.forget(tp);
         }
         for (tp, o) in moved {
             self.done(&tp, o);
@@ -225,7 +287,7 @@ impl Shell<'_> {
     /// At-least-once: flushes the partitions whose turn has come (`FlushSchedule`), or every
     /// partition when too much is dirty.
     pub(crate) async fn maybe_flush_changelog(&mut self) -> Result<(), RunError> {
-        if self.eos {
+        if self.exactly_once() {
             return Ok(());
         }
         let started = Instant::now();
@@ -256,10 +318,10 @@ impl Shell<'_> {
     /// offsets, and opens the next. A failure aborts the transaction and stops the service: its
     /// outputs and offsets are dropped together, and a restart resumes from the last committed
     /// transaction with the limiter state of that transaction.
-    pub(crate) async fn commit_transaction(&mut self, shared: &Mutex<Shared>) -> Result<(), RunError> {
+    pub(crate) async fn commit_transaction(&mut self) -> Result<(), RunError> {
         self.flush_changelog().await?;
-        self.in_transaction = false;
-        let processed = lock(shared).processed_offsets().clone();
+        self.transactions.committing();
+        let processed = lock(&self.shared).processed_offsets().clone();
         let (producer, consumer) = (self.producer, self.consumer);
         let started = Instant::now();
         let result = tokio::task::block_in_place(|| rebalance::commit_transaction(producer, consumer, &processed)).map_err(|e| {
@@ -269,46 +331,27 @@ impl Shell<'_> {
             RunError::Transaction(e)
         });
         tracing::trace!(took = ?started.elapsed(), "transaction committed");
-        // The interval runs from the end of a commit, so a slow commit still leaves time to work.
-        self.last_transaction = Instant::now();
+        self.transactions.committed();
         result
     }
 
     /// Everything up to `offset` of `tp` has its outputs delivered.
     pub(crate) fn done(&mut self, tp: &Partition, offset: i64) {
-        if self.eos {
+        if self.exactly_once() {
             // The transaction carries the offsets.
             return;
         }
         if tp.0 == self.cfg.topics.requests {
-            self.store(tp, offset);
-        } else {
-            // Outputs published from the backlog (`lead`) belong to earlier offsets than those
-            // already delivered: the commit never moves back.
-            if self.control_high.get(tp).is_some_and(|&h| h >= offset) {
-                return;
-            }
-            self.control_high.insert(tp.clone(), offset);
-            self.control_done.insert(tp.clone(), offset);
-            if self.last_control_commit.elapsed() >= Duration::from_secs(1) {
-                self.commit_control(CommitMode::Async);
-            }
+            self.stored.store(tp, offset);
+        } else if self.leadership.delivered(tp, offset) {
+            self.commit_control(CommitMode::Async);
         }
     }
 
     /// Commits the control partitions' delivered offsets to the group (the group's consumer
     /// commits them; the control consumer is not a member).
     pub(crate) fn commit_control(&mut self, mode: CommitMode) {
-        self.last_control_commit = Instant::now();
-        if self.control_done.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in self.control_done.drain() {
-            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1)) {
-                tracing::warn!(%topic, partition, offset, error = %e, "control offset not committed");
-            }
-        }
+        let Some(tpl) = self.leadership.take_control_commit() else { return };
         let commit = || self.consumer.commit(&tpl, mode);
         let result = if matches!(mode, CommitMode::Sync) { tokio::task::block_in_place(commit) } else { commit() };
         if let Err(e) = result {
@@ -317,7 +360,7 @@ impl Shell<'_> {
     }
 
     /// Decodes, processes and publishes one input message.
-    pub(crate) async fn handle(&mut self, shared: &Mutex<Shared>, m: &BorrowedMessage<'_>, source: Source) -> Result<(), RunError> {
+    pub(crate) async fn handle(&mut self, m: &BorrowedMessage<'_>, source: Source) -> Result<(), RunError> {
         self.stats.consumed += 1;
         let started = Instant::now();
         self.metrics.count_in(m.topic());
@@ -330,21 +373,18 @@ impl Shell<'_> {
         };
         let mut outs = std::mem::take(&mut self.outs);
         let mut snapshot = Vec::new();
+        let shared = self.shared.clone();
         let gained;
         let state = {
-            let mut sh = lock(shared);
+            let mut sh = lock(&shared);
             if let Some(e) = sh.failed.take() {
                 return Err(RunError::Restore(e));
             }
             let leader = sh.is_leader();
-            if leader && !self.leader {
+            if leader && !self.leadership.leading() {
                 sh.topology.snapshot("leader", &mut snapshot);
             }
-            gained = leader && !self.leader;
-            if !leader && self.leader {
-                tracing::info!("no longer leading");
-            }
-            self.leader = leader;
+            gained = self.leadership.set(leader) == Change::Gained;
             let user = match &decoded {
                 Ok(InputEvent::Request(r)) => Some((r.user_id.as_str(), r.request_type.as_str())),
                 _ => None,
@@ -359,7 +399,7 @@ impl Shell<'_> {
                 self.outs = outs;
                 if gained {
                     // Leads from the next message or tick on.
-                    self.leader = false;
+                    self.leadership.set(false);
                 }
                 return Ok(());
             };
@@ -368,7 +408,7 @@ impl Shell<'_> {
                     self.stats.already_counted += u64::from(counted == Counted::Already);
                     sh.topology.process_in(tp.1, event, counted, &mut outs);
                     // Exactly-once commits the leader's control positions in its transactions.
-                    if source == Source::Requests || (self.eos && self.leader) {
+                    if source == Source::Requests || (self.exactly_once() && self.leadership.leading()) {
                         sh.processed(&tp, offset);
                     }
                     // The user's state changed: it goes to the changelog with the next flush,
@@ -389,38 +429,42 @@ impl Shell<'_> {
             Err(e) => {
                 self.outs = outs;
                 // Control messages are every instance's: the leader dead-letters them.
-                if source == Source::Requests || self.leader {
+                if source == Source::Requests || self.leadership.leading() {
                     self.dead_letter(m, &tp, offset, &e).await?;
                 }
                 return Ok(());
             }
         };
+        let sent = self.publish_outputs(&tp, offset, source, &mut outs, holds).await;
+        self.outs = outs;
+        self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
+        sent
+    }
+
+    /// Sends one input message's outputs (leaves `outs` empty). `holds`: the message also waits
+    /// for a changelog record before its offset may be committed.
+    async fn publish_outputs(&mut self, tp: &Partition, offset: i64, source: Source, outs: &mut Vec<Output>, holds: bool) -> Result<(), RunError> {
         // Other instances publish the control side's outputs only when they lead.
-        if !self.leader {
+        if !self.leadership.leading() {
             if source == Source::Control {
-                self.suppress(&tp, offset, &outs);
+                self.leadership.suppress(tp, offset, outs);
             }
             outs.retain(|o| matches!(o, Output::Decision(_)));
         }
-        self.metrics.count_outputs(&outs);
+        self.metrics.count_outputs(outs);
         // Recorded before anything is sent (waiting for queue space may already bring this
         // message's first acknowledgements). Control partitions are committed by the leader.
-        if source == Source::Requests || self.leader {
+        if source == Source::Requests || self.leadership.leading() {
             let n = outs.len() + usize::from(holds);
-            self.begin(&tp, offset, n as u32);
+            self.begin(tp, offset, n as u32);
         }
-        let mut buf = std::mem::take(&mut self.buf);
+        let mut sent = Ok(());
         for o in outs.drain(..) {
-            buf.clear();
-            o.write_json(&mut buf)?;
-            let origin: Origin = Box::new((tp.clone(), offset));
-            let record = BaseRecord::with_opaque_to(output_topic(self.cfg, &o), origin).key(o.key().as_bytes()).payload(&buf[..]);
-            self.send(record).await?;
+            if sent.is_ok() {
+                sent = self.publish(&o, Box::new((tp.clone(), offset))).await;
+            }
         }
-        self.buf = buf;
-        self.outs = outs;
-        self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
-        Ok(())
+        sent
     }
 
     pub(crate) async fn dead_letter(&mut self, m: &BorrowedMessage<'_>, tp: &Partition, offset: i64, e: &DecodeError) -> Result<(), RunError> {
@@ -449,26 +493,13 @@ impl Shell<'_> {
         self.send(record).await
     }
 
-    /// A follower keeps the control side's outputs it computed but did not publish (alerts,
-    /// breaker transitions, predictions; limits are republished whole by a new leader), so that
-    /// if it becomes leader it can publish those the old leader may not have (`lead`).
-    pub(crate) fn suppress(&mut self, tp: &Partition, offset: i64, outs: &[Output]) {
-        for o in outs.iter().filter(|o| !matches!(o, Output::Decision(_) | Output::Limit(_))) {
-            if self.backlog.len() >= MAX_BACKLOG {
-                self.backlog.pop_front();
-                self.backlog_dropped += 1;
-            }
-            self.backlog.push_back((tp.clone(), offset, o.clone()));
-        }
-    }
-
     /// This instance has just become the leader: publishes the control outputs it computed as a
     /// follower for control messages after the group's committed control offsets (the old
     /// leader may not have published those), then `snapshot`, every current limit and breaker
     /// state, so the compacted topics end with the current state.
     pub(crate) async fn lead(&mut self, snapshot: Vec<Output>) -> Result<(), RunError> {
-        tracing::info!(backlog = self.backlog.len(), dropped = self.backlog_dropped, "leading: publishing the control side's outputs");
-        let backlog = std::mem::take(&mut self.backlog);
+        let (backlog, dropped) = self.leadership.take_backlog();
+        tracing::info!(backlog = backlog.len(), dropped, "leading: publishing the control side's outputs");
         if !backlog.is_empty() {
             let mut tpl = TopicPartitionList::new();
             for (tp, _, _) in &backlog {
@@ -505,7 +536,6 @@ impl Shell<'_> {
         for o in snapshot {
             self.publish(&o, Box::new((UNTRACKED, -1))).await?;
         }
-        self.backlog_dropped = 0;
         Ok(())
     }
 
@@ -514,24 +544,24 @@ impl Shell<'_> {
     /// half-open (a gateway sends nothing to an open breaker's dependency, so no outcome would
     /// ever come to move it), silent sources go stale in the health view, the monitor closes its
     /// minute. The leader publishes what that changes; the others only apply it.
-    pub(crate) async fn wall_clock(&mut self, shared: &Mutex<Shared>) -> Result<(), RunError> {
+    pub(crate) async fn wall_clock(&mut self) -> Result<(), RunError> {
         let now = crate::kafka::clock::wall_clock();
         let mut outs = Vec::new();
         {
-            let mut sh = lock(shared);
+            let mut sh = lock(&self.shared);
             if sh.topology.watermark().is_none_or(|w| now <= w) {
                 return Ok(());
             }
             sh.topology.advance(now, &mut outs);
         }
-        if !self.leader || outs.is_empty() {
+        if !self.leadership.leading() || outs.is_empty() {
             return Ok(());
         }
         tracing::debug!(outputs = outs.len(), "wall-clock timers fired");
         for o in &outs {
             self.publish(o, Box::new((UNTRACKED, -1))).await?;
         }
-        self.in_transaction = true;
+        self.transactions.touched();
         Ok(())
     }
 
@@ -556,7 +586,7 @@ impl Shell<'_> {
         for o in &outs {
             self.publish(o, Box::new((UNTRACKED, -1))).await?;
         }
-        self.in_transaction = true;
+        self.transactions.touched();
         Ok(())
     }
 

@@ -9,8 +9,9 @@
 // Relative paths are taken from the repository root.
 //
 // It writes a config with only `[api] listen = "127.0.0.1:0"`, runs `demo --speed 20`, waits for
-// the protected pass to log `HTTP API on http://ADDR`, opens http://ADDR/ and checks that:
-// the page loads and reports "connected"; the ai_primary breaker badge turns open within 90 s;
+// the demo to log `HTTP API on http://ADDR` (it listens from the start, before the unprotected
+// pass), opens http://ADDR/ and checks that: the page loads and reports "connected"; once the demo
+// logs its protected pass (`2/2 …`), the ai_primary breaker badge turns open within 90 s;
 // an alert row appears; the charts have drawn data; the page asked nothing of any other host;
 // no console error or uncaught exception. It saves a full-page screenshot once the breaker is
 // open, and always kills the demo.
@@ -28,7 +29,8 @@ const BIN = fromRoot(process.env.SURGEGUARD_BIN || "target/debug/surgeguard");
 const ARTIFACTS = fromRoot(process.env.SURGEGUARD_ARTIFACTS || "target/artifacts");
 const CHROMIUM = process.env.SURGEGUARD_CHROMIUM || "/usr/bin/chromium";
 const OVERALL_TIMEOUT_MS = 4 * 60 * 1000;
-const API_LOG_TIMEOUT_MS = 150 * 1000;   // the unprotected pass runs first (about 60 s at --speed 20)
+const API_LOG_TIMEOUT_MS = 30 * 1000;
+const PROTECTED_TIMEOUT_MS = 150 * 1000;   // the unprotected pass runs first (about 60 s at --speed 20)
 const BREAKER_OPEN_TIMEOUT_MS = 90 * 1000;
 const ALERT_TIMEOUT_MS = 30 * 1000;
 
@@ -43,6 +45,8 @@ let demoExited = null;    // its exit, once it has exited
 let browser = null;
 const demoLines = [];     // everything the demo printed (both streams)
 let tmpDir = null;
+let protectedStarted = null;   // set when the demo logs its protected pass ("2/2 …")
+const protectedPass = new Promise((resolve) => { protectedStarted = resolve; });
 
 function killDemo() {
   if (!demo || demoExited) return;
@@ -81,8 +85,10 @@ function startDemo() {
     const onLine = (line) => {
       demoLines.push(line);
       // eslint-disable-next-line no-control-regex
-      const m = line.replace(/\x1b\[[0-9;]*m/g, "").match(/HTTP API on http:\/\/(\S+)/);
-      if (m) { clearTimeout(timer); resolve(m[1].replace(/\/+$/, "")); }
+      const plain = line.replace(/\x1b\[[0-9;]*m/g, "");
+      if (/^2\/2 /.test(plain)) protectedStarted();
+      const m = plain.match(/HTTP API (?:on|at) http:\/\/([^\s:]+:\d+)/);
+      if (m) { clearTimeout(timer); resolve(m[1]); }
     };
     for (const stream of [demo.stdout, demo.stderr]) {
       let buf = "";
@@ -176,6 +182,15 @@ async function main() {
   await page.waitForFunction(() => document.querySelector("#status")?.textContent.trim() === "connected", null, { timeout: 15000 })
     .catch(async () => fail(`#status never said "connected": ${JSON.stringify(await page.textContent("#status").catch(() => null))}`));
   log("status: connected");
+  checkProblems();
+
+  // The API listens through the unprotected pass too: the breaker can only open in the protected one.
+  let waiting;
+  await Promise.race([
+    protectedPass,
+    new Promise((_, reject) => { waiting = setTimeout(() => reject(new Failure(`the demo logged no "2/2" (protected pass) line within ${PROTECTED_TIMEOUT_MS / 1000} s`)), PROTECTED_TIMEOUT_MS); }),
+  ]).finally(() => clearTimeout(waiting));
+  log("the protected pass started");
   checkProblems();
 
   // The breaker stays open for only a second or two of real time at --speed 20: take the

@@ -1,0 +1,218 @@
+//! Whether this instance publishes the control side's outputs, and what goes with it (see
+//! `control.rs`): as a follower, the control outputs it computed but did not publish (a new
+//! leader publishes those the old one may not have); as the leader, the control offsets whose
+//! outputs it delivered, committed to the group now and then.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::kafka::offsets::Partition;
+use crate::wire::outputs::Output;
+
+/// The most control outputs a follower keeps for the day it leads.
+const MAX_BACKLOG: usize = 10_000;
+
+/// How often the leader commits the delivered control offsets (asynchronously).
+const CONTROL_COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+/// What changed when the shared state said who leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    Gained,
+    Lost,
+    Same,
+}
+
+pub(crate) struct Leadership {
+    leading: bool,
+    /// Control outputs computed as a follower, with their input partition and offset.
+    backlog: VecDeque<(Partition, i64, Output)>,
+    backlog_dropped: u64,
+    /// Control partitions: the last offset whose outputs this instance (as leader) has delivered,
+    /// not committed yet.
+    control_done: HashMap<Partition, i64>,
+    /// Per control partition, the highest offset handed to `control_done`.
+    control_high: HashMap<Partition, i64>,
+    last_control_commit: Instant,
+}
+
+impl Default for Leadership {
+    fn default() -> Self {
+        Leadership {
+            leading: false,
+            backlog: VecDeque::new(),
+            backlog_dropped: 0,
+            control_done: HashMap::new(),
+            control_high: HashMap::new(),
+            last_control_commit: Instant::now(),
+        }
+    }
+}
+
+impl Leadership {
+    pub(crate) fn leading(&self) -> bool {
+        self.leading
+    }
+
+    /// Takes in whether this instance leads now (the shared state's `is_leader`).
+    pub(crate) fn set(&mut self, leading: bool) -> Change {
+        let change = match (self.leading, leading) {
+            (false, true) => Change::Gained,
+            (true, false) => Change::Lost,
+            _ => Change::Same,
+        };
+        if change == Change::Lost {
+            tracing::info!("no longer leading");
+        }
+        self.leading = leading;
+        change
+    }
+
+    /// A follower keeps the control side's outputs it computed but did not publish (alerts,
+    /// breaker transitions, predictions; limits are republished whole by a new leader), so that
+    /// if it becomes leader it can publish those the old leader may not have. The oldest go
+    /// first beyond `MAX_BACKLOG`.
+    pub(crate) fn suppress(&mut self, tp: &Partition, offset: i64, outs: &[Output]) {
+        for o in outs.iter().filter(|o| !matches!(o, Output::Decision(_) | Output::Limit(_))) {
+            if self.backlog.len() >= MAX_BACKLOG {
+                self.backlog.pop_front();
+                self.backlog_dropped += 1;
+            }
+            self.backlog.push_back((tp.clone(), offset, o.clone()));
+        }
+    }
+
+    /// The kept outputs and how many were dropped, for a new leader to publish; empties both.
+    pub(crate) fn take_backlog(&mut self) -> (VecDeque<(Partition, i64, Output)>, u64) {
+        (std::mem::take(&mut self.backlog), std::mem::replace(&mut self.backlog_dropped, 0))
+    }
+
+    /// The outputs of control message `offset` of `tp` and of every earlier one are delivered;
+    /// returns whether a commit of the control offsets is due. Outputs published from the
+    /// backlog belong to earlier offsets than those already delivered: the commit never moves
+    /// back.
+    pub(crate) fn delivered(&mut self, tp: &Partition, offset: i64) -> bool {
+        if self.control_high.get(tp).is_some_and(|&h| h >= offset) {
+            return false;
+        }
+        self.control_high.insert(tp.clone(), offset);
+        self.control_done.insert(tp.clone(), offset);
+        self.last_control_commit.elapsed() >= CONTROL_COMMIT_EVERY
+    }
+
+    /// The delivered control offsets to commit (the next offset to read, per partition), emptied;
+    /// `None` when there are none.
+    pub(crate) fn take_control_commit(&mut self) -> Option<TopicPartitionList> {
+        self.last_control_commit = Instant::now();
+        if self.control_done.is_empty() {
+            return None;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in self.control_done.drain() {
+            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1)) {
+                tracing::warn!(%topic, partition, offset, error = %e, "control offset not committed");
+            }
+        }
+        Some(tpl)
+    }
+}
+
+/// Exactly-once: outputs, changelog records and input offsets go in transactions, committed
+/// every `TRANSACTION_EVERY` while anything was done since the last commit.
+pub(crate) struct Transactions {
+    exactly_once: bool,
+    /// Something was done since the last commit.
+    open: bool,
+    last: Instant,
+}
+
+/// How often the open transaction commits (Kafka Streams' default for exactly-once).
+pub(crate) const TRANSACTION_EVERY: Duration = Duration::from_millis(100);
+
+impl Transactions {
+    pub(crate) fn new(exactly_once: bool) -> Self {
+        Transactions { exactly_once, open: false, last: Instant::now() }
+    }
+
+    pub(crate) fn exactly_once(&self) -> bool {
+        self.exactly_once
+    }
+
+    /// Something went into the open transaction.
+    pub(crate) fn touched(&mut self) {
+        self.open = true;
+    }
+
+    /// Whether the open transaction should commit now.
+    pub(crate) fn due(&self) -> bool {
+        self.exactly_once && self.open && self.last.elapsed() >= TRANSACTION_EVERY
+    }
+
+    /// A commit is starting: nothing is open any more.
+    pub(crate) fn committing(&mut self) {
+        self.open = false;
+    }
+
+    /// A commit ended: the interval runs from here, so a slow commit still leaves time to work.
+    pub(crate) fn committed(&mut self) {
+        self.last = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::outputs::{DecisionKind, test_decision};
+    use crate::wire::time::Millis;
+
+    #[test]
+    fn leadership_changes_are_reported_once() {
+        let mut l = Leadership::default();
+        assert_eq!(l.set(false), Change::Same);
+        assert_eq!(l.set(true), Change::Gained);
+        assert_eq!(l.set(true), Change::Same);
+        assert_eq!(l.set(false), Change::Lost);
+    }
+
+    #[test]
+    fn the_control_commit_never_moves_back() {
+        let mut l = Leadership::default();
+        let tp: Partition = ("surgeguard.outcomes".into(), 0);
+        l.delivered(&tp, 10);
+        l.delivered(&tp, 4);
+        let tpl = l.take_control_commit().expect("an offset to commit");
+        assert_eq!(tpl.find_partition(&tp.0, 0).map(|e| e.offset()), Some(Offset::Offset(11)));
+        assert!(l.take_control_commit().is_none());
+        // Older than what was committed: nothing to commit.
+        l.delivered(&tp, 9);
+        assert!(l.take_control_commit().is_none());
+    }
+
+    #[test]
+    fn decisions_and_limits_are_not_kept_for_a_later_leader() {
+        let mut l = Leadership::default();
+        let tp: Partition = ("surgeguard.outcomes".into(), 0);
+        l.suppress(&tp, 1, &[Output::Decision(test_decision(Millis(0), DecisionKind::Allow))]);
+        let (backlog, dropped) = l.take_backlog();
+        assert!(backlog.is_empty());
+        assert_eq!(dropped, 0);
+    }
+
+    #[test]
+    fn transactions_are_due_only_when_something_is_open() {
+        let mut t = Transactions::new(true);
+        t.last -= TRANSACTION_EVERY;
+        assert!(!t.due());
+        t.touched();
+        assert!(t.due());
+        t.committing();
+        t.committed();
+        assert!(!t.due());
+        let mut off = Transactions::new(false);
+        off.touched();
+        off.last -= TRANSACTION_EVERY;
+        assert!(!off.due());
+    }
+}

@@ -42,6 +42,7 @@ use crate::kafka::control;
 use crate::kafka::deliveries::{Deliveries, DeliveryContext, OutputProducer};
 use crate::kafka::leadership::TRANSACTION_EVERY;
 use crate::kafka::metrics::Metrics;
+use crate::kafka::reach;
 use crate::kafka::rebalance::RunContext;
 use crate::kafka::shared::{Shared, lock};
 pub use crate::kafka::shell::{RunError, RunStats};
@@ -147,6 +148,9 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
     leave(shell, &consumer, api).await
 }
 
+/// How long `run` waits at start-up for the brokers to answer before it gives up.
+const REACH_DEADLINE: Duration = Duration::from_secs(30);
+
 /// The clients `run` starts with, before it joins the group.
 struct Clients {
     /// The brokers and the pass-through properties: every client's start.
@@ -164,6 +168,8 @@ impl Clients {
     /// under exactly-once), and checks the changelog's partitions against the requests topic's.
     async fn connect(cfg: &Config, brokers: &str, consumer_overrides: &[(&str, &str)]) -> Result<Clients, RunError> {
         let base = client_config(cfg, brokers);
+        let found = reach::wait_for_brokers(&base, brokers, REACH_DEADLINE).await?;
+        tracing::debug!(brokers, found, "the cluster answers");
         if cfg.kafka.create_topics {
             tracing::info!(brokers, "checking topics (and creating the missing ones)");
             let created = topics::ensure(&base, cfg).await?;

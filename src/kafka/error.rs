@@ -8,6 +8,8 @@ use rdkafka::error::KafkaError;
 pub enum RunError {
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Unreachable(#[from] crate::kafka::reach::Unreachable),
     #[error("encoding an output: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("an output could not be delivered: {0}")]

@@ -13,6 +13,7 @@ pub(crate) mod leadership;
 pub mod metrics;
 pub mod offsets;
 pub mod partitioner;
+pub mod reach;
 pub mod rebalance;
 pub mod shared;
 pub(crate) mod shell;

@@ -2,10 +2,10 @@
 //! the synchronous decision ([`decide`]), the admin endpoints ([`admin`]), and the dashboard and
 //! OpenAPI document served as they are.
 
-pub mod admin;
-pub mod decide;
+pub(crate) mod admin;
+pub(crate) mod decide;
 pub mod server;
-pub mod state;
+pub(crate) mod state;
 
 pub use server::serve;
 pub use state::{ApiState, Problem};

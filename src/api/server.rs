@@ -3,8 +3,8 @@
 //! readiness. Handlers read the state the pipeline keeps (`kafka::shared::Shared`); errors are
 //! `application/problem+json` (RFC 9457).
 //!
-//! The per-user endpoints are in `api_decide.rs`, the admin endpoints in `api_admin.rs`, what
-//! they all share in `api_state.rs`.
+//! The per-user endpoints are in `decide.rs`, the admin endpoints in `admin.rs`, what they all
+//! share in `state.rs`.
 
 use std::sync::atomic::Ordering;
 

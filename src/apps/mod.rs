@@ -4,7 +4,7 @@
 //! history [`archive`], the demand commands ([`demand`], with [`backtest_plot`]).
 
 pub mod archive;
-pub mod backtest_plot;
+pub(crate) mod backtest_plot;
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -14,5 +14,5 @@ pub mod generate;
 pub mod replay;
 pub mod run;
 pub mod scenario;
-pub mod sim;
+pub(crate) mod sim;
 pub mod whatif;

@@ -3,7 +3,7 @@
 //!
 //! The configured group's consumer reads the requests topic; each message is decoded (or sent
 //! to the DLQ with KIP-1034 headers), processed by the same `Topology` replay uses, and its
-//! outputs are produced keyed as DESIGN.md says. Offsets are stored for commit only once every
+//! outputs are produced keyed as docs/topics.md says. Offsets are stored for commit only once every
 //! output of a message, and of every earlier message of its partition, is acknowledged by the
 //! broker (`OffsetTracker`): at-least-once. The producer's own thread applies each delivery
 //! report to that bookkeeping as it arrives (`deliveries::DeliveryContext`); the main loop takes the

@@ -1,6 +1,6 @@
 //! The pipeline configuration: one serde struct per component, every default written out here and
 //! in `pipelines/default.toml` (a test holds the two equal). Loading and validation live in
-//! `config_load.rs`; the state machines receive the validated values.
+//! `load.rs`; the state machines receive the validated values.
 //!
 //! Equality and serialisation are derived only for tests, so that in a normal build a field that
 //! no code reads is a compile error (`dead_code` is denied in lib.rs): there is no dead config.

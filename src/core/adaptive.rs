@@ -143,6 +143,7 @@ impl AdaptiveLimits {
     }
 
     /// The override of key `i`, if any.
+    #[cfg(test)]
     pub fn override_of(&self, i: usize) -> Option<(u32, Millis)> {
         self.overrides.get(i).copied().flatten()
     }
@@ -153,10 +154,6 @@ impl AdaptiveLimits {
 
     pub fn severity(&self) -> LoadSeverity {
         self.severity
-    }
-
-    pub fn multipliers(&self) -> Multipliers {
-        self.multipliers
     }
 
     /// The first event's time: the limits published then (reason `initial`) date from it.

@@ -8,15 +8,15 @@
 //! (demand forecasts into a multiplier), [`monitor`] (per-minute metrics and alerts) and
 //! [`idempotency`] (the API's remembered decisions).
 
-pub mod adaptive;
-pub mod breaker;
-pub mod breaker_window;
-pub mod breakers;
-pub mod fallback;
-pub mod health;
-pub mod idempotency;
+pub(crate) mod adaptive;
+pub(crate) mod breaker;
+pub(crate) mod breaker_window;
+pub(crate) mod breakers;
+pub(crate) mod fallback;
+pub(crate) mod health;
+pub(crate) mod idempotency;
 pub mod limiter;
-pub mod monitor;
-pub mod predictor;
-pub mod strategy;
+pub(crate) mod monitor;
+pub(crate) mod predictor;
+pub(crate) mod strategy;
 pub mod topology;

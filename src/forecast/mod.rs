@@ -3,11 +3,11 @@
 //! metrics and the rolling-origin [`backtest`]; [`rng`] is the deterministic generator the
 //! simulations and tests share. No DataFusion or I/O: the history layer fills the series.
 
-pub mod accuracy;
-pub mod backtest;
+pub(crate) mod accuracy;
+pub(crate) mod backtest;
 pub mod features;
-pub mod glm;
-pub mod intervals;
+pub(crate) mod glm;
+pub(crate) mod intervals;
 pub mod model;
 pub mod rng;
 pub mod series;

@@ -1,4 +1,4 @@
-//! The request archive's files and how a restart finds where it left off (`archive_run.rs` is
+//! The request archive's files and how a restart finds where it left off (`apps/archive.rs` is
 //! the Kafka loop around them).
 //!
 //! Each requests partition is buffered on its own; a flush writes the buffered records of one
@@ -149,6 +149,7 @@ impl Scan {
 
 /// Scans `dir` for `topic`'s files of `partition`, removes incomplete flushes (whatever their
 /// age), and returns the last archived offset.
+#[cfg(test)]
 pub fn recover(dir: &Path, topic: &str, partition: i32) -> Result<Recovered, HistoryError> {
     Scan::of(dir, topic)?.recover(partition, Duration::ZERO)
 }
@@ -170,11 +171,6 @@ impl PartitionBuffer {
 
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
-    }
-
-    /// The last buffered offset.
-    pub fn last_offset(&self) -> Option<i64> {
-        self.records.last().map(|(o, _)| *o)
     }
 
     /// Drops the records at `offset` and after (the consumer reads them again).

@@ -3,6 +3,6 @@
 //! predictor loaded or fitted at start-up ([`prediction_setup`]).
 
 pub mod aggregate;
-pub mod archive;
+pub(crate) mod archive;
 pub mod parquet;
-pub mod prediction_setup;
+pub(crate) mod prediction_setup;

@@ -4,17 +4,17 @@
 //! HTTP API ([`shared`]), Prometheus [`metrics`] and the wall [`clock`].
 
 pub mod changelog;
-pub mod client;
-pub mod clock;
-pub mod control;
-pub mod deliveries;
+pub(crate) mod client;
+pub(crate) mod clock;
+pub(crate) mod control;
+pub(crate) mod deliveries;
 pub mod error;
 pub(crate) mod leadership;
-pub mod metrics;
-pub mod offsets;
-pub mod partitioner;
-pub mod reach;
-pub mod rebalance;
-pub mod shared;
+pub(crate) mod metrics;
+pub(crate) mod offsets;
+pub(crate) mod partitioner;
+pub(crate) mod reach;
+pub(crate) mod rebalance;
+pub(crate) mod shared;
 pub(crate) mod shell;
 pub mod topics;

@@ -2,7 +2,7 @@
 //!
 //! These are validated, owned values: a `RequestEvent` here always has a cost ≥ 1, a
 //! `TelemetrySample` always has utilisations in 0..=1. Producers write the JSON forms described in
-//! DESIGN.md; unknown fields are ignored so producers can add fields without breaking us.
+//! docs/topics.md; unknown fields are ignored so producers can add fields without breaking us.
 
 use compact_str::CompactString;
 

@@ -3,7 +3,7 @@
 
 pub mod decode;
 pub mod dlq;
-pub mod encode;
+pub(crate) mod encode;
 pub mod events;
 pub(crate) mod flat_json;
 pub mod outputs;

@@ -1,4 +1,4 @@
-//! Output records: the wire contract of the topics surgeguard writes (DESIGN.md, "Wire contract").
+//! Output records: the wire contract of the topics surgeguard writes (docs/topics.md; docs/design.md, "Wire contract").
 //!
 //! Field order here is the JSON field order; serialisation is deterministic (no maps with random
 //! order, floats written shortest-round-trip), so a replay of the same input is byte-identical.
@@ -263,7 +263,7 @@ impl Output {
         Self::TOPICS[self.kind()]
     }
 
-    /// The Kafka message key DESIGN.md assigns to this output.
+    /// The Kafka message key docs/topics.md assigns to this output.
     pub fn key(&self) -> &str {
         match self {
             Output::Decision(d) => &d.user_id,

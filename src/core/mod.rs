@@ -20,3 +20,4 @@ pub(crate) mod monitor;
 pub(crate) mod predictor;
 pub(crate) mod strategy;
 pub mod topology;
+pub mod watermarks;

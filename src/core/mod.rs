@@ -6,7 +6,8 @@
 //! (the throttling table), [`health`] (telemetry folded into one view), [`breaker`] (with
 //! [`breaker_window`]) and [`breakers`] (all of them, with [`fallback`] plans), [`predictor`]
 //! (demand forecasts into a multiplier), [`monitor`] (per-minute metrics and alerts) and
-//! [`idempotency`] (the API's remembered decisions).
+//! [`idempotency`] (the API's remembered decisions). [`watermarks`] holds the pipeline's event
+//! time over its input partitions (issue 18; not yet driven by the shells).
 
 pub(crate) mod adaptive;
 pub(crate) mod breaker;

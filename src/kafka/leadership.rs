@@ -3,12 +3,12 @@
 //! leader publishes those the old one may not have); as the leader, the control offsets whose
 //! outputs it delivered, committed to the group now and then.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::TopicPartitionList;
 
-use crate::kafka::offsets::Partition;
+use crate::kafka::offsets::{Partition, StoredOffsets};
 use crate::wire::outputs::Output;
 
 /// The most control outputs a follower keeps for the day it leads.
@@ -30,24 +30,15 @@ pub(crate) struct Leadership {
     /// Control outputs computed as a follower, with their input partition and offset.
     backlog: VecDeque<(Partition, i64, Output)>,
     backlog_dropped: u64,
-    /// Control partitions: the last offset whose outputs this instance (as leader) has delivered,
-    /// not committed yet.
-    control_done: HashMap<Partition, i64>,
-    /// Per control partition, the highest offset handed to `control_done`.
-    control_high: HashMap<Partition, i64>,
+    /// Control partitions: the last offset whose outputs this instance (as leader) has
+    /// delivered, to commit; never moving back.
+    control: StoredOffsets,
     last_control_commit: Instant,
 }
 
 impl Default for Leadership {
     fn default() -> Self {
-        Leadership {
-            leading: false,
-            backlog: VecDeque::new(),
-            backlog_dropped: 0,
-            control_done: HashMap::new(),
-            control_high: HashMap::new(),
-            last_control_commit: Instant::now(),
-        }
+        Leadership { leading: false, backlog: VecDeque::new(), backlog_dropped: 0, control: StoredOffsets::default(), last_control_commit: Instant::now() }
     }
 }
 
@@ -68,6 +59,12 @@ impl Leadership {
         }
         self.leading = leading;
         change
+    }
+
+    /// A gain taken back before anything was published (the message that brought it is not
+    /// this instance's): it leads from the next message or tick on. Not a loss: nothing is logged.
+    pub(crate) fn defer_gain(&mut self) {
+        self.leading = false;
     }
 
     /// A follower keeps the control side's outputs it computed but did not publish (alerts,
@@ -94,11 +91,7 @@ impl Leadership {
     /// backlog belong to earlier offsets than those already delivered: the commit never moves
     /// back.
     pub(crate) fn delivered(&mut self, tp: &Partition, offset: i64) -> bool {
-        if self.control_high.get(tp).is_some_and(|&h| h >= offset) {
-            return false;
-        }
-        self.control_high.insert(tp.clone(), offset);
-        self.control_done.insert(tp.clone(), offset);
+        self.control.store(tp, offset);
         self.last_control_commit.elapsed() >= CONTROL_COMMIT_EVERY
     }
 
@@ -106,16 +99,7 @@ impl Leadership {
     /// `None` when there are none.
     pub(crate) fn take_control_commit(&mut self) -> Option<TopicPartitionList> {
         self.last_control_commit = Instant::now();
-        if self.control_done.is_empty() {
-            return None;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in self.control_done.drain() {
-            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1)) {
-                tracing::warn!(%topic, partition, offset, error = %e, "control offset not committed");
-            }
-        }
-        Some(tpl)
+        self.control.take_list()
     }
 }
 
@@ -164,6 +148,8 @@ impl Transactions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::topic_partition_list::Offset;
+
     use crate::wire::outputs::{DecisionKind, test_decision};
     use crate::wire::time::Millis;
 

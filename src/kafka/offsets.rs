@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
 /// A topic partition, by topic name and partition number.
 pub type Partition = (String, i32);
 
@@ -98,9 +100,19 @@ impl StoredOffsets {
         self.ready.insert(tp.clone(), offset);
     }
 
-    /// The offsets stored since the last batch, emptied.
-    pub fn take_ready(&mut self) -> Vec<(Partition, i64)> {
-        self.ready.drain().collect()
+    /// The offsets stored since the last batch as the list librdkafka stores or commits (the
+    /// next offset to read, per partition), emptied; `None` when there are none.
+    pub fn take_list(&mut self) -> Option<TopicPartitionList> {
+        if self.ready.is_empty() {
+            return None;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in self.ready.drain() {
+            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1)) {
+                tracing::warn!(%topic, partition, offset, error = %e, "offset left out of the list");
+            }
+        }
+        Some(tpl)
     }
 
     /// A partition revoked: what was stored of it is an ended ownership's, and would hold back
@@ -166,13 +178,15 @@ mod tests {
     fn a_store_never_moves_back_until_the_partition_is_forgotten() {
         let mut s = StoredOffsets::default();
         let tp: Partition = ("t".into(), 0);
+        let next =
+            |s: &mut StoredOffsets| s.take_list().map(|l| l.elements().iter().map(|e| (e.topic().to_string(), e.partition(), e.offset())).collect::<Vec<_>>());
         s.store(&tp, 10);
         s.store(&tp, 7);
-        assert_eq!(s.take_ready(), vec![(tp.clone(), 10)]);
+        assert_eq!(next(&mut s), Some(vec![("t".to_string(), 0, Offset::Offset(11))]));
         s.store(&tp, 9);
-        assert!(s.take_ready().is_empty());
+        assert_eq!(next(&mut s), None);
         s.forget(&tp);
         s.store(&tp, 3);
-        assert_eq!(s.take_ready(), vec![(tp, 3)]);
+        assert_eq!(next(&mut s), Some(vec![("t".to_string(), 0, Offset::Offset(4))]));
     }
 }

@@ -205,17 +205,8 @@ impl<'a> Shell<'a> {
 
     /// Stores the ready offsets with librdkafka (which commits them with the next auto-commit).
     pub(crate) fn flush_offsets(&mut self) {
-        let ready = self.stored.take_ready();
-        if ready.is_empty() {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in ready {
-            // librdkafka's store takes the next offset to consume in a list.
-            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1)) {
-                tracing::warn!(%topic, partition, offset, error = %e, "offset not stored");
-            }
-        }
+        // librdkafka's store takes the next offset to consume in a list.
+        let Some(tpl) = self.stored.take_list() else { return };
         // A partition revoked in a rebalance cannot take offsets any more; its new owner
         // reprocesses from the last commit, which is what at-least-once allows.
         if let Err(e) = self.consumer.store_offsets(&tpl) {
@@ -373,10 +364,9 @@ impl<'a> Shell<'a> {
         };
         let mut outs = std::mem::take(&mut self.outs);
         let mut snapshot = Vec::new();
-        let shared = self.shared.clone();
         let gained;
         let state = {
-            let mut sh = lock(&shared);
+            let mut sh = lock(&self.shared);
             if let Some(e) = sh.failed.take() {
                 return Err(RunError::Restore(e));
             }
@@ -398,8 +388,7 @@ impl<'a> Shell<'a> {
             let Some(counted) = counted else {
                 self.outs = outs;
                 if gained {
-                    // Leads from the next message or tick on.
-                    self.leadership.set(false);
+                    self.leadership.defer_gain();
                 }
                 return Ok(());
             };

@@ -287,6 +287,18 @@ async fn decide_users_and_admin_on_two_instances() {
         let reused = json!({"id": "http-3", "ts": ts, "user_id": user, "tier": "free", "request_type": "standard", "cost": 5}).to_string();
         let p = ha.post("/v1/decide", &reused, None).problem(422);
         assert!(p["detail"].as_str().unwrap_or("").contains("http-3"), "{p}");
+        // A request stamped 10 minutes off the stream's event time is refused, either way; one
+        // without a ts is decided at its receive time.
+        let now = surgeguard::wire::time::Millis::parse_rfc3339(&ts).map_err(|e| e.to_string())?;
+        for off_min in [10, -10] {
+            let off = now.plus_ms(off_min * 60_000).to_string();
+            let p = ha.post("/v1/decide", &request(&format!("skewed{off_min}"), &user, &off), None).problem(422);
+            assert!(p["detail"].as_str().unwrap_or("").contains("api.max_clock_skew_s"), "{p}");
+            assert!(p["stream_time"].is_string(), "{p}");
+        }
+        let untimed = json!({"id": "untimed", "user_id": user, "tier": "free", "request_type": "standard"}).to_string();
+        let r = ha.post("/v1/decide", &untimed, None);
+        assert_eq!((r.status, r.json()["decision"].as_str()), (429, Some("throttle")), "{}", r.body);
         let metrics = ha.get("/metrics").body;
         assert!(metrics.lines().any(|l| l == "surgeguard_api_decisions_replayed_total 2"), "{metrics}");
         // The other instance does not decide for this user.

@@ -76,6 +76,10 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
         "api.idempotency_window_s",
         "Kafka runtime only: how long POST /v1/decide remembers a request id (tests/api_decide.rs sends one twice); replay serves no API",
     ),
+    (
+        "api.max_clock_skew_s",
+        "Kafka runtime only: how far POST /v1/decide's ts may be from the stream's time (tests/api_decide.rs gets a 422); replay serves no API",
+    ),
     ("api.idempotency_capacity", "Kafka runtime only: how many request ids POST /v1/decide remembers (src/idempotency.rs); replay serves no API"),
     ("prediction.model", "prediction is off by default (no model); tests/predictive.rs replays with a model file, and with a missing and a bad one"),
     (
@@ -118,6 +122,7 @@ const VALIDATION_ONLY: &[(&str, &str)] = &[
 const SUMMARY_ONLY: &[(&str, &str)] = &[
     ("limiter.evict_idle_after_s", "eviction forgets only expired state: visible in tracked/evicted users, not in outputs"),
     ("limiter.sweep_every_s", "sweep timing decides when idle users are forgotten: visible in tracked/evicted users only"),
+    ("event_time.allowed_lateness_s", "a late event is processed all the same: visible in the count of late events only"),
 ];
 
 /// Perturbations chosen by hand where the generic ones would be too weak for the scenario.
@@ -227,6 +232,8 @@ fn candidates(path_segs: &[Seg], v: &Value, doc: &Value) -> Vec<Value> {
                 ["at_least_once", "exactly_once"].map(String::from).to_vec()
             } else if last == "cpu_memory_aggregate" {
                 ["mean", "max"].map(String::from).to_vec()
+            } else if last == "too_far_ahead" {
+                ["dead_letter", "clamp"].map(String::from).to_vec()
             } else if last == "default_tier" {
                 table_names(doc, "tiers")
             } else if last == "default_request_type" {
@@ -466,9 +473,25 @@ fn hand_events() -> Vec<InputEvent> {
         h.admin(at(100, s * 1000), "database", action);
     }
 
-    // 10:50: a late request; the sweep forgets users idle for an hour (not for two).
+    // 10:50: a late request; the sweep forgets users idle for an hour (not for two). Nothing
+    // came for more than `event_time.max_future_skew_s`, so the next request, at another time,
+    // confirms that time jumped (a lone event after a silence would be skipped).
     h.req(at(110, 0), "probe-late", "free", "standard", 1);
+    h.req(at(110, 1000), "probe-late", "free", "standard", 1);
     h.events
+}
+
+/// Out-of-order probes, placed by their position in the input rather than by time: (where, the
+/// event). A request stamped 7 minutes ahead of the stream (refused by the default
+/// `event_time.max_future_skew_s`, taken by a larger one, processed at the stream's time by
+/// `too_far_ahead = "clamp"`), and one 90 s behind (late for the default
+/// `event_time.allowed_lateness_s`, not for twice it).
+fn out_of_order_probes() -> Vec<(Millis, InputEvent)> {
+    let mut h = Hand { events: Vec::new(), n: 900_000 };
+    h.req(at(8, 0), "probe-future", "free", "standard", 1);
+    h.req(at(0, 0), "probe-late-90", "free", "standard", 1);
+    let mut events = h.events.into_iter();
+    vec![(at(1, 0), events.next().expect("probe")), (at(1, 30_000), events.next().expect("probe"))]
 }
 
 /// The surge's parts used: normal load and the first trips; the high → critical transition with
@@ -480,6 +503,10 @@ fn scenario() -> Vec<u8> {
     let mut all: Vec<(InputEvent, bool)> = monday_surge(&Surge::default()).into_iter().filter(|e| in_cut(e.ts())).map(|e| (e, false)).collect();
     all.extend(hand_events().into_iter().map(|e| (e, true)));
     all.sort_by_key(|(e, _)| e.ts()); // stable: equal times keep their order
+    for (place, e) in out_of_order_probes() {
+        let i = all.partition_point(|(x, _)| x.ts() < place);
+        all.insert(i, (e, true));
+    }
     let mut buf = Vec::new();
     let mut line = Vec::new();
     const PREFIX: &[u8] = b"{\"topic\":\"";
@@ -508,7 +535,8 @@ fn check_base(out: &[u8], summary: &ReplaySummary) {
     let text = std::str::from_utf8(out).expect("utf-8");
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
     let of = |topic: &'static str| lines.iter().filter(move |v| v["topic"] == topic);
-    assert_eq!(summary.skipped, 0, "every line decodes, full topic names included");
+    assert_eq!((summary.skipped, summary.too_far_ahead), (1, 1), "every line decodes, full topic names included; the future probe is skipped");
+    assert_eq!(summary.counters.late, 1, "the probe 90 s behind is late");
 
     let decisions = |user: &str| -> Vec<&serde_json::Value> { of("decisions").filter(|d| d["user_id"] == user).collect() };
     // Grace bursts: the first has the whole allowance, the second (next half window) none.
@@ -657,7 +685,7 @@ fn every_key_in_default_toml_changes_behaviour() {
     check_base(&base, &base_summary);
     let (direct, _) = support::run(support::default_config(), &input);
     assert!(direct == base, "re-serialising default.toml changed the replay");
-    let evictions = |s: &ReplaySummary| (s.tracked_users, s.counters.evicted_users);
+    let evictions = |s: &ReplaySummary| (s.tracked_users, s.counters.evicted_users, s.counters.late);
 
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::new());

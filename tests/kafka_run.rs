@@ -260,6 +260,12 @@ async fn decides_every_request_dead_letters_malformed_input_and_commits_after_de
     for (i, b) in bad.iter().enumerate() {
         mixed.insert((i * 17) % mixed.len(), b.clone());
     }
+    // A valid request stamped 2099, mid-stream: it must not move event time.
+    const FUTURE: &str = "2099-12-31T23:59:59Z";
+    let future_request =
+        ("future-request".to_string(), format!(r#"{{"id":"f1","ts":"{FUTURE}","user_id":"u","tier":"pro","request_type":"standard"}}"#).into_bytes());
+    mixed.insert(mixed.len() / 2, future_request.clone());
+    bad.push(future_request);
     produce(&p.topic("requests"), &mixed).await;
 
     let mut n = 0;
@@ -274,12 +280,36 @@ async fn decides_every_request_dead_letters_malformed_input_and_commits_after_de
     let by_user: BTreeSet<_> = decisions.iter().map(|m| m.key().map(|k| k.to_vec())).collect();
     assert!(by_user.iter().all(|k| k.is_some()), "decisions are keyed by user_id");
 
+    // And one on each control topic, once the requests are in (with the wall clock off, the
+    // very first event of a pipeline has nothing to be held against).
+    let future_control = [
+        ("outcomes", format!(r#"{{"ts":"{FUTURE}","dependency":"ai_primary","ok":true,"latency_ms":5}}"#)),
+        ("telemetry", format!(r#"{{"ts":"{FUTURE}","source":"h1","cpu":0.1,"memory":0.1,"db_connections_in_use":1,"db_connections_max":10}}"#)),
+        ("admin", format!(r#"{{"ts":"{FUTURE}","dependency":"database","action":"reset"}}"#)),
+    ];
+    for (topic, value) in &future_control {
+        let record = (format!("future-{topic}"), value.clone().into_bytes());
+        produce(&p.topic(topic), std::slice::from_ref(&record)).await;
+        bad.push(record);
+    }
+
     let mut n = 0;
     let dlq = read_until(&p.topic("dlq"), Duration::from_secs(30), |_| {
         n += 1;
         n >= bad.len()
     });
-    assert_eq!(dlq.len(), bad.len(), "every malformed message is dead-lettered");
+    assert_eq!(dlq.len(), bad.len(), "every malformed message, and every event stamped 2099, is dead-lettered");
+    let exception = |m: &rdkafka::message::OwnedMessage| {
+        let h = m.headers().expect("DLQ headers");
+        h.iter().find(|h| h.key == surgeguard::wire::dlq::EXCEPTION).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let too_far: BTreeSet<String> = dlq
+        .iter()
+        .filter(|m| exception(m).as_deref() == Some("too_far_ahead"))
+        .map(|m| String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned())
+        .collect();
+    let want: BTreeSet<String> = ["future-request", "future-outcomes", "future-telemetry", "future-admin"].map(String::from).into();
+    assert_eq!(too_far, want, "the 2099 events are in the DLQ as too_far_ahead");
     for m in &dlq {
         let headers = m.headers().expect("DLQ headers");
         let names: BTreeSet<&str> = headers.iter().map(|h| h.key).collect();

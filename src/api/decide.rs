@@ -22,8 +22,6 @@ use serde::Deserialize;
 
 use crate::api::state::{ApiState, Problem, body, lock, path, query, wall_clock};
 use crate::core::idempotency::Seen;
-use crate::core::topology::Counted;
-use crate::wire::events::InputEvent;
 use crate::wire::outputs::{Decision, DecisionKind, Output};
 
 /// The most outputs the API queues for the main loop before it answers 503.
@@ -80,7 +78,8 @@ fn partition_of(s: &ApiState, sh: &crate::kafka::shared::Shared, user_id: &str) 
 /// allow and allow_with_grace, 429 with `Retry-After` for throttle, RateLimit fields on both.
 pub async fn decide(State(s): State<ApiState>, raw: Result<Bytes, BytesRejection>) -> Result<Response, Problem> {
     let raw = body(raw)?;
-    let mut ev = crate::wire::decode::decode_request(&raw).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Bad Request", e.to_string()))?;
+    let received = wall_clock();
+    let ev = crate::wire::decode::decode_request_at(&raw, received).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Bad Request", e.to_string()))?;
     let (decision, first) = {
         let mut sh = lock(&s.shared).await?;
         // Checked under the lock: shutdown clears it, then takes the lock to publish what the
@@ -96,10 +95,30 @@ pub async fn decide(State(s): State<ApiState>, raw: Result<Bytes, BytesRejection
             return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Busy", "decisions are waiting to be published (is the broker down?); try again"));
         }
         let p = partition_of(&s, &sh, &ev.user_id)?;
-        // The decision is made at the service's time, not the caller's: a caller's clock must
-        // not move this instance's event time (it drives every timer, eviction and override).
-        ev.ts = sh.topology.watermark().map_or_else(wall_clock, |w| w.max(wall_clock()));
-        let now = ev.ts;
+        // The decision is made at the request's own time (receive time when the body has none),
+        // which joins the stream's: it never moves the pipeline's event time (every timer,
+        // eviction and override runs on it), and a time too far from it is refused.
+        let stream = sh.topology.watermark();
+        let off_ms = ev.ts.0.saturating_sub(stream.unwrap_or(received).0);
+        if off_ms.unsigned_abs() > s.max_clock_skew_ms {
+            let (against, at) = match stream {
+                Some(w) => ("the stream's event time", w),
+                None => ("the time it was received (the stream has no event time yet)", received),
+            };
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Unprocessable Entity",
+                format!(
+                    "ts {} is {:.0} s {} {against} ({at}); api.max_clock_skew_s allows {} s: send the request's time, or leave ts out to decide it now",
+                    ev.ts,
+                    off_ms.unsigned_abs() as f64 / 1000.0,
+                    if off_ms > 0 { "ahead of" } else { "behind" },
+                    s.max_clock_skew_ms / 1000,
+                ),
+            )
+            .with("stream_time", serde_json::json!(stream.map(|w| w.to_string()))));
+        }
+        let now = stream.map_or(ev.ts, |w| w.max(ev.ts));
         match sh.api_recent.seen(&ev, now) {
             Seen::New => {}
             Seen::Again(d) => {
@@ -119,7 +138,7 @@ pub async fn decide(State(s): State<ApiState>, raw: Result<Bytes, BytesRejection
         }
         let asked = ev.clone();
         let mut outs = Vec::with_capacity(2);
-        sh.topology.process_in(p, InputEvent::Request(ev), Counted::No, &mut outs);
+        sh.topology.decide(p, ev, &mut outs);
         let Some(d) = outs.iter().rev().find_map(|o| match o {
             Output::Decision(d) => Some(d.clone()),
             _ => None,

@@ -32,6 +32,8 @@ pub struct ApiState {
     pub requests_topic: Arc<str>,
     pub default_tier: Arc<str>,
     pub window_s: u32,
+    /// `api.max_clock_skew_s` in milliseconds.
+    pub max_clock_skew_ms: u64,
     /// The configured dependencies and limit keys (`tier/request_type`).
     pub dependencies: Arc<[String]>,
     pub limit_keys: Arc<[String]>,
@@ -50,6 +52,7 @@ impl ApiState {
             requests_topic: cfg.topics.requests.as_str().into(),
             default_tier: cfg.limiter.default_tier.as_str().into(),
             window_s: cfg.limiter.window_s,
+            max_clock_skew_ms: u64::from(cfg.api.max_clock_skew_s) * 1000,
             dependencies: cfg.dependencies.keys().cloned().collect(),
             limit_keys: cfg.tiers.keys().flat_map(|t| cfg.request_types.keys().map(move |rt| format!("{t}/{rt}"))).collect(),
         }

@@ -3,7 +3,9 @@
 //! Each input line is an event's JSON object with a `topic` field (`requests`, `outcomes`,
 //! `telemetry`, `admin`, or the configured full topic name). Each output line is an output's JSON object
 //! with its `topic` (`decisions`, `limits`, `breakers`, `alerts`, `predictions`). Lines that fail
-//! to decode are handed to the caller with their line number and skipped. Blank lines are ignored.
+//! to decode are handed to the caller with their line number and skipped, as are events stamped
+//! too far ahead of the others (`[event_time]`; one is held until the next line says whether
+//! time really jumped, see `core/watermarks.rs`). Blank lines are ignored.
 //! At the end of the input the monitor's last minute is closed, so its alerts are written too.
 //! The same input gives byte-identical output. With `[prediction] model` set, the model is loaded
 //! (and seeded from `[prediction] history`) before the first line.
@@ -13,7 +15,7 @@ use std::io::{self, BufRead, Write};
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::core::topology::{Counters, Topology};
+use crate::core::topology::{Admit, Counted, Counters, TooFarAheadError, Topology};
 use crate::wire::decode::{DecodeError, decode_tagged_with};
 use crate::wire::events::InputTopic;
 use crate::wire::outputs::Output;
@@ -23,7 +25,10 @@ use crate::wire::outputs::Output;
 pub struct ReplaySummary {
     pub lines: u64,
     pub events: u64,
+    /// Lines skipped: undecodable, or stamped too far ahead.
     pub skipped: u64,
+    /// Of those, the events stamped too far ahead.
+    pub too_far_ahead: u64,
     pub outputs: BTreeMap<&'static str, u64>,
     pub counters: Counters,
     pub tracked_users: usize,
@@ -41,12 +46,25 @@ pub enum ReplayError {
     Prediction(#[from] crate::history::prediction_setup::PredictionSetupError),
 }
 
-/// Replays `input` into `output`. `on_skip` is told about each line that failed to decode.
+/// The most events stamped too far ahead held until the next events say whether time jumped.
+const MAX_HELD: usize = 100_000;
+
+/// Why a line was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum Skipped {
+    #[error(transparent)]
+    Undecodable(#[from] DecodeError),
+    #[error(transparent)]
+    TooFarAhead(#[from] TooFarAheadError),
+}
+
+/// Replays `input` into `output`. `on_skip` is told about each line skipped (undecodable, or
+/// stamped too far ahead), with its line number.
 pub fn replay<R: BufRead, W: Write>(
     cfg: Arc<Config>,
     mut input: R,
     mut output: W,
-    mut on_skip: impl FnMut(u64, &DecodeError),
+    mut on_skip: impl FnMut(u64, &Skipped),
 ) -> Result<ReplaySummary, ReplayError> {
     let topics = cfg.topics.clone();
     // A line names its topic by the short name or by the configured topic name.
@@ -57,6 +75,7 @@ pub fn replay<R: BufRead, W: Write>(
     let mut outs = Vec::new();
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut counts = [0u64; Output::TOPICS.len()];
+    let mut held: std::collections::VecDeque<(u64, crate::wire::events::InputEvent, TooFarAheadError)> = std::collections::VecDeque::new();
     for_each_line(&mut input, |line| {
         summary.lines += 1;
         let text = line.trim_ascii();
@@ -64,13 +83,48 @@ pub fn replay<R: BufRead, W: Write>(
             return Ok(());
         }
         match decode_tagged_with(text, resolve) {
-            Ok(event) => {
+            Ok(mut event) => {
                 summary.events += 1;
-                topology.process(event, &mut outs);
+                let admit = topology.admit((event.topic(), 0), event.ts());
+                // The events before were refused as too far ahead: this one says whether time
+                // really jumped there (another stamp near theirs), or not yet (theirs again).
+                match admit {
+                    Admit::Jumped => {
+                        for (_, h, _) in held.drain(..) {
+                            topology.process_in(0, h, Counted::No, &mut outs);
+                        }
+                    }
+                    Admit::TooFarAhead { .. } => {}
+                    Admit::OnTime | Admit::Late { .. } => {
+                        for (line, _, e) in held.drain(..) {
+                            summary.skipped += 1;
+                            summary.too_far_ahead += 1;
+                            on_skip(line, &Skipped::TooFarAhead(e));
+                        }
+                    }
+                }
+                let take = match admit {
+                    Admit::TooFarAhead { ahead_ms, reference } => topology.too_far_ahead(&mut event, ahead_ms, reference),
+                    Admit::OnTime | Admit::Late { .. } | Admit::Jumped => Ok(()),
+                };
+                match take {
+                    Ok(()) => topology.process_in(0, event, Counted::No, &mut outs),
+                    Err(e) => {
+                        // Held in a bounded queue: past it, the oldest is skipped.
+                        if held.len() >= MAX_HELD
+                            && let Some((line, _, e)) = held.pop_front()
+                        {
+                            summary.skipped += 1;
+                            summary.too_far_ahead += 1;
+                            on_skip(line, &Skipped::TooFarAhead(e));
+                        }
+                        held.push_back((summary.lines, event, e));
+                    }
+                }
             }
             Err(e) => {
                 summary.skipped += 1;
-                on_skip(summary.lines, &e);
+                on_skip(summary.lines, &Skipped::Undecodable(e));
                 return Ok(());
             }
         }
@@ -84,6 +138,12 @@ pub fn replay<R: BufRead, W: Write>(
         }
         Ok(())
     })?;
+    // Refused events with nothing after them: nothing confirmed them.
+    for (line, _, e) in held.drain(..) {
+        summary.skipped += 1;
+        summary.too_far_ahead += 1;
+        on_skip(line, &Skipped::TooFarAhead(e));
+    }
     topology.finish(&mut outs);
     for o in outs.drain(..) {
         counts[o.kind()] += 1;
@@ -161,11 +221,12 @@ pub fn main(args: &ReplayArgs) -> anyhow::Result<()> {
     let outputs: Vec<String> = summary.outputs.iter().map(|(t, n)| format!("{t} {n}")).collect();
     let c = summary.counters;
     eprintln!(
-        "replayed {} events from {} lines in {secs:.2} s ({:.0} events/s); skipped {} undecodable; outputs: {}; decisions: {} allow, {} grace, {} throttle; {} users tracked",
+        "replayed {} events from {} lines in {secs:.2} s ({:.0} events/s); skipped {} undecodable, {} too far ahead; outputs: {}; decisions: {} allow, {} grace, {} throttle; {} users tracked",
         summary.events,
         summary.lines,
         summary.events as f64 / secs.max(1e-9),
-        summary.skipped,
+        summary.skipped - summary.too_far_ahead,
+        summary.too_far_ahead,
         if outputs.is_empty() { "none".into() } else { outputs.join(", ") },
         c.allowed,
         c.graced,

@@ -246,6 +246,9 @@ async fn rebuild_control_state(cfg: &Arc<Config>, clients: &Clients) -> Result<(
     let control: StreamConsumer = clients.consumer_config.clone().set("group.id", group).set("enable.auto.commit", "false").create()?;
     let predictor = crate::history::prediction_setup::load(&cfg.prediction).await?;
     let mut topology = Topology::new(cfg.clone()).with_predictor(predictor);
+    if cfg.kafka.wall_clock_after_idle_ms > 0 {
+        topology.set_time_floor(crate::kafka::clock::wall_clock());
+    }
     let plan = control::assign(&control, cfg)?;
     let started = Instant::now();
     let catch_up_client = clients.consumer_config.clone().set("group.id", format!("{group}.catch-up")).clone();

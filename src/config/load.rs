@@ -212,7 +212,7 @@ fn set<T: DeserializeOwned>(slot: &mut T, value: toml::Value, prefix: &str, erro
 }
 
 const SECTIONS: &str =
-    "limiter, tiers, request_types, throttle, health, adaptive, breaker, dependencies, fallback, monitor, alerts, prediction, api, topics, kafka";
+    "limiter, tiers, request_types, throttle, health, adaptive, breaker, dependencies, fallback, monitor, alerts, prediction, event_time, api, topics, kafka";
 
 /// librdkafka properties surgeguard sets itself; a pipeline file may not override them.
 pub const MANAGED_PROPERTIES: &[&str] = &[
@@ -249,6 +249,7 @@ fn from_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
             "monitor" => set(&mut c.monitor, value, "monitor", errors),
             "alerts" => set(&mut c.alerts, value, "alerts", errors),
             "prediction" => set(&mut c.prediction, value, "prediction", errors),
+            "event_time" => set(&mut c.event_time, value, "event_time", errors),
             "api" => set(&mut c.api, value, "api", errors),
             "topics" => set(&mut c.topics, value, "topics", errors),
             "kafka" => set(&mut c.kafka, value, "kafka", errors),
@@ -455,6 +456,11 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     check(errors, p.history.is_empty() || !p.model.is_empty(), "prediction.history", || {
         "expected empty while prediction.model is empty (there is no model to seed)".into()
     });
+    let et = &c.event_time;
+    check(errors, et.max_future_skew_s <= 2_592_000, "event_time.max_future_skew_s", || {
+        format!("expected 0 (off) ..= 2592000 seconds (30 days), got {}", et.max_future_skew_s)
+    });
+    check(errors, et.allowed_lateness_s <= 86_400, "event_time.allowed_lateness_s", || format!("expected 0..=86400 seconds, got {}", et.allowed_lateness_s));
     let listen = &c.api.listen;
     check(errors, listen.is_empty() || listen.parse::<std::net::SocketAddr>().is_ok(), "api.listen", || {
         format!("expected \"\" (off) or an address such as 127.0.0.1:8480, got `{listen}`")
@@ -464,6 +470,8 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     // Both tables are sized for half of it on the first decision.
     let remembered = c.api.idempotency_capacity;
     check(errors, remembered <= 10_000_000, "api.idempotency_capacity", || format!("expected 0..=10000000 decisions, got {remembered}"));
+    let skew = c.api.max_clock_skew_s;
+    check(errors, (1..=86_400).contains(&skew), "api.max_clock_skew_s", || format!("expected 1..=86400 seconds, got {skew}"));
     let window = c.api.idempotency_window_s;
     check(errors, window <= 86_400, "api.idempotency_window_s", || format!("expected 0..=86400 seconds, got {window}"));
 

@@ -35,6 +35,7 @@ pub struct Config {
     pub monitor: MonitorConfig,
     pub alerts: AlertsConfig,
     pub prediction: PredictionConfig,
+    pub event_time: EventTimeConfig,
     pub api: ApiConfig,
     pub topics: TopicsConfig,
     pub kafka: KafkaConfig,
@@ -489,6 +490,40 @@ impl Default for PredictionConfig {
     }
 }
 
+/// How event time is kept from one input's clock (`core/watermarks.rs`), in replay, the demo and
+/// `run` alike.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct EventTimeConfig {
+    /// An event stamped more than this many seconds ahead of the pipeline's time (the latest
+    /// event time taken, its own partition's, and in `run` the wall clock) does not move time:
+    /// `too_far_ahead` says what happens to it. 0 turns the check off.
+    pub max_future_skew_s: u32,
+    /// `dead_letter`: the event goes to the DLQ (replay: skipped) with the reason; `clamp`: it is
+    /// processed at the pipeline's time instead of its own.
+    pub too_far_ahead: TooFarAhead,
+    /// An event more than this many seconds behind the pipeline's time (the latest event time
+    /// taken) is late: it is processed, at its own time for its user's or dependency's
+    /// state, never moving the pipeline's time back, and counted.
+    pub allowed_lateness_s: u32,
+}
+
+impl Default for EventTimeConfig {
+    fn default() -> Self {
+        EventTimeConfig { max_future_skew_s: 300, too_far_ahead: TooFarAhead::DeadLetter, allowed_lateness_s: 60 }
+    }
+}
+
+/// What happens to an event stamped too far ahead.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[cfg_attr(test, derive(Serialize))]
+#[serde(rename_all = "snake_case")]
+pub enum TooFarAhead {
+    DeadLetter,
+    Clamp,
+}
+
 impl Default for Config {
     fn default() -> Self {
         let request_types = BTreeMap::from([
@@ -513,6 +548,7 @@ impl Default for Config {
             monitor: MonitorConfig::default(),
             alerts: AlertsConfig::default(),
             prediction: PredictionConfig::default(),
+            event_time: EventTimeConfig::default(),
             api: ApiConfig::default(),
             topics: TopicsConfig::default(),
             kafka: KafkaConfig::default(),

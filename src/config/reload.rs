@@ -3,7 +3,7 @@
 //! limits (`[tiers]` values, `[request_types]` shares), `[adaptive]`, `[[throttle]]`, breaker
 //! thresholds (`[breaker]`, `[dependencies.NAME.breaker]`) and alert rules (`[alerts]`). A file
 //! that does not load, or that changes anything else (which tiers, request types and
-//! dependencies exist, the window, topics, Kafka, the API, prediction, health, monitor,
+//! dependencies exist, the window, topics, Kafka, the API, prediction, event time, health, monitor,
 //! fallback), is refused as a whole: logged with the reason, and the running config stays.
 
 use std::path::{Path, PathBuf};
@@ -38,6 +38,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ("fallback", old.fallback != new.fallback),
         ("monitor", old.monitor != new.monitor),
         ("prediction", old.prediction != new.prediction),
+        ("event_time", old.event_time != new.event_time),
         ("api", old.api != new.api),
         ("topics", old.topics != new.topics),
         ("kafka", old.kafka != new.kafka),

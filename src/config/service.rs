@@ -31,6 +31,9 @@ pub struct ApiConfig {
     /// The most decisions held for that, in two generations dropped whole: a decision is
     /// remembered for the window unless half this many newer ones came first.
     pub idempotency_capacity: usize,
+    /// `POST /v1/decide` decides at the body's `ts` (receive time when it has none); a `ts`
+    /// further than this many seconds from the stream's event time is refused with 422.
+    pub max_clock_skew_s: u32,
 }
 
 impl Default for ApiConfig {
@@ -44,6 +47,7 @@ impl Default for ApiConfig {
             // is 2 s of decisions, at 1 000/s 50 s (a few hundred bytes each).
             idempotency_window_s: 60,
             idempotency_capacity: 100_000,
+            max_clock_skew_s: 300,
         }
     }
 }

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, EventTimeConfig, TooFarAhead};
 use crate::core::adaptive::AdaptiveLimits;
 use crate::core::breaker::Breaker;
 use crate::core::breakers::Breakers;
@@ -22,7 +22,9 @@ use crate::core::limiter::{ImportError, Limiter, Quota, SavedState};
 use crate::core::monitor::Monitor;
 use crate::core::predictor::{Predictor, Step};
 use crate::core::strategy::StrategyTable;
-use crate::wire::events::{AdminAction, AdminEvent, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
+pub use crate::core::watermarks::Admit;
+use crate::core::watermarks::{WatermarkConfig, Watermarks};
+use crate::wire::events::{AdminAction, AdminEvent, InputEvent, InputTopic, OutcomeEvent, RequestEvent, TelemetrySample};
 use crate::wire::outputs::{BreakerState, Decision, DecisionKind, Output};
 use crate::wire::time::Millis;
 
@@ -42,6 +44,27 @@ pub struct Counters {
     pub alerts: u64,
     pub evicted_users: u64,
     pub predictions: u64,
+    /// Events more than `event_time.allowed_lateness_s` behind the watermark (processed).
+    pub late: u64,
+    /// Events stamped more than `event_time.max_future_skew_s` ahead (refused or clamped).
+    pub too_far_ahead: u64,
+}
+
+/// Where an event comes from: its input topic and partition (replay: partition 0).
+pub type InputPartition = (InputTopic, i32);
+
+/// An event refused because it is stamped too far ahead of the pipeline's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("event time {ts} is {} s ahead of the pipeline's time ({reference}), more than event_time.max_future_skew_s allows", ahead_ms / 1000)]
+pub struct TooFarAheadError {
+    pub ts: Millis,
+    pub ahead_ms: i64,
+    pub reference: Millis,
+}
+
+impl TooFarAheadError {
+    /// The DLQ's name for it.
+    pub const KIND: &'static str = "too_far_ahead";
 }
 
 /// Whether a request is already counted in the limiter's state.
@@ -77,7 +100,14 @@ pub struct Topology {
     health: HealthView,
     breakers: Breakers,
     monitor: Monitor,
+    /// The latest event time processed: timers fire on it.
     watermark: Option<Millis>,
+    /// Each input partition's event time, and the watermark over them (`watermarks.rs`): an
+    /// event too far ahead is refused before it moves anything.
+    inputs: Watermarks<InputPartition>,
+    /// What the caller knows time has reached besides the events (`run`: the wall clock).
+    time_floor: Option<Millis>,
+    too_far_ahead: TooFarAhead,
     sweep_every_ms: i64,
     next_sweep: Millis,
     counters: Counters,
@@ -144,6 +174,14 @@ pub struct QuotaState {
 /// How many of the latest alerts the topology keeps for queries.
 pub const RECENT_ALERTS: usize = 1000;
 
+fn watermark_config(c: &EventTimeConfig) -> WatermarkConfig {
+    WatermarkConfig {
+        // 0 turns the check off.
+        max_future_skew_ms: if c.max_future_skew_s == 0 { i64::MAX } else { i64::from(c.max_future_skew_s) * 1000 },
+        allowed_lateness_ms: i64::from(c.allowed_lateness_s) * 1000,
+    }
+}
+
 fn index_of(names: &[Arc<str>], name: &str) -> Option<usize> {
     names.iter().position(|n| **n == *name)
 }
@@ -167,6 +205,9 @@ impl Topology {
             breakers: Breakers::new(cfg.clone()),
             monitor: Monitor::new(&cfg.monitor, &cfg.alerts),
             watermark: None,
+            inputs: Watermarks::new(watermark_config(&cfg.event_time)),
+            time_floor: None,
+            too_far_ahead: cfg.event_time.too_far_ahead,
             sweep_every_ms: i64::from(cfg.limiter.sweep_every_s) * 1000,
             next_sweep: Millis(i64::MIN),
             counters: Counters::default(),
@@ -304,6 +345,7 @@ impl Topology {
 
     /// Forgets the state of a partition this instance no longer owns.
     pub fn drop_partition(&mut self, partition: i32) {
+        self.inputs.revoke((InputTopic::Requests, partition));
         if let Some(slot) = usize::try_from(partition).ok().and_then(|i| self.limiters.get_mut(i)) {
             *slot = None;
         }
@@ -363,9 +405,60 @@ impl Topology {
         self.watermark
     }
 
-    /// Processes one event, appending its outputs to `out` (requests count in partition 0).
+    /// Processes one event, appending its outputs to `out` (requests count in partition 0), with
+    /// no check of its time: for tests and simulations whose input is in order.
     pub fn process(&mut self, event: InputEvent, out: &mut Vec<Output>) {
         self.process_in(0, event, Counted::No, out);
+    }
+
+    /// What the caller knows time has reached besides the events: `run` sets the wall clock, so
+    /// that an event far ahead of it is refused even before any other event came.
+    pub fn set_time_floor(&mut self, floor: Millis) {
+        self.time_floor = Some(floor);
+    }
+
+    /// Checks the time of an event from input partition `from` before it is processed
+    /// (`watermarks.rs`), counting late and too-far-ahead events. `process_from` does this and
+    /// the rest; replay calls it itself to hold a refused event until the next one says whether
+    /// time really jumped.
+    pub fn admit(&mut self, from: InputPartition, ts: Millis) -> Admit {
+        let admit = self.inputs.admit(from, ts, self.watermark.max(self.time_floor));
+        match admit {
+            Admit::Late { .. } => self.counters.late += 1,
+            Admit::TooFarAhead { .. } => self.counters.too_far_ahead += 1,
+            Admit::OnTime | Admit::Jumped => {}
+        }
+        admit
+    }
+
+    /// What becomes of an event `admit` found too far ahead: refused (`event_time.too_far_ahead
+    /// = "dead_letter"`), or restamped with the pipeline's time (`"clamp"`).
+    pub fn too_far_ahead(&self, event: &mut InputEvent, ahead_ms: i64, reference: Millis) -> Result<(), TooFarAheadError> {
+        match self.too_far_ahead {
+            TooFarAhead::DeadLetter => Err(TooFarAheadError { ts: event.ts(), ahead_ms, reference }),
+            TooFarAhead::Clamp => {
+                event.set_ts(reference);
+                Ok(())
+            }
+        }
+    }
+
+    /// Processes one event from input partition `from` (requests count in the limiter of its
+    /// partition) once `admit` has taken its time: an event stamped more than
+    /// `event_time.max_future_skew_s` ahead moves nothing and is refused (the caller
+    /// dead-letters it) or processed at the pipeline's time; a late event is counted and
+    /// processed.
+    pub fn process_from(&mut self, from: InputPartition, mut event: InputEvent, counted: Counted, out: &mut Vec<Output>) -> Result<(), TooFarAheadError> {
+        if let Admit::TooFarAhead { ahead_ms, reference } = self.admit(from, event.ts()) {
+            self.too_far_ahead(&mut event, ahead_ms, reference)?;
+        }
+        self.process_in(from.1, event, counted, out);
+        Ok(())
+    }
+
+    /// The watermark over the input partitions (their lowest event time), and how many there are.
+    pub fn input_watermark(&self) -> (Option<Millis>, usize) {
+        (self.inputs.watermark(), self.inputs.len())
     }
 
     /// Processes one event whose requests count in the limiter of `partition`. A request the
@@ -493,10 +586,30 @@ impl Topology {
     }
 
     fn on_request(&mut self, partition: i32, counted: Counted, ev: RequestEvent, out: &mut Vec<Output>) {
-        self.counters.requests += 1;
         // Counted once: a request the restored state already holds was counted before.
         let demand = (counted == Counted::No).then_some(self.demand_weight);
         self.predict(ev.ts, demand, out);
+        self.limit_request(partition, counted, ev, out);
+    }
+
+    /// Decides one request on its own (`POST /v1/decide`): at its own time for the user's
+    /// limiter, without moving the pipeline's time once it has one (before any event, the first
+    /// request starts it, publishing every limit, as a first streamed event would). Its demand
+    /// counts in the predictor at the stream's time at most; no timer fires, nothing else
+    /// moves. Its outputs (the decision, and the predictor's if a step closed) go to `out`.
+    pub fn decide(&mut self, partition: i32, ev: RequestEvent, out: &mut Vec<Output>) {
+        match self.watermark {
+            Some(w) => self.predict(ev.ts.min(w), Some(self.demand_weight), out),
+            None => {
+                self.advance(ev.ts, out);
+                self.predict(ev.ts, Some(self.demand_weight), out);
+            }
+        }
+        self.limit_request(partition, Counted::No, ev, out);
+    }
+
+    fn limit_request(&mut self, partition: i32, counted: Counted, ev: RequestEvent, out: &mut Vec<Output>) {
+        self.counters.requests += 1;
         let (tier, unknown_tier) = match index_of(&self.tiers, &ev.tier) {
             Some(i) => (i, None),
             None => (self.default_tier, Some(ev.tier)),

@@ -9,13 +9,21 @@
 //! idle sources do; it counts again with its next record.
 //!
 //! One record cannot move time far: an event stamped more than `max_future_skew_ms` ahead of
-//! its partition's time (or of the watermark, for a partition that has none yet) is refused
-//! ([`Admit::TooFarAhead`]); the caller dead-letters it or decides it at the partition's time.
-//! An event more than `allowed_lateness_ms` behind the watermark is [`Admit::Late`]: it is
-//! processed at the watermark, never rewinding any state. The watermark never goes back.
+//! the latest event time taken, or of what the caller knows (the wall clock in `run`), is refused ([`Admit::TooFarAhead`]); the caller dead-letters it or decides it at that
+//! time. Real time can jump too (every input silent for longer than the skew, in a replay or a
+//! test), and then the events after the silence go on from the new time: when the events right
+//! after a refused one are as far ahead, within the skew of it, and one of them is stamped at
+//! another time than the first, the jump is taken ([`Admit::Jumped`]); replay then processes the
+//! events it held, a live shell has dead-lettered them. So one record alone never moves time, nor
+//! do copies of one stamp (the same far-future event on every topic), and a silence costs the
+//! events of the new time's first millisecond in `run` without the wall clock, none in replay.
+//! An event more than `allowed_lateness_ms` behind the latest event time taken (Kafka Streams'
+//! stream time) is [`Admit::Late`]: it is processed (its user's or dependency's state takes it at
+//! its own time), counted, and never rewinds the pipeline's time. The watermark never goes back.
 //!
 //! Plain data, no clock: the shell says which partitions are idle and when partitions come and
-//! go; replay drives the same type with one partition per input file.
+//! go; replay drives the same type with one partition per input topic. (The topology's timers
+//! still run on the latest event time; the watermark is kept for input alignment, issue 18.)
 
 use std::collections::BTreeMap;
 
@@ -26,7 +34,7 @@ use crate::wire::time::Millis;
 pub struct WatermarkConfig {
     /// An event further ahead than this of its partition's time is refused.
     pub max_future_skew_ms: i64,
-    /// An event further behind the watermark than this is late.
+    /// An event further behind the latest event time taken than this is late.
     pub allowed_lateness_ms: i64,
 }
 
@@ -36,12 +44,17 @@ pub enum Admit {
     /// In order, or behind by no more than the allowed lateness: process it at its own time
     /// (or at the watermark, if that is later).
     OnTime,
-    /// Behind the watermark by `behind_ms`, more than the allowed lateness: process it at the
-    /// watermark; its partition's time does not move.
+    /// Behind the latest event time taken by `behind_ms`, more than the allowed lateness:
+    /// process it; the pipeline's time does not move back.
     Late { behind_ms: i64 },
-    /// Ahead of `reference` (its partition's time, else the watermark) by `ahead_ms`, more than
-    /// the allowed skew: time does not move; the caller refuses the event.
+    /// Ahead of `reference` (the latest event time taken, or the caller's floor) by `ahead_ms`, more than the allowed skew: time does not move; the caller
+    /// refuses the event (or processes it at `reference`).
     TooFarAhead { ahead_ms: i64, reference: Millis },
+    /// Too far ahead too, but so were the events just before it (on any partition), within the
+    /// skew of this one and at another time: time really jumped (every input was silent for
+    /// longer than the skew), and this event moves it. The events refused just before were
+    /// real: a caller that held them processes them first.
+    Jumped,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,11 +71,16 @@ pub struct Watermarks<K: Ord + Copy> {
     cfg: WatermarkConfig,
     partitions: BTreeMap<K, Partition>,
     watermark: Option<Millis>,
+    /// The latest event time taken, on any partition.
+    latest: Option<Millis>,
+    /// The time of the first of the events refused in a row, if the last event was refused:
+    /// the next ones confirm a jump or end it.
+    jump: Option<Millis>,
 }
 
 impl<K: Ord + Copy> Watermarks<K> {
     pub fn new(cfg: WatermarkConfig) -> Self {
-        Watermarks { cfg, partitions: BTreeMap::new(), watermark: None }
+        Watermarks { cfg, partitions: BTreeMap::new(), watermark: None, latest: None, jump: None }
     }
 
     /// A partition is read from now on. Until it has a record, or is idle, it holds the
@@ -79,24 +97,41 @@ impl<K: Ord + Copy> Watermarks<K> {
     }
 
     /// Takes an event of partition `k` stamped `ts` (assigning `k` if it is new) and says how
-    /// to process it. The watermark is read with [`Watermarks::watermark`] afterwards.
-    pub fn admit(&mut self, k: K, ts: Millis) -> Admit {
-        let watermark = self.watermark;
+    /// to process it. It is too far ahead when it is ahead of the latest event time taken on any
+    /// partition, or of `floor` (what else the caller knows time has reached: the wall clock),
+    /// by more than the allowed skew; against its own partition's time alone, a sparse
+    /// partition's next event would be refused after any pause.
+    /// The watermark is read with [`Watermarks::watermark`] afterwards.
+    pub fn admit(&mut self, k: K, ts: Millis, floor: Option<Millis>) -> Admit {
+        let skew = self.cfg.max_future_skew_ms;
         let part = self.partitions.entry(k).or_default();
         part.idle = false;
-        if let Some(reference) = part.time.or(watermark) {
+        let jump = self.jump.take();
+        if let Some(reference) = self.latest.max(floor) {
             let ahead_ms = ts.0.saturating_sub(reference.0);
-            if ahead_ms > self.cfg.max_future_skew_ms {
+            if ahead_ms > skew {
+                match jump {
+                    Some(first) if ts != first && ts.0.abs_diff(first.0) <= skew.unsigned_abs() => {
+                        part.time = Some(ts);
+                        self.latest = Some(ts);
+                        self.advance();
+                        return Admit::Jumped;
+                    }
+                    // The same stamp again: still one time, not a jump yet.
+                    Some(first) if ts == first => self.jump = Some(first),
+                    _ => self.jump = Some(ts),
+                }
                 return Admit::TooFarAhead { ahead_ms, reference };
             }
         }
-        let verdict = match watermark {
+        let verdict = match self.latest {
             Some(w) if w.0.saturating_sub(ts.0) > self.cfg.allowed_lateness_ms => Admit::Late { behind_ms: w.0 - ts.0 },
             _ => Admit::OnTime,
         };
-        if verdict == Admit::OnTime {
-            part.time = Some(part.time.map_or(ts, |t| t.max(ts)));
-        }
+        // A late event is still its partition's progress (a partition read behind the others
+        // moves on); only the pipeline's time never goes back.
+        part.time = Some(part.time.map_or(ts, |t| t.max(ts)));
+        self.latest = self.latest.max(Some(ts));
         self.advance();
         verdict
     }
@@ -174,13 +209,14 @@ mod tests {
         let mut w = marks();
         w.assign(0);
         w.assign(1);
-        assert_eq!(w.admit(0, Millis(5 * MIN)), Admit::OnTime);
+        assert_eq!(w.admit(0, Millis(5 * MIN), None), Admit::OnTime);
         // Partition 1 has nothing yet: time waits for it.
         assert_eq!(w.watermark(), None);
         assert!(w.holds_back(1, Millis(5 * MIN)));
-        assert_eq!(w.admit(1, Millis(2 * MIN)), Admit::OnTime);
+        // Three minutes behind the latest event: late, and still partition 1's time.
+        assert_eq!(w.admit(1, Millis(2 * MIN), None), Admit::Late { behind_ms: 3 * MIN });
         assert_eq!(w.watermark(), Some(Millis(2 * MIN)));
-        assert_eq!(w.admit(1, Millis(7 * MIN)), Admit::OnTime);
+        assert_eq!(w.admit(1, Millis(7 * MIN), None), Admit::OnTime);
         assert_eq!(w.watermark(), Some(Millis(5 * MIN)));
         assert!(!w.holds_back(1, Millis(5 * MIN)));
     }
@@ -190,39 +226,82 @@ mod tests {
         let mut w = marks();
         w.assign(0);
         w.assign(1);
-        w.admit(0, Millis(3 * MIN));
+        w.admit(0, Millis(3 * MIN), None);
         assert_eq!(w.set_idle(1, true), Some(Millis(3 * MIN)));
         assert!(!w.holds_back(1, Millis(3 * MIN)));
-        w.admit(0, Millis(4 * MIN));
+        w.admit(0, Millis(4 * MIN), None);
         assert_eq!(w.watermark(), Some(Millis(4 * MIN)));
         // Back with an older record: it counts again but the watermark does not go back.
-        assert_eq!(w.admit(1, Millis(4 * MIN - 1_000)), Admit::OnTime);
+        assert_eq!(w.admit(1, Millis(4 * MIN - 1_000), None), Admit::OnTime);
         assert_eq!(w.watermark(), Some(Millis(4 * MIN)));
-        w.admit(0, Millis(6 * MIN));
+        w.admit(0, Millis(6 * MIN), None);
         assert_eq!(w.watermark(), Some(Millis(4 * MIN)), "partition 1 holds it at its own time");
     }
 
     #[test]
     fn one_far_future_event_does_not_move_time() {
         let mut w = marks();
-        w.admit(0, Millis(MIN));
+        w.admit(0, Millis(MIN), None);
         let year_2099 = Millis(4_102_444_799_000);
-        assert_eq!(w.admit(0, year_2099), Admit::TooFarAhead { ahead_ms: year_2099.0 - MIN, reference: Millis(MIN) });
+        assert_eq!(w.admit(0, year_2099, None), Admit::TooFarAhead { ahead_ms: year_2099.0 - MIN, reference: Millis(MIN) });
         assert_eq!(w.partition_time(0), Some(Millis(MIN)));
         assert_eq!(w.watermark(), Some(Millis(MIN)));
         // A new partition's first event is held against the watermark.
-        assert!(matches!(w.admit(1, year_2099), Admit::TooFarAhead { .. }));
+        assert!(matches!(w.admit(1, year_2099, None), Admit::TooFarAhead { .. }));
         assert_eq!(w.partition_time(1), None);
         // Within the skew it is taken.
-        assert_eq!(w.admit(0, Millis(9 * MIN)), Admit::OnTime);
+        assert_eq!(w.admit(0, Millis(9 * MIN), None), Admit::OnTime);
+    }
+
+    #[test]
+    fn a_sparse_partition_is_held_against_the_others_time_and_the_floor() {
+        let mut w = marks();
+        w.admit(0, Millis(MIN), None);
+        w.admit(1, Millis(MIN), None);
+        w.set_idle(0, true);
+        for m in 1..=6 {
+            assert_eq!(w.admit(1, Millis(m * 10 * MIN), None), Admit::OnTime);
+        }
+        // Partition 0 was silent for an hour: its next event is as far from the pipeline's
+        // time as from its own, and taken.
+        assert_eq!(w.admit(0, Millis(61 * MIN), None), Admit::OnTime);
+        // The caller's floor counts too: nothing known yet, but the wall clock is at 100 min.
+        let mut fresh = marks();
+        assert_eq!(fresh.admit(0, Millis(100 * MIN), Some(Millis(100 * MIN))), Admit::OnTime);
+        assert_eq!(fresh.admit(1, Millis(200 * MIN), Some(Millis(100 * MIN))), Admit::TooFarAhead { ahead_ms: 100 * MIN, reference: Millis(100 * MIN) });
+    }
+
+    #[test]
+    fn a_jump_confirmed_by_the_next_event_is_taken() {
+        let mut w = marks();
+        w.admit(0, Millis(MIN), None);
+        w.admit(1, Millis(MIN), None);
+        // Everything silent for two hours: the first events after it are refused, the same
+        // stamp on two partitions too…
+        assert!(matches!(w.admit(1, Millis(121 * MIN), None), Admit::TooFarAhead { .. }));
+        assert!(matches!(w.admit(0, Millis(121 * MIN), None), Admit::TooFarAhead { .. }));
+        // …and the next one, on any partition, near them at another time, confirms the jump.
+        assert_eq!(w.admit(0, Millis(122 * MIN), None), Admit::Jumped);
+        assert_eq!(w.partition_time(0), Some(Millis(122 * MIN)));
+        assert_eq!(w.admit(1, Millis(122 * MIN), None), Admit::OnTime);
+        assert_eq!(w.watermark(), Some(Millis(122 * MIN)));
+        // A far-future event, even on every partition, followed by one in the present: no jump.
+        let year_2099 = Millis(4_102_444_799_000);
+        assert!(matches!(w.admit(0, year_2099, None), Admit::TooFarAhead { .. }));
+        assert!(matches!(w.admit(1, year_2099, None), Admit::TooFarAhead { .. }));
+        assert_eq!(w.admit(1, Millis(123 * MIN), None), Admit::OnTime);
+        assert!(matches!(w.admit(0, year_2099, None), Admit::TooFarAhead { .. }), "the refused event is forgotten, not a candidate any more");
+        // Two far-future events far apart from each other confirm nothing.
+        assert!(matches!(w.admit(0, Millis(year_2099.0 + 60 * MIN), None), Admit::TooFarAhead { .. }));
+        assert_eq!((w.partition_time(0), w.watermark()), (Some(Millis(122 * MIN)), Some(Millis(122 * MIN))));
     }
 
     #[test]
     fn a_late_event_is_counted_and_rewinds_nothing() {
         let mut w = marks();
-        w.admit(0, Millis(10 * MIN));
-        assert_eq!(w.admit(0, Millis(10 * MIN - 30_000)), Admit::OnTime, "within the allowed lateness");
-        assert_eq!(w.admit(0, Millis(5 * MIN)), Admit::Late { behind_ms: 5 * MIN });
+        w.admit(0, Millis(10 * MIN), None);
+        assert_eq!(w.admit(0, Millis(10 * MIN - 30_000), None), Admit::OnTime, "within the allowed lateness");
+        assert_eq!(w.admit(0, Millis(5 * MIN), None), Admit::Late { behind_ms: 5 * MIN });
         assert_eq!(w.partition_time(0), Some(Millis(10 * MIN)));
         assert_eq!(w.watermark(), Some(Millis(10 * MIN)));
     }
@@ -230,8 +309,8 @@ mod tests {
     #[test]
     fn revoking_the_slowest_partition_lets_time_go_on() {
         let mut w = marks();
-        w.admit(0, Millis(2 * MIN));
-        w.admit(1, Millis(8 * MIN));
+        w.admit(0, Millis(2 * MIN), None);
+        w.admit(1, Millis(8 * MIN), None);
         assert_eq!(w.watermark(), Some(Millis(2 * MIN)));
         assert_eq!(w.revoke(0), Some(Millis(8 * MIN)));
         assert_eq!(w.len(), 1);
@@ -262,14 +341,22 @@ mod tests {
         fn time_never_goes_back_and_a_refused_event_moves_nothing(ops in proptest::collection::vec(op(), 1..200)) {
             let mut w = marks();
             let mut last = None;
+            let mut refused = false;
             for op in ops {
                 match op {
                     Op::Admit(k, t) => {
                         let before = (w.partition_time(k), w.watermark());
-                        if let Admit::TooFarAhead { ahead_ms, .. } = w.admit(k, Millis(t)) {
-                            proptest::prop_assert!(ahead_ms > 10 * MIN);
-                            proptest::prop_assert_eq!(before, (w.partition_time(k), w.watermark()));
+                        match w.admit(k, Millis(t), None) {
+                            Admit::TooFarAhead { ahead_ms, .. } => {
+                                proptest::prop_assert!(ahead_ms > 10 * MIN);
+                                proptest::prop_assert_eq!(before, (w.partition_time(k), w.watermark()));
+                                refused = true;
+                                continue;
+                            }
+                            Admit::Jumped => proptest::prop_assert!(refused, "a jump needs a refused event just before"),
+                            _ => {}
                         }
+                        refused = false;
                     }
                     Op::Idle(k) => {
                         w.set_idle(k, true);

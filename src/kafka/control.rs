@@ -141,10 +141,11 @@ pub async fn catch_up(client: &ClientConfig, plan: CatchUp, topology: &mut Topol
                 let tp = (m.topic().to_string(), m.partition());
                 if ends.get(&tp).is_some_and(|&end| m.offset() < end) {
                     read += 1;
+                    // What the leader dead-lettered (undecodable, too far ahead) is skipped.
                     if let Some(topic) = cfg.topics.input_topic(&tp.0)
                         && let Ok(event) = decode::decode(topic, m.payload().unwrap_or(&[]))
                     {
-                        topology.process_in(0, event, Counted::No, &mut outs);
+                        let _refused = topology.process_from((topic, tp.1), event, Counted::No, &mut outs);
                         outs.clear();
                     }
                 }

@@ -30,6 +30,11 @@ pub struct Metrics {
     consumer_lag: IntGaugeVec,
     prediction_error: GaugeVec,
     prediction_mae: GaugeVec,
+    late_events: IntCounter,
+    too_far_ahead: IntCounter,
+    event_time: IntGauge,
+    input_watermark: IntGauge,
+    tracked_users: IntGauge,
 }
 
 /// Registers `c` with `registry` and hands it back.
@@ -102,6 +107,26 @@ impl Metrics {
             &registry,
             GaugeVec::new(Opts::new("prediction_mean_absolute_error_requests_per_minute", "Mean absolute one-step-ahead error since start"), &["scope"])?,
         )?;
+        let late_events = reg(
+            &registry,
+            IntCounter::new("late_events_total", "Events more than event_time.allowed_lateness_s behind the watermark (processed, never moving time back)")?,
+        )?;
+        let too_far_ahead = reg(
+            &registry,
+            IntCounter::new(
+                "too_far_ahead_events_total",
+                "Events stamped more than event_time.max_future_skew_s ahead of the pipeline's time (dead-lettered or clamped)",
+            )?,
+        )?;
+        let event_time = reg(&registry, IntGauge::new("event_time_seconds", "The pipeline's event time: the latest event time processed (Unix seconds)")?)?;
+        let input_watermark = reg(
+            &registry,
+            IntGauge::new(
+                "input_watermark_seconds",
+                "The lowest event time of the input partitions read so far (Unix seconds); event_time_seconds minus this is how far inputs are apart",
+            )?,
+        )?;
+        let tracked_users = reg(&registry, IntGauge::new("tracked_users", "Users with limiter state in the requests partitions this instance owns")?)?;
         let outputs_by_kind = Output::TOPICS.iter().map(|k| outputs.with_label_values(&[*k])).collect();
         let decisions_by_tier =
             cfg.tiers.keys().map(|t| (t.clone(), DecisionKind::ALL.map(|k| decisions.with_label_values(&[decision_label(k), t])))).collect();
@@ -129,6 +154,11 @@ impl Metrics {
             consumer_lag,
             prediction_error,
             prediction_mae,
+            late_events,
+            too_far_ahead,
+            event_time,
+            input_watermark,
+            tracked_users,
         })
     }
 
@@ -195,6 +225,17 @@ impl Metrics {
                 self.prediction_error.with_label_values(&[scope]).set(e.last);
                 self.prediction_mae.with_label_values(&[scope]).set(e.mean_absolute());
             }
+            // The topology's counters only grow: the counters catch up with them.
+            let c = t.counters();
+            self.late_events.inc_by(c.late.saturating_sub(self.late_events.get()));
+            self.too_far_ahead.inc_by(c.too_far_ahead.saturating_sub(self.too_far_ahead.get()));
+            if let Some(w) = t.watermark() {
+                self.event_time.set(w.0.div_euclid(1000));
+            }
+            if let (Some(w), _) = t.input_watermark() {
+                self.input_watermark.set(w.0.div_euclid(1000));
+            }
+            self.tracked_users.set(i64::try_from(t.tracked_users()).unwrap_or(i64::MAX));
         }
         let mut buf = Vec::new();
         // Encoding into memory fails only on a metric the encoder cannot write; say so in the body.

@@ -14,7 +14,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
-use crate::core::topology::Counted;
+use crate::core::topology::{Counted, TooFarAheadError};
 use crate::kafka::deliveries::{Deliveries, Origin, OutputProducer};
 pub use crate::kafka::error::{RunError, RunStats};
 use crate::kafka::leadership::{Change, Leadership, Transactions};
@@ -140,6 +140,11 @@ impl<'a> Shell<'a> {
             let mut sh = lock(&self.shared);
             if let Some(e) = sh.failed.take() {
                 return Err(RunError::Restore(e));
+            }
+            // Where event time follows the wall clock when idle, an event far ahead of the wall
+            // clock is too far ahead even before any other event came.
+            if self.cfg.kafka.wall_clock_after_idle_ms > 0 {
+                sh.topology.set_time_floor(crate::kafka::clock::wall_clock());
             }
             let mut snapshot = Vec::new();
             if sh.is_leader() && !self.leadership.leading() {
@@ -358,7 +363,8 @@ impl<'a> Shell<'a> {
         let tp: Partition = (m.topic().to_string(), m.partition());
         let offset = m.offset();
         let payload = m.payload().unwrap_or(&[]);
-        let decoded = match self.cfg.topics.input_topic(&tp.0) {
+        let input = self.cfg.topics.input_topic(&tp.0);
+        let decoded = match input {
             Some(topic) => decode::decode(topic, payload),
             None => Err(DecodeError::UnknownTopic(tp.0.clone())),
         };
@@ -392,10 +398,18 @@ impl<'a> Shell<'a> {
                 }
                 return Ok(());
             };
-            match decoded {
-                Ok(event) => {
+            let admitted = match (decoded, input) {
+                // An event stamped too far ahead moves nothing and goes to the DLQ.
+                (Ok(event), Some(topic)) => sh
+                    .topology
+                    .process_from((topic, tp.1), event, counted, &mut outs)
+                    .map_err(|e| dlq::Reason { kind: TooFarAheadError::KIND, message: e.to_string() }),
+                (Ok(_), None) => Err(dlq::Reason::from(&DecodeError::UnknownTopic(tp.0.clone()))),
+                (Err(e), _) => Err(dlq::Reason::from(&e)),
+            };
+            match admitted {
+                Ok(()) => {
                     self.stats.already_counted += u64::from(counted == Counted::Already);
-                    sh.topology.process_in(tp.1, event, counted, &mut outs);
                     // Exactly-once commits the leader's control positions in its transactions.
                     if source == Source::Requests || (self.exactly_once() && self.leadership.leading()) {
                         sh.processed(&tp, offset);
@@ -456,11 +470,11 @@ impl<'a> Shell<'a> {
         sent
     }
 
-    pub(crate) async fn dead_letter(&mut self, m: &BorrowedMessage<'_>, tp: &Partition, offset: i64, e: &DecodeError) -> Result<(), RunError> {
+    pub(crate) async fn dead_letter(&mut self, m: &BorrowedMessage<'_>, tp: &Partition, offset: i64, e: &dlq::Reason) -> Result<(), RunError> {
         self.stats.dead_lettered += 1;
         self.metrics.dead_lettered.inc();
         self.begin(tp, offset, 1);
-        tracing::debug!(topic = %tp.0, partition = tp.1, offset, error = %e, "to the DLQ");
+        tracing::debug!(topic = %tp.0, partition = tp.1, offset, error = %e.message, "to the DLQ");
         let payload = m.payload().unwrap_or(&[]);
         let mut headers = OwnedHeaders::new();
         for (k, v) in dlq::headers(e, &tp.0, tp.1, offset) {

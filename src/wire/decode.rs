@@ -109,8 +109,9 @@ fn nullable<'a, T>(v: Scalar<'a>, read: impl FnOnce(Scalar<'a>) -> Option<T>) ->
 struct RawRequest<'a> {
     #[serde(borrow)]
     id: Cow<'a, str>,
+    /// Optional only for `decode_request_at`.
     #[serde(borrow)]
-    ts: Cow<'a, str>,
+    ts: Option<Cow<'a, str>>,
     #[serde(borrow)]
     user_id: Cow<'a, str>,
     #[serde(borrow)]
@@ -122,7 +123,12 @@ struct RawRequest<'a> {
 
 /// Decodes a `RequestEvent` from JSON bytes.
 pub fn decode_request(bytes: &[u8]) -> Result<RequestEvent, DecodeError> {
-    decode_request_str(utf8(bytes)?)
+    decode_request_str(utf8(bytes)?, None)
+}
+
+/// Decodes a `RequestEvent` whose `ts` may be left out (`POST /v1/decide`): `received` then.
+pub fn decode_request_at(bytes: &[u8], received: Millis) -> Result<RequestEvent, DecodeError> {
+    decode_request_str(utf8(bytes)?, Some(received))
 }
 
 impl<'a> RawRequest<'a> {
@@ -140,7 +146,7 @@ impl<'a> RawRequest<'a> {
         })?;
         Some(RawRequest {
             id: Cow::Borrowed(id?),
-            ts: Cow::Borrowed(ts?),
+            ts: ts.map(Cow::Borrowed),
             user_id: Cow::Borrowed(user_id?),
             tier: Cow::Borrowed(tier?),
             request_type: Cow::Borrowed(request_type?),
@@ -149,7 +155,7 @@ impl<'a> RawRequest<'a> {
     }
 }
 
-fn decode_request_str(text: &str) -> Result<RequestEvent, DecodeError> {
+fn decode_request_str(text: &str, received: Option<Millis>) -> Result<RequestEvent, DecodeError> {
     let raw = match RawRequest::flat(text) {
         Some(raw) => raw,
         None => json(text)?,
@@ -162,8 +168,13 @@ fn decode_request_str(text: &str) -> Result<RequestEvent, DecodeError> {
         }
         Some(c) => c as u32,
     };
+    let ts = match (&raw.ts, received) {
+        (Some(ts), _) => Millis::parse_rfc3339(ts)?,
+        (None, Some(received)) => received,
+        (None, None) => return Err(DecodeError::Field { field: "ts".into(), reason: "missing".into() }),
+    };
     Ok(RequestEvent {
-        ts: Millis::parse_rfc3339(&raw.ts)?,
+        ts,
         id: non_empty("id", raw.id)?,
         user_id: non_empty("user_id", raw.user_id)?,
         tier: non_empty("tier", raw.tier)?,
@@ -347,7 +358,7 @@ pub fn decode(topic: InputTopic, bytes: &[u8]) -> Result<InputEvent, DecodeError
 
 fn decode_str(topic: InputTopic, text: &str) -> Result<InputEvent, DecodeError> {
     Ok(match topic {
-        InputTopic::Requests => InputEvent::Request(decode_request_str(text)?),
+        InputTopic::Requests => InputEvent::Request(decode_request_str(text, None)?),
         InputTopic::Outcomes => InputEvent::Outcome(decode_outcome_str(text)?),
         InputTopic::Telemetry => InputEvent::Telemetry(decode_telemetry_str(text)?),
         InputTopic::Admin => InputEvent::Admin(decode_admin_str(text)?),

@@ -171,10 +171,20 @@ impl InputEvent {
             InputEvent::Admin(e) => e.ts,
         }
     }
+
+    /// Restamps the event (an event too far ahead, processed at the pipeline's time).
+    pub fn set_ts(&mut self, ts: Millis) {
+        match self {
+            InputEvent::Request(e) => e.ts = ts,
+            InputEvent::Outcome(e) => e.ts = ts,
+            InputEvent::Telemetry(e) => e.ts = ts,
+            InputEvent::Admin(e) => e.ts = ts,
+        }
+    }
 }
 
 /// The input topics, by their short names (the part after `surgeguard.`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InputTopic {
     Requests,

@@ -729,3 +729,110 @@ async fn exactly_once_survives_a_kill_9_with_each_decision_once() {
         assert_eq!(Some(&r.state), reference.saved_state(0, &r.user_id, &r.request_type).as_ref(), "state of {}/{}", r.request_type, r.user_id);
     }
 }
+
+/// The surge's first `minutes` minutes with its backend (outcomes and telemetry), keyed as
+/// producers key them, per input topic.
+fn surge_backlog(minutes: i64) -> (Vec<InputEvent>, BTreeMap<&'static str, Vec<(String, Vec<u8>)>>) {
+    let s = Surge::default();
+    let end = s.start.plus_ms(minutes * 60_000);
+    let events: Vec<InputEvent> = monday_surge(&s).into_iter().filter(|e| e.ts() < end).collect();
+    let mut by_topic: BTreeMap<&'static str, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+    for e in &events {
+        let (topic, key, value) = match e {
+            InputEvent::Request(r) => ("requests", r.user_id.to_string(), serde_json::to_vec(r)),
+            InputEvent::Outcome(o) => ("outcomes", o.dependency.to_string(), serde_json::to_vec(o)),
+            InputEvent::Telemetry(t) => ("telemetry", t.source.clone(), serde_json::to_vec(t)),
+            InputEvent::Admin(a) => ("admin", a.dependency.to_string(), serde_json::to_vec(a)),
+        };
+        by_topic.entry(topic).or_default().push((key, value.expect("encodable")));
+    }
+    (events, by_topic)
+}
+
+/// Starts and stops an instance, so that its topics exist and nothing is committed.
+async fn create_topics(p: &Pipeline) {
+    let service = p.start();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(service.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+async fn a_backlog_is_decided_as_replay_decides_it() {
+    let p = Pipeline::new("catchup");
+    create_topics(&p).await;
+    // An outage: the surge's requests, then its outcomes and telemetry, are all in the topics
+    // before the service starts. Read in arrival order, every request would be decided before
+    // the load of its minute is known.
+    let (events, by_topic) = surge_backlog(8);
+    for topic in ["requests", "outcomes", "telemetry"] {
+        produce(&p.topic(topic), &by_topic[topic]).await;
+    }
+    let n = by_topic["requests"].len();
+    let started = Instant::now();
+    let service = p.start();
+    let mut seen = BTreeSet::new();
+    let decisions = read_until(&p.topic("decisions"), Duration::from_secs(240), |m| {
+        seen.extend(decided_ids(std::slice::from_ref(m)).into_keys());
+        seen.len() >= n
+    });
+    eprintln!("catch-up: {n} requests decided in {:.1} s", started.elapsed().as_secs_f64());
+    assert!(service.stop().success());
+    let live = first_decisions(&decisions);
+    assert_eq!(live.len(), n, "every request decided");
+    // Replay of the same events.
+    let (out, _) = support::run(support::default_config(), &support::jsonl(&events));
+    let replayed: BTreeMap<String, serde_json::Value> = String::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|v| v["topic"] == "decisions")
+        .map(|v| (v["request_id"].as_str().unwrap_or_default().to_string(), v))
+        .collect();
+    let fields = |v: &serde_json::Value| (v["severity"].clone(), v["limit"].clone(), v["decision"].clone());
+    let differ: Vec<(&String, _, _)> =
+        replayed.iter().filter_map(|(id, r)| live.get(id).filter(|l| fields(l) != fields(r)).map(|l| (id, fields(l), fields(r)))).collect();
+    eprintln!("catch-up: {} of {n} decisions differ from replay's (severity, limit, decision)", differ.len());
+    assert!(differ.is_empty(), "{} decisions differ from replay's, e.g. {:?}", differ.len(), &differ[..differ.len().min(5)]);
+    // The catch-up saw the surge's load: limits fell.
+    let cut = live.values().filter(|d| d["tier"] == "free" && d["request_type"] == "standard" && d["limit"].as_u64().is_some_and(|l| l < 60)).count();
+    assert!(cut > 0, "no free/standard decision with a cut limit");
+    assert!(live.values().any(|d| d["severity"] != "normal"), "no decision under high or critical load");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+async fn an_input_with_nothing_to_read_is_waited_for_at_most_the_idle_wait() {
+    let p = Pipeline::with("idlewait", "max_idle_ms = 300");
+    let service = p.start();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, by_topic) = surge_backlog(1);
+    let requests = &by_topic["requests"][..200];
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let sent = now_ms();
+    produce(&p.topic("requests"), requests).await;
+    let mut ids = BTreeSet::new();
+    let decisions = read_until(&p.topic("decisions"), Duration::from_secs(30), |m| {
+        ids.extend(decided_ids(std::slice::from_ref(m)).into_keys());
+        ids.len() >= requests.len()
+    });
+    // The telemetry comes later still: the requests did not wait for it. (When each decision was
+    // produced, by its record's timestamp: the reader's own start-up does not count.)
+    produce(&p.topic("telemetry"), &by_topic["telemetry"][..10]).await;
+    assert!(service.stop().success());
+    assert_eq!(ids.len(), requests.len(), "every request decided");
+    let last = decisions.iter().filter_map(|m| m.timestamp().to_millis()).max().unwrap_or(i64::MAX);
+    eprintln!("idle wait: the last decision was produced {} ms after the requests were sent", last - sent);
+    assert!(last - sent < 2_000, "decisions waited {} ms: more than the idle wait (300 ms) allows, with room for a slow machine", last - sent);
+    let behind: Vec<String> = decisions
+        .iter()
+        .filter_map(|m| {
+            m.headers()
+                .and_then(|h| h.iter().find(|h| h.key == "surgeguard.control_behind_ms"))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+        .collect();
+    assert!(!behind.is_empty(), "the decision that waited says the control view was behind");
+    eprintln!("idle wait: {} decisions carry surgeguard.control_behind_ms ({:?})", behind.len(), &behind[..behind.len().min(3)]);
+}

@@ -6,18 +6,19 @@
 //! to decode are handed to the caller with their line number and skipped, as are events stamped
 //! too far ahead of the others (`[event_time]`; one is held until the next line says whether
 //! time really jumped, see `core/watermarks.rs`). Blank lines are ignored.
+//! Events of one stamp go requests first, as `run` takes them (`kafka/merge.rs`).
 //! At the end of the input the monitor's last minute is closed, so its alerts are written too.
 //! The same input gives byte-identical output. With `[prediction] model` set, the model is loaded
 //! (and seeded from `[prediction] history`) before the first line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, BufRead, Write};
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::core::topology::{Admit, Counted, Counters, TooFarAheadError, Topology};
 use crate::wire::decode::{DecodeError, decode_tagged_with};
-use crate::wire::events::InputTopic;
+use crate::wire::events::{InputEvent, InputTopic};
 use crate::wire::outputs::Output;
 
 /// What a replay did.
@@ -70,65 +71,34 @@ pub fn replay<R: BufRead, W: Write>(
     // A line names its topic by the short name or by the configured topic name.
     let resolve = |name: &str| InputTopic::from_name(name).or_else(|| topics.input_topic(name));
     let predictor = crate::history::prediction_setup::load_blocking(&cfg.prediction)?;
-    let mut topology = Topology::new(cfg.clone()).with_predictor(predictor);
-    let mut summary = ReplaySummary::default();
-    let mut outs = Vec::new();
+    let mut r = Replayer {
+        topology: Topology::new(cfg.clone()).with_predictor(predictor),
+        summary: ReplaySummary::default(),
+        outs: Vec::new(),
+        held: VecDeque::new(),
+        ties: Vec::new(),
+        on_skip: &mut on_skip,
+    };
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut counts = [0u64; Output::TOPICS.len()];
-    let mut held: std::collections::VecDeque<(u64, crate::wire::events::InputEvent, TooFarAheadError)> = std::collections::VecDeque::new();
     for_each_line(&mut input, |line| {
-        summary.lines += 1;
+        r.summary.lines += 1;
         let text = line.trim_ascii();
         if text.is_empty() {
             return Ok(());
         }
         match decode_tagged_with(text, resolve) {
-            Ok(mut event) => {
-                summary.events += 1;
-                let admit = topology.admit((event.topic(), 0), event.ts());
-                // The events before were refused as too far ahead: this one says whether time
-                // really jumped there (another stamp near theirs), or not yet (theirs again).
-                match admit {
-                    Admit::Jumped => {
-                        for (_, h, _) in held.drain(..) {
-                            topology.process_in(0, h, Counted::No, &mut outs);
-                        }
-                    }
-                    Admit::TooFarAhead { .. } => {}
-                    Admit::OnTime | Admit::Late { .. } => {
-                        for (line, _, e) in held.drain(..) {
-                            summary.skipped += 1;
-                            summary.too_far_ahead += 1;
-                            on_skip(line, &Skipped::TooFarAhead(e));
-                        }
-                    }
-                }
-                let take = match admit {
-                    Admit::TooFarAhead { ahead_ms, reference } => topology.too_far_ahead(&mut event, ahead_ms, reference),
-                    Admit::OnTime | Admit::Late { .. } | Admit::Jumped => Ok(()),
-                };
-                match take {
-                    Ok(()) => topology.process_in(0, event, Counted::No, &mut outs),
-                    Err(e) => {
-                        // Held in a bounded queue: past it, the oldest is skipped.
-                        if held.len() >= MAX_HELD
-                            && let Some((line, _, e)) = held.pop_front()
-                        {
-                            summary.skipped += 1;
-                            summary.too_far_ahead += 1;
-                            on_skip(line, &Skipped::TooFarAhead(e));
-                        }
-                        held.push_back((summary.lines, event, e));
-                    }
-                }
+            Ok(event) => {
+                r.summary.events += 1;
+                r.take(r.summary.lines, event);
             }
             Err(e) => {
-                summary.skipped += 1;
-                on_skip(summary.lines, &Skipped::Undecodable(e));
+                r.summary.skipped += 1;
+                (r.on_skip)(r.summary.lines, &Skipped::Undecodable(e));
                 return Ok(());
             }
         }
-        for o in outs.drain(..) {
+        for o in r.outs.drain(..) {
             counts[o.kind()] += 1;
             o.write_tagged_line(&mut buf)?;
         }
@@ -138,23 +108,100 @@ pub fn replay<R: BufRead, W: Write>(
         }
         Ok(())
     })?;
+    r.flush_ties();
     // Refused events with nothing after them: nothing confirmed them.
-    for (line, _, e) in held.drain(..) {
-        summary.skipped += 1;
-        summary.too_far_ahead += 1;
-        on_skip(line, &Skipped::TooFarAhead(e));
-    }
-    topology.finish(&mut outs);
-    for o in outs.drain(..) {
+    r.skip_held();
+    r.topology.finish(&mut r.outs);
+    for o in r.outs.drain(..) {
         counts[o.kind()] += 1;
         o.write_tagged_line(&mut buf)?;
     }
+    let mut summary = std::mem::take(&mut r.summary);
     output.write_all(&buf).map_err(ReplayError::Write)?;
     summary.outputs = Output::TOPICS.into_iter().zip(counts).filter(|&(_, n)| n > 0).collect();
     output.flush().map_err(ReplayError::Write)?;
-    summary.counters = topology.counters();
-    summary.tracked_users = topology.tracked_users();
+    summary.counters = r.topology.counters();
+    summary.tracked_users = r.topology.tracked_users();
     Ok(summary)
+}
+
+/// The most events of one stamp held to put requests first.
+const MAX_TIES: usize = 10_000;
+
+/// The processing of decoded events: events of one stamp in the order `run` takes them
+/// (requests first: `kafka/merge.rs`), then each event's time checked, and events stamped too
+/// far ahead held until the next events say whether time jumped.
+struct Replayer<'f, F: FnMut(u64, &Skipped)> {
+    topology: Topology,
+    summary: ReplaySummary,
+    outs: Vec<Output>,
+    held: VecDeque<(u64, InputEvent, TooFarAheadError)>,
+    /// Events of the latest stamp, with their line numbers.
+    ties: Vec<(u64, InputEvent)>,
+    on_skip: &'f mut F,
+}
+
+impl<F: FnMut(u64, &Skipped)> Replayer<'_, F> {
+    /// An event in file order: held while the next ones share its stamp.
+    fn take(&mut self, line: u64, event: InputEvent) {
+        if self.ties.first().is_some_and(|(_, e)| e.ts() != event.ts()) || self.ties.len() >= MAX_TIES {
+            self.flush_ties();
+        }
+        self.ties.push((line, event));
+    }
+
+    /// The events of one stamp: requests first, the rest in file order.
+    fn flush_ties(&mut self) {
+        let mut ties = std::mem::take(&mut self.ties);
+        ties.sort_by_key(|(_, e)| e.topic() != InputTopic::Requests);
+        for (line, event) in ties.drain(..) {
+            self.step(line, event);
+        }
+        self.ties = ties;
+    }
+
+    fn step(&mut self, line: u64, mut event: InputEvent) {
+        let admit = self.topology.admit((event.topic(), 0), event.ts());
+        // The events before were refused as too far ahead: this one says whether time really
+        // jumped there (another stamp near theirs), or not yet (theirs again).
+        match admit {
+            Admit::Jumped => {
+                for (_, h, _) in std::mem::take(&mut self.held) {
+                    self.topology.process_in(0, h, Counted::No, &mut self.outs);
+                }
+            }
+            Admit::TooFarAhead { .. } => {}
+            Admit::OnTime | Admit::Late { .. } => self.skip_held(),
+        }
+        let take = match admit {
+            Admit::TooFarAhead { ahead_ms, reference } => self.topology.too_far_ahead(&mut event, ahead_ms, reference),
+            Admit::OnTime | Admit::Late { .. } | Admit::Jumped => Ok(()),
+        };
+        match take {
+            Ok(()) => self.topology.process_in(0, event, Counted::No, &mut self.outs),
+            Err(e) => {
+                // Held in a bounded queue: past it, the oldest is skipped.
+                if self.held.len() >= MAX_HELD
+                    && let Some((line, _, e)) = self.held.pop_front()
+                {
+                    self.skip(line, e);
+                }
+                self.held.push_back((line, event, e));
+            }
+        }
+    }
+
+    fn skip_held(&mut self) {
+        for (line, _, e) in std::mem::take(&mut self.held) {
+            self.skip(line, e);
+        }
+    }
+
+    fn skip(&mut self, line: u64, e: TooFarAheadError) {
+        self.summary.skipped += 1;
+        self.summary.too_far_ahead += 1;
+        (self.on_skip)(line, &Skipped::TooFarAhead(e));
+    }
 }
 
 /// Calls `f` with each line of `input`, without its `\n`. A line that lies within the reader's

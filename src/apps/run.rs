@@ -22,7 +22,7 @@
 //! time moves on to the wall clock so timers still fire (`Shell::wall_clock`).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,7 @@ use crate::core::topology::Topology;
 use crate::kafka::control;
 use crate::kafka::deliveries::{Deliveries, DeliveryContext, OutputProducer};
 use crate::kafka::leadership::TRANSACTION_EVERY;
+use crate::kafka::merge::{self, InputMerge, Next};
 use crate::kafka::metrics::Metrics;
 use crate::kafka::reach;
 use crate::kafka::rebalance::RunContext;
@@ -52,9 +53,6 @@ use crate::kafka::topics;
 /// How long consumer errors may go on, without any message in between, before the service stops
 /// (librdkafka retries transient errors by itself; this catches the ones that never end).
 const CONSUMER_GIVE_UP: Duration = Duration::from_secs(300);
-
-/// How many request messages in a row may go before a waiting control message.
-const CONTROL_EVERY: u32 = 16;
 
 /// How long the API's decisions gather before the main loop publishes them. The caller has its
 /// answer already and the producer lingers 5 ms anyway; publishing on every wake-up cost the
@@ -108,7 +106,7 @@ pub async fn run(cfg: Arc<Config>, brokers: &str, shutdown: impl Future<Output =
 pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, shutdown: impl Future<Output = ()>) -> Result<RunStats, RunError> {
     let RunOptions { consumer_overrides, reload, on_api } = options;
     let clients = Clients::connect(&cfg, brokers, consumer_overrides).await?;
-    let (shared, control) = rebuild_control_state(&cfg, &clients).await?;
+    let (shared, control, control_from) = rebuild_control_state(&cfg, &clients).await?;
     let metrics = Arc::new(Metrics::new(&cfg).map_err(|e| RunError::Api(format!("metrics: {e}")))?);
     let ready = Arc::new(AtomicBool::new(false));
     let mut api_state = ApiState::new(&cfg, shared.clone(), metrics.clone(), ready.clone());
@@ -118,6 +116,7 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
     if let (Some(tx), Some((_, addr))) = (on_api, &api) {
         tx.send(*addr).ok();
     }
+    let rebalances = Arc::new(AtomicU64::new(0));
     let context = RunContext {
         shared: shared.clone(),
         deliveries: clients.deliveries.clone(),
@@ -130,6 +129,7 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
         exactly_once: clients.exactly_once,
         ready: ready.clone(),
         metrics: metrics.clone(),
+        rebalances: rebalances.clone(),
     };
     let consumer = clients.group_consumer(&cfg, context, api.as_ref().map(|(_, addr)| *addr))?;
     let t = &cfg.topics;
@@ -139,7 +139,8 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
     // the revocation closing the consumer brings commits nothing.
     let mut exit_guard = NoCommitOnError { shared: shared.clone(), armed: true };
     let idle_after = Duration::from_millis(u64::from(cfg.kafka.wall_clock_after_idle_ms));
-    event_loop(&mut shell, Inputs { requests: &consumer, control: &control, wake: &wake, reload }, idle_after, shutdown).await?;
+    let inputs = Inputs { requests: &consumer, control: &control, control_from, wake: &wake, reload, rebalances };
+    event_loop(&mut shell, inputs, idle_after, shutdown).await?;
     // No more API decisions (they check readiness under the lock), then what they queued goes
     // out before the changelog and the final flush.
     ready.store(false, Ordering::SeqCst);
@@ -241,7 +242,11 @@ impl Clients {
 /// The control side first: every partition of the control topics, from the lookback on, folded
 /// into the topology before this instance decides anything. Returns the shared state and the
 /// control consumer, positioned for the main loop.
-async fn rebuild_control_state(cfg: &Arc<Config>, clients: &Clients) -> Result<(Arc<Mutex<Shared>>, StreamConsumer), RunError> {
+/// The control side rebuilt: the shared state, the control consumer, and where it resumes each
+/// partition.
+type ControlState = (Arc<Mutex<Shared>>, StreamConsumer, Vec<(crate::kafka::offsets::Partition, i64)>);
+
+async fn rebuild_control_state(cfg: &Arc<Config>, clients: &Clients) -> Result<ControlState, RunError> {
     let group = &cfg.kafka.group_id;
     let control: StreamConsumer = clients.consumer_config.clone().set("group.id", group).set("enable.auto.commit", "false").create()?;
     let predictor = crate::history::prediction_setup::load(&cfg.prediction).await?;
@@ -249,7 +254,8 @@ async fn rebuild_control_state(cfg: &Arc<Config>, clients: &Clients) -> Result<(
     if cfg.kafka.wall_clock_after_idle_ms > 0 {
         topology.set_time_floor(crate::kafka::clock::wall_clock());
     }
-    let plan = control::assign(&control, cfg)?;
+    let mut plan = control::assign(&control, cfg)?;
+    let resume = std::mem::take(&mut plan.resume);
     let started = Instant::now();
     let catch_up_client = clients.consumer_config.clone().set("group.id", format!("{group}.catch-up")).clone();
     let read = control::catch_up(&catch_up_client, plan, &mut topology, cfg, CATCH_UP_TIMEOUT).await?;
@@ -257,29 +263,42 @@ async fn rebuild_control_state(cfg: &Arc<Config>, clients: &Clients) -> Result<(
     let mut sh = Shared::new(topology);
     sh.requests_partitions = clients.requests_partitions;
     sh.api_recent = crate::core::idempotency::RecentDecisions::new(cfg.api.idempotency_window_s, cfg.api.idempotency_capacity);
-    Ok((Arc::new(Mutex::new(sh)), control))
+    Ok((Arc::new(Mutex::new(sh)), control, resume))
 }
 
 /// What the event loop reads.
 struct Inputs<'a> {
     requests: &'a StreamConsumer<RunContext>,
     control: &'a StreamConsumer,
+    /// Where the control consumer starts each partition.
+    control_from: Vec<(crate::kafka::offsets::Partition, i64)>,
     /// A handler's wake-up: the API queued decisions to publish.
     wake: &'a tokio::sync::Notify,
     reload: Option<tokio::sync::mpsc::Receiver<Arc<Config>>>,
+    /// Bumped by the group's rebalances (`RunContext::rebalances`).
+    rebalances: Arc<AtomicU64>,
 }
 
-/// The main loop, until `shutdown` completes or an error stops it: messages from both
-/// consumers (fair shares), the API's decisions, reloaded configs, and the timers (every
-/// second, exactly-once's commits).
+/// The most messages taken off each consumer, and processed, per round of the loop.
+const BATCH: usize = 256;
+
+/// The main loop, until `shutdown` completes or an error stops it: messages from both consumers
+/// into the input buffers, processed in event-time order as their turn comes (`merge.rs`); the
+/// API's decisions, reloaded configs, and the timers (every second, exactly-once's commits).
 async fn event_loop(shell: &mut Shell<'_>, inputs: Inputs<'_>, idle_after: Duration, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let Inputs { requests: requests_consumer, control, wake, mut reload } = inputs;
+    let Inputs { requests: requests_consumer, control, control_from, wake, mut reload, rebalances } = inputs;
+    let cfg = shell.cfg();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut clock = Clock { ticks: 0, consumed_at_tick: 0, idle_since: Instant::now(), idle_after };
     let mut transaction_tick = tokio::time::interval(TRANSACTION_EVERY);
     transaction_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut streak = Streak::default();
+    let mut failing = Failing::default();
     tokio::pin!(shutdown);
+    let mut merge = InputMerge::new(cfg);
+    for ((topic, partition), from) in control_from {
+        merge.assign(cfg, &topic, partition, Source::Control, Some(from));
+    }
+    let mut rebalanced = Rebalanced { count: rebalances, seen: u64::MAX };
     // One stream per consumer for the whole run: a `recv()` per message would register and drop
     // a waker slot each time.
     let (mut requests, mut controls) = (requests_consumer.stream(), control.stream());
@@ -288,57 +307,90 @@ async fn event_loop(shell: &mut Shell<'_>, inputs: Inputs<'_>, idle_after: Durat
     let api_publish = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(api_publish);
     let mut api_armed = false;
+    // Armed when a partition holds the next message back: when to look again.
+    let held = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(held);
     loop {
+        rebalanced.sync(shell, &mut merge);
         // Control events wait until this instance knows whether it leads (see `control.rs`).
         let control_ready = shell.assigned();
-        // Fair shares: requests go first, but after CONTROL_EVERY of them in a row a ready
-        // control message does (neither consumer starves the other).
-        let due = if control_ready && streak.requests >= CONTROL_EVERY { controls.next().now_or_never().flatten() } else { None };
-        let msg = if let Some(m) = due {
-            m.map(|m| (m, Source::Control))
-        } else {
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => return Ok(()),
-                _ = tick.tick() => {
-                    clock.tick(shell).await?;
-                    continue;
-                }
-                _ = wake.notified(), if !api_armed => {
-                    api_armed = true;
-                    api_publish.as_mut().reset(tokio::time::Instant::now() + API_PUBLISH_AFTER);
-                    continue;
-                }
-                _ = &mut api_publish, if api_armed => {
-                    api_armed = false;
-                    shell.publish_api_outputs().await?;
-                    continue;
-                }
-                Some(new) = next_config(&mut reload) => {
-                    shell.reconfigure(new).await?;
-                    continue;
-                }
-                _ = transaction_tick.tick(), if shell.exactly_once() => {
-                    shell.commit_if_due().await?;
-                    continue;
-                }
-                Some(m) = requests.next() => m.map(|m| (m, Source::Requests)),
-                Some(m) = controls.next(), if control_ready => m.map(|m| (m, Source::Control)),
+        // What the consumers have ready, without waiting.
+        for _ in 0..BATCH {
+            if merge.full() {
+                break;
             }
-        };
-        match msg {
-            Ok((m, source)) => {
-                streak.handled(source);
-                shell.handle(&m, source).await?;
-                shell.handled().await?;
-                drop(m);
-                // Requests already waiting go without another round of the select (its timers
-                // and wake-ups cost more than a message), up to the control side's turn.
-                if source == Source::Requests {
-                    handle_waiting_requests(shell, &mut requests, &mut streak).await?;
+            match requests.next().now_or_never() {
+                Some(Some(Ok(m))) => {
+                    rebalanced.sync(shell, &mut merge);
+                    merge.push(cfg, &m, Source::Requests);
                 }
+                Some(Some(Err(e))) => failing.error(e).await?,
+                _ => break,
             }
-            Err(e) => streak.consumer_error(e).await?,
+        }
+        for _ in 0..BATCH {
+            if merge.full() || !control_ready {
+                break;
+            }
+            match controls.next().now_or_never() {
+                Some(Some(Ok(m))) => merge.push(cfg, &m, Source::Control),
+                Some(Some(Err(e))) => failing.error(e).await?,
+                _ => break,
+            }
+        }
+        // What may go now, in event-time order.
+        let (mut more, mut hold) = (false, None);
+        for i in 0..BATCH {
+            let left = |source: Source, topic: &std::ffi::CString, partition: i32, next: Option<i64>| match source {
+                Source::Requests => merge::left_to_read(requests_consumer, topic, partition, next),
+                Source::Control => merge::left_to_read(control, topic, partition, next),
+            };
+            match merge.next(Instant::now(), left) {
+                Next::Ready(r) => {
+                    failing.ok();
+                    shell.handle(r).await?;
+                    shell.handled().await?;
+                    more = i + 1 == BATCH;
+                }
+                Next::Wait(at) => {
+                    hold = Some(at);
+                    break;
+                }
+                Next::Empty => break,
+            }
+        }
+        if let Some(at) = hold {
+            held.as_mut().reset(tokio::time::Instant::from_std(at));
+        }
+        let reading = !merge.full();
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => return Ok(()),
+            _ = tick.tick() => clock.tick(shell).await?,
+            _ = wake.notified(), if !api_armed => {
+                api_armed = true;
+                api_publish.as_mut().reset(tokio::time::Instant::now() + API_PUBLISH_AFTER);
+            }
+            _ = &mut api_publish, if api_armed => {
+                api_armed = false;
+                shell.publish_api_outputs().await?;
+            }
+            Some(new) = next_config(&mut reload) => shell.reconfigure(new).await?,
+            _ = transaction_tick.tick(), if shell.exactly_once() => shell.commit_if_due().await?,
+            Some(m) = requests.next(), if reading => match m {
+                Ok(m) => {
+                    rebalanced.sync(shell, &mut merge);
+                    merge.push(cfg, &m, Source::Requests);
+                }
+                Err(e) => failing.error(e).await?,
+            },
+            Some(m) = controls.next(), if reading && control_ready => match m {
+                Ok(m) => merge.push(cfg, &m, Source::Control),
+                Err(e) => failing.error(e).await?,
+            },
+            _ = &mut held, if hold.is_some() => {}
+            // More may go without waiting: another round.
+            _ = std::future::ready(()), if more || !reading => {}
         }
     }
 }
@@ -377,23 +429,39 @@ impl Clock {
     }
 }
 
-/// Requests in a row (for the control side's turn), and since when only consumer errors came.
-#[derive(Default)]
-struct Streak {
-    requests: u32,
-    failing_since: Option<Instant>,
+/// The group's rebalances the input buffers have followed.
+struct Rebalanced {
+    count: Arc<AtomicU64>,
+    seen: u64,
 }
 
-impl Streak {
-    fn handled(&mut self, source: Source) {
-        self.failing_since = None;
-        self.requests = if source == Source::Requests { self.requests.saturating_add(1) } else { 0 };
+impl Rebalanced {
+    /// After a rebalance (checked before every requests message is taken in: the callbacks run
+    /// in the consumer's poll), the buffers drop what was revoked and take what is owned.
+    fn sync(&mut self, shell: &Shell<'_>, merge: &mut InputMerge) {
+        let now = self.count.load(Ordering::SeqCst);
+        if now != self.seen {
+            self.seen = now;
+            shell.sync_merge(merge);
+        }
+    }
+}
+
+/// Since when only consumer errors came.
+#[derive(Default)]
+struct Failing {
+    since: Option<Instant>,
+}
+
+impl Failing {
+    fn ok(&mut self) {
+        self.since = None;
     }
 
     /// librdkafka retries and reconnects by itself; say so and carry on, unless nothing but
     /// errors has come for CONSUMER_GIVE_UP.
-    async fn consumer_error(&mut self, e: KafkaError) -> Result<(), RunError> {
-        let since = *self.failing_since.get_or_insert_with(Instant::now);
+    async fn error(&mut self, e: KafkaError) -> Result<(), RunError> {
+        let since = *self.since.get_or_insert_with(Instant::now);
         if since.elapsed() >= CONSUMER_GIVE_UP {
             return Err(RunError::ConsumerDown(since.elapsed(), e));
         }
@@ -401,29 +469,6 @@ impl Streak {
         tokio::time::sleep(Duration::from_millis(100)).await;
         Ok(())
     }
-}
-
-/// Handles the requests already fetched, up to the control side's turn.
-async fn handle_waiting_requests(
-    shell: &mut Shell<'_>,
-    requests: &mut rdkafka::consumer::MessageStream<'_, RunContext>,
-    streak: &mut Streak,
-) -> Result<(), RunError> {
-    for _ in 1..CONTROL_EVERY {
-        let m = match requests.next().now_or_never() {
-            Some(Some(Ok(m))) => m,
-            Some(Some(Err(e))) => {
-                streak.failing_since.get_or_insert_with(Instant::now);
-                tracing::warn!(error = %e, "consumer error");
-                break;
-            }
-            _ => break,
-        };
-        streak.requests = streak.requests.saturating_add(1);
-        shell.handle(&m, Source::Requests).await?;
-        shell.handled().await?;
-    }
-    Ok(())
 }
 
 /// The last of shutdown: stores and commits the delivered offsets, leaves the group and stops

@@ -505,6 +505,7 @@ fn check_kafka(c: &Config, errors: &mut Vec<ConfigError>) {
     check(errors, k.replication_factor == -1 || k.replication_factor >= 1, "kafka.replication_factor", || {
         format!("expected -1 (the broker's default) or ≥ 1, got {}", k.replication_factor)
     });
+    check(errors, k.max_idle_ms <= 60_000, "kafka.max_idle_ms", || format!("expected 0..=60000 ms, got {}", k.max_idle_ms));
     let p = &k.partitions;
     for (name, n) in [
         ("requests", p.requests),

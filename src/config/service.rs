@@ -146,6 +146,10 @@ pub struct KafkaConfig {
     /// fire without events (an open breaker turns half-open); 0 turns it off. Replay is
     /// unaffected.
     pub wall_clock_after_idle_ms: u32,
+    /// Input alignment (`kafka/merge.rs`): how long (ms) an input partition with nothing to
+    /// read, whose event time is behind the next message, holds it back before it is excused
+    /// (Kafka Streams' `max.task.idle.ms`); 0 excuses it at once.
+    pub max_idle_ms: u32,
     /// Partitions of each created topic.
     pub partitions: TopicPartitions,
     /// librdkafka properties for every client, passed through as they are (security.protocol,
@@ -164,6 +168,7 @@ impl Default for KafkaConfig {
             control_lookback_s: 600,
             commit_interval_ms: 1000,
             wall_clock_after_idle_ms: 2000,
+            max_idle_ms: 250,
             partitions: TopicPartitions::default(),
             properties: BTreeMap::new(),
         }

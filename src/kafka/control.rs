@@ -97,6 +97,7 @@ pub fn assign(consumer: &StreamConsumer, cfg: &Config) -> Result<CatchUp, KafkaE
         };
         let silent_end = offset_in(&committed, &topic, p).map_or(start, |c| c.min(high)).max(start);
         resume.add_partition_offset(&topic, p, Offset::Offset(silent_end))?;
+        catch_up.resume.push(((topic.clone(), p), silent_end));
         if silent_end > start {
             catch_up.ranges.push(((topic, p), start, silent_end));
         }
@@ -109,6 +110,8 @@ pub fn assign(consumer: &StreamConsumer, cfg: &Config) -> Result<CatchUp, KafkaE
 #[derive(Debug, Default)]
 pub struct CatchUp {
     pub ranges: Vec<(Partition, i64, i64)>,
+    /// Where the main loop starts reading each partition.
+    pub resume: Vec<(Partition, i64)>,
 }
 
 /// Reads the ranges `assign` planned with a consumer of its own, folding them into `topology`

@@ -31,6 +31,8 @@ pub struct Metrics {
     prediction_error: GaugeVec,
     prediction_mae: GaugeVec,
     late_events: IntCounter,
+    /// Messages processed after an input's idle wait ran out with that input behind them.
+    pub control_behind: IntCounter,
     too_far_ahead: IntCounter,
     event_time: IntGauge,
     input_watermark: IntGauge,
@@ -126,6 +128,13 @@ impl Metrics {
                 "The lowest event time of the input partitions read so far (Unix seconds); event_time_seconds minus this is how far inputs are apart",
             )?,
         )?;
+        let control_behind = reg(
+            &registry,
+            IntCounter::new(
+                "aligned_after_idle_wait_total",
+                "Messages processed after waiting kafka.max_idle_ms for an input partition with nothing to read whose event time was behind them",
+            )?,
+        )?;
         let tracked_users = reg(&registry, IntGauge::new("tracked_users", "Users with limiter state in the requests partitions this instance owns")?)?;
         let outputs_by_kind = Output::TOPICS.iter().map(|k| outputs.with_label_values(&[*k])).collect();
         let decisions_by_tier =
@@ -155,6 +164,7 @@ impl Metrics {
             prediction_error,
             prediction_mae,
             late_events,
+            control_behind,
             too_far_ahead,
             event_time,
             input_watermark,

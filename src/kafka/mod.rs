@@ -1,4 +1,5 @@
-//! The live shell around the core: Kafka clients and topics, the per-message loop ([`shell`]),
+//! The live shell around the core: Kafka clients and topics, the input partitions' buffers and
+//! the choice of the next message in event time ([`merge`]), the per-message work ([`shell`]),
 //! partitions moving between instances ([`rebalance`], [`changelog`]), commit-after-delivery
 //! ([`deliveries`], [`offsets`]), the control topics ([`control`]), the state shared with the
 //! HTTP API ([`shared`]), Prometheus [`metrics`] and the wall [`clock`].
@@ -10,6 +11,7 @@ pub(crate) mod control;
 pub(crate) mod deliveries;
 pub mod error;
 pub(crate) mod leadership;
+pub(crate) mod merge;
 pub(crate) mod metrics;
 pub(crate) mod offsets;
 pub(crate) mod partitioner;

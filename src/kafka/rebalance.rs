@@ -48,6 +48,9 @@ pub struct RunContext {
     pub ready: Arc<std::sync::atomic::AtomicBool>,
     /// Where librdkafka's statistics put the consumer lag (`statistics.interval.ms`).
     pub metrics: Arc<crate::kafka::metrics::Metrics>,
+    /// Bumped by every revocation and assignment: the main loop syncs its input buffers
+    /// (`merge.rs`) before it takes in another message.
+    pub rebalances: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ClientContext for RunContext {
@@ -58,6 +61,7 @@ impl ClientContext for RunContext {
 
 impl ConsumerContext for RunContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match rebalance {
             Rebalance::Revoke(tpl) => tokio::task::block_in_place(|| self.on_revoke(consumer, tpl)),
             Rebalance::Assign(tpl) => tokio::task::block_in_place(|| self.on_assign(consumer, tpl)),
@@ -158,6 +162,9 @@ impl RunContext {
         let eager = !matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         shared.revoked.clear();
         for tp in revoked {
+            if tp.0 == self.requests_topic {
+                shared.revoked_since.push(tp.1);
+            }
             let processed = shared.processed.remove(tp);
             if tp.0 == self.requests_topic
                 && let Some(up_to) = shared.owned.remove(&tp.1)

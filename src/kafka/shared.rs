@@ -25,6 +25,9 @@ pub struct Shared {
     pub failed: Option<String>,
     /// Assignments received so far (an empty one counts).
     pub(super) assignments: u64,
+    /// Requests partitions revoked since the main loop last looked (`take_revoked`): its
+    /// buffered messages of those are the next owner's (or come again from the committed offset).
+    pub(super) revoked_since: Vec<i32>,
     /// Set when the pipeline stops on an error: outputs of processed messages may not have been
     /// delivered, so the revocation that closing the consumer brings commits nothing.
     pub no_commit: bool,
@@ -46,6 +49,7 @@ impl Shared {
             processed: FastMap::default(),
             failed: None,
             assignments: 0,
+            revoked_since: Vec::new(),
             no_commit: false,
             requests_partitions: 0,
             api_outputs: Vec::new(),
@@ -143,6 +147,11 @@ impl Shared {
     /// whether it leads, so it leaves the control topics unread.
     pub fn assigned(&self) -> bool {
         self.assignments > 0
+    }
+
+    /// The requests partitions revoked since the last call.
+    pub(crate) fn take_revoked(&mut self) -> Vec<i32> {
+        std::mem::take(&mut self.revoked_since)
     }
 
     /// Whether this instance owns partition 0 of the requests topic, and so publishes the control

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
@@ -18,10 +18,11 @@ use crate::core::topology::{Counted, TooFarAheadError};
 use crate::kafka::deliveries::{Deliveries, Origin, OutputProducer};
 pub use crate::kafka::error::{RunError, RunStats};
 use crate::kafka::leadership::{Change, Leadership, Transactions};
+use crate::kafka::merge::Ready;
 use crate::kafka::offsets::{Partition, StoredOffsets};
 use crate::kafka::rebalance::{self, RunContext};
 use crate::kafka::shared::{Shared, lock};
-use crate::wire::decode::{self, DecodeError};
+use crate::wire::decode::DecodeError;
 use crate::wire::dlq;
 use crate::wire::events::InputEvent;
 use crate::wire::outputs::Output;
@@ -40,6 +41,10 @@ fn output_topic<'a>(cfg: &'a Config, o: &Output) -> &'a str {
 /// The most of a bad input's value kept in its DLQ record (the producer refuses records over
 /// `message.max.bytes`, 1 MB by default).
 const DLQ_MAX_VALUE: usize = 512 * 1024;
+
+/// The header on a decision made after an input's idle wait ran out: how far (ms) that input's
+/// event time was behind the request's.
+pub const CONTROL_BEHIND: &str = "surgeguard.control_behind_ms";
 
 /// The origin of outputs no input offset waits for (the offset tracker knows no such partition).
 const UNTRACKED: (String, i32) = (String::new(), -1);
@@ -117,6 +122,41 @@ impl<'a> Shell<'a> {
     /// control topics unread: it cannot know whether it leads).
     pub(crate) fn assigned(&self) -> bool {
         lock(&self.shared).assigned()
+    }
+
+    /// After a rebalance: the input buffers drop what was revoked and take what is owned.
+    pub(crate) fn sync_merge(&self, merge: &mut crate::kafka::merge::InputMerge) {
+        let (owned, revoked) = {
+            let mut sh = lock(&self.shared);
+            (sh.owned_partitions(), sh.take_revoked())
+        };
+        // Where the consumer starts the partitions new to the buffers: their committed offsets
+        // (so a partition with nothing new is not taken for one with messages left to read).
+        let mut fresh: Vec<i32> = merge.new_requests(self.cfg, &owned);
+        fresh.extend(revoked.iter().filter(|p| owned.contains(p)));
+        let mut from = std::collections::HashMap::new();
+        if !fresh.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for &p in &fresh {
+                tpl.add_partition(&self.cfg.topics.requests, p);
+            }
+            let consumer = self.consumer;
+            match tokio::task::block_in_place(|| consumer.committed_offsets(tpl, Duration::from_secs(5))) {
+                Ok(c) => {
+                    for e in c.elements() {
+                        if let Offset::Offset(o) = e.offset() {
+                            from.insert(e.partition(), o);
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "committed offsets unknown: the buffers start without them"),
+            }
+        }
+        merge.own_requests(self.cfg, &owned, &revoked, |p| from.get(&p).copied());
+    }
+
+    pub(crate) fn cfg(&self) -> &'a Config {
+        self.cfg
     }
 
     /// Applies a reloaded config to the topology and publishes the limits it changes.
@@ -355,19 +395,19 @@ impl<'a> Shell<'a> {
         }
     }
 
-    /// Decodes, processes and publishes one input message.
-    pub(crate) async fn handle(&mut self, m: &BorrowedMessage<'_>, source: Source) -> Result<(), RunError> {
+    /// Processes and publishes one input message whose turn has come (`merge.rs`).
+    pub(crate) async fn handle(&mut self, ready: Ready) -> Result<(), RunError> {
+        let Ready { topic, partition, source, message, behind_ms } = ready;
         self.stats.consumed += 1;
         let started = Instant::now();
-        self.metrics.count_in(m.topic());
-        let tp: Partition = (m.topic().to_string(), m.partition());
-        let offset = m.offset();
-        let payload = m.payload().unwrap_or(&[]);
+        self.metrics.count_in(&topic);
+        let tp: Partition = (topic, partition);
+        let offset = message.offset;
         let input = self.cfg.topics.input_topic(&tp.0);
-        let decoded = match input {
-            Some(topic) => decode::decode(topic, payload),
-            None => Err(DecodeError::UnknownTopic(tp.0.clone())),
-        };
+        let decoded = message.decoded;
+        if behind_ms.is_some() {
+            self.metrics.control_behind.inc();
+        }
         let mut outs = std::mem::take(&mut self.outs);
         let mut snapshot = Vec::new();
         let gained;
@@ -433,12 +473,12 @@ impl<'a> Shell<'a> {
                 self.outs = outs;
                 // Control messages are every instance's: the leader dead-letters them.
                 if source == Source::Requests || self.leadership.leading() {
-                    self.dead_letter(m, &tp, offset, &e).await?;
+                    self.dead_letter(message.key.as_deref(), &message.payload, &tp, offset, &e).await?;
                 }
                 return Ok(());
             }
         };
-        let sent = self.publish_outputs(&tp, offset, source, &mut outs, holds).await;
+        let sent = self.publish_outputs(&tp, offset, source, &mut outs, holds, behind_ms).await;
         self.outs = outs;
         self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
         sent
@@ -446,7 +486,17 @@ impl<'a> Shell<'a> {
 
     /// Sends one input message's outputs (leaves `outs` empty). `holds`: the message also waits
     /// for a changelog record before its offset may be committed.
-    async fn publish_outputs(&mut self, tp: &Partition, offset: i64, source: Source, outs: &mut Vec<Output>, holds: bool) -> Result<(), RunError> {
+    /// `behind_ms`: the message waited for a control input past `kafka.max_idle_ms`, and that
+    /// input's time was this far behind it: its decisions say so in a header.
+    async fn publish_outputs(
+        &mut self,
+        tp: &Partition,
+        offset: i64,
+        source: Source,
+        outs: &mut Vec<Output>,
+        holds: bool,
+        behind_ms: Option<i64>,
+    ) -> Result<(), RunError> {
         // Other instances publish the control side's outputs only when they lead.
         if !self.leadership.leading() {
             if source == Source::Control {
@@ -463,19 +513,22 @@ impl<'a> Shell<'a> {
         }
         let mut sent = Ok(());
         for o in outs.drain(..) {
-            if sent.is_ok() {
-                sent = self.publish(&o, Box::new((tp.clone(), offset))).await;
+            if sent.is_err() {
+                continue;
             }
+            sent = match (behind_ms, &o) {
+                (Some(ms), Output::Decision(_)) => self.publish_with(&o, Box::new((tp.clone(), offset)), Some((CONTROL_BEHIND, ms.to_string()))).await,
+                _ => self.publish(&o, Box::new((tp.clone(), offset))).await,
+            };
         }
         sent
     }
 
-    pub(crate) async fn dead_letter(&mut self, m: &BorrowedMessage<'_>, tp: &Partition, offset: i64, e: &dlq::Reason) -> Result<(), RunError> {
+    pub(crate) async fn dead_letter(&mut self, key: Option<&[u8]>, payload: &[u8], tp: &Partition, offset: i64, e: &dlq::Reason) -> Result<(), RunError> {
         self.stats.dead_lettered += 1;
         self.metrics.dead_lettered.inc();
         self.begin(tp, offset, 1);
         tracing::debug!(topic = %tp.0, partition = tp.1, offset, error = %e.message, "to the DLQ");
-        let payload = m.payload().unwrap_or(&[]);
         let mut headers = OwnedHeaders::new();
         for (k, v) in dlq::headers(e, &tp.0, tp.1, offset) {
             headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
@@ -490,7 +543,7 @@ impl<'a> Shell<'a> {
         };
         let origin: Origin = Box::new((tp.clone(), offset));
         let mut record = BaseRecord::with_opaque_to(&self.cfg.topics.dlq, origin).payload(kept).headers(headers);
-        if let Some(k) = m.key() {
+        if let Some(k) = key {
             record = record.key(k);
         }
         self.send(record).await
@@ -595,10 +648,17 @@ impl<'a> Shell<'a> {
 
     /// Encodes and enqueues one output.
     pub(crate) async fn publish(&mut self, o: &Output, origin: Origin) -> Result<(), RunError> {
+        self.publish_with(o, origin, None).await
+    }
+
+    async fn publish_with(&mut self, o: &Output, origin: Origin, header: Option<(&str, String)>) -> Result<(), RunError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         o.write_json(&mut buf)?;
-        let record = BaseRecord::with_opaque_to(output_topic(self.cfg, o), origin).key(o.key().as_bytes()).payload(&buf[..]);
+        let mut record = BaseRecord::with_opaque_to(output_topic(self.cfg, o), origin).key(o.key().as_bytes()).payload(&buf[..]);
+        if let Some((key, value)) = &header {
+            record = record.headers(OwnedHeaders::new().insert(Header { key, value: Some(value.as_bytes()) }));
+        }
         let sent = self.send(record).await;
         self.buf = buf;
         sent

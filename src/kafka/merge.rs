@@ -1,0 +1,286 @@
+//! Input alignment (issue 18): every input partition's messages wait in a buffer of their own,
+//! and the pipeline takes the one with the lowest event time next, once every partition that may
+//! still hold an earlier one has shown its next event or is excused. This is Kafka Streams' task
+//! with several inputs (`PartitionGroup`, `max.task.idle.ms`): a request at `t` is decided after
+//! the telemetry, outcomes and admin actions before `t` were applied, however the consumers
+//! happen to deliver them (a backlog after an outage, one topic read ahead of another), so
+//! `run` decides as `replay` of the same events does.
+//!
+//! A partition whose buffer is empty and whose time is behind the next event holds it back
+//! while:
+//! - it has messages left to read (librdkafka's cached high watermark is past what it
+//!   delivered): the pipeline waits for them, at most `STALL` without any;
+//! - it has nothing to read: it may still get something stamped earlier (a producer a little
+//!   behind), so the pipeline waits `kafka.max_idle_ms` from when it ran dry, then excuses it
+//!   until its next message. The event that waited carries how far the excused partition's
+//!   time was behind it (a header on its decisions) and is counted.
+//!
+//! Undecodable messages have no time: they go at once when they reach the head of their
+//! partition (offsets stay in order). The buffers hold at most `MAX_BUFFERED` messages; when
+//! full, the lowest head goes without waiting.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::topic_partition_list::Offset;
+
+use crate::config::Config;
+use crate::kafka::shell::Source;
+use crate::wire::decode::{self, DecodeError};
+use crate::wire::events::{InputEvent, InputTopic};
+use crate::wire::time::Millis;
+
+/// The most messages held in the buffers together.
+pub(crate) const MAX_BUFFERED: usize = 50_000;
+
+/// The longest the pipeline waits for a partition that has messages left to read but delivers
+/// none.
+const STALL: Duration = Duration::from_secs(2);
+
+/// One message taken off a consumer, decoded, waiting for its turn.
+pub(crate) struct Buffered {
+    pub offset: i64,
+    pub key: Option<Box<[u8]>>,
+    pub payload: Box<[u8]>,
+    pub decoded: Result<InputEvent, DecodeError>,
+}
+
+impl Buffered {
+    /// Its event time; none for an undecodable message.
+    fn ts(&self) -> Option<Millis> {
+        self.decoded.as_ref().ok().map(InputEvent::ts)
+    }
+}
+
+/// The next message to process, with where it came from.
+pub(crate) struct Ready {
+    pub topic: String,
+    pub partition: i32,
+    pub source: Source,
+    pub message: Buffered,
+    /// This message waited `kafka.max_idle_ms` for a partition with nothing to read, whose time
+    /// was this far behind it (-1: it had no event yet), and went on without it.
+    pub behind_ms: Option<i64>,
+}
+
+/// What the merge can do now.
+pub(crate) enum Next {
+    Ready(Ready),
+    /// A partition holds the next message back: read more, or come back at the deadline.
+    Wait(Instant),
+    /// Nothing is buffered.
+    Empty,
+}
+
+struct Part {
+    topic: String,
+    c_topic: CString,
+    partition: i32,
+    source: Source,
+    buf: VecDeque<Buffered>,
+    /// The highest event time taken into the buffer.
+    time: Option<Millis>,
+    /// The offset after the last message taken in.
+    next_offset: Option<i64>,
+    /// When it was first seen with nothing to read and an empty buffer, since its last message.
+    dry_since: Option<Instant>,
+    /// When it was first seen holding back with messages left to read, since its last message.
+    stalled_since: Option<Instant>,
+    /// Excused until its next message.
+    excused: bool,
+}
+
+/// The input partitions' buffers and the choice of the next message.
+pub(crate) struct InputMerge {
+    parts: Vec<Part>,
+    index: HashMap<(InputTopic, i32), usize>,
+    buffered: usize,
+    max_idle: Duration,
+}
+
+impl InputMerge {
+    pub(crate) fn new(cfg: &Config) -> Self {
+        InputMerge { parts: Vec::new(), index: HashMap::new(), buffered: 0, max_idle: Duration::from_millis(u64::from(cfg.kafka.max_idle_ms)) }
+    }
+
+    /// Whether the buffers are full (the loop stops reading until they drain).
+    pub(crate) fn full(&self) -> bool {
+        self.buffered >= MAX_BUFFERED
+    }
+
+    /// A partition is read from now on, from `from` when known: until it shows an event, or is
+    /// excused, it holds back every later one.
+    pub(crate) fn assign(&mut self, cfg: &Config, topic: &str, partition: i32, source: Source, from: Option<i64>) {
+        let Some(input) = cfg.topics.input_topic(topic) else { return };
+        if self.index.contains_key(&(input, partition)) {
+            return;
+        }
+        let Ok(c_topic) = CString::new(topic) else { return };
+        self.index.insert((input, partition), self.parts.len());
+        self.parts.push(Part {
+            topic: topic.to_string(),
+            c_topic,
+            partition,
+            source,
+            buf: VecDeque::new(),
+            time: None,
+            next_offset: from,
+            dry_since: None,
+            stalled_since: None,
+            excused: false,
+        });
+    }
+
+    /// The requests partitions owned after a rebalance, and those revoked in it: the buffers of
+    /// revoked ones go (their next owner, this instance again or another, reads them from the
+    /// committed offset), the owned ones are assigned.
+    /// `from`: where the group's consumer starts each newly owned partition (its committed
+    /// offset), when known.
+    pub(crate) fn own_requests(&mut self, cfg: &Config, owned: &[i32], revoked: &[i32], from: impl Fn(i32) -> Option<i64>) {
+        let requests = cfg.topics.requests.as_str();
+        let gone: Vec<usize> = self
+            .parts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.source == Source::Requests && (!owned.contains(&p.partition) || revoked.contains(&p.partition)))
+            .map(|(i, _)| i)
+            .collect();
+        if !gone.is_empty() {
+            let mut kept = Vec::with_capacity(self.parts.len());
+            for (i, p) in std::mem::take(&mut self.parts).into_iter().enumerate() {
+                if gone.contains(&i) {
+                    self.buffered -= p.buf.len();
+                } else {
+                    kept.push(p);
+                }
+            }
+            self.parts = kept;
+            self.index = self.parts.iter().enumerate().filter_map(|(i, p)| cfg.topics.input_topic(&p.topic).map(|t| ((t, p.partition), i))).collect();
+        }
+        for &p in owned {
+            self.assign(cfg, requests, p, Source::Requests, from(p));
+        }
+    }
+
+    /// The requests partitions of `owned` it does not read yet.
+    pub(crate) fn new_requests(&self, cfg: &Config, owned: &[i32]) -> Vec<i32> {
+        let Some(t) = cfg.topics.input_topic(&cfg.topics.requests) else { return Vec::new() };
+        owned.iter().copied().filter(|p| !self.index.contains_key(&(t, *p))).collect()
+    }
+
+    /// Takes in a message: decoded now, buffered until its turn.
+    pub(crate) fn push(&mut self, cfg: &Config, m: &BorrowedMessage<'_>, source: Source) {
+        let topic = m.topic();
+        let input = cfg.topics.input_topic(topic);
+        if let Some(t) = input {
+            self.assign(cfg, topic, m.partition(), source, None);
+            if let Some(&i) = self.index.get(&(t, m.partition())) {
+                let payload = m.payload().unwrap_or(&[]);
+                let decoded = decode::decode(t, payload);
+                let b = Buffered { offset: m.offset(), key: m.key().map(Box::from), payload: Box::from(payload), decoded };
+                let p = &mut self.parts[i];
+                if let Some(ts) = b.ts() {
+                    p.time = p.time.max(Some(ts));
+                }
+                p.next_offset = Some(m.offset() + 1);
+                (p.dry_since, p.stalled_since, p.excused) = (None, None, false);
+                p.buf.push_back(b);
+                self.buffered += 1;
+                return;
+            }
+        }
+        tracing::warn!(topic, partition = m.partition(), "a message of a topic this pipeline does not read: skipped");
+    }
+
+    /// The next message to process, if every partition that could hold an earlier one has
+    /// shown its next, or is excused. `left_to_read` says whether a partition has messages
+    /// librdkafka has not delivered yet.
+    pub(crate) fn next(&mut self, now: Instant, mut left_to_read: impl FnMut(Source, &CString, i32, Option<i64>) -> bool) -> Next {
+        // The lowest head: undecodable heads (no time) first, then by time, requests before
+        // control events at the same time (a decision at `t` uses what was known before `t`; a
+        // sample stamped `t` did not exist yet when the request came).
+        let mut best: Option<(usize, Option<Millis>)> = None;
+        for (i, p) in self.parts.iter().enumerate() {
+            let Some(head) = p.buf.front() else { continue };
+            let key = |ts: Option<Millis>, source: Source| (ts.map(|t| t.0), source == Source::Control);
+            let ts = head.ts();
+            if best.is_none_or(|(j, bts)| key(ts, p.source) < key(bts, self.parts[j].source)) {
+                best = Some((i, ts));
+            }
+        }
+        let Some((bi, best_ts)) = best else { return Next::Empty };
+        let mut behind_ms = None;
+        if let Some(ts) = best_ts
+            && !self.full()
+        {
+            let mut wait: Option<Instant> = None;
+            let mut excused_now: Option<i64> = None;
+            for (i, p) in self.parts.iter_mut().enumerate() {
+                if i == bi || !p.buf.is_empty() || p.excused || p.time.is_some_and(|t| t >= ts) {
+                    continue;
+                }
+                if left_to_read(p.source, &p.c_topic, p.partition, p.next_offset) {
+                    p.dry_since = None;
+                    let since = *p.stalled_since.get_or_insert(now);
+                    if now.duration_since(since) >= STALL {
+                        tracing::warn!(topic = %p.topic, partition = p.partition, "a partition with messages left to read delivered none for {STALL:?}: going on without it");
+                        p.excused = true;
+                    } else {
+                        wait = Some(wait.map_or(since + STALL, |w| w.min(since + STALL)));
+                    }
+                } else {
+                    p.stalled_since = None;
+                    let since = *p.dry_since.get_or_insert(now);
+                    if now.duration_since(since) >= self.max_idle {
+                        p.excused = true;
+                        if !self.max_idle.is_zero() {
+                            // -1: it has had no event at all yet.
+                            let behind = p.time.map_or(-1, |t| ts.0.saturating_sub(t.0));
+                            excused_now = Some(excused_now.map_or(behind, |b| b.max(behind)));
+                        }
+                    } else {
+                        wait = Some(wait.map_or(since + self.max_idle, |w| w.min(since + self.max_idle)));
+                    }
+                }
+            }
+            if let Some(w) = wait {
+                return Next::Wait(w);
+            }
+            behind_ms = excused_now;
+        }
+        let p = &mut self.parts[bi];
+        let Some(message) = p.buf.pop_front() else { return Next::Empty };
+        self.buffered -= 1;
+        Next::Ready(Ready { topic: p.topic.clone(), partition: p.partition, source: p.source, message, behind_ms })
+    }
+}
+
+/// Whether `consumer` has messages of `topic`/`partition` it has not delivered yet: its cached
+/// high watermark (updated with every fetch response, no request to the broker) is past
+/// `next_offset` (else past its position). Unknown watermarks count as nothing to read.
+pub(crate) fn left_to_read<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+    topic: &CString,
+    partition: i32,
+    next_offset: Option<i64>,
+) -> bool {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid for the consumer's lifetime, the topic is a
+    // NUL-terminated string, and the out-pointers point to live locals.
+    let err = unsafe { rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic.as_ptr(), partition, &mut low, &mut high) };
+    if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+        return false;
+    }
+    let next = match next_offset {
+        Some(n) => n,
+        None => match consumer.position().ok().and_then(|tpl| tpl.find_partition(&topic.to_string_lossy(), partition).map(|e| e.offset())) {
+            Some(Offset::Offset(n)) => n,
+            // Not started yet: anything above the low watermark is there to read.
+            _ => low.max(0),
+        },
+    };
+    next < high
+}

@@ -52,6 +52,10 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
         "Kafka runtime only: `surgeguard run` moves event time to the wall clock when idle (tests/kafka_run.rs sees a breaker half-open without events); replay has event time only",
     ),
     (
+        "kafka.instance_name",
+        "Kafka runtime only: the group member's static name (tests/kafka_run.rs restarts a named instance after kill -9); replay has no group",
+    ),
+    (
         "kafka.max_idle_ms",
         "Kafka runtime only: how long `surgeguard run` waits for an input partition with nothing to read (tests/kafka_run.rs produces telemetry late); replay reads one ordered file",
     ),

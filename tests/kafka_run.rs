@@ -836,3 +836,28 @@ async fn an_input_with_nothing_to_read_is_waited_for_at_most_the_idle_wait() {
     assert!(!behind.is_empty(), "the decision that waited says the control view was behind");
     eprintln!("idle wait: {} decisions carry surgeguard.control_behind_ms ({:?})", behind.len(), &behind[..behind.len().min(3)]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+async fn a_named_instance_restarted_after_kill_9_decides_again_within_seconds() {
+    // Static membership: the restarted instance takes its partitions back without waiting out
+    // the killed member's session (45 s).
+    let p = Pipeline::with("static", "instance_name = \"surgeguard-0\"");
+    let ids = kill_9_mid_stream(&p, 50_000).await;
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let restarted = now_ms();
+    let second = p.start();
+    let mut seen = BTreeSet::new();
+    let decisions = read_until(&p.topic("decisions"), Duration::from_secs(120), |m| {
+        seen.extend(decided_ids(std::slice::from_ref(m)).into_keys());
+        seen.len() >= ids.len()
+    });
+    assert!(second.stop().success());
+    let decided = decided_ids(&decisions);
+    assert_eq!(ids.iter().filter(|id| !decided.contains_key(*id)).count(), 0, "requests without a decision after the restart");
+    // When the restarted instance produced its first decision (the records' own timestamps).
+    let first = decisions.iter().filter_map(|m| m.timestamp().to_millis()).filter(|&t| t >= restarted).min().expect("decisions after the restart");
+    let twice = decided.values().filter(|&&n| n > 1).count();
+    eprintln!("static membership: first decision {} ms after the restart; {twice} of {} requests decided twice", first - restarted, ids.len());
+    assert!(first - restarted < 20_000, "first decision {} ms after the restart (target 10 s; 45 s is the session timeout)", first - restarted);
+}

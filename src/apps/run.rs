@@ -41,13 +41,13 @@ use crate::core::topology::Topology;
 use crate::kafka::control;
 use crate::kafka::deliveries::{Deliveries, DeliveryContext, OutputProducer};
 use crate::kafka::leadership::TRANSACTION_EVERY;
-use crate::kafka::merge::{self, InputMerge, Next};
+use crate::kafka::merge::{self, InputMerge, Next, Source};
 use crate::kafka::metrics::Metrics;
 use crate::kafka::reach;
 use crate::kafka::rebalance::RunContext;
 use crate::kafka::shared::{Shared, lock};
+use crate::kafka::shell::Shell;
 pub use crate::kafka::shell::{RunError, RunStats};
-use crate::kafka::shell::{Shell, Source};
 use crate::kafka::topics;
 
 /// How long consumer errors may go on, without any message in between, before the service stops
@@ -227,6 +227,14 @@ impl Clients {
         if let Some(addr) = api {
             set_unless_configured(&mut config, "client.id", format!("surgeguard-api-{addr}"));
         }
+        // Offsets stored (after their outputs and the changelog are delivered) reach the group
+        // within a commit interval, not librdkafka's 5 s: less is decided twice after a crash.
+        set_unless_configured(&mut config, "auto.commit.interval.ms", cfg.kafka.commit_interval_ms.max(100).to_string());
+        // Static membership (KIP-345): a restarted instance with the same name gets its
+        // partitions back at once, without a rebalance or waiting out the dead member's session.
+        if !cfg.kafka.instance_name.is_empty() {
+            config.set("group.instance.id", &cfg.kafka.instance_name);
+        }
         let consumer: StreamConsumer<RunContext> = config
             .set("group.id", &cfg.kafka.group_id)
             // Exactly-once commits offsets in the transaction, never on its own.
@@ -239,13 +247,13 @@ impl Clients {
     }
 }
 
-/// The control side first: every partition of the control topics, from the lookback on, folded
-/// into the topology before this instance decides anything. Returns the shared state and the
-/// control consumer, positioned for the main loop.
 /// The control side rebuilt: the shared state, the control consumer, and where it resumes each
 /// partition.
 type ControlState = (Arc<Mutex<Shared>>, StreamConsumer, Vec<(crate::kafka::offsets::Partition, i64)>);
 
+/// The control side first: every partition of the control topics, from the lookback on, folded
+/// into the topology before this instance decides anything. Returns the shared state and the
+/// control consumer, positioned for the main loop.
 async fn rebuild_control_state(cfg: &Arc<Config>, clients: &Clients) -> Result<ControlState, RunError> {
     let group = &cfg.kafka.group_id;
     let control: StreamConsumer = clients.consumer_config.clone().set("group.id", group).set("enable.auto.commit", "false").create()?;
@@ -282,6 +290,10 @@ struct Inputs<'a> {
 /// The most messages taken off each consumer, and processed, per round of the loop.
 const BATCH: usize = 256;
 
+/// The most taken off each consumer in a round after one held back by a partition with messages
+/// left to read (in a backlog, its next messages sit behind other partitions' in the queue).
+const FILL_WHEN_HELD: usize = 4096;
+
 /// The main loop, until `shutdown` completes or an error stops it: messages from both consumers
 /// into the input buffers, processed in event-time order as their turn comes (`merge.rs`); the
 /// API's decisions, reloaded configs, and the timers (every second, exactly-once's commits).
@@ -310,12 +322,17 @@ async fn event_loop(shell: &mut Shell<'_>, inputs: Inputs<'_>, idle_after: Durat
     // Armed when a partition holds the next message back: when to look again.
     let held = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(held);
+    let mut held_at = None;
+    // Whether the last round was held back: the partition it waits for may be further down the
+    // consumer's queue, so this round takes in more.
+    let mut was_held = false;
     loop {
         rebalanced.sync(shell, &mut merge);
         // Control events wait until this instance knows whether it leads (see `control.rs`).
         let control_ready = shell.assigned();
         // What the consumers have ready, without waiting.
-        for _ in 0..BATCH {
+        let take = if was_held { FILL_WHEN_HELD } else { BATCH };
+        for _ in 0..take {
             if merge.full() {
                 break;
             }
@@ -328,7 +345,7 @@ async fn event_loop(shell: &mut Shell<'_>, inputs: Inputs<'_>, idle_after: Durat
                 _ => break,
             }
         }
-        for _ in 0..BATCH {
+        for _ in 0..take {
             if merge.full() || !control_ready {
                 break;
             }
@@ -340,12 +357,13 @@ async fn event_loop(shell: &mut Shell<'_>, inputs: Inputs<'_>, idle_after: Durat
         }
         // What may go now, in event-time order.
         let (mut more, mut hold) = (false, None);
+        let now = Instant::now();
         for i in 0..BATCH {
             let left = |source: Source, topic: &std::ffi::CString, partition: i32, next: Option<i64>| match source {
                 Source::Requests => merge::left_to_read(requests_consumer, topic, partition, next),
                 Source::Control => merge::left_to_read(control, topic, partition, next),
             };
-            match merge.next(Instant::now(), left) {
+            match merge.next(now, left) {
                 Next::Ready(r) => {
                     failing.ok();
                     shell.handle(r).await?;
@@ -359,7 +377,12 @@ async fn event_loop(shell: &mut Shell<'_>, inputs: Inputs<'_>, idle_after: Durat
                 Next::Empty => break,
             }
         }
-        if let Some(at) = hold {
+        was_held = hold.is_some();
+        // (A timer reset takes the timer driver's lock: only when the deadline moves.)
+        if let Some(at) = hold
+            && held_at != Some(at)
+        {
+            held_at = Some(at);
             held.as_mut().reset(tokio::time::Instant::from_std(at));
         }
         let reading = !merge.full();
@@ -570,11 +593,20 @@ pub struct RunArgs {
     /// Where the HTTP API listens (overrides `api.listen`; "" turns it off).
     #[arg(long)]
     pub api_listen: Option<String>,
+    /// This instance's name in the group, for fast restarts (overrides `kafka.instance_name`).
+    #[arg(long)]
+    pub instance_name: Option<String>,
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
-    let RunArgs { config, brokers, api_listen } = args;
+    let RunArgs { config, brokers, api_listen, instance_name } = args;
     let mut cfg = config.load()?;
+    if let Some(name) = instance_name {
+        anyhow::ensure!(crate::config::load::valid_instance_name(&name), "--instance-name {name:?}: {}", crate::config::load::INSTANCE_NAME_RULE);
+        let mut c = (*cfg).clone();
+        c.kafka.instance_name = name;
+        cfg = Arc::new(c);
+    }
     if let Some(listen) = &api_listen {
         anyhow::ensure!(
             listen.is_empty() || listen.parse::<std::net::SocketAddr>().is_ok(),

@@ -218,6 +218,7 @@ const SECTIONS: &str =
 pub const MANAGED_PROPERTIES: &[&str] = &[
     "bootstrap.servers",
     "group.id",
+    "group.instance.id",
     "enable.auto.commit",
     "enable.auto.offset.store",
     "auto.offset.reset",
@@ -505,6 +506,9 @@ fn check_kafka(c: &Config, errors: &mut Vec<ConfigError>) {
     check(errors, k.replication_factor == -1 || k.replication_factor >= 1, "kafka.replication_factor", || {
         format!("expected -1 (the broker's default) or ≥ 1, got {}", k.replication_factor)
     });
+    check(errors, k.instance_name.is_empty() || valid_instance_name(&k.instance_name), "kafka.instance_name", || {
+        format!("{INSTANCE_NAME_RULE}, got `{}`", k.instance_name)
+    });
     check(errors, k.max_idle_ms <= 60_000, "kafka.max_idle_ms", || format!("expected 0..=60000 ms, got {}", k.max_idle_ms));
     let p = &k.partitions;
     for (name, n) in [
@@ -526,6 +530,14 @@ fn check_kafka(c: &Config, errors: &mut Vec<ConfigError>) {
             "set by surgeguard itself (use kafka.brokers / kafka.group_id, or leave it out)".into()
         });
     }
+}
+
+/// What a `kafka.instance_name` may be.
+pub const INSTANCE_NAME_RULE: &str = "expected 1 to 249 of A-Z a-z 0-9 . _ - (a pod or host name)";
+
+/// Whether `name` can be a group member's `group.instance.id`.
+pub fn valid_instance_name(name: &str) -> bool {
+    (1..=249).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn names<T>(map: &BTreeMap<String, T>) -> String {

@@ -150,6 +150,9 @@ pub struct KafkaConfig {
     /// read, whose event time is behind the next message, holds it back before it is excused
     /// (Kafka Streams' `max.task.idle.ms`); 0 excuses it at once.
     pub max_idle_ms: u32,
+    /// This instance's name in the group (librdkafka's `group.instance.id`, KIP-345 static
+    /// membership), unique per instance and stable across its restarts; empty: none.
+    pub instance_name: String,
     /// Partitions of each created topic.
     pub partitions: TopicPartitions,
     /// librdkafka properties for every client, passed through as they are (security.protocol,
@@ -169,6 +172,7 @@ impl Default for KafkaConfig {
             commit_interval_ms: 1000,
             wall_clock_after_idle_ms: 2000,
             max_idle_ms: 250,
+            instance_name: String::new(),
             partitions: TopicPartitions::default(),
             properties: BTreeMap::new(),
         }

@@ -1,6 +1,8 @@
 //! Input alignment (issue 18): every input partition's messages wait in a buffer of their own,
 //! and the pipeline takes the one with the lowest event time next, once every partition that may
-//! still hold an earlier one has shown its next event or is excused. This is Kafka Streams' task
+//! still hold an earlier one has shown its next event or is excused. Requests partitions do not
+//! wait for one another: a request waits for the control inputs (outcomes, telemetry, admin), a
+//! control event for every input. This is Kafka Streams' task
 //! with several inputs (`PartitionGroup`, `max.task.idle.ms`): a request at `t` is decided after
 //! the telemetry, outcomes and admin actions before `t` were applied, however the consumers
 //! happen to deliver them (a backlog after an outage, one topic read ahead of another), so
@@ -28,7 +30,6 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::Offset;
 
 use crate::config::Config;
-use crate::kafka::shell::Source;
 use crate::wire::decode::{self, DecodeError};
 use crate::wire::events::{InputEvent, InputTopic};
 use crate::wire::time::Millis;
@@ -39,6 +40,15 @@ pub(crate) const MAX_BUFFERED: usize = 50_000;
 /// The longest the pipeline waits for a partition that has messages left to read but delivers
 /// none.
 const STALL: Duration = Duration::from_secs(2);
+
+/// Which consumer a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The group's consumer: a requests partition this instance owns.
+    Requests,
+    /// The control consumer: outcomes, telemetry, admin (every instance reads them all).
+    Control,
+}
 
 /// One message taken off a consumer, decoded, waiting for its turn.
 pub(crate) struct Buffered {
@@ -212,6 +222,7 @@ impl InputMerge {
             }
         }
         let Some((bi, best_ts)) = best else { return Next::Empty };
+        let best_is_request = self.parts[bi].source == Source::Requests;
         let mut behind_ms = None;
         if let Some(ts) = best_ts
             && !self.full()
@@ -219,21 +230,28 @@ impl InputMerge {
             let mut wait: Option<Instant> = None;
             let mut excused_now: Option<i64> = None;
             for (i, p) in self.parts.iter_mut().enumerate() {
-                if i == bi || !p.buf.is_empty() || p.excused || p.time.is_some_and(|t| t >= ts) {
+                // Requests partitions do not wait for each other (each user's requests are in
+                // one partition; as in Kafka Streams, where each is a task of its own): a request
+                // waits for the control inputs only, a control event for every input.
+                if i == bi || !p.buf.is_empty() || p.excused || p.time.is_some_and(|t| t >= ts) || (best_is_request && p.source == Source::Requests) {
                     continue;
                 }
-                if left_to_read(p.source, &p.c_topic, p.partition, p.next_offset) {
-                    p.dry_since = None;
-                    let since = *p.stalled_since.get_or_insert(now);
+                // Asked once per wait: a message for it ends the wait, and either wait is bounded.
+                if p.stalled_since.is_none() && p.dry_since.is_none() {
+                    if left_to_read(p.source, &p.c_topic, p.partition, p.next_offset) {
+                        p.stalled_since = Some(now);
+                    } else {
+                        p.dry_since = Some(now);
+                    }
+                }
+                if let Some(since) = p.stalled_since {
                     if now.duration_since(since) >= STALL {
                         tracing::warn!(topic = %p.topic, partition = p.partition, "a partition with messages left to read delivered none for {STALL:?}: going on without it");
                         p.excused = true;
                     } else {
                         wait = Some(wait.map_or(since + STALL, |w| w.min(since + STALL)));
                     }
-                } else {
-                    p.stalled_since = None;
-                    let since = *p.dry_since.get_or_insert(now);
+                } else if let Some(since) = p.dry_since {
                     if now.duration_since(since) >= self.max_idle {
                         p.excused = true;
                         if !self.max_idle.is_zero() {
@@ -259,8 +277,9 @@ impl InputMerge {
 }
 
 /// Whether `consumer` has messages of `topic`/`partition` it has not delivered yet: its cached
-/// high watermark (updated with every fetch response, no request to the broker) is past
-/// `next_offset` (else past its position). Unknown watermarks count as nothing to read.
+/// high watermark (updated with every fetch response, no request to the broker; the last stable
+/// offset under read_committed) is past both `next_offset` and its position. Unknown watermarks
+/// count as nothing to read.
 pub(crate) fn left_to_read<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
     consumer: &C,
     topic: &CString,
@@ -274,13 +293,140 @@ pub(crate) fn left_to_read<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext
     if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
         return false;
     }
-    let next = match next_offset {
-        Some(n) => n,
-        None => match consumer.position().ok().and_then(|tpl| tpl.find_partition(&topic.to_string_lossy(), partition).map(|e| e.offset())) {
-            Some(Offset::Offset(n)) => n,
-            // Not started yet: anything above the low watermark is there to read.
-            _ => low.max(0),
-        },
+    if next_offset.is_some_and(|n| n >= high) {
+        return false;
+    }
+    // The consumer's position also passes offsets it delivers no message for (transaction
+    // markers).
+    let position = match consumer.position().ok().and_then(|tpl| tpl.find_partition(&topic.to_string_lossy(), partition).map(|e| e.offset())) {
+        Some(Offset::Offset(n)) => Some(n),
+        _ => None,
     };
+    // Nothing known: anything above the low watermark is there to read.
+    let next = next_offset.max(position).unwrap_or(low.max(0));
     next < high
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::events::{RequestEvent, TelemetrySample};
+
+    fn request(ts: i64) -> InputEvent {
+        InputEvent::Request(RequestEvent {
+            id: format!("r{ts}").into(),
+            ts: Millis(ts),
+            user_id: "u".into(),
+            tier: "free".into(),
+            request_type: "standard".into(),
+            cost: 1,
+        })
+    }
+
+    fn sample(ts: i64) -> InputEvent {
+        InputEvent::Telemetry(TelemetrySample {
+            ts: Millis(ts),
+            source: "h".into(),
+            cpu: 0.5,
+            memory: 0.5,
+            db_connections_in_use: 1,
+            db_connections_max: 10,
+            queue_depth: None,
+            queue_capacity: None,
+        })
+    }
+
+    /// A merge over requests partitions 0 and 1 and telemetry partition 0, with `max_idle_ms`.
+    fn merge(max_idle_ms: u32) -> (Config, InputMerge) {
+        let mut cfg = Config::default();
+        cfg.kafka.max_idle_ms = max_idle_ms;
+        let mut m = InputMerge::new(&cfg);
+        let (requests, telemetry) = (cfg.topics.requests.clone(), cfg.topics.telemetry.clone());
+        m.assign(&cfg, &requests, 0, Source::Requests, Some(0));
+        m.assign(&cfg, &requests, 1, Source::Requests, Some(0));
+        m.assign(&cfg, &telemetry, 0, Source::Control, Some(0));
+        (cfg, m)
+    }
+
+    fn put(cfg: &Config, m: &mut InputMerge, topic: &str, partition: i32, event: Result<InputEvent, DecodeError>) {
+        let input = cfg.topics.input_topic(topic).expect("an input topic");
+        let i = m.index[&(input, partition)];
+        let p = &mut m.parts[i];
+        let offset = p.next_offset.unwrap_or(0);
+        if let Ok(e) = &event {
+            p.time = p.time.max(Some(e.ts()));
+        }
+        p.next_offset = Some(offset + 1);
+        (p.dry_since, p.stalled_since, p.excused) = (None, None, false);
+        p.buf.push_back(Buffered { offset, key: None, payload: Box::from(&b"{}"[..]), decoded: event });
+        m.buffered += 1;
+    }
+
+    /// (topic, partition, ts) of the next ready message; `None` when it must wait or nothing is
+    /// buffered. `left` says whether a partition has messages left to read.
+    fn next(m: &mut InputMerge, now: Instant, left: bool) -> Option<(String, i32, Option<i64>, Option<i64>)> {
+        match m.next(now, |_, _, _, _| left) {
+            Next::Ready(r) => Some((r.topic, r.partition, r.message.decoded.ok().map(|e| e.ts().0), r.behind_ms)),
+            Next::Wait(_) | Next::Empty => None,
+        }
+    }
+
+    #[test]
+    fn the_lowest_event_time_goes_first_across_partitions() {
+        let (cfg, mut m) = merge(250);
+        let (rq, tl) = (cfg.topics.requests.clone(), cfg.topics.telemetry.clone());
+        put(&cfg, &mut m, &rq, 0, Ok(request(5_000)));
+        put(&cfg, &mut m, &rq, 0, Ok(request(9_000)));
+        put(&cfg, &mut m, &rq, 1, Ok(request(7_000)));
+        put(&cfg, &mut m, &tl, 0, Ok(sample(6_000)));
+        put(&cfg, &mut m, &tl, 0, Ok(sample(10_000)));
+        let now = Instant::now();
+        let order: Vec<Option<i64>> = std::iter::from_fn(|| next(&mut m, now, false)).map(|r| r.2).collect();
+        // A request waits for the control inputs only (the sample at 10 s is there); the sample
+        // waits for both requests partitions, which have nothing after 9 s and 7 s and nothing
+        // to read.
+        assert_eq!(order, vec![Some(5_000), Some(6_000), Some(7_000), Some(9_000)]);
+        let later = now + Duration::from_millis(250);
+        let rest: Vec<(Option<i64>, Option<i64>)> = std::iter::from_fn(|| next(&mut m, later, false)).map(|r| (r.2, r.3)).collect();
+        // After the idle wait they are excused; the message that waited says by how much.
+        assert_eq!(rest, vec![(Some(10_000), Some(3_000))]);
+    }
+
+    #[test]
+    fn a_partition_with_messages_left_to_read_is_waited_for() {
+        let (cfg, mut m) = merge(0);
+        let rq = cfg.topics.requests.clone();
+        put(&cfg, &mut m, &rq, 0, Ok(request(5_000)));
+        let now = Instant::now();
+        // Telemetry and requests partition 1 have no event yet, and messages left to read.
+        assert!(matches!(m.next(now, |_, _, _, _| true), Next::Wait(at) if at == now + STALL));
+        // Even with no idle wait; until STALL without any message.
+        assert!(next(&mut m, now + STALL, true).is_some_and(|r| r.2 == Some(5_000) && r.3.is_none()));
+    }
+
+    #[test]
+    fn requests_go_before_control_events_of_the_same_time_and_undecodable_ones_at_once() {
+        let (cfg, mut m) = merge(250);
+        let (rq, tl) = (cfg.topics.requests.clone(), cfg.topics.telemetry.clone());
+        put(&cfg, &mut m, &tl, 0, Ok(sample(5_000)));
+        put(&cfg, &mut m, &rq, 0, Ok(request(5_000)));
+        put(&cfg, &mut m, &rq, 1, Err(DecodeError::UnknownTopic("x".into())));
+        put(&cfg, &mut m, &rq, 1, Ok(request(5_000)));
+        let now = Instant::now();
+        let got: Vec<(String, i32, Option<i64>)> = std::iter::from_fn(|| next(&mut m, now, false)).map(|r| (r.0, r.1, r.2)).collect();
+        assert_eq!(got, vec![(rq.clone(), 1, None), (rq.clone(), 0, Some(5_000)), (rq, 1, Some(5_000)), (tl, 0, Some(5_000))]);
+    }
+
+    #[test]
+    fn a_revoked_partition_loses_its_buffer_and_stops_holding_others_back() {
+        let (cfg, mut m) = merge(250);
+        let rq = cfg.topics.requests.clone();
+        put(&cfg, &mut m, &rq, 0, Ok(request(5_000)));
+        put(&cfg, &mut m, &rq, 1, Ok(request(1_000)));
+        m.own_requests(&cfg, &[0], &[1], |_| None);
+        assert_eq!(m.buffered, 1);
+        let tl = cfg.topics.telemetry.clone();
+        put(&cfg, &mut m, &tl, 0, Ok(sample(6_000)));
+        assert_eq!(next(&mut m, Instant::now(), false).map(|r| r.2), Some(Some(5_000)));
+    }
 }

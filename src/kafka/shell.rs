@@ -18,7 +18,7 @@ use crate::core::topology::{Counted, TooFarAheadError};
 use crate::kafka::deliveries::{Deliveries, Origin, OutputProducer};
 pub use crate::kafka::error::{RunError, RunStats};
 use crate::kafka::leadership::{Change, Leadership, Transactions};
-use crate::kafka::merge::Ready;
+use crate::kafka::merge::{Ready, Source};
 use crate::kafka::offsets::{Partition, StoredOffsets};
 use crate::kafka::rebalance::{self, RunContext};
 use crate::kafka::shared::{Shared, lock};
@@ -72,15 +72,6 @@ pub(crate) struct Shell<'a> {
     changelog_schedule: crate::kafka::changelog::FlushSchedule,
     changelog_epoch: Instant,
     metrics: Arc<crate::kafka::metrics::Metrics>,
-}
-
-/// Which consumer a message came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// The group's consumer: a requests partition this instance owns.
-    Requests,
-    /// The control consumer: outcomes, telemetry, admin (every instance reads them all).
-    Control,
 }
 
 impl<'a> Shell<'a> {

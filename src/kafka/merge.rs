@@ -109,11 +109,20 @@ pub(crate) struct InputMerge {
     index: HashMap<(InputTopic, i32), usize>,
     buffered: usize,
     max_idle: Duration,
+    /// How far behind the partitions excused after their idle wait were, while another still
+    /// held the message back: said with the message when it goes.
+    pending_behind: Option<i64>,
 }
 
 impl InputMerge {
     pub(crate) fn new(cfg: &Config) -> Self {
-        InputMerge { parts: Vec::new(), index: HashMap::new(), buffered: 0, max_idle: Duration::from_millis(u64::from(cfg.kafka.max_idle_ms)) }
+        InputMerge {
+            parts: Vec::new(),
+            index: HashMap::new(),
+            buffered: 0,
+            max_idle: Duration::from_millis(u64::from(cfg.kafka.max_idle_ms)),
+            pending_behind: None,
+        }
     }
 
     /// Whether the buffers are full (the loop stops reading until they drain).
@@ -228,7 +237,7 @@ impl InputMerge {
             && !self.full()
         {
             let mut wait: Option<Instant> = None;
-            let mut excused_now: Option<i64> = None;
+            let mut excused_now = self.pending_behind;
             for (i, p) in self.parts.iter_mut().enumerate() {
                 // Requests partitions do not wait for each other (each user's requests are in
                 // one partition; as in Kafka Streams, where each is a task of its own): a request
@@ -264,10 +273,11 @@ impl InputMerge {
                     }
                 }
             }
+            self.pending_behind = excused_now;
             if let Some(w) = wait {
                 return Next::Wait(w);
             }
-            behind_ms = excused_now;
+            behind_ms = self.pending_behind.take();
         }
         let p = &mut self.parts[bi];
         let Some(message) = p.buf.pop_front() else { return Next::Empty };
@@ -390,6 +400,26 @@ mod tests {
         let rest: Vec<(Option<i64>, Option<i64>)> = std::iter::from_fn(|| next(&mut m, later, false)).map(|r| (r.2, r.3)).collect();
         // After the idle wait they are excused; the message that waited says by how much.
         assert_eq!(rest, vec![(Some(10_000), Some(3_000))]);
+    }
+
+    #[test]
+    fn a_partition_excused_while_another_still_holds_the_message_is_said_when_it_goes() {
+        let (cfg, mut m) = merge(250);
+        let tl = cfg.topics.telemetry.clone();
+        put(&cfg, &mut m, &tl, 0, Ok(sample(10_000)));
+        let rq = cfg.topics.requests.clone();
+        put(&cfg, &mut m, &rq, 0, Ok(request(1_000)));
+        assert!(next(&mut m, Instant::now(), false).is_some_and(|r| r.2 == Some(1_000)));
+        // The sample at 10 s waits for requests partition 0 (dry, at 1 s) and 1 (with messages
+        // left to read): 0 is excused after the idle wait, 1 still holds it until STALL.
+        let now = Instant::now();
+        let mut left = |_: Source, _: &CString, p: i32, _: Option<i64>| p == 1;
+        assert!(matches!(m.next(now, &mut left), Next::Wait(_)));
+        assert!(matches!(m.next(now + Duration::from_millis(300), &mut left), Next::Wait(_)));
+        match m.next(now + STALL, &mut left) {
+            Next::Ready(r) => assert_eq!(r.behind_ms, Some(9_000), "partition 0 was 9 s behind"),
+            _ => panic!("not ready after STALL"),
+        }
     }
 
     #[test]

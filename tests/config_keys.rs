@@ -56,6 +56,10 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
         "Kafka runtime only: the group member's static name (tests/kafka_run.rs restarts a named instance after kill -9); replay has no group",
     ),
     (
+        "kafka.keep_first_decisions",
+        "Kafka runtime only: how `surgeguard run` decides requests processed again after a crash (tests/kafka_run.rs kills it twice); replay never processes a request twice",
+    ),
+    (
         "kafka.max_idle_ms",
         "Kafka runtime only: how long `surgeguard run` waits for an input partition with nothing to read (tests/kafka_run.rs produces telemetry late); replay reads one ordered file",
     ),

@@ -160,3 +160,48 @@ fn a_synchronous_decide_never_moves_the_pipelines_time() {
     assert_eq!(open(&t), Some("open"), "no timer fired");
     assert!(matches!(out.as_slice(), [Output::Decision(d)] if d.ts == start.plus_ms(4 * 60_000)), "{out:?}");
 }
+
+/// Requests partitions do not wait for each other, so one can be read far behind another (a
+/// backlog, a partition just taken over). Its users are forgotten as idle at its own time, not
+/// at the other's: a user who used up the quota is still throttled when their partition catches
+/// up, although another partition ran two hours ahead meanwhile.
+#[test]
+fn a_partition_read_behind_keeps_its_users_until_its_own_time_passes() {
+    use surgeguard::core::topology::Counted;
+    use surgeguard::wire::events::InputTopic;
+    use surgeguard::wire::outputs::DecisionKind;
+    let mut t = Topology::new(support::default_config());
+    let mut out = Vec::new();
+    let start = Surge::default().start;
+    let request = |i: usize, user: &str, ts: Millis| {
+        InputEvent::Request(RequestEvent {
+            id: format!("{user}-{i}").into(),
+            ts,
+            user_id: user.into(),
+            tier: "free".into(),
+            request_type: "standard".into(),
+            cost: 1,
+        })
+    };
+    let mut decide = |t: &mut Topology, partition: i32, e: InputEvent| {
+        out.clear();
+        t.process_from((InputTopic::Requests, partition), e, Counted::No, &mut out).expect("admitted");
+        out.iter().find_map(|o| match o {
+            Output::Decision(d) => Some(d.decision),
+            _ => None,
+        })
+    };
+    // User b, on partition 1, uses up the quota (and the grace) at the start.
+    let mut i = 0;
+    while decide(&mut t, 1, request(i, "b", start)) != Some(DecisionKind::Throttle) {
+        i += 1;
+        assert!(i < 100_000, "never throttled");
+    }
+    // Partition 0 runs two hours ahead, a minute at a time (sweeps run as time passes), its
+    // time moving within the skew.
+    for m in 1..=120 {
+        decide(&mut t, 0, request(m, "a", start.plus_ms(m as i64 * 60_000)));
+    }
+    // Partition 1 catches up: b's next request, a second later in b's time, is still over.
+    assert_eq!(decide(&mut t, 1, request(i + 1, "b", start.plus_ms(1_000))), Some(DecisionKind::Throttle), "b was forgotten at partition 0's time");
+}

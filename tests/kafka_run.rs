@@ -279,6 +279,12 @@ async fn decides_every_request_dead_letters_malformed_input_and_commits_after_de
     assert!(decided.values().all(|&n| n == 1), "a request was decided twice without a crash");
     let by_user: BTreeSet<_> = decisions.iter().map(|m| m.key().map(|k| k.to_vec())).collect();
     assert!(by_user.iter().all(|k| k.is_some()), "decisions are keyed by user_id");
+    // Time did not jump to 2099 in the middle: had it, every user would have been evicted as idle
+    // there, and the requests after it decided on a fresh quota.
+    let (want, _) = uninterrupted(&request_events(2000));
+    let got = first_decisions(&decisions);
+    let differ: Vec<_> = want.iter().filter(|(id, d)| got.get(*id) != Some(d)).take(3).collect();
+    assert!(differ.is_empty(), "decisions unlike an uninterrupted run's around the 2099 request, e.g. {differ:?}");
 
     // And one on each control topic, once the requests are in (with the wall clock off, the
     // very first event of a pipeline has nothing to be held against).
@@ -366,6 +372,76 @@ async fn every_request_is_decided_after_a_kill_9_mid_stream() {
     // not yet committed), or the check above proves little.
     let again = log_field_sum(&log, "stopped", "already_counted");
     assert!(again > 0, "the restarted service met no request its restored state had counted");
+}
+
+/// Two kill -9s in the middle of a stream that throttles (at different points), under
+/// at-least-once: every request is decided, each request's first decision is the one an
+/// uninterrupted instance gives it (so, taking the first decision per id, no user gets more than
+/// limit + grace in any window: the uninterrupted limiter never lets more through), and a request
+/// decided more than once got the same decision each time. The restarts read the first
+/// decisions of the uncommitted requests back from the decisions topic (`kafka.keep_first_decisions`).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+async fn re_decisions_after_two_kill_9s_equal_the_first_decisions() {
+    let p = Pipeline::new("twice");
+    let events = request_events(100_000);
+    let (want, _) = uninterrupted(&events);
+    assert!(want.values().filter(|d| d["decision"] == "throttle").count() > 1000, "the surge must throttle, or equal decisions would prove little");
+    let records = encoded(&events);
+    // Decisions in the topic, and distinct requests decided, now.
+    let decided_now = || {
+        let msgs = read_until(&p.topic("decisions"), Duration::from_secs(5), |_| false);
+        (msgs.len(), decided_ids(&msgs).len())
+    };
+    let first = p.start();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce(&p.topic("requests"), &records).await;
+    let mut n = 0;
+    read_until(&p.topic("decisions"), Duration::from_secs(60), |_| {
+        n += 1;
+        n >= 2000
+    });
+    first.kill9();
+    let (after_first, ids_first) = decided_now();
+    assert!(ids_first < want.len(), "the first instance had decided everything before its kill");
+    let log = |i: usize| std::env::temp_dir().join(format!("{}.restart{i}.log", p.prefix));
+    let second = p.start_logging_to(&log(1));
+    let mut n = 0;
+    read_until(&p.topic("decisions"), Duration::from_secs(60), |_| {
+        n += 1;
+        n >= after_first + 20_000
+    });
+    second.kill9();
+    let (after_second, ids_second) = decided_now();
+    assert!(ids_second < want.len(), "the second instance had decided everything before its kill");
+    let third = p.start_logging_to(&log(2));
+    let mut seen = BTreeSet::new();
+    let decisions = read_until(&p.topic("decisions"), Duration::from_secs(180), |m| {
+        seen.extend(decided_ids(std::slice::from_ref(m)).into_keys());
+        seen.len() >= want.len()
+    });
+    assert!(third.stop().success());
+    let got = first_decisions(&decisions);
+    let missing = want.keys().filter(|id| !got.contains_key(*id)).count();
+    assert_eq!(missing, 0, "requests without a decision");
+    let differ: Vec<_> = want.iter().filter(|(id, d)| got.get(*id) != Some(d)).collect();
+    // Every decision against its request's first (which equals itself).
+    let again = decisions.len() - got.len();
+    let again_differ = decisions
+        .iter()
+        .map(|m| serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or(b"{}")).expect("decision JSON"))
+        .filter(|v| got.get(v["request_id"].as_str().unwrap_or_default()) != Some(v))
+        .count();
+    let decided_before = log_field_sum(&log(1), "stopped", "decided_before") + log_field_sum(&log(2), "stopped", "decided_before");
+    eprintln!(
+        "{} requests, {} decisions read ({after_first} in the topic after the first kill, {after_second} after the second); first decisions unlike an uninterrupted run's: {}; decided again: {again}, of which unlike the first: {again_differ}; read back and not decided again (last instance): {decided_before}",
+        want.len(),
+        decisions.len(),
+        differ.len()
+    );
+    assert!(differ.is_empty(), "first decisions that differ from one uninterrupted instance's, e.g. {:?}", &differ[..differ.len().min(3)]);
+    assert_eq!(again_differ, 0, "re-decisions unlike the first decision of their request");
+    assert!(decided_before > 0, "the last restart read no first decision back: the test proves little");
 }
 
 /// The sum of a numeric field over the JSON log lines with this message.

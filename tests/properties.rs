@@ -215,6 +215,32 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(128))]
+
+    /// A request processed again after a crash is counted as its first decision said
+    /// (`Limiter::count_as`): counting every `check` verdict that way, on a limiter that starts
+    /// from the same state, gives the same verdicts and leaves the same state as `check`, whatever
+    /// the quota (it changes mid-run here, as adaptive limits do).
+    #[test]
+    fn counting_first_decisions_leaves_the_state_checking_left(case in limiter_case(), lowered in 0usize..40) {
+        let full = Quota { limit: case.limit, grace_allowance: case.grace, grace_window_ms: i64::from(case.grace_window_s) * 1000 };
+        let cut = Quota { limit: case.limit / 2, ..full };
+        let mut checked = Limiter::new(case.window_s, case.evict_idle_after_s);
+        let mut counted = Limiter::new(case.window_s, case.evict_idle_after_s);
+        let mut t = case.start;
+        for (i, s) in case.steps.iter().enumerate() {
+            t += s.gap_ms;
+            let quota = if i >= lowered { cut } else { full };
+            let user = USERS[s.user];
+            let v = checked.check(user, 0, Millis(t), s.cost, quota);
+            let again = counted.count_as(user, 0, Millis(t), s.cost, quota, v.kind);
+            prop_assert_eq!(again, v, "step {} ({}, cost {})", i, user, s.cost);
+            prop_assert_eq!(counted.export(user, 0), checked.export(user, 0), "state of {} after step {}", user, i);
+        }
+    }
+}
+
 // Failures proptest found in the limiter, kept as plain tests.
 
 /// `sweep` forgot a user 683 ms after their request although `evict_idle_after_s` was 1 s (it

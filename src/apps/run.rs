@@ -122,6 +122,7 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
         deliveries: clients.deliveries.clone(),
         requests_topic: cfg.topics.requests.clone(),
         changelog_topic: cfg.topics.changelog.clone(),
+        decisions_topic: clients.keep_first_decisions.then(|| cfg.topics.decisions.clone()),
         restore_client: clients.consumer_config.clone(),
         producer: clients.producer.clone(),
         restore_timeout: RESTORE_TIMEOUT,
@@ -135,6 +136,9 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
     let t = &cfg.topics;
     tracing::info!(brokers, group = %cfg.kafka.group_id, requests = %t.requests, control = ?[&t.outcomes, &t.telemetry, &t.admin], "consuming");
     let mut shell = Shell::new(&cfg, &consumer, &clients.producer, shared.clone(), clients.deliveries.clone(), metrics);
+    if clients.keep_first_decisions {
+        shell.keep_first_decisions();
+    }
     // Declared after the consumer, so dropped before it: an error exit marks the state so that
     // the revocation closing the consumer brings commits nothing.
     let mut exit_guard = NoCommitOnError { shared: shared.clone(), armed: true };
@@ -162,6 +166,8 @@ struct Clients {
     deliveries: Arc<Mutex<Deliveries>>,
     exactly_once: bool,
     requests_partitions: usize,
+    /// Re-decisions take the first decisions from the decisions topic (`first_decisions.rs`).
+    keep_first_decisions: bool,
 }
 
 impl Clients {
@@ -204,8 +210,18 @@ impl Clients {
             producer.begin_transaction()?;
             tracing::info!("exactly-once: outputs, limiter state and offsets commit together");
         }
-        let requests_partitions = check_changelog_partitions(&producer, &cfg.topics)?;
-        Ok(Clients { base, consumer_config, producer, deliveries, exactly_once, requests_partitions })
+        let Partitions { requests: requests_partitions, decisions } = check_changelog_partitions(&producer, &cfg.topics)?;
+        // Exactly-once needs none of it: a crash aborts the open transaction's decisions.
+        let keep_first_decisions = cfg.kafka.keep_first_decisions && !exactly_once && decisions == requests_partitions;
+        if cfg.kafka.keep_first_decisions && !exactly_once && !keep_first_decisions {
+            tracing::warn!(
+                decisions_topic = %cfg.topics.decisions,
+                decisions,
+                requests = requests_partitions,
+                "kafka.keep_first_decisions needs the decisions topic to have as many partitions as the requests topic: requests processed again after a crash are decided again"
+            );
+        }
+        Ok(Clients { base, consumer_config, producer, deliveries, exactly_once, requests_partitions, keep_first_decisions })
     }
 
     /// The group's consumer of the requests topic, subscribed.
@@ -519,6 +535,7 @@ async fn leave(mut shell: Shell<'_>, consumer: &StreamConsumer<RunContext>, api:
         produced = stats.produced,
         dead_lettered = stats.dead_lettered,
         already_counted = stats.already_counted,
+        decided_before = stats.decided_before,
         "stopped"
     );
     Ok(stats)
@@ -570,7 +587,15 @@ async fn start_api(cfg: &Config, state: ApiState) -> Result<Option<ApiTask>, Run
 
 /// Refuses to start when the changelog has fewer partitions than the requests topic; returns the
 /// requests topic's partition count.
-fn check_changelog_partitions(producer: &OutputProducer, t: &crate::config::TopicsConfig) -> Result<usize, RunError> {
+/// Partition counts `run` needs to know.
+struct Partitions {
+    requests: usize,
+    decisions: usize,
+}
+
+/// The requests and decisions topics' partition counts; an error when the changelog has fewer
+/// partitions than the requests topic.
+fn check_changelog_partitions(producer: &OutputProducer, t: &crate::config::TopicsConfig) -> Result<Partitions, RunError> {
     let count = |topic: &str| -> Result<usize, RunError> {
         let md = tokio::task::block_in_place(|| producer.client().fetch_metadata(Some(topic), Duration::from_secs(30)))?;
         Ok(md.topics().first().map_or(0, |m| m.partitions().len()))
@@ -579,7 +604,7 @@ fn check_changelog_partitions(producer: &OutputProducer, t: &crate::config::Topi
     if changelog < requests {
         return Err(RunError::ChangelogPartitions { changelog: t.changelog.clone(), has: changelog, requests: t.requests.clone(), needs: requests });
     }
-    Ok(requests)
+    Ok(Partitions { requests, decisions: count(&t.decisions)? })
 }
 
 /// `surgeguard run`.

@@ -153,6 +153,12 @@ pub struct KafkaConfig {
     /// This instance's name in the group (librdkafka's `group.instance.id`, KIP-345 static
     /// membership), unique per instance and stable across its restarts; empty: none.
     pub instance_name: String,
+    /// At-least-once: a request processed again after a crash or a rebalance whose first
+    /// decision reached the decisions topic is decided as it was then, and not published again
+    /// (`kafka/first_decisions.rs`). Needs the decisions topic co-partitioned with the requests
+    /// topic (as many partitions): decisions go to their request's partition number and carry
+    /// `surgeguard.input_offset`.
+    pub keep_first_decisions: bool,
     /// Partitions of each created topic.
     pub partitions: TopicPartitions,
     /// librdkafka properties for every client, passed through as they are (security.protocol,
@@ -173,6 +179,7 @@ impl Default for KafkaConfig {
             wall_clock_after_idle_ms: 2000,
             max_idle_ms: 250,
             instance_name: String::new(),
+            keep_first_decisions: true,
             partitions: TopicPartitions::default(),
             properties: BTreeMap::new(),
         }

@@ -213,6 +213,17 @@ impl Limiter {
         decide(&mut st, self.bucket_ms, idx, half, half_ms, now, cost, quota)
     }
 
+    /// Counts a request as it was decided before (`kind`), whatever `check` would say now: for a
+    /// request processed again after a crash whose first decision is in the decisions topic but
+    /// not in the restored state. `check`'s verdicts, counted this way on the state it started
+    /// from, leave the state `check` left.
+    pub fn count_as(&mut self, user_id: &str, request_type: u16, now: Millis, cost: u32, quota: Quota, kind: DecisionKind) -> Verdict {
+        let key = self.key(user_id, request_type);
+        let (idx, half, half_ms) = self.numbers(now, quota);
+        let st = self.users.entry(key).or_insert_with(|| UserState { head: idx, grace_half: half, grace_half_ms: half_ms as u32, ..UserState::default() });
+        count(st, self.bucket_ms, idx, half, half_ms, now, cost, quota, kind)
+    }
+
     /// Forgets keys idle for `evict_idle_after_s` as of `now`; returns how many were dropped.
     pub fn sweep(&mut self, now: Millis) -> usize {
         let before = self.users.len();
@@ -247,14 +258,7 @@ impl Limiter {
 /// The sliding-window check on one key's state (see `Limiter::check`).
 #[allow(clippy::too_many_arguments)]
 fn decide(st: &mut UserState, bucket_ms: i64, idx: u32, half: u32, half_ms: i64, now: Millis, cost: u32, quota: Quota) -> Verdict {
-    // Advance the ring to `idx` (never backwards), clearing buckets that fell out.
-    let ahead = idx.wrapping_sub(st.head) as i32;
-    if ahead > 0 {
-        for k in 1..=ahead.min(SLOTS as i32) as u32 {
-            st.counts[(st.head.wrapping_add(k) as usize) % SLOTS] = 0;
-        }
-        st.head = idx;
-    }
+    advance_ring(st, idx);
     let used: u64 = st.counts.iter().map(|&c| u64::from(c)).sum();
     let limit = u64::from(quota.limit);
     let cost64 = u64::from(cost);
@@ -274,6 +278,33 @@ fn decide(st: &mut UserState, bucket_ms: i64, idx: u32, half: u32, half_ms: i64,
 
     // Over the limit: try the grace allowance, counted over the current half grace window and
     // the two before it, a span that always covers (t − grace window, t].
+    advance_grace(st, half, half_ms);
+    let grace_used = u64::from(st.grace_cur) + u64::from(st.grace_prev) + u64::from(st.grace_prev2);
+    let allowance = u64::from(quota.grace_allowance);
+    let remaining = limit.saturating_sub(used) as u32;
+    let reset_s = reset_secs(st, now, bucket_ms);
+    // No allowance, no share to report (a tier without grace is not "running out" of it).
+    let share = |units: u64| (allowance > 0).then(|| (units as f64 / allowance as f64).min(1.0));
+    if grace_used + cost64 <= allowance {
+        st.grace_cur = st.grace_cur.saturating_add(cost);
+        return Verdict { kind: DecisionKind::AllowWithGrace, remaining, reset_s, grace_used: share(grace_used + cost64) };
+    }
+    Verdict { kind: DecisionKind::Throttle, remaining, reset_s, grace_used: share(grace_used) }
+}
+
+/// Moves the ring to bucket `idx` (never backwards), clearing the buckets that fell out.
+fn advance_ring(st: &mut UserState, idx: u32) {
+    let ahead = idx.wrapping_sub(st.head) as i32;
+    if ahead > 0 {
+        for k in 1..=ahead.min(SLOTS as i32) as u32 {
+            st.counts[(st.head.wrapping_add(k) as usize) % SLOTS] = 0;
+        }
+        st.head = idx;
+    }
+}
+
+/// Moves the grace halves to half window `half` of length `half_ms` (never backwards).
+fn advance_grace(st: &mut UserState, half: u32, half_ms: i64) {
     if st.grace_half_ms != half_ms as u32 {
         // The user's tier (and so its grace window) changed: the half numbers were counted on
         // another scale. Keep all grace used so far, counted as the previous half of the new
@@ -296,17 +327,41 @@ fn decide(st: &mut UserState, bucket_ms: i64, idx: u32, half: u32, half_ms: i64,
         st.grace_cur = 0;
         st.grace_half = half;
     }
-    let grace_used = u64::from(st.grace_cur) + u64::from(st.grace_prev) + u64::from(st.grace_prev2);
-    let allowance = u64::from(quota.grace_allowance);
-    let remaining = limit.saturating_sub(used) as u32;
-    let reset_s = reset_secs(st, now, bucket_ms);
-    // No allowance, no share to report (a tier without grace is not "running out" of it).
-    let share = |units: u64| (allowance > 0).then(|| (units as f64 / allowance as f64).min(1.0));
-    if grace_used + cost64 <= allowance {
-        st.grace_cur = st.grace_cur.saturating_add(cost);
-        return Verdict { kind: DecisionKind::AllowWithGrace, remaining, reset_s, grace_used: share(grace_used + cost64) };
+}
+
+/// Counts a request of `cost` as `kind` decided it (`Limiter::count_as`), moving the state
+/// exactly as `decide` did when it gave `kind`, and what the state says after it.
+#[allow(clippy::too_many_arguments)]
+fn count(st: &mut UserState, bucket_ms: i64, idx: u32, half: u32, half_ms: i64, now: Millis, cost: u32, quota: Quota, kind: DecisionKind) -> Verdict {
+    advance_ring(st, idx);
+    let used: u64 = st.counts.iter().map(|&c| u64::from(c)).sum();
+    let (limit, cost64, allowance) = (u64::from(quota.limit), u64::from(cost), u64::from(quota.grace_allowance));
+    let grace_share = |st: &UserState| {
+        let g = u64::from(st.grace_cur) + u64::from(st.grace_prev) + u64::from(st.grace_prev2);
+        (allowance > 0).then(|| (g as f64 / allowance as f64).min(1.0))
+    };
+    let mut grace_used = None;
+    match kind {
+        DecisionKind::Allow => {
+            let slot = &mut st.counts[(st.head as usize) % SLOTS];
+            *slot = slot.saturating_add(cost);
+        }
+        DecisionKind::AllowWithGrace => {
+            advance_grace(st, half, half_ms);
+            st.grace_cur = st.grace_cur.saturating_add(cost);
+            grace_used = grace_share(st);
+        }
+        // `decide` looks at the grace halves (and moves them) only for a request within the limit
+        // that the window has no room for.
+        DecisionKind::Throttle if cost64 <= limit && used + cost64 > limit => {
+            advance_grace(st, half, half_ms);
+            grace_used = grace_share(st);
+        }
+        DecisionKind::Throttle => {}
     }
-    Verdict { kind: DecisionKind::Throttle, remaining, reset_s, grace_used: share(grace_used) }
+    let used_after: u64 = st.counts.iter().map(|&c| u64::from(c)).sum();
+    let remaining = limit.saturating_sub(used_after) as u32;
+    Verdict { kind, remaining, reset_s: reset_secs(st, now, bucket_ms), grace_used }
 }
 
 /// Seconds until the newest counted bucket leaves the checked span (full quota again).

@@ -18,7 +18,7 @@ use crate::core::adaptive::AdaptiveLimits;
 use crate::core::breaker::Breaker;
 use crate::core::breakers::Breakers;
 use crate::core::health::HealthView;
-use crate::core::limiter::{ImportError, Limiter, Quota, SavedState};
+use crate::core::limiter::{ImportError, Limiter, Quota, SavedState, Verdict};
 use crate::core::monitor::Monitor;
 use crate::core::predictor::{Predictor, Step};
 use crate::core::strategy::StrategyTable;
@@ -74,6 +74,10 @@ pub enum Counted {
     /// Processed again after a restart or rebalance, and the state restored from the changelog
     /// already holds it.
     Already,
+    /// Processed again after a restart or rebalance, and decided before: its first decision
+    /// (`kind`) reached the decisions topic. It is decided as it was then, and counted that way
+    /// unless the restored state holds it already (`counted`).
+    Decided { kind: DecisionKind, counted: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -524,14 +528,34 @@ impl Topology {
                 self.limits.expire_overrides(now, &mut updates);
                 self.push_limits(updates, out);
                 if now >= self.next_sweep {
-                    let evicted: usize = self.limiters.iter_mut().flatten().map(|l| l.sweep(now)).sum();
-                    self.counters.evicted_users += evicted as u64;
+                    self.sweep_limiters(now);
                     self.next_sweep = now.plus_ms(self.sweep_every_ms);
                 }
                 self.predict(now, None, out);
             }
             Some(_) => {}
         }
+    }
+
+    /// Forgets idle users. Each requests partition's limiter is swept at its own time when the
+    /// input partitions are tracked (`process_from`): requests partitions do not wait for each
+    /// other, and a partition read behind the others (a backlog, a partition just taken over)
+    /// must not lose its users as idle at the others' time. One not read yet keeps its
+    /// (restored) users until it is. Without tracking (`process`), at `now`.
+    fn sweep_limiters(&mut self, now: Millis) {
+        let tracked = !self.inputs.is_empty();
+        let mut evicted = 0;
+        for (p, limiter) in self.limiters.iter_mut().enumerate() {
+            let Some(limiter) = limiter else { continue };
+            let at = match i32::try_from(p) {
+                Ok(p) if tracked => self.inputs.partition_time((InputTopic::Requests, p)).map(|t| t.min(now)),
+                _ => Some(now),
+            };
+            if let Some(at) = at {
+                evicted += limiter.sweep(at);
+            }
+        }
+        self.counters.evicted_users += evicted as u64;
     }
 
     /// Moves the predictor to `now` (counting `requests` there, if any) and publishes what its
@@ -587,7 +611,7 @@ impl Topology {
 
     fn on_request(&mut self, partition: i32, counted: Counted, ev: RequestEvent, out: &mut Vec<Output>) {
         // Counted once: a request the restored state already holds was counted before.
-        let demand = (counted == Counted::No).then_some(self.demand_weight);
+        let demand = matches!(counted, Counted::No | Counted::Decided { counted: false, .. }).then_some(self.demand_weight);
         self.predict(ev.ts, demand, out);
         self.limit_request(partition, counted, ev, out);
     }
@@ -626,6 +650,8 @@ impl Topology {
         let v = match counted {
             Counted::No => limiter.check(&ev.user_id, rt as u16, ev.ts, ev.cost, quota),
             Counted::Already => limiter.peek(&ev.user_id, rt as u16, ev.ts, ev.cost, quota),
+            Counted::Decided { kind, counted: false } => limiter.count_as(&ev.user_id, rt as u16, ev.ts, ev.cost, quota, kind),
+            Counted::Decided { kind, counted: true } => Verdict { kind, ..limiter.peek(&ev.user_id, rt as u16, ev.ts, ev.cost, quota) },
         };
         let severity = self.limits.severity();
         let strategy = match v.kind {

@@ -37,5 +37,7 @@ pub struct RunStats {
     pub dead_lettered: u64,
     /// Requests decided again without being counted: the restored changelog state held them.
     pub already_counted: u64,
+    /// Requests processed again whose first decision was read back from the decisions topic.
+    pub decided_before: u64,
     pub produced: u64,
 }

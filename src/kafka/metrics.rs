@@ -37,6 +37,10 @@ pub struct Metrics {
     event_time: IntGauge,
     input_watermark: IntGauge,
     tracked_users: IntGauge,
+    /// Requests processed again whose first decision was found in the decisions topic.
+    pub decided_before: IntCounter,
+    /// First decisions read back and still waiting for their requests (set every second).
+    pub first_decisions_held: IntGauge,
 }
 
 /// Registers `c` with `registry` and hands it back.
@@ -136,6 +140,17 @@ impl Metrics {
             )?,
         )?;
         let tracked_users = reg(&registry, IntGauge::new("tracked_users", "Users with limiter state in the requests partitions this instance owns")?)?;
+        let decided_before = reg(
+            &registry,
+            IntCounter::new(
+                "decided_before_total",
+                "Requests processed again after a crash or rebalance whose first decision was read back from the decisions topic (decided as then, not published again)",
+            )?,
+        )?;
+        let first_decisions_held = reg(
+            &registry,
+            IntGauge::new("first_decisions_held", "First decisions read back from the decisions topic whose requests have not come again yet")?,
+        )?;
         let outputs_by_kind = Output::TOPICS.iter().map(|k| outputs.with_label_values(&[*k])).collect();
         let decisions_by_tier =
             cfg.tiers.keys().map(|t| (t.clone(), DecisionKind::ALL.map(|k| decisions.with_label_values(&[decision_label(k), t])))).collect();
@@ -169,6 +184,8 @@ impl Metrics {
             event_time,
             input_watermark,
             tracked_users,
+            decided_before,
+            first_decisions_held,
         })
     }
 

@@ -1,6 +1,7 @@
 //! The live shell around the core: Kafka clients and topics, the input partitions' buffers and
 //! the choice of the next message in event time ([`merge`]), the per-message work ([`shell`]),
-//! partitions moving between instances ([`rebalance`], [`changelog`]), commit-after-delivery
+//! partitions moving between instances ([`rebalance`], [`changelog`], the re-decisions of
+//! [`first_decisions`]), commit-after-delivery
 //! ([`deliveries`], [`offsets`]), the control topics ([`control`]), the state shared with the
 //! HTTP API ([`shared`]), Prometheus [`metrics`] and the wall [`clock`].
 
@@ -10,6 +11,7 @@ pub(crate) mod clock;
 pub(crate) mod control;
 pub(crate) mod deliveries;
 pub mod error;
+pub mod first_decisions;
 pub(crate) mod leadership;
 pub(crate) mod merge;
 pub(crate) mod metrics;

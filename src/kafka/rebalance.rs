@@ -27,6 +27,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
 use crate::kafka::changelog;
+use crate::kafka::first_decisions;
 use crate::kafka::deliveries::{Deliveries, Origin, OutputProducer};
 use crate::kafka::offsets::{FastMap, Partition};
 use crate::kafka::shared::{Shared, lock};
@@ -37,6 +38,10 @@ pub struct RunContext {
     pub deliveries: Arc<Mutex<Deliveries>>,
     pub requests_topic: String,
     pub changelog_topic: String,
+    /// At-least-once with `kafka.keep_first_decisions` (and the decisions topic co-partitioned
+    /// with the requests topic): the decisions topic, read back on assignment
+    /// (`first_decisions.rs`).
+    pub decisions_topic: Option<String>,
     /// Client settings for the changelog reader (brokers, pass-through properties).
     pub restore_client: ClientConfig,
     pub producer: OutputProducer,
@@ -99,6 +104,7 @@ impl RunContext {
                 deliveries.forget(tp);
                 shared.processed.remove(tp);
                 if tp.0 == self.requests_topic && shared.owned.remove(&tp.1).is_some() {
+                    shared.first.remove(&tp.1);
                     shared.topology.drop_partition(tp.1);
                     shared.changelog.drop_partition(tp.1);
                 }
@@ -179,6 +185,7 @@ impl RunContext {
                     };
                     shared.revoked.insert(tp.1, counted);
                 } else {
+                    shared.first.remove(&tp.1);
                     shared.topology.drop_partition(tp.1);
                 }
             }
@@ -219,7 +226,7 @@ impl RunContext {
         self.ready.store(!failed, std::sync::atomic::Ordering::SeqCst);
     }
 
-    fn assign(&self, _consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let mut shared = lock(&self.shared);
         shared.assignments += 1;
         let assigned: HashSet<i32> = tpl.elements().iter().filter(|e| e.topic() == self.requests_topic).map(|e| e.partition()).collect();
@@ -234,6 +241,7 @@ impl RunContext {
         }
         let gone: Vec<i32> = shared.revoked.drain().map(|(p, _)| p).collect();
         for p in gone {
+            shared.first.remove(&p);
             shared.topology.drop_partition(p);
         }
         to_restore.sort_unstable();
@@ -256,7 +264,63 @@ impl RunContext {
             Err(e) => {
                 tracing::error!(error = %e, "restoring limiter state failed");
                 shared.failed = Some(e.to_string());
+                return;
             }
+        }
+        if let Some(decisions) = &self.decisions_topic {
+            self.read_first_decisions(consumer, &mut shared, decisions, &to_restore);
+        }
+    }
+
+    /// The first decisions of the requests after the committed offsets of `partitions`, read
+    /// back from the decisions topic (`first_decisions.rs`). Without them (a failed read), those
+    /// requests are decided again, as they were before this existed: logged, not fatal.
+    fn read_first_decisions(&self, consumer: &BaseConsumer<Self>, shared: &mut Shared, decisions: &str, partitions: &[i32]) {
+        let started = std::time::Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition(&self.requests_topic, p);
+        }
+        let committed = match consumer.committed_offsets(tpl, self.restore_timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "committed offsets unknown: requests processed again are decided again");
+                return;
+            }
+        };
+        let mut from = Vec::new();
+        for &p in partitions {
+            let c = match committed.find_partition(&self.requests_topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                // Nothing committed yet: the group starts at the earliest offset.
+                _ => match consumer.fetch_watermarks(&self.requests_topic, p, self.restore_timeout) {
+                    Ok((low, _)) => low,
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "requests partition start unknown: its requests are decided again");
+                        continue;
+                    }
+                },
+            };
+            from.push((p, c));
+        }
+        match first_decisions::read_tails(&self.restore_client, decisions, &from, self.restore_timeout) {
+            Ok(tails) => {
+                let (mut read, mut kept) = (0, 0);
+                for (p, back) in tails {
+                    read += back.read;
+                    kept += back.tail.len();
+                    if back.cut {
+                        tracing::warn!(partition = p, read = back.read, "decisions read back to the limit without meeting the committed offset: older requests are decided again");
+                    }
+                    if back.tail.is_empty() {
+                        shared.first.remove(&p);
+                    } else {
+                        shared.first.insert(p, back.tail);
+                    }
+                }
+                tracing::info!(partitions = ?partitions, read, kept, took = ?started.elapsed(), "first decisions of the uncommitted requests read back");
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the decisions back failed: requests processed again are decided again"),
         }
     }
 }
@@ -398,5 +462,24 @@ mod tests {
         assert_eq!(sh.counted(0, 13, Some(("a", "standard"))), Some(Counted::No));
         assert_eq!(sh.counted(0, 12, Some(("a", "standard"))), Some(Counted::No), "past the restored offsets the per-key map is gone");
         assert_eq!(sh.counted(1, 1, None), None, "not owned");
+    }
+
+    #[test]
+    fn a_request_with_a_first_decision_is_decided_as_then_and_counted_once() {
+        use crate::kafka::first_decisions::Tail;
+        use crate::wire::outputs::DecisionKind::{Allow, Throttle};
+        let mut sh = Shared::new(Topology::new(std::sync::Arc::new(Config::default())));
+        let mut counted = CountedUpTo::default();
+        counted.record(changelog::key("standard", "a"), 11);
+        sh.owned.insert(0, counted);
+        sh.first.insert(0, Tail::from_read([(10, Allow), (11, Throttle), (12, Allow), (14, Throttle)], 10));
+        assert_eq!(sh.counted(0, 10, Some(("a", "standard"))), Some(Counted::Decided { kind: Allow, counted: true }));
+        assert_eq!(sh.counted(0, 11, Some(("b", "standard"))), Some(Counted::Decided { kind: Throttle, counted: false }));
+        assert_eq!(sh.counted(0, 12, None), Some(Counted::No), "not a request (dead-lettered this time)");
+        assert_eq!(sh.counted(0, 13, Some(("a", "standard"))), Some(Counted::No), "never decided");
+        assert_eq!(sh.first_decisions_held(), 1);
+        assert_eq!(sh.counted(0, 14, Some(("a", "standard"))), Some(Counted::Decided { kind: Throttle, counted: false }));
+        assert_eq!(sh.first_decisions_held(), 0);
+        assert!(sh.first.is_empty(), "an emptied tail goes");
     }
 }

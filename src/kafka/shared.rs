@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use crate::core::topology::{Counted, Topology};
 use crate::kafka::changelog::{self, CountedUpTo, Outgoing};
 use crate::kafka::deliveries::Deliveries;
+use crate::kafka::first_decisions::Tail;
 use crate::kafka::offsets::{FastMap, Partition};
 
 /// The pipeline's state, shared by the main loop and the rebalance callbacks.
@@ -17,6 +18,10 @@ pub struct Shared {
     pub(super) owned: FastMap<i32, CountedUpTo>,
     /// Partitions revoked in the last eager rebalance, with what `owned` had for them.
     pub(super) revoked: HashMap<i32, CountedUpTo>,
+    /// Per requests partition assigned since the last crash or rebalance, the first decisions
+    /// of the requests after its committed offset, read back from the decisions topic
+    /// (`first_decisions.rs`); emptied as those requests come again.
+    pub(super) first: FastMap<i32, Tail>,
     /// Limiter state changed since the last changelog flush.
     pub changelog: changelog::Pending,
     /// The last offset processed per input partition: committed when the partition is revoked.
@@ -44,6 +49,7 @@ impl Shared {
         Shared {
             topology,
             owned: FastMap::default(),
+            first: FastMap::default(),
             revoked: HashMap::new(),
             changelog: changelog::Pending::default(),
             processed: FastMap::default(),
@@ -71,18 +77,37 @@ impl Shared {
     /// fetched before it was revoked).
     pub fn counted(&mut self, partition: i32, offset: i64, user: Option<(&str, &str)>) -> Option<Counted> {
         let up_to = self.owned.get_mut(&partition)?;
-        if up_to.through().is_none_or(|t| offset > t) {
+        let first = match self.first.get_mut(&partition) {
+            Some(tail) => {
+                let kind = tail.take(offset);
+                if tail.is_empty() {
+                    self.first.remove(&partition);
+                }
+                kind
+            }
+            None => None,
+        };
+        let already = if up_to.through().is_none_or(|t| offset > t) {
             // Past everything restored: nothing further is counted already, so the per-key
             // offsets can go.
             if up_to.through().is_some() {
                 *up_to = CountedUpTo::default();
             }
-            return Some(Counted::No);
-        }
-        Some(match user {
-            Some((u, rt)) if up_to.counts(offset, rt, u) => Counted::Already,
+            false
+        } else {
+            matches!(user, Some((u, rt)) if up_to.counts(offset, rt, u))
+        };
+        Some(match (first, already) {
+            // Only a request has a decision (a dead-lettered one never had one).
+            (Some(kind), counted) if user.is_some() => Counted::Decided { kind, counted },
+            (_, true) => Counted::Already,
             _ => Counted::No,
         })
+    }
+
+    /// The first decisions still waiting for their requests, over all partitions.
+    pub fn first_decisions_held(&self) -> usize {
+        self.first.values().map(Tail::len).sum()
     }
 
     /// Takes the dirty limiter state for the changelog: the records to send, each to be

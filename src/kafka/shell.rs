@@ -16,6 +16,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::Config;
 use crate::core::topology::{Counted, TooFarAheadError};
 use crate::kafka::deliveries::{Deliveries, Origin, OutputProducer};
+use crate::kafka::first_decisions;
 pub use crate::kafka::error::{RunError, RunStats};
 use crate::kafka::leadership::{Change, Leadership, Transactions};
 use crate::kafka::merge::{Ready, Source};
@@ -72,6 +73,9 @@ pub(crate) struct Shell<'a> {
     changelog_schedule: crate::kafka::changelog::FlushSchedule,
     changelog_epoch: Instant,
     metrics: Arc<crate::kafka::metrics::Metrics>,
+    /// At-least-once with `kafka.keep_first_decisions` on a co-partitioned decisions topic:
+    /// streamed decisions go to their request's partition number with its offset.
+    first_decisions: bool,
 }
 
 impl<'a> Shell<'a> {
@@ -98,7 +102,13 @@ impl<'a> Shell<'a> {
             changelog_schedule: crate::kafka::changelog::FlushSchedule::new(u64::from(cfg.kafka.commit_interval_ms)),
             changelog_epoch: Instant::now(),
             metrics,
+            first_decisions: false,
         }
+    }
+
+    /// Streamed decisions are kept for a later owner (`first_decisions.rs`).
+    pub(crate) fn keep_first_decisions(&mut self) {
+        self.first_decisions = true;
     }
 
     pub(crate) fn exactly_once(&self) -> bool {
@@ -181,6 +191,7 @@ impl<'a> Shell<'a> {
             if sh.is_leader() && !self.leadership.leading() {
                 sh.topology.snapshot("leader", &mut snapshot);
             }
+            self.metrics.first_decisions_held.set(i64::try_from(sh.first_decisions_held()).unwrap_or(i64::MAX));
             (sh.is_leader(), snapshot)
         };
         if self.leadership.set(leading) == Change::Gained {
@@ -440,17 +451,24 @@ impl<'a> Shell<'a> {
             };
             match admitted {
                 Ok(()) => {
-                    self.stats.already_counted += u64::from(counted == Counted::Already);
+                    self.stats.already_counted += u64::from(matches!(counted, Counted::Already | Counted::Decided { counted: true, .. }));
                     // Exactly-once commits the leader's control positions in its transactions.
                     if source == Source::Requests || (self.exactly_once() && self.leadership.leading()) {
                         sh.processed(&tp, offset);
                     }
                     // The user's state changed: it goes to the changelog with the next flush,
                     // and the first such message since the last flush holds the partition.
-                    Ok(match (source, counted, outs.iter().find_map(decision)) {
-                        (Source::Requests, Counted::No, Some((user, rt))) => sh.changelog.note(tp.1, offset, user, rt),
+                    let holds = match (source, counted, outs.iter().find_map(decision)) {
+                        (Source::Requests, Counted::No | Counted::Decided { counted: false, .. }, Some((user, rt))) => sh.changelog.note(tp.1, offset, user, rt),
                         _ => false,
-                    })
+                    };
+                    // Decided before, and that decision is in the decisions topic: not again.
+                    if let Counted::Decided { .. } = counted {
+                        outs.retain(|o| !matches!(o, Output::Decision(_)));
+                        self.stats.decided_before += 1;
+                        self.metrics.decided_before.inc();
+                    }
+                    Ok(holds)
                 }
                 Err(e) => Err(e),
             }
@@ -507,12 +525,30 @@ impl<'a> Shell<'a> {
             if sent.is_err() {
                 continue;
             }
-            sent = match (behind_ms, &o) {
-                (Some(ms), Output::Decision(_)) => self.publish_with(&o, Box::new((tp.clone(), offset)), Some((CONTROL_BEHIND, ms.to_string()))).await,
-                _ => self.publish(&o, Box::new((tp.clone(), offset))).await,
+            let origin: Origin = Box::new((tp.clone(), offset));
+            sent = match &o {
+                // Kept in the decisions topic for a later owner of the partition
+                // (`first_decisions.rs`): at its request's partition number, with its offset.
+                Output::Decision(_) if self.first_decisions && source == Source::Requests => {
+                    self.publish_decision(&o, origin, tp.1, offset, behind_ms).await
+                }
+                Output::Decision(_) if behind_ms.is_some() => {
+                    let mut headers = Headers::default();
+                    headers.behind(behind_ms);
+                    self.publish_with(&o, origin, None, headers).await
+                }
+                _ => self.publish(&o, origin).await,
             };
         }
         sent
+    }
+
+    /// A streamed request's decision, co-partitioned with its request and carrying its offset.
+    async fn publish_decision(&mut self, o: &Output, origin: Origin, partition: i32, offset: i64, behind_ms: Option<i64>) -> Result<(), RunError> {
+        let mut headers = Headers::default();
+        headers.input_offset(offset);
+        headers.behind(behind_ms);
+        self.publish_with(o, origin, Some(partition), headers).await
     }
 
     pub(crate) async fn dead_letter(&mut self, key: Option<&[u8]>, payload: &[u8], tp: &Partition, offset: i64, e: &dlq::Reason) -> Result<(), RunError> {
@@ -639,16 +675,20 @@ impl<'a> Shell<'a> {
 
     /// Encodes and enqueues one output.
     pub(crate) async fn publish(&mut self, o: &Output, origin: Origin) -> Result<(), RunError> {
-        self.publish_with(o, origin, None).await
+        self.publish_with(o, origin, None, Headers::default()).await
     }
 
-    async fn publish_with(&mut self, o: &Output, origin: Origin, header: Option<(&str, String)>) -> Result<(), RunError> {
+    /// `partition`: where the record goes (`None`: the producer's partitioner on its key).
+    async fn publish_with(&mut self, o: &Output, origin: Origin, partition: Option<i32>, headers: Headers) -> Result<(), RunError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         o.write_json(&mut buf)?;
         let mut record = BaseRecord::with_opaque_to(output_topic(self.cfg, o), origin).key(o.key().as_bytes()).payload(&buf[..]);
-        if let Some((key, value)) = &header {
-            record = record.headers(OwnedHeaders::new().insert(Header { key, value: Some(value.as_bytes()) }));
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        if let Some(h) = headers.0 {
+            record = record.headers(h);
         }
         let sent = self.send(record).await;
         self.buf = buf;
@@ -671,6 +711,29 @@ impl<'a> Shell<'a> {
                 }
                 Err((e, _)) => return Err(RunError::Kafka(e)),
             }
+        }
+    }
+}
+
+/// The headers of one output record (none: no allocation).
+#[derive(Default)]
+struct Headers(Option<OwnedHeaders>);
+
+impl Headers {
+    fn add(&mut self, key: &str, value: &str) {
+        let h = self.0.take().unwrap_or_else(|| OwnedHeaders::new_with_capacity(2));
+        self.0 = Some(h.insert(Header { key, value: Some(value.as_bytes()) }));
+    }
+
+    /// `first_decisions::INPUT_OFFSET`.
+    fn input_offset(&mut self, offset: i64) {
+        self.add(first_decisions::INPUT_OFFSET, itoa::Buffer::new().format(offset));
+    }
+
+    /// `CONTROL_BEHIND`, when the message waited past the idle wait.
+    fn behind(&mut self, behind_ms: Option<i64>) {
+        if let Some(ms) = behind_ms {
+            self.add(CONTROL_BEHIND, itoa::Buffer::new().format(ms));
         }
     }
 }

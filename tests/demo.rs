@@ -60,7 +60,8 @@ async fn a_decide_during_the_demo_leaves_its_table_unchanged() {
         let (status, body) = post(r#"{"id":"probe-1","user_id":"probe","tier":"free","request_type":"standard"}"#.into());
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         let stream_time = v["stream_time"].as_str().map(str::to_string);
-        let at_stream = stream_time.as_ref().map(|ts| post(format!(r#"{{"id":"probe-2","ts":"{ts}","user_id":"probe","tier":"free","request_type":"standard"}}"#)));
+        let at_stream =
+            stream_time.as_ref().map(|ts| post(format!(r#"{{"id":"probe-2","ts":"{ts}","user_id":"probe","tier":"free","request_type":"standard"}}"#)));
         (status, body, at_stream)
     });
     let with = embedded.surge(&opts).await.expect("surge");
@@ -79,4 +80,3 @@ async fn a_decide_during_the_demo_leaves_its_table_unchanged() {
     assert!(with.throttled.abs_diff(plain.throttled) * 10 <= plain.throttled, "throttled with decides during the demo\n{table}");
     assert!(with.success_rate() >= 0.99 && with.recovered, "{table}");
 }
-

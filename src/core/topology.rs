@@ -13,20 +13,26 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, EventTimeConfig, TooFarAhead};
+use crate::config::{Config, TooFarAhead};
 use crate::core::adaptive::AdaptiveLimits;
 use crate::core::breaker::Breaker;
 use crate::core::breakers::Breakers;
 use crate::core::health::HealthView;
-use crate::core::limiter::{ImportError, Limiter, Quota, SavedState, Verdict};
+use crate::core::limiter::{ImportError, Limiter, SavedState};
 use crate::core::monitor::Monitor;
 use crate::core::predictor::{Predictor, Step};
 use crate::core::strategy::StrategyTable;
 pub use crate::core::watermarks::Admit;
-use crate::core::watermarks::{WatermarkConfig, Watermarks};
-use crate::wire::events::{AdminAction, AdminEvent, InputEvent, InputTopic, OutcomeEvent, RequestEvent, TelemetrySample};
-use crate::wire::outputs::{BreakerState, Decision, DecisionKind, Output};
+use crate::core::watermarks::Watermarks;
+use crate::wire::events::{AdminAction, AdminEvent, InputEvent, InputTopic, OutcomeEvent, TelemetrySample};
+use crate::wire::outputs::{BreakerState, Output};
 use crate::wire::time::Millis;
+
+mod event_time;
+mod requests;
+
+pub use event_time::{InputPartition, TooFarAheadError};
+pub use requests::{Counted, QuotaState, UserQuota};
 
 /// What the topology has done, for metrics and summaries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,36 +54,6 @@ pub struct Counters {
     pub late: u64,
     /// Events stamped more than `event_time.max_future_skew_s` ahead (refused or clamped).
     pub too_far_ahead: u64,
-}
-
-/// Where an event comes from: its input topic and partition (replay: partition 0).
-pub type InputPartition = (InputTopic, i32);
-
-/// An event refused because it is stamped too far ahead of the pipeline's time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("event time {ts} is {} s ahead of the pipeline's time ({reference}), more than event_time.max_future_skew_s allows", ahead_ms / 1000)]
-pub struct TooFarAheadError {
-    pub ts: Millis,
-    pub ahead_ms: i64,
-    pub reference: Millis,
-}
-
-impl TooFarAheadError {
-    /// The DLQ's name for it.
-    pub const KIND: &'static str = "too_far_ahead";
-}
-
-/// Whether a request is already counted in the limiter's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counted {
-    No,
-    /// Processed again after a restart or rebalance, and the state restored from the changelog
-    /// already holds it.
-    Already,
-    /// Processed again after a restart or rebalance, and decided before: its first decision
-    /// (`kind`) reached the decisions topic. It is decided as it was then, and counted that way
-    /// unless the restored state holds it already (`counted`).
-    Decided { kind: DecisionKind, counted: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,43 +124,8 @@ impl PredictionError {
     }
 }
 
-/// A user's quota state (`GET /v1/users/{user_id}`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct UserQuota {
-    pub user_id: String,
-    pub tier: Arc<str>,
-    /// The tier asked for when it is not configured (the default tier was applied).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unknown_tier: Option<String>,
-    /// The requests partition whose limiter holds the user.
-    pub partition: i32,
-    pub ts: Millis,
-    pub quotas: Vec<QuotaState>,
-}
-
-/// One request type's quota for a user: the IETF RateLimit fields and the grace allowance.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct QuotaState {
-    pub request_type: Arc<str>,
-    pub limit: u32,
-    pub remaining: u32,
-    pub reset_s: u64,
-    pub window_s: u32,
-    pub policy: Arc<str>,
-    pub grace_allowance: u32,
-    pub grace_window_s: u64,
-}
-
 /// How many of the latest alerts the topology keeps for queries.
 pub const RECENT_ALERTS: usize = 1000;
-
-fn watermark_config(c: &EventTimeConfig) -> WatermarkConfig {
-    WatermarkConfig {
-        // 0 turns the check off.
-        max_future_skew_ms: if c.max_future_skew_s == 0 { i64::MAX } else { i64::from(c.max_future_skew_s) * 1000 },
-        allowed_lateness_ms: i64::from(c.allowed_lateness_s) * 1000,
-    }
-}
 
 fn index_of(names: &[Arc<str>], name: &str) -> Option<usize> {
     names.iter().position(|n| **n == *name)
@@ -209,7 +150,7 @@ impl Topology {
             breakers: Breakers::new(cfg.clone()),
             monitor: Monitor::new(&cfg.monitor, &cfg.alerts),
             watermark: None,
-            inputs: Watermarks::new(watermark_config(&cfg.event_time)),
+            inputs: Watermarks::new(event_time::watermark_config(&cfg.event_time)),
             time_floor: None,
             too_far_ahead: cfg.event_time.too_far_ahead,
             sweep_every_ms: i64::from(cfg.limiter.sweep_every_s) * 1000,
@@ -296,52 +237,6 @@ impl Topology {
         Ok(self.limiter(partition).import(user_id, rt as u16, saved)?)
     }
 
-    /// A user's quota for each request type (or just `request_type`) in `tier`, as the limiter
-    /// of `partition` holds it at `now`, counting nothing. An unknown tier or request type gets
-    /// the default, as a request naming it would.
-    pub fn user_quota(&self, partition: i32, user_id: &str, tier: &str, request_type: Option<&str>, now: Millis) -> UserQuota {
-        let (t, unknown_tier) = match index_of(&self.tiers, tier) {
-            Some(i) => (i, false),
-            None => (self.default_tier, true),
-        };
-        let rts: Vec<usize> = match request_type {
-            None => (0..self.request_types.len()).collect(),
-            Some(rt) => vec![index_of(&self.request_types, rt).unwrap_or(self.default_request_type)],
-        };
-        let limiter = usize::try_from(partition).ok().and_then(|i| self.limiters.get(i)).and_then(Option::as_ref);
-        let quotas = rts
-            .into_iter()
-            .map(|rt| {
-                let k = self.limits.limit(t, rt);
-                let quota = Quota { limit: k.window_limit, grace_allowance: k.grace_allowance, grace_window_ms: k.grace_window_ms };
-                // A cost of 0 reads the state as of `now` without counting anything; a partition
-                // with no limiter yet has no usage.
-                let (remaining, reset_s) = limiter.map_or((k.window_limit, 0), |l| {
-                    let v = l.peek(user_id, rt as u16, now, 0, quota);
-                    (v.remaining, v.reset_s)
-                });
-                QuotaState {
-                    request_type: self.request_types[rt].clone(),
-                    limit: k.window_limit,
-                    remaining,
-                    reset_s,
-                    window_s: self.window_s,
-                    policy: k.policy.clone(),
-                    grace_allowance: k.grace_allowance,
-                    grace_window_s: (k.grace_window_ms / 1000) as u64,
-                }
-            })
-            .collect();
-        UserQuota {
-            user_id: user_id.to_string(),
-            tier: self.tiers[t].clone(),
-            unknown_tier: unknown_tier.then(|| tier.to_string()),
-            partition,
-            ts: now,
-            quotas,
-        }
-    }
-
     /// The configured request types.
     pub fn request_types(&self) -> &[Arc<str>] {
         &self.request_types
@@ -415,56 +310,6 @@ impl Topology {
         self.process_in(0, event, Counted::No, out);
     }
 
-    /// What the caller knows time has reached besides the events: `run` sets the wall clock, so
-    /// that an event far ahead of it is refused even before any other event came.
-    pub fn set_time_floor(&mut self, floor: Millis) {
-        self.time_floor = Some(floor);
-    }
-
-    /// Checks the time of an event from input partition `from` before it is processed
-    /// (`watermarks.rs`), counting late and too-far-ahead events. `process_from` does this and
-    /// the rest; replay calls it itself to hold a refused event until the next one says whether
-    /// time really jumped.
-    pub fn admit(&mut self, from: InputPartition, ts: Millis) -> Admit {
-        let admit = self.inputs.admit(from, ts, self.watermark.max(self.time_floor));
-        match admit {
-            Admit::Late { .. } => self.counters.late += 1,
-            Admit::TooFarAhead { .. } => self.counters.too_far_ahead += 1,
-            Admit::OnTime | Admit::Jumped => {}
-        }
-        admit
-    }
-
-    /// What becomes of an event `admit` found too far ahead: refused (`event_time.too_far_ahead
-    /// = "dead_letter"`), or restamped with the pipeline's time (`"clamp"`).
-    pub fn too_far_ahead(&self, event: &mut InputEvent, ahead_ms: i64, reference: Millis) -> Result<(), TooFarAheadError> {
-        match self.too_far_ahead {
-            TooFarAhead::DeadLetter => Err(TooFarAheadError { ts: event.ts(), ahead_ms, reference }),
-            TooFarAhead::Clamp => {
-                event.set_ts(reference);
-                Ok(())
-            }
-        }
-    }
-
-    /// Processes one event from input partition `from` (requests count in the limiter of its
-    /// partition) once `admit` has taken its time: an event stamped more than
-    /// `event_time.max_future_skew_s` ahead moves nothing and is refused (the caller
-    /// dead-letters it) or processed at the pipeline's time; a late event is counted and
-    /// processed.
-    pub fn process_from(&mut self, from: InputPartition, mut event: InputEvent, counted: Counted, out: &mut Vec<Output>) -> Result<(), TooFarAheadError> {
-        if let Admit::TooFarAhead { ahead_ms, reference } = self.admit(from, event.ts()) {
-            self.too_far_ahead(&mut event, ahead_ms, reference)?;
-        }
-        self.process_in(from.1, event, counted, out);
-        Ok(())
-    }
-
-    /// The watermark over the input partitions (their lowest event time), and how many there are.
-    pub fn input_watermark(&self) -> (Option<Millis>, usize) {
-        (self.inputs.watermark(), self.inputs.len())
-    }
-
     /// Processes one event whose requests count in the limiter of `partition`. A request the
     /// partition's restored state already counted (`Counted::Already`) is decided without being
     /// counted again.
@@ -498,64 +343,6 @@ impl Topology {
         let mut alerts = Vec::new();
         self.monitor.finish(&mut alerts);
         self.push_alerts(alerts, out);
-    }
-
-    /// Moves event time to `now` if it is later than the watermark, firing what is due.
-    pub fn advance(&mut self, now: Millis, out: &mut Vec<Output>) {
-        match self.watermark {
-            None => {
-                self.watermark = Some(now);
-                let mut updates = Vec::new();
-                self.limits.snapshot(now, "initial", &mut updates);
-                self.limits.started(now);
-                self.push_limits(updates, out);
-                self.next_sweep = now.plus_ms(self.sweep_every_ms);
-                self.predict(now, None, out);
-            }
-            Some(w) if now > w => {
-                self.watermark = Some(now);
-                if self.health.expire(now) {
-                    self.health_changed(now, out);
-                }
-                let mut states = std::mem::take(&mut self.scratch_breakers);
-                self.breakers.advance(now, &mut states);
-                self.breaker_states(&mut states, out);
-                self.scratch_breakers = states;
-                let mut alerts = Vec::new();
-                self.monitor.advance(now, &mut alerts);
-                self.push_alerts(alerts, out);
-                let mut updates = Vec::new();
-                self.limits.expire_overrides(now, &mut updates);
-                self.push_limits(updates, out);
-                if now >= self.next_sweep {
-                    self.sweep_limiters(now);
-                    self.next_sweep = now.plus_ms(self.sweep_every_ms);
-                }
-                self.predict(now, None, out);
-            }
-            Some(_) => {}
-        }
-    }
-
-    /// Forgets idle users. Each requests partition's limiter is swept at its own time when the
-    /// input partitions are tracked (`process_from`): requests partitions do not wait for each
-    /// other, and a partition read behind the others (a backlog, a partition just taken over)
-    /// must not lose its users as idle at the others' time. One not read yet keeps its
-    /// (restored) users until it is. Without tracking (`process`), at `now`.
-    fn sweep_limiters(&mut self, now: Millis) {
-        let tracked = !self.inputs.is_empty();
-        let mut evicted = 0;
-        for (p, limiter) in self.limiters.iter_mut().enumerate() {
-            let Some(limiter) = limiter else { continue };
-            let at = match i32::try_from(p) {
-                Ok(p) if tracked => self.inputs.partition_time((InputTopic::Requests, p)).map(|t| t.min(now)),
-                _ => Some(now),
-            };
-            if let Some(at) = at {
-                evicted += limiter.sweep(at);
-            }
-        }
-        self.counters.evicted_users += evicted as u64;
     }
 
     /// Moves the predictor to `now` (counting `requests` there, if any) and publishes what its
@@ -607,85 +394,6 @@ impl Topology {
             self.recent_alerts.push_back(a.clone());
         }
         out.extend(alerts.into_iter().map(Output::Alert));
-    }
-
-    fn on_request(&mut self, partition: i32, counted: Counted, ev: RequestEvent, out: &mut Vec<Output>) {
-        // Counted once: a request the restored state already holds was counted before.
-        let demand = matches!(counted, Counted::No | Counted::Decided { counted: false, .. }).then_some(self.demand_weight);
-        self.predict(ev.ts, demand, out);
-        self.limit_request(partition, counted, ev, out);
-    }
-
-    /// Decides one request on its own (`POST /v1/decide`): at its own time for the user's
-    /// limiter, without moving the pipeline's time once it has one (before any event, the first
-    /// request starts it, publishing every limit, as a first streamed event would). Its demand
-    /// counts in the predictor at the stream's time at most; no timer fires, nothing else
-    /// moves. Its outputs (the decision, and the predictor's if a step closed) go to `out`.
-    pub fn decide(&mut self, partition: i32, ev: RequestEvent, out: &mut Vec<Output>) {
-        match self.watermark {
-            Some(w) => self.predict(ev.ts.min(w), Some(self.demand_weight), out),
-            None => {
-                self.advance(ev.ts, out);
-                self.predict(ev.ts, Some(self.demand_weight), out);
-            }
-        }
-        self.limit_request(partition, Counted::No, ev, out);
-    }
-
-    fn limit_request(&mut self, partition: i32, counted: Counted, ev: RequestEvent, out: &mut Vec<Output>) {
-        self.counters.requests += 1;
-        let (tier, unknown_tier) = match index_of(&self.tiers, &ev.tier) {
-            Some(i) => (i, None),
-            None => (self.default_tier, Some(ev.tier)),
-        };
-        let (rt, unknown_request_type) = match index_of(&self.request_types, &ev.request_type) {
-            Some(i) => (i, None),
-            None => (self.default_request_type, Some(ev.request_type)),
-        };
-        self.counters.unknown_tier += u64::from(unknown_tier.is_some());
-        let k = self.limits.limit(tier, rt);
-        let (limit, policy) = (k.window_limit, k.policy.clone());
-        let quota = Quota { limit, grace_allowance: k.grace_allowance, grace_window_ms: k.grace_window_ms };
-        let limiter = self.limiter(partition);
-        let v = match counted {
-            Counted::No => limiter.check(&ev.user_id, rt as u16, ev.ts, ev.cost, quota),
-            Counted::Already => limiter.peek(&ev.user_id, rt as u16, ev.ts, ev.cost, quota),
-            Counted::Decided { kind, counted: false } => limiter.count_as(&ev.user_id, rt as u16, ev.ts, ev.cost, quota, kind),
-            Counted::Decided { kind, counted: true } => Verdict { kind, ..limiter.peek(&ev.user_id, rt as u16, ev.ts, ev.cost, quota) },
-        };
-        let severity = self.limits.severity();
-        let strategy = match v.kind {
-            DecisionKind::Allow => {
-                self.counters.allowed += 1;
-                None
-            }
-            DecisionKind::AllowWithGrace => {
-                self.counters.graced += 1;
-                None
-            }
-            DecisionKind::Throttle => {
-                self.counters.throttled += 1;
-                Some(self.strategies.lookup(severity, tier, rt))
-            }
-        };
-        let d = Decision {
-            request_id: ev.id,
-            ts: ev.ts,
-            user_id: ev.user_id,
-            tier: self.tiers[tier].clone(),
-            request_type: self.request_types[rt].clone(),
-            decision: v.kind,
-            strategy,
-            limit,
-            remaining: v.remaining,
-            reset_s: v.reset_s,
-            policy,
-            severity,
-            unknown_tier,
-            unknown_request_type,
-        };
-        self.monitor.on_decision(&d, v.grace_used);
-        out.push(Output::Decision(d));
     }
 
     fn on_outcome(&mut self, ev: OutcomeEvent, out: &mut Vec<Output>) {

@@ -122,12 +122,8 @@ pub fn read_tails(client: &ClientConfig, topic: &str, from: &[(i32, i64)], timeo
     if from.is_empty() {
         return Ok(out);
     }
-    let consumer: BaseConsumer = client
-        .clone()
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("group.id", "surgeguard-decisions-read-back")
-        .create()?;
+    let consumer: BaseConsumer =
+        client.clone().set("enable.auto.commit", "false").set("enable.partition.eof", "false").set("group.id", "surgeguard-decisions-read-back").create()?;
     let started = Instant::now();
     for &(p, committed) in from {
         let back = read_back(&consumer, topic, p, committed, timeout.saturating_sub(started.elapsed()))?;

@@ -27,8 +27,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
 use crate::kafka::changelog;
-use crate::kafka::first_decisions;
 use crate::kafka::deliveries::{Deliveries, Origin, OutputProducer};
+use crate::kafka::first_decisions;
 use crate::kafka::offsets::{FastMap, Partition};
 use crate::kafka::shared::{Shared, lock};
 
@@ -310,7 +310,11 @@ impl RunContext {
                     read += back.read;
                     kept += back.tail.len();
                     if back.cut {
-                        tracing::warn!(partition = p, read = back.read, "decisions read back to the limit without meeting the committed offset: older requests are decided again");
+                        tracing::warn!(
+                            partition = p,
+                            read = back.read,
+                            "decisions read back to the limit without meeting the committed offset: older requests are decided again"
+                        );
                     }
                     if back.tail.is_empty() {
                         shared.first.remove(&p);

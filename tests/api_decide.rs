@@ -146,6 +146,8 @@ async fn decide_users_and_admin_on_two_instances() {
     base.kafka.wall_clock_after_idle_ms = 0;
     base.kafka.commit_interval_ms = 200;
     base.kafka.partitions.requests = 2;
+    // Co-partitioned, as created by default: a user's decisions go to their requests partition.
+    base.kafka.partitions.decisions = 2;
     base.api.max_body_bytes = 1024;
     for spec in topics::specs(&base) {
         cluster.create_topic(&spec.name, spec.partitions, 1).expect("create topic");
@@ -187,6 +189,7 @@ async fn decide_users_and_admin_on_two_instances() {
         placed.push((user, delivery.partition));
     }
 
+    let placed_at = placed.clone();
     let http_cfg = cfg.clone();
     let checks = tokio::task::spawn_blocking(move || -> Result<String, String> {
         let cfg = http_cfg;
@@ -370,10 +373,13 @@ async fn decide_users_and_admin_on_two_instances() {
     consumer.subscribe(&[cfg.topics.decisions.as_str()]).expect("subscribe");
     let mut http_ids = std::collections::BTreeMap::<String, usize>::new();
     let mut streamed = None;
+    // Which decisions partitions each user's decisions went to.
+    let mut user_partitions = std::collections::BTreeMap::<String, std::collections::BTreeSet<i32>>::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while (http_ids.len() < 75 || streamed.is_none()) && Instant::now() < deadline {
         if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
             let v: Value = serde_json::from_slice(m.payload().unwrap_or(b"{}")).unwrap_or_default();
+            user_partitions.entry(v["user_id"].as_str().unwrap_or_default().to_string()).or_default().insert(m.partition());
             match v["request_id"].as_str() {
                 Some(id) if id.starts_with("http-") => {
                     *http_ids.entry(id.to_string()).or_default() += 1;
@@ -425,6 +431,13 @@ async fn decide_users_and_admin_on_two_instances() {
     assert_eq!(http_ids.len(), 75, "every API decision published");
     assert!(http_ids.values().all(|&n| n == 1), "an API decision published twice: {http_ids:?}");
     assert_eq!(streamed.as_deref(), Some("throttle"), "the stream counts the API's decisions");
+    // Streamed and API decisions alike go to the user's requests partition number.
+    let split: Vec<_> = user_partitions.iter().filter(|(_, ps)| ps.len() > 1).collect();
+    assert!(split.is_empty(), "a user's decisions in more than one partition: {split:?}");
+    if !user.is_empty() {
+        let p = placed_at.iter().find(|(u, _)| *u == user).map(|(_, p)| *p);
+        assert_eq!(user_partitions.get(&user).and_then(|ps| ps.first().copied()), p, "{user}'s decisions are not in their requests partition");
+    }
     if let Err(m) = lag_seen {
         panic!("no consumer lag in /metrics:\n{m}");
     }

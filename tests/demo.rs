@@ -71,11 +71,11 @@ async fn a_decide_during_the_demo_leaves_its_table_unchanged() {
     let (status, body) = at_stream.expect("the 422 names the stream's time");
     assert_eq!(status, 200, "a decide at the stream's time: {body}");
     // The demo runs against the wall clock through a real (mock) cluster, so two plain runs
-    // differ a little (seen: 17 and 18 alerts, 9 206 and 9 585 throttled); a decide that moved the
+    // differ a little (seen: 17 and 18 alerts, 9 206 and 9 585 throttled; 10 breaker trips each time); a decide that moved the
     // demo's time would show 1 breaker trip instead of 10 and 3 alerts instead of 17.
     let table = demo::table(&plain, &with);
     assert_eq!(with.requests, plain.requests, "{table}");
-    assert_eq!(with.breaker_trips, plain.breaker_trips, "breaker trips with decides during the demo\n{table}");
+    assert!(with.breaker_trips.abs_diff(plain.breaker_trips) <= 2, "breaker trips with decides during the demo\n{table}");
     assert!(with.alerts.abs_diff(plain.alerts) <= 2, "alerts with decides during the demo\n{table}");
     assert!(with.throttled.abs_diff(plain.throttled) * 10 <= plain.throttled, "throttled with decides during the demo\n{table}");
     assert!(with.success_rate() >= 0.99 && with.recovered, "{table}");

@@ -164,7 +164,8 @@ fn a_synchronous_decide_never_moves_the_pipelines_time() {
 /// Requests partitions do not wait for each other, so one can be read far behind another (a
 /// backlog, a partition just taken over). Its users are forgotten as idle at its own time, not
 /// at the other's: a user who used up the quota is still throttled when their partition catches
-/// up, although another partition ran two hours ahead meanwhile.
+/// up, although another partition ran two hours ahead meanwhile. Once it has nothing left to
+/// read, its idle users go at the pipeline's time.
 #[test]
 fn a_partition_read_behind_keeps_its_users_until_its_own_time_passes() {
     use surgeguard::core::topology::Counted;
@@ -202,6 +203,15 @@ fn a_partition_read_behind_keeps_its_users_until_its_own_time_passes() {
     for m in 1..=120 {
         decide(&mut t, 0, request(m, "a", start.plus_ms(m as i64 * 60_000)));
     }
+    let tracked = t.tracked_users();
     // Partition 1 catches up: b's next request, a second later in b's time, is still over.
     assert_eq!(decide(&mut t, 1, request(i + 1, "b", start.plus_ms(1_000))), Some(DecisionKind::Throttle), "b was forgotten at partition 0's time");
+    // Once partition 1 has nothing left to read it is not behind: at the next sweeps b, idle for
+    // two hours of the pipeline's time, is forgotten.
+    assert_eq!(t.tracked_users(), tracked);
+    t.requests_caught_up(1);
+    for m in 121..=125 {
+        decide(&mut t, 0, request(m, "a", start.plus_ms(m as i64 * 60_000)));
+    }
+    assert_eq!(t.tracked_users(), tracked - 1, "a caught-up partition's idle user is swept at the pipeline's time");
 }

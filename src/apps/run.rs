@@ -123,6 +123,7 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
         requests_topic: cfg.topics.requests.clone(),
         changelog_topic: cfg.topics.changelog.clone(),
         decisions_topic: clients.keep_first_decisions.then(|| cfg.topics.decisions.clone()),
+        group_id: cfg.kafka.group_id.clone(),
         restore_client: clients.consumer_config.clone(),
         producer: clients.producer.clone(),
         restore_timeout: RESTORE_TIMEOUT,
@@ -405,7 +406,13 @@ async fn event_loop(shell: &mut Shell<'_>, inputs: Inputs<'_>, idle_after: Durat
         tokio::select! {
             biased;
             _ = &mut shutdown => return Ok(()),
-            _ = tick.tick() => clock.tick(shell).await?,
+            _ = tick.tick() => {
+                // Requests partitions with nothing left to read are caught up, not behind: their
+                // idle users may go at the pipeline's time.
+                let caught_up = merge.caught_up_requests(|topic, partition, next| merge::left_to_read(requests_consumer, topic, partition, next));
+                shell.requests_caught_up(&caught_up);
+                clock.tick(shell).await?
+            }
             _ = wake.notified(), if !api_armed => {
                 api_armed = true;
                 api_publish.as_mut().reset(tokio::time::Instant::now() + API_PUBLISH_AFTER);

@@ -157,7 +157,7 @@ pub struct KafkaConfig {
     /// decision reached the decisions topic is decided as it was then, and not published again
     /// (`kafka/first_decisions.rs`). Needs the decisions topic co-partitioned with the requests
     /// topic (as many partitions): decisions go to their request's partition number and carry
-    /// `surgeguard.input_offset`.
+    /// `surgeguard.input` (`GROUP/PARTITION/OFFSET`).
     pub keep_first_decisions: bool,
     /// Partitions of each created topic.
     pub partitions: TopicPartitions,

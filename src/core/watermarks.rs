@@ -151,6 +151,11 @@ impl<K: Ord + Copy> Watermarks<K> {
         self.watermark
     }
 
+    /// Whether partition `k` is marked idle (`set_idle`) since its last event.
+    pub fn is_idle(&self, k: K) -> bool {
+        self.partitions.get(&k).is_some_and(|p| p.idle)
+    }
+
     /// The time of partition `k`, once it has admitted an event.
     pub fn partition_time(&self, k: K) -> Option<Millis> {
         self.partitions.get(&k).and_then(|p| p.time)

@@ -184,6 +184,16 @@ impl InputMerge {
         }
     }
 
+    /// The requests partitions with nothing buffered and nothing left to read (`left_to_read`
+    /// says): caught up, not behind.
+    pub(crate) fn caught_up_requests(&self, mut left_to_read: impl FnMut(&CString, i32, Option<i64>) -> bool) -> Vec<i32> {
+        self.parts
+            .iter()
+            .filter(|p| p.source == Source::Requests && p.buf.is_empty() && !left_to_read(&p.c_topic, p.partition, p.next_offset))
+            .map(|p| p.partition)
+            .collect()
+    }
+
     /// The requests partitions of `owned` it does not read yet.
     pub(crate) fn new_requests(&self, cfg: &Config, owned: &[i32]) -> Vec<i32> {
         let Some(t) = cfg.topics.input_topic(&cfg.topics.requests) else { return Vec::new() };

@@ -42,6 +42,8 @@ pub struct RunContext {
     /// with the requests topic): the decisions topic, read back on assignment
     /// (`first_decisions.rs`).
     pub decisions_topic: Option<String>,
+    /// The consumer group: decisions read back are this group's (`first_decisions::INPUT`).
+    pub group_id: String,
     /// Client settings for the changelog reader (brokers, pass-through properties).
     pub restore_client: ClientConfig,
     pub producer: OutputProducer,
@@ -175,6 +177,7 @@ impl RunContext {
             if tp.0 == self.requests_topic
                 && let Some(up_to) = shared.owned.remove(&tp.1)
             {
+                shared.first.remove(&tp.1);
                 if eager {
                     // Kept state counts everything processed: should the commit have failed,
                     // requests coming again up to there are not counted twice.
@@ -185,7 +188,6 @@ impl RunContext {
                     };
                     shared.revoked.insert(tp.1, counted);
                 } else {
-                    shared.first.remove(&tp.1);
                     shared.topology.drop_partition(tp.1);
                 }
             }
@@ -245,43 +247,56 @@ impl RunContext {
             shared.topology.drop_partition(p);
         }
         to_restore.sort_unstable();
-        if to_restore.is_empty() {
-            shared.reweigh();
+        if !to_restore.is_empty() && !self.restore(&mut shared, &to_restore) {
             return;
         }
+        shared.reweigh();
+        // Every requests partition assigned, kept ones too: one kept through an eager rebalance
+        // whose commit fell behind comes again from the commit as well.
+        if let Some(decisions) = &self.decisions_topic {
+            let mut all: Vec<i32> = assigned.into_iter().collect();
+            all.sort_unstable();
+            if !all.is_empty() {
+                self.read_first_decisions(consumer, &mut shared, decisions, &self.group_id, &all);
+            }
+        }
+    }
+
+    /// Restores the limiter state of `to_restore` from the changelog; false (and the failure
+    /// recorded) when it could not.
+    fn restore(&self, shared: &mut Shared, to_restore: &[i32]) -> bool {
         tracing::info!(partitions = ?to_restore, topic = %self.changelog_topic, "restoring limiter state");
         let started = std::time::Instant::now();
-        match changelog::restore(&self.restore_client, &self.changelog_topic, &to_restore, &mut shared.topology, self.restore_timeout) {
+        match changelog::restore(&self.restore_client, &self.changelog_topic, to_restore, &mut shared.topology, self.restore_timeout) {
             Ok(done) => {
                 for (&p, r) in &done {
                     shared.owned.insert(p, r.counted.clone());
                 }
-                shared.reweigh();
                 let records: u64 = done.values().map(|r| r.records).sum();
                 let skipped: u64 = done.values().map(|r| r.skipped).sum();
                 tracing::info!(partitions = ?to_restore, records, skipped, took = ?started.elapsed(), "limiter state restored");
+                true
             }
             Err(e) => {
                 tracing::error!(error = %e, "restoring limiter state failed");
                 shared.failed = Some(e.to_string());
-                return;
+                false
             }
-        }
-        if let Some(decisions) = &self.decisions_topic {
-            self.read_first_decisions(consumer, &mut shared, decisions, &to_restore);
         }
     }
 
     /// The first decisions of the requests after the committed offsets of `partitions`, read
     /// back from the decisions topic (`first_decisions.rs`). Without them (a failed read), those
     /// requests are decided again, as they were before this existed: logged, not fatal.
-    fn read_first_decisions(&self, consumer: &BaseConsumer<Self>, shared: &mut Shared, decisions: &str, partitions: &[i32]) {
+    fn read_first_decisions(&self, consumer: &BaseConsumer<Self>, shared: &mut Shared, decisions: &str, group: &str, partitions: &[i32]) {
         let started = std::time::Instant::now();
+        let budget = first_decisions::READ_BACK_TIMEOUT;
+        let left = || budget.saturating_sub(started.elapsed());
         let mut tpl = TopicPartitionList::new();
         for &p in partitions {
             tpl.add_partition(&self.requests_topic, p);
         }
-        let committed = match consumer.committed_offsets(tpl, self.restore_timeout) {
+        let committed = match consumer.committed_offsets(tpl, left()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "committed offsets unknown: requests processed again are decided again");
@@ -293,7 +308,7 @@ impl RunContext {
             let c = match committed.find_partition(&self.requests_topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => o,
                 // Nothing committed yet: the group starts at the earliest offset.
-                _ => match consumer.fetch_watermarks(&self.requests_topic, p, self.restore_timeout) {
+                _ => match consumer.fetch_watermarks(&self.requests_topic, p, left()) {
                     Ok((low, _)) => low,
                     Err(e) => {
                         tracing::warn!(partition = p, error = %e, "requests partition start unknown: its requests are decided again");
@@ -303,10 +318,11 @@ impl RunContext {
             };
             from.push((p, c));
         }
-        match first_decisions::read_tails(&self.restore_client, decisions, &from, self.restore_timeout) {
-            Ok(tails) => {
-                let (mut read, mut kept) = (0, 0);
-                for (p, back) in tails {
+        let (mut read, mut kept) = (0, 0);
+        for (p, back) in first_decisions::read_tails(&self.restore_client, decisions, group, &from, left()) {
+            shared.first.remove(&p);
+            match back {
+                Ok(back) => {
                     read += back.read;
                     kept += back.tail.len();
                     if back.cut {
@@ -316,16 +332,14 @@ impl RunContext {
                             "decisions read back to the limit without meeting the committed offset: older requests are decided again"
                         );
                     }
-                    if back.tail.is_empty() {
-                        shared.first.remove(&p);
-                    } else {
+                    if !back.tail.is_empty() {
                         shared.first.insert(p, back.tail);
                     }
                 }
-                tracing::info!(partitions = ?partitions, read, kept, took = ?started.elapsed(), "first decisions of the uncommitted requests read back");
+                Err(e) => tracing::warn!(partition = p, error = %e, "reading the decisions back failed: requests processed again are decided again"),
             }
-            Err(e) => tracing::warn!(error = %e, "reading the decisions back failed: requests processed again are decided again"),
         }
+        tracing::info!(partitions = ?partitions, read, kept, took = ?started.elapsed(), "first decisions of the uncommitted requests read back");
     }
 }
 

@@ -59,6 +59,8 @@ pub(crate) struct Shell<'a> {
     /// At-least-once with `kafka.keep_first_decisions` on a co-partitioned decisions topic:
     /// streamed decisions go to their request's partition number with its offset.
     first_decisions: bool,
+    /// Scratch for a header value.
+    header_buf: String,
 }
 
 impl<'a> Shell<'a> {
@@ -86,6 +88,18 @@ impl<'a> Shell<'a> {
             changelog_epoch: Instant::now(),
             metrics,
             first_decisions: false,
+            header_buf: String::new(),
+        }
+    }
+
+    /// Requests partitions caught up (nothing buffered or left to read).
+    pub(crate) fn requests_caught_up(&self, partitions: &[i32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        let mut sh = lock(&self.shared);
+        for &p in partitions {
+            sh.topology.requests_caught_up(p);
         }
     }
 
@@ -554,9 +568,9 @@ impl<'a> Shell<'a> {
     /// a reloaded config's limits): decisions always (no input offset waits for them), control
     /// outputs only when leading, as `wall_clock` does.
     pub(crate) async fn publish_api_outputs(&mut self) -> Result<(), RunError> {
-        let (mut outs, leader) = {
+        let (mut outs, leader, partitions) = {
             let mut sh = lock(&self.shared);
-            (std::mem::take(&mut sh.api_outputs), sh.is_leader())
+            (std::mem::take(&mut sh.api_outputs), sh.is_leader(), i32::try_from(sh.requests_partitions).unwrap_or(0))
         };
         if outs.is_empty() {
             return Ok(());
@@ -569,7 +583,14 @@ impl<'a> Shell<'a> {
         }
         self.metrics.count_outputs(&outs);
         for o in &outs {
-            self.publish(o, Box::new((UNTRACKED, -1))).await?;
+            // With the decisions co-partitioned, an API decision goes where the user's streamed
+            // ones go: the partition `api.partitioner` gives the user (the one whose limiter
+            // decided it), so a user's decisions stay in one partition, in order.
+            let partition = match o {
+                Output::Decision(d) if self.first_decisions => self.cfg.api.partitioner.partition(d.user_id.as_bytes(), partitions),
+                _ => None,
+            };
+            self.publish_with(o, Box::new((UNTRACKED, -1)), partition, publish::Headers::default()).await?;
         }
         self.transactions.touched();
         Ok(())

@@ -80,6 +80,12 @@ impl Topology {
         Ok(())
     }
 
+    /// Requests partition `partition` is caught up: nothing buffered, nothing left to read. Until
+    /// its next request its users are swept at the pipeline's time, not its own.
+    pub fn requests_caught_up(&mut self, partition: i32) {
+        self.inputs.set_idle((InputTopic::Requests, partition), true);
+    }
+
     /// The watermark over the input partitions (their lowest event time), and how many there are.
     pub fn input_watermark(&self) -> (Option<Millis>, usize) {
         (self.inputs.watermark(), self.inputs.len())
@@ -126,14 +132,17 @@ impl Topology {
     /// input partitions are tracked (`process_from`): requests partitions do not wait for each
     /// other, and a partition read behind the others (a backlog, a partition just taken over)
     /// must not lose its users as idle at the others' time. One not read yet keeps its
-    /// (restored) users until it is. Without tracking (`process`), at `now`.
+    /// (restored) users until it is; one caught up (`requests_caught_up`) is swept at `now`.
+    /// Without tracking (`process`), at `now`.
     fn sweep_limiters(&mut self, now: Millis) {
         let tracked = !self.inputs.is_empty();
         let mut evicted = 0;
         for (p, limiter) in self.limiters.iter_mut().enumerate() {
             let Some(limiter) = limiter else { continue };
-            let at = match i32::try_from(p) {
-                Ok(p) if tracked => self.inputs.partition_time((InputTopic::Requests, p)).map(|t| t.min(now)),
+            let at = match i32::try_from(p).map(|p| (InputTopic::Requests, p)) {
+                // Caught up (nothing left to read): not behind, so at the pipeline's time.
+                Ok(k) if tracked && self.inputs.is_idle(k) => Some(now),
+                Ok(k) if tracked => self.inputs.partition_time(k).map(|t| t.min(now)),
                 _ => Some(now),
             };
             if let Some(at) = at {

@@ -82,10 +82,11 @@ impl Shell<'_> {
         sent
     }
 
-    /// A streamed request's decision, co-partitioned with its request and carrying its offset.
+    /// A streamed request's decision, co-partitioned with its request and saying which it was.
     async fn publish_decision(&mut self, o: &Output, origin: Origin, partition: i32, offset: i64, behind_ms: Option<i64>) -> Result<(), RunError> {
         let mut headers = Headers::default();
-        headers.input_offset(offset);
+        first_decisions::input_value(&self.cfg.kafka.group_id, partition, offset, &mut self.header_buf);
+        headers.add(first_decisions::INPUT, &self.header_buf);
         headers.behind(behind_ms);
         self.publish_with(o, origin, Some(partition), headers).await
     }
@@ -121,7 +122,7 @@ impl Shell<'_> {
     }
 
     /// `partition`: where the record goes (`None`: the producer's partitioner on its key).
-    async fn publish_with(&mut self, o: &Output, origin: Origin, partition: Option<i32>, headers: Headers) -> Result<(), RunError> {
+    pub(super) async fn publish_with(&mut self, o: &Output, origin: Origin, partition: Option<i32>, headers: Headers) -> Result<(), RunError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         o.write_json(&mut buf)?;
@@ -165,11 +166,6 @@ impl Headers {
     fn add(&mut self, key: &str, value: &str) {
         let h = self.0.take().unwrap_or_else(|| OwnedHeaders::new_with_capacity(2));
         self.0 = Some(h.insert(Header { key, value: Some(value.as_bytes()) }));
-    }
-
-    /// `first_decisions::INPUT_OFFSET`.
-    fn input_offset(&mut self, offset: i64) {
-        self.add(first_decisions::INPUT_OFFSET, itoa::Buffer::new().format(offset));
     }
 
     /// `CONTROL_BEHIND`, when the message waited past the idle wait.

@@ -22,6 +22,11 @@ use surgeguard::wire::events::{ErrorClass, InputEvent, OutcomeEvent, RequestEven
 use surgeguard::wire::outputs::Output;
 use surgeguard::wire::time::Millis;
 
+/// The wall clock, in Unix milliseconds.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64
+}
+
 fn brokers() -> String {
     std::env::var("SURGEGUARD_TEST_BROKERS").expect("set SURGEGUARD_TEST_BROKERS or run scripts/test, which starts a broker")
 }
@@ -884,7 +889,6 @@ async fn an_input_with_nothing_to_read_is_waited_for_at_most_the_idle_wait() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, by_topic) = surge_backlog(1);
     let requests = &by_topic["requests"][..200];
-    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
     let sent = now_ms();
     produce(&p.topic("requests"), requests).await;
     let mut ids = BTreeSet::new();
@@ -920,7 +924,6 @@ async fn a_named_instance_restarted_after_kill_9_decides_again_within_seconds() 
     // the killed member's session (45 s).
     let p = Pipeline::with("static", "instance_name = \"surgeguard-0\"");
     let ids = kill_9_mid_stream(&p, 50_000).await;
-    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
     let restarted = now_ms();
     let second = p.start();
     let mut seen = BTreeSet::new();

@@ -161,12 +161,6 @@ impl<K: Ord + Copy> Watermarks<K> {
         self.partitions.get(&k).and_then(|p| p.time)
     }
 
-    /// Whether partition `k` holds the watermark back: it counts (assigned, not idle) and its
-    /// time is behind `at` or it has none yet. The shell waits on these before deciding at `at`.
-    pub fn holds_back(&self, k: K, at: Millis) -> bool {
-        self.partitions.get(&k).is_some_and(|p| !p.idle && p.time.is_none_or(|t| t < at))
-    }
-
     /// How many partitions are assigned (for the gauge).
     pub fn len(&self) -> usize {
         self.partitions.len()
@@ -217,13 +211,11 @@ mod tests {
         assert_eq!(w.admit(0, Millis(5 * MIN), None), Admit::OnTime);
         // Partition 1 has nothing yet: time waits for it.
         assert_eq!(w.watermark(), None);
-        assert!(w.holds_back(1, Millis(5 * MIN)));
         // Three minutes behind the latest event: late, and still partition 1's time.
         assert_eq!(w.admit(1, Millis(2 * MIN), None), Admit::Late { behind_ms: 3 * MIN });
         assert_eq!(w.watermark(), Some(Millis(2 * MIN)));
         assert_eq!(w.admit(1, Millis(7 * MIN), None), Admit::OnTime);
         assert_eq!(w.watermark(), Some(Millis(5 * MIN)));
-        assert!(!w.holds_back(1, Millis(5 * MIN)));
     }
 
     #[test]
@@ -233,7 +225,6 @@ mod tests {
         w.assign(1);
         w.admit(0, Millis(3 * MIN), None);
         assert_eq!(w.set_idle(1, true), Some(Millis(3 * MIN)));
-        assert!(!w.holds_back(1, Millis(3 * MIN)));
         w.admit(0, Millis(4 * MIN), None);
         assert_eq!(w.watermark(), Some(Millis(4 * MIN)));
         // Back with an older record: it counts again but the watermark does not go back.

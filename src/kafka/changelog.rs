@@ -310,7 +310,7 @@ pub fn restore(
         let left = timeout.saturating_sub(started.elapsed());
         if left.is_zero() {
             let (&partition, &target) = targets.iter().next().unwrap_or((&-1, &-1));
-            let at = position(&consumer, topic, partition).unwrap_or(-1);
+            let at = topics::position(&consumer, topic, partition).unwrap_or(-1);
             return Err(RestoreError::Timeout { topic: topic.into(), partition, target, at, timeout });
         }
         if let Some(msg) = consumer.poll(left.min(Duration::from_millis(200))) {
@@ -319,18 +319,9 @@ pub fn restore(
         }
         // Done by position, not by the last message: with transactions (exactly-once) the last
         // offsets may be commit markers or aborted records, which are never delivered.
-        targets.retain(|&p, &mut high| position(&consumer, topic, p).is_none_or(|at| at < high));
+        targets.retain(|&p, &mut high| topics::position(&consumer, topic, p).is_none_or(|at| at < high));
     }
     Ok(out)
-}
-
-/// The consumer's position in a partition (the next offset it will read), when known.
-fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
-    let pos = consumer.position().ok()?;
-    match pos.find_partition(topic, partition)?.offset() {
-        Offset::Offset(o) => Some(o),
-        _ => None,
-    }
 }
 
 /// Puts one changelog record's state back.

@@ -196,7 +196,7 @@ fn read_back(client: &ClientConfig, topic: &str, group: &str, p: i32, committed:
             // By position as well as by offsets seen: commit markers (a topic once written
             // exactly-once) are never delivered. A fresh consumer's position is unknown until
             // it has fetched, then where it is.
-            let at = position(&consumer, topic, p).unwrap_or(start);
+            let at = topics::position(&consumer, topic, p).unwrap_or(start);
             if at >= end {
                 break;
             }
@@ -223,15 +223,6 @@ fn read_back(client: &ClientConfig, topic: &str, group: &str, p: i32, committed:
     let cut = !met && end > low;
     let tail = Tail::from_read(chunks.into_iter().rev().flatten(), committed);
     Ok(ReadBack { tail, read, cut })
-}
-
-/// The consumer's position in a partition (the next offset it will read), when known.
-fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
-    let pos = consumer.position().ok()?;
-    match pos.find_partition(topic, partition)?.offset() {
-        Offset::Offset(o) => Some(o),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -108,6 +108,15 @@ pub async fn delete(client: &ClientConfig, names: &[&str]) -> Result<(), KafkaEr
     Ok(())
 }
 
+/// The consumer's position in a partition (the next offset it will read), when known.
+pub fn position<C: ConsumerContext>(consumer: &impl Consumer<C>, topic: &str, partition: i32) -> Option<i64> {
+    let pos = consumer.position().ok()?;
+    match pos.find_partition(topic, partition)?.offset() {
+        rdkafka::topic_partition_list::Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
 /// A partition's low and high watermarks. A client that was just assigned a partition may not
 /// have its metadata yet (librdkafka answers "unknown partition"): it asks again until `timeout`.
 pub fn watermarks<C: ConsumerContext>(consumer: &impl Consumer<C>, topic: &str, partition: i32, timeout: Duration) -> Result<(i64, i64), KafkaError> {

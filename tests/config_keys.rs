@@ -40,6 +40,7 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
     ("topics.predictions", "output topic name: replay tags outputs with the short name; only a Kafka sink uses it"),
     ("topics.alerts", "output topic name: replay tags outputs with the short name; only a Kafka sink uses it"),
     ("topics.dlq", "replay reports undecodable lines to its caller instead of writing a DLQ topic"),
+    ("topics.usage", "Kafka runtime only: replay folds its one partition's usage in memory, `surgeguard run` publishes and reads it (tests/kafka_run.rs)"),
     ("topics.changelog", "Kafka runtime only: replay keeps limiter state in memory, `surgeguard run` writes it to this topic (tests/kafka_run.rs)"),
     ("kafka.brokers", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),
     ("kafka.group_id", "Kafka runtime only: `surgeguard run` reads it (tests/kafka_run.rs), replay has no broker"),

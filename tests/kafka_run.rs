@@ -17,6 +17,10 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use surgeguard::apps::scenario::{Surge, monday_surge};
 use surgeguard::config::Config;
 use surgeguard::core::topology::Topology;
+use surgeguard::forecast::features::{EventSpan, FeatureSpec, Transform};
+use surgeguard::forecast::model::{Family, FitOptions, fit};
+use surgeguard::forecast::rng::SplitMix64;
+use surgeguard::forecast::series::Series;
 use surgeguard::kafka::changelog;
 use surgeguard::wire::events::{ErrorClass, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
 use surgeguard::wire::outputs::Output;
@@ -44,10 +48,15 @@ impl Pipeline {
 
     /// A pipeline with extra `[kafka]` keys.
     fn with(name: &str, kafka: &str) -> Self {
+        Self::with_tables(name, kafka, "")
+    }
+
+    /// A pipeline with extra `[kafka]` keys and extra tables (TOML from a table header on).
+    fn with_tables(name: &str, kafka: &str, tables: &str) -> Self {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let prefix = format!("{name}-{}-{}", std::process::id(), nanos % 1_000_000_000);
         let topics: Vec<String> =
-            ["requests", "outcomes", "telemetry", "admin", "decisions", "limits", "breakers", "predictions", "alerts", "dlq", "changelog"]
+            ["requests", "outcomes", "telemetry", "admin", "decisions", "limits", "breakers", "predictions", "alerts", "dlq", "changelog", "usage"]
                 .iter()
                 .map(|t| format!("{t} = \"{prefix}.{t}\""))
                 .collect();
@@ -55,7 +64,7 @@ impl Pipeline {
         // times, which the wall clock must not overtake during the tests' pauses.
         let wall_clock = if kafka.contains("wall_clock_after_idle_ms") { "" } else { "wall_clock_after_idle_ms = 0\n" };
         let text = format!(
-            "[api]\nlisten = \"127.0.0.1:0\"\n\n[topics]\n{}\n\n[kafka]\ngroup_id = \"{prefix}\"\nreplication_factor = 1\n{wall_clock}{kafka}\n\n[kafka.partitions]\nrequests = 3\ndecisions = 3\n",
+            "[api]\nlisten = \"127.0.0.1:0\"\n\n[topics]\n{}\n\n[kafka]\ngroup_id = \"{prefix}\"\nreplication_factor = 1\n{wall_clock}{kafka}\n\n[kafka.partitions]\nrequests = 3\ndecisions = 3\n\n{tables}\n",
             topics.join("\n")
         );
         let config = std::env::temp_dir().join(format!("{prefix}.toml"));
@@ -528,10 +537,13 @@ fn latest_states(topic: &str, partitions: i32) -> (BTreeMap<String, changelog::R
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
             let m = m.expect("changelog message");
             let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
-            let record: changelog::Record = serde_json::from_slice(m.payload().expect("no tombstones here")).expect("changelog record");
-            assert_eq!(key, changelog::key(&record.request_type, &record.user_id));
-            latest.insert(key, record);
-            records += 1;
+            // The partition's usage cells live there too (`core/usage.rs`).
+            if key != changelog::USAGE_KEY {
+                let record: changelog::Record = serde_json::from_slice(m.payload().expect("no tombstones here")).expect("changelog record");
+                assert_eq!(key, changelog::key(&record.request_type, &record.user_id));
+                latest.insert(key, record);
+                records += 1;
+            }
         }
         // By position: transaction markers and aborted records are never delivered.
         let positions = consumer.position().expect("positions");
@@ -939,4 +951,204 @@ async fn a_named_instance_restarted_after_kill_9_decides_again_within_seconds() 
     let twice = decided.values().filter(|&&n| n > 1).count();
     eprintln!("static membership: first decision {} ms after the restart; {twice} of {} requests decided twice", first - restarted, ids.len());
     assert!(first - restarted < 20_000, "first decision {} ms after the restart (target 10 s; 45 s is the session timeout)", first - restarted);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Global views at N instances: the monitor and the predictor fold every instance's usage.
+
+const GV_STEP: i64 = 5 * 60_000;
+const GV_HOUR: i64 = 3_600_000;
+const GV_DAY: i64 = 24 * GV_HOUR;
+const GV_T0: i64 = 1_767_571_200_000;
+
+fn gv_campaign(day: i64) -> EventSpan {
+    EventSpan { start: Millis(GV_T0 + day * GV_DAY + 12 * GV_HOUR), end: Millis(GV_T0 + day * GV_DAY + 13 * GV_HOUR), label: "campaign".into() }
+}
+
+/// 30 days of demand per 5 minutes, six times higher in a campaign hour every third day.
+fn gv_history(days: i64) -> Series {
+    let campaigns: Vec<EventSpan> = (1..30).step_by(3).map(gv_campaign).collect();
+    let mut rng = SplitMix64::new(9);
+    let values = (0..days * 288)
+        .map(|i| {
+            let t = Millis(GV_T0 + i * GV_STEP);
+            let base = (100.0 + 20.0 * (rng.unit() - 0.5)).round();
+            if campaigns.iter().any(|e| e.start <= t && t < e.end) { base * 6.0 } else { base }
+        })
+        .collect();
+    Series { start: Millis(GV_T0), step_ms: GV_STEP, values }
+}
+
+/// A model that knows the campaigns, day 31's among them, and its seed history (as CSV), in
+/// `dir`; the `[prediction]` table that loads them.
+fn gv_prediction(dir: &support::Scratch) -> String {
+    let mut known: Vec<EventSpan> = (1..30).step_by(3).map(gv_campaign).collect();
+    known.push(gv_campaign(31));
+    let mut spec = FeatureSpec::for_resolution(GV_STEP, &known, Transform::Log1p);
+    spec.weekly_harmonics = 0;
+    spec.lags = vec![1, 288];
+    let mut o = FitOptions::new(Family::Poisson, 12);
+    o.spec = Some(spec);
+    dir.write("model.json", &fit(&gv_history(30), &known, &o).expect("fit").to_json());
+    let h = gv_history(31);
+    let mut csv = String::from("ts,value\n");
+    for (i, v) in h.values.iter().enumerate() {
+        csv.push_str(&format!("{},{v}\n", h.time_of(i)));
+    }
+    dir.write("history.csv", &csv);
+    format!(
+        "[prediction]\nmodel = {:?}\nhistory = {:?}\nhistory_kind = \"series\"\n",
+        dir.path("model.json").to_string_lossy(),
+        dir.path("history.csv").to_string_lossy()
+    )
+}
+
+/// Day 31 up to 14:00: 100 requests per 5 minutes from 500 enterprise users, 600 in the
+/// campaign hour, and from 09:00 for ten minutes twelve free users at 3 requests a second each
+/// (throttled: the monitor's rules fire on every instance's throttling). In time order.
+fn gv_requests() -> Vec<RequestEvent> {
+    let day = GV_T0 + 31 * GV_DAY;
+    let campaign = gv_campaign(31);
+    let mut events = Vec::new();
+    for s in 0..(14 * 12) {
+        let start = Millis(day + s * GV_STEP);
+        let count: i64 = if campaign.start <= start && start < campaign.end { 600 } else { 100 };
+        for k in 0..count {
+            events.push(RequestEvent {
+                id: format!("r{s}-{k}").into(),
+                ts: Millis(start.0 + k * GV_STEP / count),
+                user_id: format!("u{}", k % 500).into(),
+                tier: "enterprise".into(),
+                request_type: "standard".into(),
+                cost: 1,
+            });
+        }
+    }
+    let heavy_from = day + 9 * GV_HOUR;
+    for i in 0..(10 * 60 * 3) {
+        for u in 0..12 {
+            events.push(RequestEvent {
+                id: format!("h{u}-{i}").into(),
+                ts: Millis(heavy_from + i * 1000 / 3 + u),
+                user_id: format!("heavy-{u}").into(),
+                tier: "free".into(),
+                request_type: "standard".into(),
+                cost: 1,
+            });
+        }
+    }
+    events.sort_by_key(|r| r.ts);
+    events
+}
+
+/// What a run published that the global views decide: alerts (rule, time, value), predictions
+/// (whole), and the predicted multiplier's changes (time, multiplier), each once, before `until`.
+#[derive(Debug, PartialEq)]
+struct GlobalOutputs {
+    alerts: BTreeSet<(String, String, String)>,
+    predictions: BTreeSet<String>,
+    cuts: BTreeSet<(String, String)>,
+}
+
+fn gv_outputs(p: &Pipeline, until: Millis) -> GlobalOutputs {
+    let read = |topic: &str| -> Vec<serde_json::Value> {
+        read_until(&p.topic(topic), Duration::from_secs(6), |_| false)
+            .iter()
+            .filter_map(|m| serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or(b"{}")).ok())
+            .filter(|v| v["ts"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).is_some_and(|t| t.timestamp_millis() < until.0))
+            .collect()
+    };
+    let alerts = read("alerts").iter().map(|a| (a["rule"].to_string(), a["ts"].to_string(), a["value"].to_string())).collect();
+    let predictions = read("predictions").iter().map(|v| v.to_string()).collect();
+    let cuts = read("limits")
+        .iter()
+        .filter(|l| l["reason"].as_str().is_some_and(|r| r.contains("predicted")))
+        .map(|l| (l["ts"].to_string(), l["multipliers"]["predicted"].to_string()))
+        .collect();
+    GlobalOutputs { alerts, predictions, cuts }
+}
+
+/// Runs `instances` instances of `p` over `events` (the second starting once the first has
+/// decided a third of them, when `join` is set) until every request is decided and the global
+/// views have caught up; returns what they published before `until`.
+async fn gv_run(p: &Pipeline, events: &[RequestEvent], instances: usize, join: bool, until: Millis) -> GlobalOutputs {
+    create_topics(p).await;
+    let records = encoded(events);
+    let mut services = vec![p.start()];
+    if instances > 1 && !join {
+        services.push(p.start());
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (early, late) = if join { records.split_at(records.len() / 3) } else { records.split_at(records.len()) };
+    produce(&p.topic("requests"), early).await;
+    if join {
+        let mut seen = BTreeSet::new();
+        read_until(&p.topic("decisions"), Duration::from_secs(120), |m| {
+            seen.extend(decided_ids(std::slice::from_ref(m)).into_keys());
+            seen.len() >= early.len()
+        });
+        services.push(p.start());
+        tokio::time::sleep(Duration::from_secs(8)).await;
+    }
+    produce(&p.topic("requests"), late).await;
+    let mut seen = BTreeSet::new();
+    read_until(&p.topic("decisions"), Duration::from_secs(240), |m| {
+        seen.extend(decided_ids(std::slice::from_ref(m)).into_keys());
+        seen.len() >= events.len()
+    });
+    assert_eq!(seen.len(), events.len(), "{}: every request decided", p.prefix);
+    // The usage records of the last cells go out with the next flushes, and the leader
+    // publishes what closing them produced.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let out = gv_outputs(p, until);
+    for s in services {
+        assert!(s.stop().success());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+async fn two_instances_alert_and_forecast_as_one_does() {
+    let dir = support::Scratch::new("global-views");
+    let prediction = gv_prediction(&dir);
+    let events = gv_requests();
+    // Compared up to 30 minutes before the last request: the last cells close as each instance's
+    // own time allows (a live service never closes its open minute).
+    let until = Millis(events.last().expect("events").ts.0 - 30 * 60_000);
+    let one = gv_run(&Pipeline::with_tables("global-one", "", &prediction), &events, 1, false, until).await;
+    let rules: BTreeSet<&str> = one.alerts.iter().map(|(r, _, _)| r.as_str()).collect();
+    eprintln!("one instance: {} alerts ({rules:?}), {} predictions, {} predicted limit changes", one.alerts.len(), one.predictions.len(), one.cuts.len());
+    // The scenario exercises every global view, or equality would prove little.
+    assert!(rules.contains("\"throttling\"") && rules.contains("\"predicted_spike\""), "{rules:?}");
+    assert!(one.predictions.len() >= 100 && !one.cuts.is_empty(), "{} predictions, {} cuts", one.predictions.len(), one.cuts.len());
+    // Replay of the same input (one partition) folds to the same views.
+    let cfg = surgeguard::config::load::load_str(&prediction, "global.toml").unwrap_or_else(|e| panic!("{e}"));
+    let input: Vec<InputEvent> = events.iter().cloned().map(InputEvent::Request).collect();
+    // On a thread of its own: the history is read with a runtime of its own.
+    let (out, _) = std::thread::spawn(move || support::run(std::sync::Arc::new(cfg), &support::jsonl(&input))).join().expect("replay");
+    let replayed: Vec<serde_json::Value> = String::from_utf8_lossy(&out).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let before =
+        |v: &&serde_json::Value| v["ts"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).is_some_and(|t| t.timestamp_millis() < until.0);
+    let replay_alerts: BTreeSet<(String, String, String)> = replayed
+        .iter()
+        .filter(|v| v["topic"] == "alerts")
+        .filter(before)
+        .map(|a| (a["rule"].to_string(), a["ts"].to_string(), a["value"].to_string()))
+        .collect();
+    assert_eq!(replay_alerts, one.alerts, "replay's alerts and one instance's");
+
+    let two = gv_run(&Pipeline::with_tables("global-two", "", &prediction), &events, 2, false, until).await;
+    assert_eq!(two.alerts, one.alerts, "two instances started together: alerts");
+    assert_eq!(two.cuts, one.cuts, "two instances started together: predicted limits");
+    let differ: Vec<&String> = one.predictions.symmetric_difference(&two.predictions).take(4).collect();
+    assert!(differ.is_empty(), "two instances started together: predictions differ, e.g. {differ:?}");
+
+    // One joining mid-stream: the monitor's alerts are every instance's (a joining instance's
+    // predictor starts from `prediction.history`, so its forecasts are not compared here).
+    let joined = gv_run(&Pipeline::with_tables("global-join", "", &prediction), &events, 2, true, until).await;
+    let monitor_rules = |a: &BTreeSet<(String, String, String)>| -> BTreeSet<(String, String, String)> {
+        a.iter().filter(|(r, _, _)| r != "\"predicted_spike\"").cloned().collect()
+    };
+    assert_eq!(monitor_rules(&joined.alerts), monitor_rules(&one.alerts), "one instance joining mid-stream: the monitor's alerts");
 }

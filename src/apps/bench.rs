@@ -319,6 +319,7 @@ async fn measure_surgeguard(cfg: &Config, brokers: &str, opts: &BenchOptions, ev
         ("alerts", &mut sg.topics.alerts),
         ("dlq", &mut sg.topics.dlq),
         ("limiter-changelog", &mut sg.topics.changelog),
+        ("usage", &mut sg.topics.usage),
     ] {
         *slot = format!("{run_id}.sg.{name}");
     }

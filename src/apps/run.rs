@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use futures_util::{FutureExt, StreamExt};
 use rdkafka::ClientConfig;
 
+use crate::kafka::usage::UsageReader;
+
 use crate::kafka::client::client_config;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -122,6 +124,7 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
         deliveries: clients.deliveries.clone(),
         requests_topic: cfg.topics.requests.clone(),
         changelog_topic: cfg.topics.changelog.clone(),
+        usage_topic: cfg.topics.usage.clone(),
         decisions_topic: clients.keep_first_decisions.then(|| cfg.topics.decisions.clone()),
         group_id: cfg.kafka.group_id.clone(),
         restore_client: clients.consumer_config.clone(),
@@ -140,6 +143,11 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
     if clients.keep_first_decisions {
         shell.keep_first_decisions();
     }
+    // Silent for three commit intervals (at least a second): its owner is gone.
+    let excuse_after = Duration::from_millis(u64::from(cfg.kafka.commit_interval_ms).saturating_mul(3).max(1000));
+    let reader = tokio::task::block_in_place(|| UsageReader::new(&clients.consumer_config, &cfg.topics.usage, excuse_after))?;
+    shell.read_usage(reader);
+    crate::kafka::shared::lock(&shared).topology.publish_usage();
     // Declared after the consumer, so dropped before it: an error exit marks the state so that
     // the revocation closing the consumer brings commits nothing.
     let mut exit_guard = NoCommitOnError { shared: shared.clone(), armed: true };
@@ -601,7 +609,7 @@ struct Partitions {
 }
 
 /// The requests and decisions topics' partition counts; an error when the changelog has fewer
-/// partitions than the requests topic.
+/// partitions than the requests topic, or the usage topic is missing.
 fn check_changelog_partitions(producer: &OutputProducer, t: &crate::config::TopicsConfig) -> Result<Partitions, RunError> {
     let count = |topic: &str| -> Result<usize, RunError> {
         let md = tokio::task::block_in_place(|| producer.client().fetch_metadata(Some(topic), Duration::from_secs(30)))?;
@@ -610,6 +618,9 @@ fn check_changelog_partitions(producer: &OutputProducer, t: &crate::config::Topi
     let (requests, changelog) = (count(&t.requests)?, count(&t.changelog)?);
     if changelog < requests {
         return Err(RunError::ChangelogPartitions { changelog: t.changelog.clone(), has: changelog, requests: t.requests.clone(), needs: requests });
+    }
+    if count(&t.usage)? == 0 {
+        return Err(RunError::NoUsageTopic(t.usage.clone()));
     }
     Ok(Partitions { requests, decisions: count(&t.decisions)? })
 }

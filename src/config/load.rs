@@ -439,6 +439,7 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         check(errors, (0.0..=1.0).contains(&v), format!("fallback.{name}"), || format!("expected a score in 0..1, got {v}"));
     }
     check(errors, c.monitor.correlation_window_minutes >= 3, "monitor.correlation_window_minutes", || "expected ≥ 3 minutes".into());
+    check(errors, c.monitor.lateness_s <= 3600, "monitor.lateness_s", || "expected at most 3600 seconds".into());
     let al = &c.alerts;
     for (name, v) in [("throttling", al.throttling.threshold), ("grace_usage", al.grace_usage.threshold)] {
         check(errors, v >= 0.0, format!("alerts.{name}.threshold"), || format!("expected ≥ 0, got {v}"));

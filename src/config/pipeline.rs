@@ -368,11 +368,15 @@ impl Default for FallbackConfig {
 pub struct MonitorConfig {
     /// Minutes of history the throttling/load correlation is computed over.
     pub correlation_window_minutes: u32,
+    /// Seconds a request still counts in its own minute after its requests partition's time has
+    /// passed the minute's end; minutes (and predictor steps) close once every requests
+    /// partition is this far past them.
+    pub lateness_s: u32,
 }
 
 impl Default for MonitorConfig {
     fn default() -> Self {
-        MonitorConfig { correlation_window_minutes: 15 }
+        MonitorConfig { correlation_window_minutes: 15, lateness_s: 5 }
     }
 }
 

@@ -69,6 +69,9 @@ pub struct TopicsConfig {
     pub dlq: String,
     /// Per-user limiter state (compacted), one partition per requests partition.
     pub changelog: String,
+    /// Every instance's usage cells per requests partition, read by every instance (the
+    /// monitor's and the predictor's global view).
+    pub usage: String,
 }
 
 impl TopicsConfig {
@@ -103,6 +106,7 @@ impl Default for TopicsConfig {
             alerts: t("alerts"),
             dlq: t("dlq"),
             changelog: t("limiter-changelog"),
+            usage: t("usage"),
         }
     }
 }

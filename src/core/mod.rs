@@ -6,7 +6,8 @@
 //! (the throttling table), [`health`] (telemetry folded into one view), [`breaker`] (with
 //! [`breaker_window`]) and [`breakers`] (all of them, with [`fallback`] plans), [`predictor`]
 //! (demand forecasts into a multiplier), [`monitor`] (per-minute metrics and alerts) and
-//! [`idempotency`] (the API's remembered decisions). [`watermarks`] holds the pipeline's event
+//! [`idempotency`] (the API's remembered decisions); [`usage`] counts decisions per requests
+//! partition and minute and folds every partition's counts for the monitor and the predictor. [`watermarks`] holds the pipeline's event
 //! time over its input partitions (issue 18; not yet driven by the shells).
 
 pub(crate) mod adaptive;
@@ -21,4 +22,5 @@ pub(crate) mod monitor;
 pub(crate) mod predictor;
 pub(crate) mod strategy;
 pub mod topology;
+pub mod usage;
 pub mod watermarks;

@@ -1,7 +1,9 @@
 //! The monitor: per-minute metrics of the limiter's work and the alert rules over them.
 //!
-//! Minutes are event-time minutes; a minute closes when an event of a later minute arrives, and
-//! its rules are evaluated then (alerts are stamped with the minute's end). Each rule has a
+//! Minutes are event-time minutes. Decisions come as closed usage cells (`usage.rs`: every requests
+//! partition's, whichever instance decided them), load from telemetry; a minute closes when the
+//! usage fold's time passes its end, and its rules are evaluated then (alerts are stamped with
+//! the minute's end, so they do not depend on when or where they were evaluated). Each rule has a
 //! cool-down: it does not fire again within `cooldown_s` of firing, however long its condition
 //! lasts. Breaker trips fire at once, with a cool-down per dependency.
 
@@ -9,7 +11,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::config::{AlertsConfig, MonitorConfig};
-use crate::wire::outputs::{Alert, AlertSeverity, BreakerState, BreakerStateKind, Decision, DecisionKind, FallbackStep, Prediction};
+use crate::core::usage::Cell;
+use crate::wire::outputs::{Alert, AlertSeverity, BreakerState, BreakerStateKind, Decision, FallbackStep, Prediction};
 use crate::wire::time::Millis;
 
 const MINUTE_MS: i64 = 60_000;
@@ -36,17 +39,23 @@ pub struct MinuteMetrics {
 #[derive(Default)]
 struct Open {
     m: MinuteMetrics,
-    delay_sum: f64,
-    grace_sum: f64,
+    throttle_s: u64,
+    grace_ppm: u64,
     grace_n: u64,
     load_sum: f64,
     load_n: u64,
 }
 
+/// The most minutes held open (usage and load ahead of the minutes closed).
+const MAX_OPEN_MINUTES: usize = 1440;
+
 pub struct Monitor {
     rules: AlertsConfig,
     window: usize,
-    current: Option<Open>,
+    /// Minutes not closed yet, by start: their usage (from the fold) and their load.
+    open: BTreeMap<i64, Open>,
+    /// The start of the first minute not closed (none before the first).
+    closed_to: Option<Millis>,
     last_load: f64,
     history: VecDeque<MinuteMetrics>,
     last_fired: BTreeMap<(String, String), Millis>,
@@ -62,7 +71,8 @@ impl Monitor {
         Monitor {
             rules: rules.clone(),
             window: monitor.correlation_window_minutes as usize,
-            current: None,
+            open: BTreeMap::new(),
+            closed_to: None,
             last_load: 0.0,
             history: VecDeque::new(),
             last_fired: BTreeMap::new(),
@@ -78,35 +88,42 @@ impl Monitor {
         Millis(ts.0.div_euclid(MINUTE_MS) * MINUTE_MS)
     }
 
-    fn open_at(&mut self, ts: Millis) -> &mut Open {
-        let minute = Self::minute_of(ts);
-        let o = self.current.get_or_insert_with(|| Open { m: MinuteMetrics { minute, ..Default::default() }, ..Default::default() });
-        o
+    /// The open minute of `ts`: its own, or the first still open when its own has closed.
+    fn open_at(&mut self, ts: Millis) -> Option<&mut Open> {
+        let minute = Self::minute_of(ts).max(self.closed_to.unwrap_or(Millis(i64::MIN)));
+        if self.open.len() >= MAX_OPEN_MINUTES && !self.open.contains_key(&minute.0) {
+            return None;
+        }
+        Some(self.open.entry(minute.0).or_insert_with(|| Open { m: MinuteMetrics { minute, ..Default::default() }, ..Default::default() }))
     }
 
-    /// Counts a decision. `grace_used` is the limiter's grace share for graced or throttled ones.
+    /// Counts one decision (tests; the topology counts decisions into usage cells and gives the
+    /// monitor closed cells, `on_usage`).
     pub fn on_decision(&mut self, d: &Decision, grace_used: Option<f64>) {
-        let o = self.open_at(d.ts);
-        o.m.decisions += 1;
-        *o.m.tiers.entry(d.tier.clone()).or_insert(0) += 1;
-        match d.decision {
-            DecisionKind::Allow => o.m.allowed += 1,
-            DecisionKind::AllowWithGrace => o.m.graced += 1,
-            DecisionKind::Throttle => {
-                o.m.throttled += 1;
-                o.delay_sum += d.strategy.map_or(0.0, |s| f64::from(s.seconds()));
-            }
+        let mut c = Cell::default();
+        c.count(d, grace_used);
+        self.on_usage(d.ts, &c);
+    }
+
+    /// Counts a closed usage cell (every partition's decisions from `start`, in its minute).
+    pub fn on_usage(&mut self, start: Millis, c: &Cell) {
+        let Some(o) = self.open_at(start) else { return };
+        o.m.decisions += c.decisions;
+        o.m.allowed += c.allowed;
+        o.m.graced += c.graced;
+        o.m.throttled += c.throttled;
+        for (tier, n) in &c.tiers {
+            *o.m.tiers.entry(tier.clone()).or_insert(0) += n;
         }
-        if let Some(g) = grace_used {
-            o.grace_sum += g;
-            o.grace_n += 1;
-        }
+        o.throttle_s += c.throttle_s;
+        o.grace_ppm += c.grace_ppm;
+        o.grace_n += c.grace_n;
     }
 
     /// Notes the system's worst utilisation at `ts`.
     pub fn on_load(&mut self, ts: Millis, worst_utilisation: f64) {
         self.last_load = worst_utilisation;
-        let o = self.open_at(ts);
+        let Some(o) = self.open_at(ts) else { return };
         o.load_sum += worst_utilisation;
         o.load_n += 1;
     }
@@ -190,44 +207,61 @@ impl Monitor {
         true
     }
 
-    /// Moves event time to `now`, closing finished minutes and evaluating their rules.
+    /// Moves the monitor's time to `now` (the usage fold's: every partition's decisions before
+    /// it are counted), closing the minutes that end by then and evaluating their rules. Quiet
+    /// minutes in between (no decisions, no load) count as minutes without throttling at the
+    /// last known load, and are not evaluated themselves.
     pub fn advance(&mut self, now: Millis, out: &mut Vec<Alert>) {
         let minute = Self::minute_of(now);
-        let Some(open) = self.current.as_ref() else { return };
-        if open.m.minute >= minute {
+        if self.closed_to.is_some_and(|c| c >= minute) {
             return;
         }
-        let Some(end) = self.close_current(out) else { return };
-        // Quiet minutes in between count as minutes without throttling, at the last known load
-        // (evaluated with the next minute that closes).
-        let gap = ((minute.0 - end.0) / MINUTE_MS).min(self.window as i64);
-        for i in 0..gap {
-            let start = Millis(minute.0 - (gap - i) * MINUTE_MS);
-            self.push_history(MinuteMetrics { minute: start, load: self.last_load, ..Default::default() });
+        while let Some(entry) = self.open.first_entry() {
+            if *entry.key() >= minute.0 {
+                break;
+            }
+            let o = entry.remove();
+            self.quiet_until(o.m.minute);
+            self.close_minute(o, out);
         }
-        self.current = Some(Open { m: MinuteMetrics { minute, ..Default::default() }, ..Default::default() });
+        self.quiet_until(minute);
+        self.closed_to = Some(minute);
     }
 
-    /// Closes the open minute and runs its rules; returns the minute's end.
-    fn close_current(&mut self, out: &mut Vec<Alert>) -> Option<Millis> {
-        let o = self.current.take()?;
+    /// Quiet minutes from the first not closed up to `minute` go to the history.
+    fn quiet_until(&mut self, minute: Millis) {
+        if let Some(from) = self.closed_to {
+            let gap = ((minute.0 - from.0) / MINUTE_MS).clamp(0, self.window as i64);
+            for i in 0..gap {
+                let start = Millis(minute.0 - (gap - i) * MINUTE_MS);
+                self.push_history(MinuteMetrics { minute: start, load: self.last_load, ..Default::default() });
+            }
+        }
+        self.closed_to = Some(minute);
+    }
+
+    /// Closes one minute and runs its rules.
+    fn close_minute(&mut self, o: Open, out: &mut Vec<Alert>) {
         let closed = self.close(o);
         let end = closed.minute.plus_ms(MINUTE_MS);
         self.push_history(closed);
+        self.closed_to = Some(end);
         self.evaluate(end, out);
-        Some(end)
     }
 
-    /// End of input (a replay or backtest ran out): closes the open minute so its alerts are not
-    /// lost. A live service never calls this; its minutes close as time moves on.
+    /// End of input (a replay or backtest ran out): closes the open minutes so their alerts are
+    /// not lost. A live service never calls this; its minutes close as time moves on.
     pub fn finish(&mut self, out: &mut Vec<Alert>) {
-        self.close_current(out);
+        while let Some((_, o)) = self.open.pop_first() {
+            self.quiet_until(o.m.minute);
+            self.close_minute(o, out);
+        }
     }
 
-    fn close(&self, o: Open) -> MinuteMetrics {
+    fn close(&mut self, o: Open) -> MinuteMetrics {
         let mut m = o.m;
-        m.mean_throttle_delay_s = if m.throttled > 0 { o.delay_sum / m.throttled as f64 } else { 0.0 };
-        m.grace_usage = if o.grace_n > 0 { o.grace_sum / o.grace_n as f64 } else { 0.0 };
+        m.mean_throttle_delay_s = if m.throttled > 0 { o.throttle_s as f64 / m.throttled as f64 } else { 0.0 };
+        m.grace_usage = if o.grace_n > 0 { o.grace_ppm as f64 / 1e6 / o.grace_n as f64 } else { 0.0 };
         m.load = if o.load_n > 0 { o.load_sum / o.load_n as f64 } else { self.last_load };
         m
     }
@@ -326,6 +360,7 @@ impl AlertSeverity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::outputs::DecisionKind;
 
     fn decision(ts: Millis, kind: DecisionKind) -> Decision {
         crate::wire::outputs::test_decision(ts, kind)

@@ -15,8 +15,9 @@
 //!
 //! Start-up: `seed` puts the counts of recent history in (the steps it covers are then closed, and
 //! requests in them are not counted again); without it, forecasts begin once the stream itself has
-//! filled the model's longest lag. Each request counts `weight` (an instance that owns a share of
-//! the requests partitions counts each of its requests as 1/share, to estimate the whole demand).
+//! filled the model's longest lag. The topology gives it every requests partition's demand per
+//! usage cell (`usage.rs`), as the fold closes them, and moves it to the time each step could
+//! close at (`Topology::predict_due`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -132,6 +133,11 @@ impl Predictor {
 
     pub fn step_ms(&self) -> i64 {
         self.step_ms
+    }
+
+    /// The event time at which the first open step closes (none before the first event).
+    pub fn next_close_at(&self) -> Option<Millis> {
+        self.open_from.map(|s| Millis((s + 1).saturating_mul(self.step_ms).saturating_add(self.lateness_ms)))
     }
 
     /// Requests not counted because their step had closed (or lay before the start).

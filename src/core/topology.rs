@@ -22,6 +22,7 @@ use crate::core::limiter::{ImportError, Limiter, SavedState};
 use crate::core::monitor::Monitor;
 use crate::core::predictor::{Predictor, Step};
 use crate::core::strategy::StrategyTable;
+use crate::core::usage::{Closed, PartitionUsage, UsageFold, cell_ms};
 pub use crate::core::watermarks::Admit;
 use crate::core::watermarks::Watermarks;
 use crate::wire::events::{AdminAction, AdminEvent, InputEvent, InputTopic, OutcomeEvent, TelemetrySample};
@@ -30,6 +31,7 @@ use crate::wire::time::Millis;
 
 mod event_time;
 mod requests;
+mod usage;
 
 pub use event_time::{InputPartition, TooFarAheadError};
 pub use requests::{Counted, QuotaState, UserQuota};
@@ -96,9 +98,15 @@ pub struct Topology {
     /// any other name gets a breaker and published states, but must not cut every limit).
     upstream: Vec<Arc<str>>,
     predictor: Option<Predictor>,
-    /// What each request counts for in the predictor (1 / the share of the requests partitions
-    /// this instance owns).
-    demand_weight: f64,
+    /// Per requests partition, the decisions counted per cell of event time (`usage.rs`), and
+    /// the fold of every partition's cells the monitor and the predictor take.
+    usage: Vec<Option<PartitionUsage>>,
+    fold: UsageFold,
+    publishes_usage: bool,
+    scratch_closed: Vec<Closed>,
+    /// Live: the global views' outputs, each with the fold position it came at, for the shell
+    /// to publish (leader) or keep (follower); otherwise they go with the event's outputs.
+    fold_outputs: Option<Vec<(Millis, Output)>>,
     spike_factor: f64,
     scratch_steps: Vec<Step>,
     /// The latest alerts (at most `RECENT_ALERTS`) and each scope's latest prediction, for the
@@ -159,7 +167,11 @@ impl Topology {
             scratch_breakers: Vec::new(),
             upstream: cfg.dependencies.keys().map(|k| Arc::from(k.as_str())).collect(),
             predictor: None,
-            demand_weight: 1.0,
+            usage: Vec::new(),
+            fold: UsageFold::new(cell_ms(None), i64::from(cfg.monitor.lateness_s) * 1000),
+            publishes_usage: false,
+            scratch_closed: Vec::new(),
+            fold_outputs: None,
             spike_factor: cfg.prediction.spike_factor,
             scratch_steps: Vec::new(),
             recent_alerts: std::collections::VecDeque::new(),
@@ -189,22 +201,12 @@ impl Topology {
     }
 
     /// Adds predictive limits (see `predictor.rs`); the shell loads and seeds the predictor.
+    /// Usage cells then divide its step as well as the minute.
     pub fn with_predictor(mut self, predictor: Option<Predictor>) -> Self {
+        let step = predictor.as_ref().map(Predictor::step_ms);
+        self.fold = UsageFold::new(cell_ms(step), self.fold.lateness_ms());
         self.predictor = predictor;
         self
-    }
-
-    /// Each request counts `weight` requests of demand: an instance that owns k of n requests
-    /// partitions sees about k/n of the requests (users are spread by hash), so it counts n/k.
-    pub fn set_demand_weight(&mut self, weight: f64) {
-        if weight.is_finite() && weight > 0.0 {
-            self.demand_weight = weight;
-        }
-    }
-
-    /// What each request counts for in the predictor.
-    pub fn demand_weight(&self) -> f64 {
-        self.demand_weight
     }
 
     pub fn counters(&self) -> Counters {
@@ -245,6 +247,7 @@ impl Topology {
     /// Forgets the state of a partition this instance no longer owns.
     pub fn drop_partition(&mut self, partition: i32) {
         self.inputs.revoke((InputTopic::Requests, partition));
+        self.drop_usage(partition);
         if let Some(slot) = usize::try_from(partition).ok().and_then(|i| self.limiters.get_mut(i)) {
             *slot = None;
         }
@@ -337,9 +340,10 @@ impl Topology {
         out.extend(states.into_iter().map(Output::Breaker));
     }
 
-    /// End of input: closes the monitor's open minute (replay and backtest call this; a live
-    /// service does not).
+    /// End of input: closes every usage cell and the monitor's open minutes (replay and backtest
+    /// call this; a live service does not).
     pub fn finish(&mut self, out: &mut Vec<Output>) {
+        self.finish_usage(out);
         let mut alerts = Vec::new();
         self.monitor.finish(&mut alerts);
         self.push_alerts(alerts, out);

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::limiter::SavedState;
 use crate::core::topology::Topology;
+use crate::core::usage::UsageRecord;
 use crate::kafka::offsets::FastMap;
 use crate::kafka::topics;
 
@@ -335,6 +336,14 @@ fn apply(topology: &mut Topology, msg: &rdkafka::message::BorrowedMessage<'_>, s
                 stats.counted.per_key.remove(k);
             }
         }
+        Some(bytes) if msg.key() == Some(USAGE_KEY.as_bytes()) => match serde_json::from_slice::<UsageRecord>(bytes) {
+            Ok(r) if r.partition == p => topology.restore_usage(&r),
+            Ok(r) => tracing::warn!(partition = p, offset = msg.offset(), record_partition = r.partition, "usage record of another partition, skipped"),
+            Err(e) => {
+                stats.skipped += 1;
+                tracing::warn!(partition = p, offset = msg.offset(), error = %e, "usage record not decodable");
+            }
+        },
         Some(bytes) => match serde_json::from_slice::<Record>(bytes) {
             Ok(r) => match topology.restore(p, &r.user_id, &r.request_type, &r.state) {
                 Ok(()) => stats.counted.record(key(&r.request_type, &r.user_id), r.offset),
@@ -351,22 +360,57 @@ fn apply(topology: &mut Topology, msg: &rdkafka::message::BorrowedMessage<'_>, s
     }
 }
 
-/// A changelog record to send: acknowledged as an output of the message at `hold` of requests
-/// partition `partition` (nothing waits for it without one), and written to the changelog
-/// partition of the same number.
+/// A record to send with a flush: acknowledged as an output of the message at `hold` of requests
+/// partition `partition` (nothing waits for it without one). A user's state and the partition's
+/// usage go to the changelog partition of the same number; the usage also goes to the usage
+/// topic, for every instance's fold.
 #[derive(Debug)]
 pub struct Outgoing {
     pub partition: i32,
     pub hold: Option<i64>,
-    pub record: Record,
+    pub record: Payload,
 }
+
+#[derive(Debug)]
+pub enum Payload {
+    User(Record),
+    /// The partition's usage cells, to the changelog (key `USAGE_KEY`).
+    Usage(std::sync::Arc<UsageRecord>),
+    /// The same, to the usage topic (keyed by the partition number).
+    UsageTopic(std::sync::Arc<UsageRecord>),
+}
+
+/// The changelog key of a partition's usage cells (a user's keys all have a `/`).
+pub const USAGE_KEY: &str = "~usage";
 
 impl Outgoing {
     /// The record's key and JSON value, written into the caller's buffers (cleared first).
     pub fn encode(&self, key: &mut String, value: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        key_into(&self.record.request_type, &self.record.user_id, key);
         value.clear();
-        serde_json::to_writer(&mut *value, &self.record)
+        match &self.record {
+            Payload::User(r) => {
+                key_into(&r.request_type, &r.user_id, key);
+                serde_json::to_writer(&mut *value, r)
+            }
+            Payload::Usage(u) => {
+                key.clear();
+                key.push_str(USAGE_KEY);
+                serde_json::to_writer(&mut *value, &**u)
+            }
+            Payload::UsageTopic(u) => {
+                key.clear();
+                key.push_str(&self.partition.to_string());
+                serde_json::to_writer(&mut *value, &**u)
+            }
+        }
+    }
+
+    /// Where it goes: the topic, and the partition when it is not the key's.
+    pub fn destination<'t>(&self, changelog: &'t str, usage: &'t str) -> (&'t str, Option<i32>) {
+        match self.record {
+            Payload::User(_) | Payload::Usage(_) => (changelog, Some(self.partition)),
+            Payload::UsageTopic(_) => (usage, None),
+        }
     }
 }
 

@@ -28,6 +28,8 @@ pub enum RunError {
         "topic {changelog} has {has} partitions, fewer than {requests} ({needs}): each requests partition keeps its state in the changelog partition of the same number"
     )]
     ChangelogPartitions { changelog: String, has: usize, requests: String, needs: usize },
+    #[error("topic {0} does not exist: instances publish and read their usage there (create it, or set kafka.create_topics = true)")]
+    NoUsageTopic(String),
 }
 
 /// What a run did, for its final log line and for tests.

@@ -10,6 +10,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 
 use crate::kafka::offsets::{Partition, StoredOffsets};
 use crate::wire::outputs::Output;
+use crate::wire::time::Millis;
 
 /// The most control outputs a follower keeps for the day it leads.
 const MAX_BACKLOG: usize = 10_000;
@@ -34,11 +35,24 @@ pub(crate) struct Leadership {
     /// delivered, to commit; never moving back.
     control: StoredOffsets,
     last_control_commit: Instant,
+    /// The global views' outputs computed as a follower, with their fold position
+    /// (`Topology::take_fold_outputs`).
+    fold_backlog: VecDeque<(Millis, Output)>,
+    /// The fold position up to which a leader said it published (its usage records).
+    leader_folded_to: Option<Millis>,
 }
 
 impl Default for Leadership {
     fn default() -> Self {
-        Leadership { leading: false, backlog: VecDeque::new(), backlog_dropped: 0, control: StoredOffsets::default(), last_control_commit: Instant::now() }
+        Leadership {
+            leading: false,
+            backlog: VecDeque::new(),
+            backlog_dropped: 0,
+            control: StoredOffsets::default(),
+            last_control_commit: Instant::now(),
+            fold_backlog: VecDeque::new(),
+            leader_folded_to: None,
+        }
     }
 }
 
@@ -79,6 +93,43 @@ impl Leadership {
             }
             self.backlog.push_back((tp.clone(), offset, o.clone()));
         }
+    }
+
+    /// The global views' outputs (alerts of closed minutes, predictions, predicted limits), each
+    /// with the fold position it came at: what to publish now. The leader publishes those a
+    /// leader has not published already (an old leader whose fold was ahead); a follower keeps
+    /// them, bounded, for the day it leads.
+    pub(crate) fn fold_outputs(&mut self, outs: Vec<(Millis, Output)>) -> Vec<Output> {
+        let done = self.leader_folded_to;
+        let new = outs.into_iter().filter(|(at, _)| done.is_none_or(|d| *at > d));
+        if self.leading {
+            return new.map(|(_, o)| o).collect();
+        }
+        for o in new {
+            if self.fold_backlog.len() >= MAX_BACKLOG {
+                self.fold_backlog.pop_front();
+                self.backlog_dropped += 1;
+            }
+            self.fold_backlog.push_back(o);
+        }
+        Vec::new()
+    }
+
+    /// A leader's usage record said it published the global views' outputs up to `at`.
+    pub(crate) fn leader_folded_to(&mut self, at: Millis) {
+        if self.leader_folded_to.is_none_or(|d| at > d) {
+            self.leader_folded_to = Some(at);
+        }
+        while self.fold_backlog.front().is_some_and(|(p, _)| *p <= at) {
+            self.fold_backlog.pop_front();
+        }
+    }
+
+    /// The global views' outputs kept as a follower that no leader has published, for a new
+    /// leader to publish; empties the backlog.
+    pub(crate) fn take_fold_backlog(&mut self) -> Vec<Output> {
+        let done = self.leader_folded_to;
+        std::mem::take(&mut self.fold_backlog).into_iter().filter(|(at, _)| done.is_none_or(|d| *at > d)).map(|(_, o)| o).collect()
     }
 
     /// The kept outputs and how many were dropped, for a new leader to publish; empties both.
@@ -184,6 +235,20 @@ mod tests {
         let (backlog, dropped) = l.take_backlog();
         assert!(backlog.is_empty());
         assert_eq!(dropped, 0);
+    }
+
+    #[test]
+    fn a_new_leader_publishes_the_global_views_no_leader_published() {
+        let alert = |m: i64| (Millis(m * 60_000), Output::Decision(test_decision(Millis(m * 60_000), DecisionKind::Allow)));
+        let mut l = Leadership::default();
+        // A follower keeps them; the leader's records say how far it published.
+        assert!(l.fold_outputs(vec![alert(1), alert(2), alert(3)]).is_empty());
+        l.leader_folded_to(Millis(2 * 60_000));
+        assert_eq!(l.set(true), Change::Gained);
+        let backlog = l.take_fold_backlog();
+        assert_eq!(backlog.len(), 1, "only the one after the old leader's position");
+        // Its own fold, behind the old leader's, does not publish those again.
+        assert_eq!(l.fold_outputs(vec![alert(2), alert(4)]).len(), 1);
     }
 
     #[test]

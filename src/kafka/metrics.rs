@@ -41,6 +41,9 @@ pub struct Metrics {
     pub decided_before: IntCounter,
     /// First decisions read back and still waiting for their requests (set every second).
     pub first_decisions_held: IntGauge,
+    pub usage_records: IntGauge,
+    pub usage_late: IntGauge,
+    pub usage_closed_to: IntGauge,
 }
 
 /// Registers `c` with `registry` and hands it back.
@@ -151,6 +154,22 @@ impl Metrics {
             &registry,
             IntGauge::new("first_decisions_held", "First decisions read back from the decisions topic whose requests have not come again yet")?,
         )?;
+        let usage_records =
+            reg(&registry, IntGauge::new("usage_records_read", "Usage records read from the usage topic (every owner's, this instance's own included)")?)?;
+        let usage_late = reg(
+            &registry,
+            IntGauge::new(
+                "usage_late",
+                "Decisions counted in a later minute than their own (their partition was past it), and usage cells that came after their minute closed",
+            )?,
+        )?;
+        let usage_closed_to = reg(
+            &registry,
+            IntGauge::new(
+                "usage_closed_to_seconds",
+                "Event time (Unix seconds) up to which every requests partition's decisions are folded: the monitor's and the predictor's time",
+            )?,
+        )?;
         let outputs_by_kind = Output::TOPICS.iter().map(|k| outputs.with_label_values(&[*k])).collect();
         let decisions_by_tier =
             cfg.tiers.keys().map(|t| (t.clone(), DecisionKind::ALL.map(|k| decisions.with_label_values(&[decision_label(k), t])))).collect();
@@ -186,6 +205,9 @@ impl Metrics {
             tracked_users,
             decided_before,
             first_decisions_held,
+            usage_records,
+            usage_late,
+            usage_closed_to,
         })
     }
 

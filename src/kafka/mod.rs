@@ -22,3 +22,4 @@ pub(crate) mod rebalance;
 pub(crate) mod shared;
 pub(crate) mod shell;
 pub mod topics;
+pub(crate) mod usage;

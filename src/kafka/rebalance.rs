@@ -38,6 +38,8 @@ pub struct RunContext {
     pub deliveries: Arc<Mutex<Deliveries>>,
     pub requests_topic: String,
     pub changelog_topic: String,
+    /// Where owners publish their partitions' usage (`core/usage.rs`).
+    pub usage_topic: String,
     /// At-least-once with `kafka.keep_first_decisions` (and the decisions topic co-partitioned
     /// with the requests topic): the decisions topic, read back on assignment
     /// (`first_decisions.rs`).
@@ -111,7 +113,7 @@ impl RunContext {
                     shared.changelog.drop_partition(tp.1);
                 }
             }
-            shared.reweigh();
+            shared.partitions_changed();
             return;
         }
         // The dirty limiter state goes first: the commit below must not pass it.
@@ -192,7 +194,7 @@ impl RunContext {
                 }
             }
         }
-        shared.reweigh();
+        shared.partitions_changed();
     }
 
     /// Sends the dirty limiter state from inside a callback (blocking while the producer queue is
@@ -206,7 +208,11 @@ impl RunContext {
                 Some(hold) => ((self.requests_topic.clone(), r.partition), hold),
                 None => ((String::new(), -1), -1),
             });
-            let mut record = BaseRecord::with_opaque_to(&self.changelog_topic, origin).partition(r.partition).key(key.as_bytes()).payload(&value[..]);
+            let (topic, partition) = r.destination(&self.changelog_topic, &self.usage_topic);
+            let mut record = BaseRecord::with_opaque_to(topic, origin).key(key.as_bytes()).payload(&value[..]);
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
             loop {
                 match self.producer.send(record) {
                     Ok(()) => break,
@@ -250,7 +256,7 @@ impl RunContext {
         if !to_restore.is_empty() && !self.restore(&mut shared, &to_restore) {
             return;
         }
-        shared.reweigh();
+        shared.partitions_changed();
         // Every requests partition assigned, kept ones too: one kept through an eager rebalance
         // whose commit fell behind comes again from the commit as well.
         if let Some(decisions) = &self.decisions_topic {
@@ -421,21 +427,6 @@ mod tests {
     }
 
     #[test]
-    fn each_request_stands_for_the_partitions_not_owned() {
-        let mut sh = Shared::new(Topology::new(std::sync::Arc::new(Config::default())));
-        sh.owned.insert(0, CountedUpTo::default());
-        sh.reweigh();
-        assert_eq!(sh.topology.demand_weight(), 1.0, "partition count unknown: weight 1");
-        sh.requests_partitions = 6;
-        sh.owned.insert(3, CountedUpTo::default());
-        sh.reweigh();
-        assert_eq!(sh.topology.demand_weight(), 3.0);
-        sh.owned.clear();
-        sh.reweigh();
-        assert_eq!(sh.topology.demand_weight(), 3.0, "nothing owned: nothing counted, weight kept");
-    }
-
-    #[test]
     fn offsets_wait_for_the_changelog_flush_that_counts_them() {
         let mut sh = Shared::new(Topology::new(std::sync::Arc::new(Config::default())));
         let d = Mutex::new(Deliveries::default());
@@ -445,25 +436,37 @@ mod tests {
         for (offset, user) in [(10, "a"), (11, "b"), (12, "a")] {
             assert_eq!(handle(&mut sh, &d, &tp, offset, user), []);
         }
+        sh.processed(&tp, 12);
         let records = sh.take_changelog(&d, "requests");
         assert!(lock(&d).take_moved().is_empty());
         let written: Vec<changelog::Record> = records
             .iter()
-            .map(|r| {
+            .filter_map(|r| {
                 let (mut key, mut value) = (String::new(), Vec::new());
                 r.encode(&mut key, &mut value).expect("encodes");
-                assert_eq!(key, changelog::key(&r.record.request_type, &r.record.user_id));
-                serde_json::from_slice(&value).expect("record")
+                let changelog::Payload::User(u) = &r.record else { return None };
+                assert_eq!(key, changelog::key(&u.request_type, &u.user_id));
+                Some(serde_json::from_slice(&value).expect("record"))
             })
             .collect();
         assert_eq!(written.iter().map(|r| (r.user_id.as_str(), r.offset)).collect::<Vec<_>>(), [("b", 11), ("a", 12)], "one record per user, in input order");
+        // Then the partition's usage, to the changelog and to the usage topic.
+        let usage: Vec<(&str, Option<i32>)> = records[2..].iter().map(|r| r.destination("changelog", "usage")).collect();
+        assert_eq!(usage, [("changelog", Some(0)), ("usage", None)]);
+        let changelog::Payload::Usage(u) = &records[2].record else { panic!("usage: {:?}", records[2]) };
+        assert_eq!((u.offset, u.cells[0].1.decisions), (12, 3), "the usage counts the requests up to the last processed");
         assert!(records.iter().all(|r| r.hold == Some(10) && r.partition == 0));
         // The next message after the flush holds again.
         assert_eq!(handle(&mut sh, &d, &tp, 13, "c"), []);
-        assert_eq!(ack(&d, &tp, 10), [], "one of two records");
+        for _ in 0..3 {
+            assert_eq!(ack(&d, &tp, 10), [], "not all four records yet");
+        }
         assert_eq!(ack(&d, &tp, 10), [(tp.clone(), 12)], "the flush counts 10..=12");
         let records = sh.take_changelog(&d, "requests");
-        assert_eq!(records.len(), 1);
+        assert_eq!(records.len(), 3);
+        for _ in 0..2 {
+            assert_eq!(ack(&d, &tp, 13), []);
+        }
         assert_eq!(ack(&d, &tp, 13), [(tp.clone(), 13)]);
         assert_eq!(lock(&d).delivered(&tp), Some(13));
     }

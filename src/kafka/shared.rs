@@ -24,6 +24,9 @@ pub struct Shared {
     pub(super) first: FastMap<i32, Tail>,
     /// Limiter state changed since the last changelog flush.
     pub changelog: changelog::Pending,
+    /// As the leader, the fold position up to which this instance has published the global
+    /// views' outputs (said in its usage records); none as a follower.
+    pub(crate) published_fold_to: Option<crate::wire::time::Millis>,
     /// The last offset processed per input partition: committed when the partition is revoked.
     pub(super) processed: FastMap<Partition, i64>,
     /// A failure inside a callback, which the main loop turns into an error.
@@ -36,7 +39,7 @@ pub struct Shared {
     /// Set when the pipeline stops on an error: outputs of processed messages may not have been
     /// delivered, so the revocation that closing the consumer brings commits nothing.
     pub no_commit: bool,
-    /// The requests topic's partition count (0: unknown), for the predictor's demand weight.
+    /// The requests topic's partition count (0: unknown): the usage fold waits for every one.
     pub requests_partitions: usize,
     /// Outputs of the API's decisions (`POST /v1/decide`), for the main loop to publish.
     pub api_outputs: Vec<crate::wire::outputs::Output>,
@@ -58,17 +61,16 @@ impl Shared {
             revoked_since: Vec::new(),
             no_commit: false,
             requests_partitions: 0,
+            published_fold_to: None,
             api_outputs: Vec::new(),
             api_recent: crate::core::idempotency::RecentDecisions::default(),
         }
     }
 
-    /// After the owned partitions changed: each request now stands for `partitions / owned` of
-    /// the whole demand the predictor forecasts.
-    pub(super) fn reweigh(&mut self) {
-        if self.requests_partitions > 0 && !self.owned.is_empty() {
-            let w = self.requests_partitions as f64 / self.owned.len() as f64;
-            self.topology.set_demand_weight(w);
+    /// After the owned partitions changed: the usage fold waits for every requests partition.
+    pub(super) fn partitions_changed(&mut self) {
+        if self.requests_partitions > 0 {
+            self.topology.set_requests_partitions(self.requests_partitions);
         }
     }
 
@@ -119,17 +121,31 @@ impl Shared {
     }
 
     /// `take_changelog` for the partitions `which` picks only. The records are encoded by the
-    /// sender, after `Shared`'s lock is released (`Outgoing::encode`).
+    /// sender, after `Shared`'s lock is released (`Outgoing::encode`). Each owned partition
+    /// picked whose usage changed (its time moved, or decisions counted) also gets its usage
+    /// record, after its users' (the latest usage in the changelog never counts a request whose
+    /// user's state is missing); an owned partition with no dirty users gets its usage only.
     pub fn take_changelog_of(&mut self, deliveries: &Mutex<Deliveries>, requests_topic: &str, which: impl Fn(i32) -> bool) -> Vec<Outgoing> {
         let mut out = Vec::new();
         let mut deliveries = lock(deliveries);
-        for flush in self.changelog.take_where(which) {
+        let flushes = self.changelog.take_where(&which);
+        let owned: Vec<i32> = self.owned.keys().copied().collect();
+        for p in owned {
+            if which(p) && !flushes.iter().any(|f| f.partition == p) {
+                let tp: Partition = (requests_topic.to_string(), p);
+                self.push_usage(&tp, None, &mut out);
+            }
+        }
+        for flush in flushes {
             let tp: Partition = (requests_topic.to_string(), flush.partition);
             let before = out.len();
             for (user, rt, offset) in flush.users {
                 let Some(state) = self.topology.saved_state(flush.partition, &user, &rt) else { continue };
-                let record = changelog::Record { user_id: user, request_type: rt, offset, state };
+                let record = changelog::Payload::User(changelog::Record { user_id: user, request_type: rt, offset, state });
                 out.push(Outgoing { partition: flush.partition, hold: flush.hold, record });
+            }
+            if self.owned.contains_key(&flush.partition) {
+                self.push_usage(&tp, flush.hold, &mut out);
             }
             let records = (out.len() - before) as u32;
             match flush.hold {
@@ -141,6 +157,24 @@ impl Shared {
             }
         }
         out
+    }
+
+    /// The usage record of requests partition `tp` when it changed: to the changelog and to the
+    /// usage topic.
+    fn push_usage(&mut self, tp: &Partition, hold: Option<i64>, out: &mut Vec<Outgoing>) {
+        let offset = self.processed.get(tp).copied().unwrap_or(-1);
+        if let Some(mut r) = self.topology.take_usage_record(tp.1, offset) {
+            r.folded_to = self.published_fold_to;
+            let r = std::sync::Arc::new(r);
+            out.push(Outgoing { partition: tp.1, hold, record: changelog::Payload::Usage(r.clone()) });
+            out.push(Outgoing { partition: tp.1, hold, record: changelog::Payload::UsageTopic(r) });
+        }
+    }
+
+    /// Whether a flush may have anything to send: dirty users, or owned partitions (whose usage
+    /// goes out when it changed).
+    pub fn flush_pending(&self) -> bool {
+        !self.changelog.is_empty() || !self.owned.is_empty()
     }
 
     /// Whether this instance owns requests partition `partition` now.

@@ -61,6 +61,8 @@ pub(crate) struct Shell<'a> {
     first_decisions: bool,
     /// Scratch for a header value.
     header_buf: String,
+    /// Every owner's usage records, for the global views (`kafka/usage.rs`).
+    usage: Option<crate::kafka::usage::UsageReader>,
 }
 
 impl<'a> Shell<'a> {
@@ -89,6 +91,7 @@ impl<'a> Shell<'a> {
             metrics,
             first_decisions: false,
             header_buf: String::new(),
+            usage: None,
         }
     }
 
@@ -196,8 +199,62 @@ impl<'a> Shell<'a> {
             self.transactions.touched();
         }
         self.sweep()?;
+        self.take_usage().await?;
         self.maybe_flush_changelog().await?;
         self.flush_offsets();
+        Ok(())
+    }
+
+    /// Reads the usage topic with `reader` from now on (`tick`).
+    pub(crate) fn read_usage(&mut self, reader: crate::kafka::usage::UsageReader) {
+        self.usage = Some(reader);
+    }
+
+    /// Folds the other instances' usage records that have come; the leader publishes what
+    /// closing their cells produced (alerts, predictions, predicted limits), as `wall_clock`.
+    async fn take_usage(&mut self) -> Result<(), RunError> {
+        let Some(reader) = self.usage.as_mut() else { return Ok(()) };
+        let mut outs = Vec::new();
+        {
+            let mut sh = lock(&self.shared);
+            if let Some(t) = reader.poll(&mut sh, &mut outs) {
+                self.leadership.leader_folded_to(t);
+            }
+            self.metrics.usage_records.set(i64::try_from(reader.records).unwrap_or(i64::MAX));
+            self.metrics.usage_late.set(i64::try_from(sh.topology.usage_late()).unwrap_or(i64::MAX));
+            if let Some(t) = sh.topology.usage_closed_to() {
+                self.metrics.usage_closed_to.set(t.0.div_euclid(1000));
+            }
+        }
+        if self.leadership.leading() && !outs.is_empty() {
+            self.metrics.count_outputs(&outs);
+            for o in &outs {
+                self.publish(o, Box::new((UNTRACKED, -1))).await?;
+            }
+            self.transactions.touched();
+        }
+        self.publish_fold().await
+    }
+
+    /// The global views' outputs the topology made since the last call (`Leadership::
+    /// fold_outputs`): the leader publishes them (no input offset waits for them: after a
+    /// crash the restored usage closes its cells again), a follower keeps them. The leader's
+    /// usage records then say how far it published.
+    pub(crate) async fn publish_fold(&mut self) -> Result<(), RunError> {
+        let (made, closed_to) = {
+            let mut sh = lock(&self.shared);
+            (sh.topology.take_fold_outputs(), sh.topology.usage_closed_to())
+        };
+        let leading = self.leadership.leading();
+        let outs = self.leadership.fold_outputs(made);
+        self.metrics.count_outputs(&outs);
+        for o in &outs {
+            self.publish(o, Box::new((UNTRACKED, -1))).await?;
+        }
+        if !outs.is_empty() {
+            self.transactions.touched();
+        }
+        lock(&self.shared).published_fold_to = if leading { closed_to } else { None };
         Ok(())
     }
 
@@ -294,7 +351,7 @@ impl<'a> Shell<'a> {
         let started = Instant::now();
         let records = {
             let mut sh = lock(&self.shared);
-            if sh.changelog.is_empty() {
+            if !sh.flush_pending() {
                 return Ok(());
             }
             sh.take_changelog(&self.deliveries, &self.cfg.topics.requests)
@@ -311,7 +368,11 @@ impl<'a> Shell<'a> {
                 Some(hold) => ((self.cfg.topics.requests.clone(), r.partition), hold),
                 None => (UNTRACKED, -1),
             });
-            let record = BaseRecord::with_opaque_to(&self.cfg.topics.changelog, origin).partition(r.partition).key(key.as_bytes()).payload(&value[..]);
+            let (topic, partition) = r.destination(&self.cfg.topics.changelog, &self.cfg.topics.usage);
+            let mut record = BaseRecord::with_opaque_to(topic, origin).key(key.as_bytes()).payload(&value[..]);
+            if let Some(p) = partition {
+                record = record.partition(p);
+            }
             self.send(record).await?;
         }
         self.buf = value;
@@ -329,14 +390,18 @@ impl<'a> Shell<'a> {
         let now_ms = u64::try_from(self.changelog_epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let records = {
             let mut sh = lock(&self.shared);
-            if sh.changelog.is_empty() {
+            if !sh.flush_pending() {
                 return Ok(());
             }
             if sh.changelog.len() >= MAX_DIRTY {
                 sh.take_changelog(&self.deliveries, &self.cfg.topics.requests)
             } else {
                 let n = sh.requests_partitions;
-                let due: Vec<i32> = sh.changelog.dirty_partitions().filter(|&p| self.changelog_schedule.due(p, n, now_ms)).collect();
+                // Owned partitions are due at their turn for their usage too, dirty users or not.
+                let mut candidates: Vec<i32> = sh.changelog.dirty_partitions().chain(sh.owned_partitions()).collect();
+                candidates.sort_unstable();
+                candidates.dedup();
+                let due: Vec<i32> = candidates.into_iter().filter(|&p| self.changelog_schedule.due(p, n, now_ms)).collect();
                 if due.is_empty() {
                     return Ok(());
                 }
@@ -489,7 +554,8 @@ impl<'a> Shell<'a> {
         let sent = self.publish_outputs(&tp, offset, source, &mut outs, holds, behind_ms).await;
         self.outs = outs;
         self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
-        sent
+        sent?;
+        self.publish_fold().await
     }
 
     /// This instance has just become the leader: publishes the control outputs it computed as a
@@ -535,6 +601,14 @@ impl<'a> Shell<'a> {
         for o in snapshot {
             self.publish(&o, Box::new((UNTRACKED, -1))).await?;
         }
+        // The global views' outputs no leader has said it published.
+        let fold = self.leadership.take_fold_backlog();
+        if !fold.is_empty() {
+            tracing::info!(outputs = fold.len(), "published the global views' outputs the old leader had not");
+        }
+        for o in fold {
+            self.publish(&o, Box::new((UNTRACKED, -1))).await?;
+        }
         Ok(())
     }
 
@@ -553,15 +627,14 @@ impl<'a> Shell<'a> {
             }
             sh.topology.advance(now, &mut outs);
         }
-        if !self.leadership.leading() || outs.is_empty() {
-            return Ok(());
+        if self.leadership.leading() && !outs.is_empty() {
+            tracing::debug!(outputs = outs.len(), "wall-clock timers fired");
+            for o in &outs {
+                self.publish(o, Box::new((UNTRACKED, -1))).await?;
+            }
+            self.transactions.touched();
         }
-        tracing::debug!(outputs = outs.len(), "wall-clock timers fired");
-        for o in &outs {
-            self.publish(o, Box::new((UNTRACKED, -1))).await?;
-        }
-        self.transactions.touched();
-        Ok(())
+        self.publish_fold().await
     }
 
     /// Publishes outputs no input message caused (`Shared::api_outputs`: the API's decisions,

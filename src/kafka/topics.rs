@@ -57,6 +57,9 @@ pub fn specs(cfg: &Config) -> Vec<TopicSpec> {
         TopicSpec::new(&t.dlq, p.dlq),
         // Deleted by age as well, so users idle past eviction leave it.
         TopicSpec::new(&t.changelog, p.requests).with("cleanup.policy", "compact,delete").with("retention.ms", changelog_retention_ms(cfg).to_string()),
+        // Small (a record per requests partition per commit interval) and read from a minute
+        // back at start-up: an hour is plenty.
+        TopicSpec::new(&t.usage, 1).with("retention.ms", "3600000"),
     ]
 }
 

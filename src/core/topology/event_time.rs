@@ -112,9 +112,6 @@ impl Topology {
                 self.breakers.advance(now, &mut states);
                 self.breaker_states(&mut states, out);
                 self.scratch_breakers = states;
-                let mut alerts = Vec::new();
-                self.monitor.advance(now, &mut alerts);
-                self.push_alerts(alerts, out);
                 let mut updates = Vec::new();
                 self.limits.expire_overrides(now, &mut updates);
                 self.push_limits(updates, out);
@@ -122,7 +119,7 @@ impl Topology {
                     self.sweep_limiters(now);
                     self.next_sweep = now.plus_ms(self.sweep_every_ms);
                 }
-                self.predict(now, None, out);
+                self.fold_usage(false, out);
             }
             Some(_) => {}
         }
@@ -135,17 +132,11 @@ impl Topology {
     /// (restored) users until it is; one caught up (`requests_caught_up`) is swept at `now`.
     /// Without tracking (`process`), at `now`.
     fn sweep_limiters(&mut self, now: Millis) {
-        let tracked = !self.inputs.is_empty();
         let mut evicted = 0;
-        for (p, limiter) in self.limiters.iter_mut().enumerate() {
-            let Some(limiter) = limiter else { continue };
-            let at = match i32::try_from(p).map(|p| (InputTopic::Requests, p)) {
-                // Caught up (nothing left to read): not behind, so at the pipeline's time.
-                Ok(k) if tracked && self.inputs.is_idle(k) => Some(now),
-                Ok(k) if tracked => self.inputs.partition_time(k).map(|t| t.min(now)),
-                _ => Some(now),
-            };
-            if let Some(at) = at {
+        for p in 0..self.limiters.len() {
+            // Caught up (nothing left to read): not behind, so at the pipeline's time.
+            let at = self.partition_through(p, now);
+            if let (Some(at), Some(limiter)) = (at, self.limiters[p].as_mut()) {
                 evicted += limiter.sweep(at);
             }
         }

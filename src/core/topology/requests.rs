@@ -100,29 +100,23 @@ impl Topology {
     }
 
     pub(super) fn on_request(&mut self, partition: i32, counted: Counted, ev: RequestEvent, out: &mut Vec<Output>) {
-        // Counted once: a request the restored state already holds was counted before.
-        let demand = matches!(counted, Counted::No | Counted::Decided { counted: false, .. }).then_some(self.demand_weight);
-        self.predict(ev.ts, demand, out);
-        self.limit_request(partition, counted, ev, out);
+        self.limit_request(partition, counted, true, ev, out);
     }
 
     /// Decides one request on its own (`POST /v1/decide`): at its own time for the user's
     /// limiter, without moving the pipeline's time once it has one (before any event, the first
-    /// request starts it, publishing every limit, as a first streamed event would). Its demand
-    /// counts in the predictor at the stream's time at most; no timer fires, nothing else
-    /// moves. Its outputs (the decision, and the predictor's if a step closed) go to `out`.
+    /// request starts it, publishing every limit, as a first streamed event would). It counts in
+    /// its partition's usage (the monitor's and the predictor's demand) without moving that
+    /// partition's time; no timer fires, nothing else moves. Its outputs go to `out`.
     pub fn decide(&mut self, partition: i32, ev: RequestEvent, out: &mut Vec<Output>) {
-        match self.watermark {
-            Some(w) => self.predict(ev.ts.min(w), Some(self.demand_weight), out),
-            None => {
-                self.advance(ev.ts, out);
-                self.predict(ev.ts, Some(self.demand_weight), out);
-            }
+        if self.watermark.is_none() {
+            self.advance(ev.ts, out);
         }
-        self.limit_request(partition, Counted::No, ev, out);
+        self.limit_request(partition, Counted::No, false, ev, out);
     }
 
-    fn limit_request(&mut self, partition: i32, counted: Counted, ev: RequestEvent, out: &mut Vec<Output>) {
+    /// Decides a request; `streamed` ones move their partition's time in the usage.
+    fn limit_request(&mut self, partition: i32, counted: Counted, streamed: bool, ev: RequestEvent, out: &mut Vec<Output>) {
         self.counters.requests += 1;
         let (tier, unknown_tier) = match index_of(&self.tiers, &ev.tier) {
             Some(i) => (i, None),
@@ -174,7 +168,11 @@ impl Topology {
             unknown_tier,
             unknown_request_type,
         };
-        self.monitor.on_decision(&d, v.grace_used);
+        // Counted once: a request the restored state already holds was counted before, in the
+        // usage restored with it.
+        if matches!(counted, Counted::No | Counted::Decided { counted: false, .. }) {
+            self.count_usage(partition, streamed, &d, v.grace_used);
+        }
         out.push(Output::Decision(d));
     }
 }

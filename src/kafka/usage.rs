@@ -1,0 +1,120 @@
+//! The usage topic's reader: every instance reads every owner's usage records
+//! (`core/usage.rs`) and folds them with its own, so the monitor's minutes and the predictor's
+//! steps count every instance's decisions. Owners publish with their changelog flushes
+//! (`Shared::take_changelog_of`); a partition whose records stop coming (its owner gone, the
+//! group not yet rebalanced) is excused after a few commit intervals, until its next record.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::core::usage::{MAX_CELLS, UsageRecord};
+use crate::kafka::shared::Shared;
+use crate::kafka::topics;
+use crate::wire::outputs::Output;
+use crate::wire::time::Millis;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How far back a starting reader begins: each record holds every cell its partition has not
+/// closed, so the latest one per partition is all it needs.
+const LOOKBACK: Duration = Duration::from_secs(120);
+
+/// The most records taken per call, so the loop is not held up.
+const MAX_PER_POLL: usize = 10_000;
+
+/// A record larger than this is not folded (an owner's record holds a few minutes' cells).
+const MAX_RECORD_BYTES: usize = 1 << 20;
+
+pub(crate) struct UsageReader {
+    consumer: BaseConsumer,
+    heard: HashMap<i32, Instant>,
+    since: Instant,
+    excuse_after: Duration,
+    pub(crate) records: u64,
+    pub(crate) refused: u64,
+}
+
+impl UsageReader {
+    /// Assigned every partition of `topic`, from `LOOKBACK` ago (blocking: metadata and offsets
+    /// by time). A partition silent for `excuse_after` is excused.
+    pub(crate) fn new(client: &ClientConfig, topic: &str, excuse_after: Duration) -> Result<Self, KafkaError> {
+        let consumer: BaseConsumer = client
+            .clone()
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "latest")
+            .set("group.id", "surgeguard-usage-reader")
+            .create()?;
+        let md = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+        let n = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+        let since = crate::kafka::clock::wall_clock().0 - LOOKBACK.as_millis() as i64;
+        let mut by_time = TopicPartitionList::new();
+        for p in 0..n {
+            by_time.add_partition_offset(topic, p, Offset::Offset(since))?;
+        }
+        let mut start = TopicPartitionList::new();
+        let found = consumer.offsets_for_times(by_time, METADATA_TIMEOUT)?;
+        for p in 0..n {
+            let offset = match found.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Offset::Offset(o),
+                // Nothing that new: from the end.
+                _ => {
+                    let (_, high) = topics::watermarks(&consumer, topic, p, METADATA_TIMEOUT)?;
+                    Offset::Offset(high)
+                }
+            };
+            start.add_partition_offset(topic, p, offset)?;
+        }
+        consumer.assign(&start)?;
+        Ok(UsageReader { consumer, heard: HashMap::new(), since: Instant::now(), excuse_after, records: 0, refused: 0 })
+    }
+
+    /// Takes the records that have come (without waiting) into the fold of `sh`'s topology,
+    /// and excuses the partitions nobody has spoken for lately; outputs go to `out`. Returns
+    /// the furthest fold position a leader said it published the global views' outputs to.
+    pub(crate) fn poll(&mut self, sh: &mut Shared, out: &mut Vec<Output>) -> Option<Millis> {
+        let mut folded_to: Option<Millis> = None;
+        for _ in 0..MAX_PER_POLL {
+            let r = match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "usage topic");
+                    break;
+                }
+                Some(Ok(m)) => match m.payload().filter(|v| v.len() <= MAX_RECORD_BYTES).map(serde_json::from_slice::<UsageRecord>) {
+                    Some(Ok(r)) if r.cells.len() <= MAX_CELLS => r,
+                    _ => {
+                        self.refused += 1;
+                        tracing::warn!(partition = m.partition(), offset = m.offset(), "usage record refused (not one, or too large)");
+                        continue;
+                    }
+                },
+            };
+            self.records += 1;
+            self.heard.insert(r.partition, Instant::now());
+            if let Some(t) = r.folded_to {
+                folded_to = Some(folded_to.map_or(t, |f| f.max(t)));
+            }
+            if !sh.owns(r.partition) {
+                sh.topology.on_usage_record(&r, out);
+            }
+        }
+        let n = i32::try_from(sh.requests_partitions).unwrap_or(0);
+        for p in 0..n {
+            if sh.owns(p) {
+                continue;
+            }
+            let last = self.heard.get(&p).copied().unwrap_or(self.since);
+            if last.elapsed() >= self.excuse_after {
+                sh.topology.excuse_usage(p, out);
+            }
+        }
+        folded_to
+    }
+}

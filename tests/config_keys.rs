@@ -65,6 +65,10 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
         "Kafka runtime only: how long `surgeguard run` waits for an input partition with nothing to read (tests/kafka_run.rs produces telemetry late); replay reads one ordered file",
     ),
     (
+        "kafka.usage_silence_ms",
+        "Kafka runtime only: how long `surgeguard run`'s global views wait for another instance's silent partition (tests/kafka_run.rs runs two instances); replay folds its one partition itself",
+    ),
+    (
         "kafka.commit_interval_ms",
         "Kafka runtime only: how often `surgeguard run` writes coalesced limiter state to the changelog (tests/kafka_run.rs counts the records); replay keeps state in memory",
     ),

@@ -62,7 +62,8 @@ pub struct RunReport {
     pub seconds: u64,
     /// The longest run of consecutive bad seconds (under 95 % served), None if there was none.
     pub outage_s: Option<u64>,
-    /// Whether the run ended on a good second (the last outage was over).
+    /// Whether the run ended outside an outage: fewer than `OUTAGE_S` bad seconds in a row at its
+    /// end (one unlucky last second of a healthy run is not an outage).
     pub recovered: bool,
     /// Consecutive bad seconds up to now.
     streak: u64,
@@ -99,9 +100,12 @@ impl RunReport {
             self.streak += 1;
             self.outage_s = Some(self.outage_s.unwrap_or(0).max(self.streak));
         }
-        self.recovered = good;
+        self.recovered = self.streak < OUTAGE_S;
     }
 }
+
+/// Bad seconds in a row that make an outage the run has not recovered from at its end.
+const OUTAGE_S: u64 = 3;
 
 async fn pace(started: Instant, t: i64, speed: f64) {
     if speed > 0.0 {

@@ -143,8 +143,8 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
     if clients.keep_first_decisions {
         shell.keep_first_decisions();
     }
-    // Silent for three commit intervals (at least a second): its owner is gone.
-    let excuse_after = Duration::from_millis(u64::from(cfg.kafka.commit_interval_ms).saturating_mul(3).max(1000));
+    // Silent this long: its owner is gone (owners send a record every commit interval).
+    let excuse_after = Duration::from_millis(u64::from(cfg.kafka.usage_silence_ms).max(u64::from(cfg.kafka.commit_interval_ms).saturating_mul(3)));
     let reader = tokio::task::block_in_place(|| UsageReader::new(&clients.consumer_config, &cfg.topics.usage, excuse_after))?;
     shell.read_usage(reader);
     crate::kafka::shared::lock(&shared).topology.publish_usage();
@@ -295,6 +295,9 @@ async fn rebuild_control_state(cfg: &Arc<Config>, clients: &Clients) -> Result<C
     tracing::info!(messages = read, took = ?started.elapsed(), lookback_s = cfg.kafka.control_lookback_s, "control state rebuilt from the control topics");
     let mut sh = Shared::new(topology);
     sh.requests_partitions = clients.requests_partitions;
+    // Before the first assignment too: the fold must wait for every requests partition, not
+    // close cells on the partitions whose records it has seen so far.
+    sh.topology.set_requests_partitions(clients.requests_partitions);
     sh.api_recent = crate::core::idempotency::RecentDecisions::new(cfg.api.idempotency_window_s, cfg.api.idempotency_capacity);
     Ok((Arc::new(Mutex::new(sh)), control, resume))
 }

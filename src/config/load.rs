@@ -511,6 +511,9 @@ fn check_kafka(c: &Config, errors: &mut Vec<ConfigError>) {
         format!("{INSTANCE_NAME_RULE}, got `{}`", k.instance_name)
     });
     check(errors, k.max_idle_ms <= 60_000, "kafka.max_idle_ms", || format!("expected 0..=60000 ms, got {}", k.max_idle_ms));
+    check(errors, (1000..=3_600_000).contains(&k.usage_silence_ms), "kafka.usage_silence_ms", || {
+        format!("expected 1000..=3600000 ms, got {}", k.usage_silence_ms)
+    });
     let p = &k.partitions;
     for (name, n) in [
         ("requests", p.requests),

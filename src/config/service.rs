@@ -154,6 +154,10 @@ pub struct KafkaConfig {
     /// read, whose event time is behind the next message, holds it back before it is excused
     /// (Kafka Streams' `max.task.idle.ms`); 0 excuses it at once.
     pub max_idle_ms: u32,
+    /// The global views (`core/usage.rs`): how long (ms) a requests partition whose usage
+    /// records stop coming (its owner gone, the group rebalancing) holds back the closing of
+    /// minutes before it is excused until its next record.
+    pub usage_silence_ms: u32,
     /// This instance's name in the group (librdkafka's `group.instance.id`, KIP-345 static
     /// membership), unique per instance and stable across its restarts; empty: none.
     pub instance_name: String,
@@ -182,6 +186,7 @@ impl Default for KafkaConfig {
             commit_interval_ms: 1000,
             wall_clock_after_idle_ms: 2000,
             max_idle_ms: 250,
+            usage_silence_ms: 30_000,
             instance_name: String::new(),
             keep_first_decisions: true,
             partitions: TopicPartitions::default(),

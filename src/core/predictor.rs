@@ -135,9 +135,13 @@ impl Predictor {
         self.step_ms
     }
 
-    /// The event time at which the first open step closes (none before the first event).
-    pub fn next_close_at(&self) -> Option<Millis> {
-        self.open_from.map(|s| Millis((s + 1).saturating_mul(self.step_ms).saturating_add(self.lateness_ms)))
+    /// The end of the first open step and the event time at which it closes (its end plus the
+    /// lateness); none before the first event.
+    pub fn next_close_at(&self) -> Option<(Millis, Millis)> {
+        self.open_from.map(|s| {
+            let end = (s + 1).saturating_mul(self.step_ms);
+            (Millis(end), Millis(end.saturating_add(self.lateness_ms)))
+        })
     }
 
     /// Requests not counted because their step had closed (or lay before the start).

@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::wire::outputs::{Decision, DecisionKind};
 use crate::wire::time::Millis;
 
-/// The most cells one partition holds: past it, the oldest open cells are closed into their
-/// successor's counts (a partition whose time runs far ahead of the others').
+/// The most cells one partition holds: past it, the oldest is dropped (counted, and said in the
+/// records so every fold drops it too): a partition whose time runs a day of cells ahead of
+/// the slowest.
 pub const MAX_CELLS: usize = 1440;
 
 /// One partition's decisions in one cell of event time.
@@ -102,6 +103,16 @@ pub fn cell_ms(step_ms: Option<i64>) -> i64 {
     }
 }
 
+/// Where a predictor step ending at `end`, due (its end plus the predictor's lateness) at `due`,
+/// closes in the fold: the first fold position (a cell boundary) at or after both its end and
+/// `due` less the fold's lateness, and the stamp, that position plus the fold's lateness (the
+/// earliest pipeline time at which a fold can be there), never before `due`.
+pub fn step_close(end: Millis, due: Millis, cell_ms: i64, lateness_ms: i64) -> (Millis, Millis) {
+    let ceil = |t: i64| t.div_euclid(cell_ms) + i64::from(t.rem_euclid(cell_ms) != 0);
+    let from = ceil(due.0.saturating_sub(lateness_ms)).max(ceil(end.0)).saturating_mul(cell_ms);
+    (Millis(from), Millis(from.saturating_add(lateness_ms).max(due.0)))
+}
+
 /// What one partition's owner publishes: how far the partition has got, and its cells not yet
 /// published since they closed (cumulative: a later record replaces an earlier one's cells).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +131,9 @@ pub struct UsageRecord {
     /// after it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folded_to: Option<Millis>,
+    /// Cells before this were dropped by the owner over `MAX_CELLS`: folds drop theirs too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_to: Option<Millis>,
 }
 
 /// One requests partition's cells, as its owner counts them.
@@ -129,10 +143,12 @@ pub struct PartitionUsage {
     cells: BTreeMap<i64, (Cell, bool)>,
     /// The latest event time counted or stated (`reach`).
     through: Option<Millis>,
-    /// Changed since the last record.
-    dirty: bool,
     /// Decisions counted in a cell after their own (late).
     pub late: u64,
+    /// Cells dropped over `MAX_CELLS` (their decisions are lost to the views), and the first
+    /// cell index after the last one dropped.
+    pub dropped: u64,
+    dropped_to: Option<i64>,
 }
 
 impl PartitionUsage {
@@ -148,6 +164,22 @@ impl PartitionUsage {
         }
         u.through = r.through;
         u
+    }
+
+    /// Cells of the former owner's last record this instance read that are older than any the
+    /// restored record holds (its owner forgot them once its fold closed them; another fold may
+    /// not have closed them yet).
+    pub fn add_older(&mut self, cells: impl IntoIterator<Item = (i64, Cell)>, cell_ms: i64) {
+        let bound = match (self.cells.first_key_value(), self.through) {
+            (Some((&i, _)), _) => i,
+            (None, Some(t)) => t.0.div_euclid(cell_ms),
+            (None, None) => return,
+        };
+        for (i, c) in cells {
+            if i < bound && self.dropped_to.is_none_or(|d| i >= d) {
+                self.cells.entry(i).or_insert((c, true));
+            }
+        }
     }
 
     pub fn through(&self) -> Option<Millis> {
@@ -171,26 +203,18 @@ impl PartitionUsage {
         cell.0.count(d, grace_used);
         cell.1 = false;
         if self.cells.len() > MAX_CELLS
-            && let Some((_, (oldest, _))) = self.cells.pop_first()
-            && let Some(mut next) = self.cells.first_entry()
+            && let Some((i, (oldest, _))) = self.cells.pop_first()
         {
-            next.get_mut().0.add(&oldest);
-            next.get_mut().1 = false;
+            self.dropped += oldest.decisions;
+            self.dropped_to = Some(i + 1);
         }
-        self.dirty = true;
     }
 
     /// The partition has got to `t` (nothing before it left to read).
     pub fn reach(&mut self, t: Millis) {
         if self.through.is_none_or(|th| t > th) {
             self.through = Some(t);
-            self.dirty = true;
         }
-    }
-
-    /// Whether anything changed since the last record.
-    pub fn is_dirty(&self) -> bool {
-        self.dirty
     }
 
     /// The record to publish now: every cell held (a new owner starts from the latest record);
@@ -204,8 +228,8 @@ impl PartitionUsage {
                 (Millis(i * cell_ms), c.clone())
             })
             .collect();
-        self.dirty = false;
-        UsageRecord { partition, through: self.through, cell_ms, offset, cells, folded_to: None }
+        let dropped_to = self.dropped_to.map(|i| Millis(i * cell_ms));
+        UsageRecord { partition, through: self.through, cell_ms, offset, cells, folded_to: None, dropped_to }
     }
 
     /// Forgets the cells before `from` (the fold closed them): those whose counts are in a
@@ -248,6 +272,9 @@ pub struct UsageFold {
     next: Option<i64>,
     /// Cells a record brought after they had closed (not counted).
     pub late_cells: u64,
+    /// The last close found a partition of another instance holding it back: nothing closes
+    /// before a record or an excuse changes that.
+    blocked_by_foreign: bool,
 }
 
 /// One closed cell's totals over every partition.
@@ -267,6 +294,7 @@ impl UsageFold {
             excused: Default::default(),
             next: None,
             late_cells: 0,
+            blocked_by_foreign: false,
         }
     }
 
@@ -281,6 +309,7 @@ impl UsageFold {
     /// The number of requests partitions (every one must be past a cell for it to close).
     pub fn set_partitions(&mut self, n: usize) {
         self.partitions = n;
+        self.blocked_by_foreign = false;
         self.foreign.retain(|&p, _| usize::try_from(p).is_ok_and(|p| p < n) || n == 0);
     }
 
@@ -311,6 +340,11 @@ impl UsageFold {
         }
         f.through = r.through;
         f.offset = r.offset;
+        if let Some(d) = r.dropped_to {
+            let d = d.0.div_euclid(self.cell_ms);
+            f.cells.retain(|&i, _| i >= d);
+        }
+        self.blocked_by_foreign = false;
         for (start, c) in &r.cells {
             let i = start.0.div_euclid(self.cell_ms);
             if self.next.is_some_and(|n| i < n) {
@@ -324,15 +358,22 @@ impl UsageFold {
 
     /// The last record taken for `partition`, as cells a new owner starts from.
     pub fn take_foreign(&mut self, partition: i32) -> Option<UsageRecord> {
+        self.blocked_by_foreign = false;
         let f = self.foreign.remove(&partition)?;
         let cells = f.cells.into_iter().map(|(i, c)| (Millis(i * self.cell_ms), c)).collect();
-        Some(UsageRecord { partition, through: f.through, cell_ms: self.cell_ms, offset: f.offset, cells, folded_to: None })
+        Some(UsageRecord { partition, through: f.through, cell_ms: self.cell_ms, offset: f.offset, cells, folded_to: None, dropped_to: None })
     }
 
     /// A partition nobody speaks for (no record for a while): closing stops waiting for it
     /// until its next record.
     pub fn excuse(&mut self, partition: i32) {
         self.excused.insert(partition);
+        self.blocked_by_foreign = false;
+    }
+
+    /// Whether only another instance's record (or an excuse) can let a cell close.
+    pub fn blocked_by_foreign(&self) -> bool {
+        self.blocked_by_foreign
     }
 
     pub fn is_excused(&self, partition: i32) -> bool {
@@ -341,58 +382,61 @@ impl UsageFold {
 
     /// The partitions' time every cell before which may close: the lowest `through` over the
     /// partitions not excused (`local` gives the owned ones'); `None` while one has none yet.
-    fn completion(&self, local: &[(i32, Option<Millis>, &PartitionUsage)]) -> Option<Millis> {
-        let through = |p: i32| -> Option<Option<Millis>> {
+    /// Also says whether a partition of another instance decided it (the lowest, or one with
+    /// no time yet).
+    fn completion(&self, local: &[(i32, Option<Millis>, &PartitionUsage)]) -> (Option<Millis>, bool) {
+        // (time, local?) per partition; None: excused.
+        let through = |p: i32| -> Option<(Option<Millis>, bool)> {
             if let Some(&(_, t, _)) = local.iter().find(|(q, _, _)| *q == p) {
-                return Some(t);
+                return Some((t, true));
             }
             if self.excused.contains(&p) {
                 return None;
             }
-            Some(self.foreign.get(&p).and_then(|f| f.through))
+            Some((self.foreign.get(&p).and_then(|f| f.through), false))
         };
-        let mut min: Option<Millis> = None;
-        let mut any = false;
-        let mut each = |t: Option<Option<Millis>>| -> bool {
-            match t {
-                None => true,
-                Some(None) => false,
-                Some(Some(t)) => {
-                    any = true;
-                    min = Some(min.map_or(t, |m| m.min(t)));
-                    true
-                }
-            }
-        };
-        if self.partitions > 0 {
-            for p in 0..self.partitions as i32 {
-                if !each(through(p)) {
-                    return None;
-                }
-            }
+        let partitions: Vec<i32> = if self.partitions > 0 {
+            (0..self.partitions as i32).collect()
         } else {
             let mut seen: Vec<i32> = local.iter().map(|(p, _, _)| *p).collect();
             seen.extend(self.foreign.keys().copied());
             seen.sort_unstable();
             seen.dedup();
-            for p in seen {
-                if !each(through(p)) {
-                    return None;
+            seen
+        };
+        let mut min: Option<(Millis, bool)> = None;
+        for p in partitions {
+            match through(p) {
+                None => {}
+                Some((None, is_local)) => return (None, !is_local),
+                Some((Some(t), is_local)) => {
+                    if min.is_none_or(|(m, _)| t < m) {
+                        min = Some((t, is_local));
+                    }
                 }
             }
         }
-        if any { min } else { None }
+        match min {
+            Some((t, is_local)) => (Some(t), !is_local),
+            None => (None, false),
+        }
     }
 
     /// Closes every cell all partitions are past (by the lateness), oldest first, into `out`
     /// (cells with no decisions anywhere are left out); `local` gives the owned partitions: their
     /// time and cells. Returns the start of the first cell still open when anything moved.
     pub fn close(&mut self, local: &[(i32, Option<Millis>, &PartitionUsage)], out: &mut Vec<Closed>) -> Option<Millis> {
-        let t = self.completion(local)?;
+        let (t, foreign) = self.completion(local);
+        let Some(t) = t else {
+            self.blocked_by_foreign = foreign;
+            return None;
+        };
         let upto = (t.0 - self.lateness_ms).div_euclid(self.cell_ms);
         if self.next.is_some_and(|n| upto <= n) {
+            self.blocked_by_foreign = foreign;
             return None;
         }
+        self.blocked_by_foreign = false;
         let mut starts: Vec<i64> = local.iter().flat_map(|(_, _, u)| u.starts_before(upto)).collect();
         for f in self.foreign.values() {
             starts.extend(f.cells.range(..upto).map(|(&i, _)| i));
@@ -484,7 +528,7 @@ mod tests {
         assert!(fold.close(&[(0, a.through(), &a)], &mut out).is_some());
         assert_eq!(out.len(), 1);
         // Its record comes: it is waited for again.
-        fold.apply(&UsageRecord { partition: 1, through: Some(Millis(130_000)), cell_ms: 60_000, offset: 3, cells: vec![], folded_to: None });
+        fold.apply(&UsageRecord { partition: 1, through: Some(Millis(130_000)), cell_ms: 60_000, offset: 3, cells: vec![], folded_to: None, dropped_to: None });
         assert!(!fold.is_excused(1));
     }
 
@@ -547,6 +591,51 @@ mod tests {
         let r = a.take_record(0, 60_000, 1);
         assert_eq!(r.cells.len(), 1);
         assert_eq!((r.cells[0].0, r.cells[0].1.decisions), (Millis(120_000), 2));
+    }
+
+    #[test]
+    fn a_step_closes_after_its_cells_whatever_the_latenesses() {
+        let m = 60_000;
+        // The defaults: 5-minute steps due 60 s after their end, cells closing 5 s after theirs.
+        assert_eq!(step_close(Millis(5 * m), Millis(5 * m + 60_000), m, 5_000), (Millis(6 * m), Millis(6 * m + 5_000)));
+        // A fold lateness longer than the predictor's: never before the step's own cells close.
+        assert_eq!(step_close(Millis(5 * m), Millis(5 * m + 60_000), m, 120_000), (Millis(5 * m), Millis(5 * m + 120_000)));
+        // Sub-minute cells.
+        assert_eq!(step_close(Millis(30_000), Millis(31_000), 15_000, 0), (Millis(45_000), Millis(45_000)));
+    }
+
+    #[test]
+    fn a_new_owner_keeps_the_former_owners_older_cells_and_drops_what_it_dropped() {
+        let mut a = PartitionUsage::new();
+        counted(&mut a, 1_000, DecisionKind::Allow);
+        counted(&mut a, 70_000, DecisionKind::Allow);
+        let former = a.take_record(0, 60_000, 5);
+        // The former owner forgot minute 0 (its fold closed it); its last record holds minute 1.
+        a.forget_before(1, true);
+        let last = a.take_record(0, 60_000, 6);
+        let mut b = PartitionUsage::restored(&last, 60_000);
+        b.add_older(former.cells.iter().map(|(s, c)| (s.0 / 60_000, c.clone())), 60_000);
+        let r = b.take_record(0, 60_000, 6);
+        assert_eq!(r.cells.iter().map(|(s, c)| (s.0, c.decisions)).collect::<Vec<_>>(), [(0, 1), (60_000, 1)]);
+        // Over the cap the oldest cell is dropped, and the records say so.
+        let mut c = PartitionUsage::new();
+        for i in 0..=MAX_CELLS as i64 {
+            counted(&mut c, i * 60_000, DecisionKind::Allow);
+        }
+        let r = c.take_record(0, 60_000, 1);
+        assert_eq!((r.cells.len(), r.dropped_to, c.dropped), (MAX_CELLS, Some(Millis(60_000)), 1));
+        let mut fold = UsageFold::new(60_000, 0);
+        fold.apply(&UsageRecord {
+            partition: 0,
+            through: Some(Millis(0)),
+            cell_ms: 60_000,
+            offset: 0,
+            cells: vec![(Millis(0), Cell::default())],
+            folded_to: None,
+            dropped_to: None,
+        });
+        fold.apply(&r);
+        assert_eq!(fold.take_foreign(0).map(|f| f.cells.len()), Some(MAX_CELLS), "minute 0 dropped by the fold too");
     }
 
     #[test]

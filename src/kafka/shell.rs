@@ -23,6 +23,7 @@ use crate::wire::decode::DecodeError;
 use crate::wire::dlq;
 use crate::wire::events::InputEvent;
 use crate::wire::outputs::Output;
+use crate::wire::time::Millis;
 
 mod publish;
 
@@ -63,6 +64,8 @@ pub(crate) struct Shell<'a> {
     header_buf: String,
     /// Every owner's usage records, for the global views (`kafka/usage.rs`).
     usage: Option<crate::kafka::usage::UsageReader>,
+    /// What `Shared::published_fold_to` says (kept here to skip the lock when it stays).
+    published_fold_to: Option<Millis>,
 }
 
 impl<'a> Shell<'a> {
@@ -92,6 +95,7 @@ impl<'a> Shell<'a> {
             first_decisions: false,
             header_buf: String::new(),
             usage: None,
+            published_fold_to: None,
         }
     }
 
@@ -245,7 +249,15 @@ impl<'a> Shell<'a> {
             let mut sh = lock(&self.shared);
             (sh.topology.take_fold_outputs(), sh.topology.usage_closed_to())
         };
-        let leading = self.leadership.leading();
+        self.publish_fold_taken(made, closed_to).await
+    }
+
+    /// `publish_fold` with what the caller took from the topology under its own lock.
+    async fn publish_fold_taken(&mut self, made: Vec<(Millis, Output)>, closed_to: Option<Millis>) -> Result<(), RunError> {
+        let claim = if self.leadership.leading() { closed_to } else { None };
+        if made.is_empty() && claim == self.published_fold_to {
+            return Ok(());
+        }
         let outs = self.leadership.fold_outputs(made);
         self.metrics.count_outputs(&outs);
         for o in &outs {
@@ -254,7 +266,10 @@ impl<'a> Shell<'a> {
         if !outs.is_empty() {
             self.transactions.touched();
         }
-        lock(&self.shared).published_fold_to = if leading { closed_to } else { None };
+        if claim != self.published_fold_to {
+            self.published_fold_to = claim;
+            lock(&self.shared).published_fold_to = claim;
+        }
         Ok(())
     }
 
@@ -475,6 +490,7 @@ impl<'a> Shell<'a> {
         let mut outs = std::mem::take(&mut self.outs);
         let mut snapshot = Vec::new();
         let gained;
+        let fold;
         let state = {
             let mut sh = lock(&self.shared);
             if let Some(e) = sh.failed.take() {
@@ -511,6 +527,7 @@ impl<'a> Shell<'a> {
                 (Ok(_), None) => Err(dlq::Reason::from(&DecodeError::UnknownTopic(tp.0.clone()))),
                 (Err(e), _) => Err(dlq::Reason::from(&e)),
             };
+            fold = (sh.topology.take_fold_outputs(), sh.topology.usage_closed_to());
             match admitted {
                 Ok(()) => {
                     self.stats.already_counted += u64::from(matches!(counted, Counted::Already | Counted::Decided { counted: true, .. }));
@@ -555,7 +572,7 @@ impl<'a> Shell<'a> {
         self.outs = outs;
         self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
         sent?;
-        self.publish_fold().await
+        self.publish_fold_taken(fold.0, fold.1).await
     }
 
     /// This instance has just become the leader: publishes the control outputs it computed as a

@@ -5,7 +5,7 @@
 //! minute's totals, alerts and forecasts do not depend on who decided which partition.
 
 use crate::core::topology::Topology;
-use crate::core::usage::{Closed, PartitionUsage, UsageRecord};
+use crate::core::usage::{self, Closed, PartitionUsage, UsageRecord};
 use crate::wire::events::InputTopic;
 use crate::wire::outputs::{Decision, Output};
 use crate::wire::time::Millis;
@@ -64,7 +64,7 @@ impl Topology {
     /// Closes the usage cells every partition is past and gives them to the monitor and the
     /// predictor, in event-time order. `force` skips the check that time moved far enough.
     pub(super) fn fold_usage(&mut self, force: bool, out: &mut Vec<Output>) {
-        if !force && self.watermark.is_none_or(|w| w < self.fold.next_close_at()) {
+        if !force && (self.watermark.is_none_or(|w| w < self.fold.next_close_at()) || self.fold.blocked_by_foreign()) {
             return;
         }
         self.reach_usage();
@@ -102,21 +102,20 @@ impl Topology {
     }
 
     /// Closes the predictor's steps that the fold, having closed every cell before `at`, has
-    /// completed. Each closes at its own time: the earliest pipeline time at which the fold
-    /// could have closed its last cell (that cell's end plus the lateness, or the predictor's
-    /// own lateness if later), never the time a fold happened to close it, which depends on
-    /// when the other instances' records came. So forecasts and cuts are stamped alike by one
-    /// instance or several, and in replay the event that closes the cell comes at or after the
-    /// stamp (and is decided under what the step changed).
+    /// completed. Each closes at its own time, from the cells alone: the first fold position
+    /// (a cell boundary) at or after both the step's end and its due time less the fold's
+    /// lateness, plus that lateness (the earliest pipeline time at which a fold could be
+    /// there). Never the time a fold happened to get there, which depends on when the other
+    /// instances' records came: so forecasts and cuts are stamped alike by one instance or
+    /// several, and in replay the event that closes the cell comes at or after the stamp (and
+    /// is decided under what the step changed).
     fn predict_due(&mut self, at: Millis, out: &mut Vec<Output>) {
         let (cell_ms, lateness_ms) = (self.fold.cell_ms(), self.fold.lateness_ms());
-        while let Some(due) = self.predictor.as_ref().and_then(crate::core::predictor::Predictor::next_close_at) {
-            // The fold position (a cell boundary) from which step `due` belongs closes.
-            let from = (due.0 - lateness_ms).div_euclid(cell_ms) + i64::from((due.0 - lateness_ms).rem_euclid(cell_ms) != 0);
-            if from * cell_ms > at.0 {
+        while let Some((end, due)) = self.predictor.as_ref().and_then(crate::core::predictor::Predictor::next_close_at) {
+            let (from, stamp) = usage::step_close(end, due, cell_ms, lateness_ms);
+            if from.0 > at.0 {
                 break;
             }
-            let stamp = Millis((from * cell_ms + lateness_ms).max(due.0));
             let before = self.predictor.as_ref().and_then(crate::core::predictor::Predictor::next_close_at);
             self.predict(stamp, None, out);
             if self.predictor.as_ref().and_then(crate::core::predictor::Predictor::next_close_at) == before {
@@ -164,8 +163,9 @@ impl Topology {
         self.fold_outputs.get_or_insert_with(Vec::new);
     }
 
-    /// The usage record of owned partition `partition` when it changed since the last one
-    /// (`offset`: the last input offset processed in it).
+    /// The usage record of owned partition `partition` (`offset`: the last input offset
+    /// processed in it). Sent at every flush turn, changed or not: a partition that says
+    /// nothing for a while is taken for one nobody owns.
     pub fn take_usage_record(&mut self, partition: i32, offset: i64) -> Option<UsageRecord> {
         if partition < 0 {
             return None;
@@ -174,12 +174,7 @@ impl Topology {
         self.reach_usage();
         let cell_ms = self.fold.cell_ms();
         let u = self.usage.get_mut(usize::try_from(partition).ok()?)?.as_mut()?;
-        u.is_dirty().then(|| u.take_record(partition, cell_ms, offset))
-    }
-
-    /// The partitions whose usage changed since their last record.
-    pub fn dirty_usage(&self) -> Vec<i32> {
-        self.usage.iter().enumerate().filter(|(_, u)| u.as_ref().is_some_and(PartitionUsage::is_dirty)).map(|(p, _)| p as i32).collect()
+        Some(u.take_record(partition, cell_ms, offset))
     }
 
     /// Another instance's usage record (from `surgeguard.usage`); records of partitions this
@@ -200,8 +195,12 @@ impl Topology {
         if self.usage.len() <= i {
             self.usage.resize_with(i + 1, || None);
         }
-        self.fold.take_foreign(r.partition);
-        self.usage[i] = Some(PartitionUsage::restored(r, self.fold.cell_ms()));
+        let cell_ms = self.fold.cell_ms();
+        let mut restored = PartitionUsage::restored(r, cell_ms);
+        if let Some(former) = self.fold.take_foreign(r.partition) {
+            restored.add_older(former.cells.into_iter().map(|(start, c)| (start.0.div_euclid(cell_ms), c)), cell_ms);
+        }
+        self.usage[i] = Some(restored);
     }
 
     /// Forgets an owned partition's usage (revoked): what it held stays in the fold as a record
@@ -230,9 +229,9 @@ impl Topology {
         self.fold.closed_to()
     }
 
-    /// Decisions counted in a later cell than their own, and records' cells that came after
-    /// their cell closed.
+    /// Decisions counted in a later cell than their own or dropped over the cap, and records'
+    /// cells that came after their cell closed.
     pub fn usage_late(&self) -> u64 {
-        self.usage.iter().flatten().map(|u| u.late).sum::<u64>() + self.fold.late_cells
+        self.usage.iter().flatten().map(|u| u.late + u.dropped).sum::<u64>() + self.fold.late_cells
     }
 }

@@ -145,7 +145,8 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
     }
     // Silent this long: its owner is gone (owners send a record every commit interval).
     let excuse_after = Duration::from_millis(u64::from(cfg.kafka.usage_silence_ms).max(u64::from(cfg.kafka.commit_interval_ms).saturating_mul(3)));
-    let reader = tokio::task::block_in_place(|| UsageReader::new(&clients.consumer_config, &cfg.topics.usage, excuse_after))?;
+    let mut reader = tokio::task::block_in_place(|| UsageReader::new(&clients.consumer_config, &cfg.topics.usage, excuse_after))?;
+    tokio::task::block_in_place(|| reader.catch_up(&mut crate::kafka::shared::lock(&shared), USAGE_CATCH_UP_TIMEOUT));
     shell.read_usage(reader);
     crate::kafka::shared::lock(&shared).topology.publish_usage();
     // Declared after the consumer, so dropped before it: an error exit marks the state so that
@@ -161,6 +162,10 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
     exit_guard.armed = false;
     leave(shell, &consumer, api).await
 }
+
+/// How long a starting instance reads the usage topic (the others' usage and the leader's views)
+/// before it goes on without the rest.
+const USAGE_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long `run` waits at start-up for the brokers to answer before it gives up.
 const REACH_DEADLINE: Duration = Duration::from_secs(30);

@@ -18,7 +18,7 @@ use crate::wire::time::Millis;
 const MINUTE_MS: i64 = 60_000;
 
 /// Metrics of one closed minute.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct MinuteMetrics {
     /// Start of the minute.
     pub minute: Millis,
@@ -36,7 +36,7 @@ pub struct MinuteMetrics {
     pub load: f64,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 struct Open {
     m: MinuteMetrics,
     throttle_s: u64,
@@ -48,6 +48,16 @@ struct Open {
 
 /// The most minutes held open (usage and load ahead of the minutes closed).
 const MAX_OPEN_MINUTES: usize = 1440;
+
+/// What a monitor holds, to hand over (`Topology::views`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MonitorState {
+    open: Vec<Open>,
+    closed_to: Option<Millis>,
+    last_load: f64,
+    history: Vec<MinuteMetrics>,
+    last_fired: Vec<(String, String, Millis)>,
+}
 
 pub struct Monitor {
     rules: AlertsConfig,
@@ -77,6 +87,26 @@ impl Monitor {
             history: VecDeque::new(),
             last_fired: BTreeMap::new(),
         }
+    }
+
+    /// Its open minutes, history and cool-downs, to hand over.
+    pub fn state(&self) -> MonitorState {
+        MonitorState {
+            open: self.open.values().cloned().collect(),
+            closed_to: self.closed_to,
+            last_load: self.last_load,
+            history: self.history.iter().cloned().collect(),
+            last_fired: self.last_fired.iter().map(|((r, k), t)| (r.clone(), k.clone(), *t)).collect(),
+        }
+    }
+
+    /// Takes over another instance's minutes and cool-downs (bounded as its own).
+    pub fn take_over(&mut self, s: &MonitorState) {
+        self.open = s.open.iter().take(MAX_OPEN_MINUTES).map(|o| (o.m.minute.0, o.clone())).collect();
+        self.closed_to = s.closed_to;
+        self.last_load = s.last_load;
+        self.history = s.history.iter().rev().take(self.window).rev().cloned().collect();
+        self.last_fired = s.last_fired.iter().take(1000).map(|(r, k, t)| ((r.clone(), k.clone()), *t)).collect();
     }
 
     /// Closed minutes, oldest first (at most the correlation window).
@@ -451,6 +481,31 @@ mod tests {
         mon.finish(&mut alerts);
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].ts, minute(4));
+    }
+
+    #[test]
+    fn a_monitor_that_takes_over_anothers_state_alerts_as_it_does() {
+        let minutes = |mon: &mut Monitor, from: i64, to: i64, alerts: &mut Vec<Alert>| {
+            for m in from..to {
+                mon.on_load(minute(m), 0.1 * (m % 5) as f64);
+                for i in 0..(if m % 3 == 0 { 150 } else { 20 }) {
+                    mon.on_decision(&decision(minute(m).plus_ms(i), DecisionKind::Throttle), Some(0.9));
+                }
+                mon.advance(minute(m + 1), alerts);
+            }
+        };
+        let mut a = monitor();
+        let mut alerts = Vec::new();
+        minutes(&mut a, 0, 7, &mut alerts);
+        let state: MonitorState = serde_json::from_str(&serde_json::to_string(&a.state()).expect("json")).expect("state");
+        let mut b = monitor();
+        b.take_over(&state);
+        let (mut after_a, mut after_b) = (Vec::new(), Vec::new());
+        minutes(&mut a, 7, 30, &mut after_a);
+        minutes(&mut b, 7, 30, &mut after_b);
+        assert!(!after_a.is_empty());
+        assert_eq!(after_b, after_a, "cool-downs and the window went over");
+        assert_eq!(b.history().collect::<Vec<_>>(), a.history().collect::<Vec<_>>());
     }
 
     #[test]

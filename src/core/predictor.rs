@@ -92,6 +92,22 @@ pub struct Predictor {
     next: Option<(i64, f64)>,
 }
 
+/// What a predictor has counted and decided: what a new instance takes from the leader's views
+/// (`Topology::views`) instead of starting from its history alone.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PredictorState {
+    pub scope: String,
+    pub step_ms: i64,
+    pub counts: Vec<f64>,
+    pub first: i64,
+    pub open_from: Option<i64>,
+    pub open: Vec<f64>,
+    /// Milliseconds (its start is before any time a timestamp can say).
+    pub watermark_ms: i64,
+    pub cut: Option<(f64, Millis)>,
+    pub next: Option<(i64, f64)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SeedError {
     #[error("the history is at a step of {history} ms, the model's is {model} ms")]
@@ -125,7 +141,38 @@ impl Predictor {
         }
     }
 
-    /// The model's step.
+    /// Its counts and cut, to hand over.
+    pub fn state(&self) -> PredictorState {
+        PredictorState {
+            scope: self.cfg.scope.clone(),
+            step_ms: self.step_ms,
+            counts: self.counts.iter().copied().collect(),
+            first: self.first,
+            open_from: self.open_from,
+            open: self.open.iter().copied().collect(),
+            watermark_ms: self.watermark.0,
+            cut: self.cut,
+            next: self.next,
+        }
+    }
+
+    /// Takes over another instance's counts and cut (same scope and step; otherwise false and
+    /// nothing changes). The seed is not applied then: the counts already cover it.
+    pub fn take_over(&mut self, s: &PredictorState) -> bool {
+        if s.scope != self.cfg.scope || s.step_ms != self.step_ms || s.counts.len() > self.keep || s.open.len() > 100_000 {
+            return false;
+        }
+        self.counts = s.counts.iter().copied().collect();
+        self.first = s.first;
+        self.open_from = s.open_from;
+        self.open = s.open.iter().copied().collect();
+        self.watermark = Millis(s.watermark_ms);
+        self.cut = s.cut;
+        self.next = s.next;
+        self.pending_seed = None;
+        true
+    }
+
     /// The scope its predictions are published under.
     pub fn scope(&self) -> &str {
         &self.cfg.scope
@@ -358,6 +405,29 @@ mod tests {
             all.extend(out.into_iter().map(|o| (Millis(s * STEP), o)));
         }
         all
+    }
+
+    #[test]
+    fn a_predictor_that_takes_over_anothers_state_forecasts_as_it_does() {
+        let mut events = surges(30);
+        let planned = EventSpan { start: Millis(31 * 24 * HOUR + 12 * HOUR), end: Millis(31 * 24 * HOUR + 13 * HOUR), label: "campaign".into() };
+        events.push(planned.clone());
+        let m = model(&events);
+        let n = |s: i64| if Millis(s * STEP) >= planned.start && Millis(s * STEP) < planned.end { 600 } else { 100 };
+        let mut a = Predictor::new(m.clone(), PredictorConfig::default(), 0);
+        feed(&mut a, 30 * 288, 288 + 100, n);
+        // Handed over as JSON, to a predictor that has seen nothing (and would start from zero).
+        let state: PredictorState = serde_json::from_str(&serde_json::to_string(&a.state()).expect("json")).expect("state");
+        let mut b = Predictor::new(m, PredictorConfig::default(), 0);
+        assert!(b.take_over(&state));
+        let (from, steps) = (30 * 288 + 288 + 100, 188);
+        let after_a = feed(&mut a, from, steps, n);
+        let after_b = feed(&mut b, from, steps, n);
+        assert!(after_a.iter().any(|(_, s)| s.spike.is_some()), "the campaign is forecast after the handover");
+        assert_eq!(after_b, after_a);
+        // Another scope's state is not taken.
+        let mut c = Predictor::new(model(&surges(30)), PredictorConfig { scope: "checkout".into(), ..PredictorConfig::default() }, 0);
+        assert!(!c.take_over(&state));
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod usage;
 
 pub use event_time::{InputPartition, TooFarAheadError};
 pub use requests::{Counted, QuotaState, UserQuota};
+pub use usage::Views;
 
 /// What the topology has done, for metrics and summaries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -313,6 +313,13 @@ impl UsageFold {
         self.foreign.retain(|&p, _| usize::try_from(p).is_ok_and(|p| p < n) || n == 0);
     }
 
+    /// Goes on from position `at` (another instance's views) when nothing has closed yet.
+    pub fn start_at(&mut self, at: Millis) {
+        if self.next.is_none() {
+            self.next = Some(at.0.div_euclid(self.cell_ms));
+        }
+    }
+
     /// The start of the first cell not closed yet.
     pub fn closed_to(&self) -> Option<Millis> {
         self.next.map(|i| Millis(i * self.cell_ms))

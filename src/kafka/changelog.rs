@@ -378,7 +378,12 @@ pub enum Payload {
     Usage(std::sync::Arc<UsageRecord>),
     /// The same, to the usage topic (keyed by the partition number).
     UsageTopic(std::sync::Arc<UsageRecord>),
+    /// The leader's global views, to the usage topic (key `VIEWS_KEY`).
+    Views(Box<crate::core::topology::Views>),
 }
+
+/// The usage topic's key of the leader's views (a partition's key is its number).
+pub const VIEWS_KEY: &str = "views";
 
 /// The changelog key of a partition's usage cells (a user's keys all have a `/`).
 pub const USAGE_KEY: &str = "~usage";
@@ -402,6 +407,11 @@ impl Outgoing {
                 key.push_str(&self.partition.to_string());
                 serde_json::to_writer(&mut *value, &**u)
             }
+            Payload::Views(v) => {
+                key.clear();
+                key.push_str(VIEWS_KEY);
+                serde_json::to_writer(&mut *value, &**v)
+            }
         }
     }
 
@@ -409,7 +419,7 @@ impl Outgoing {
     pub fn destination<'t>(&self, changelog: &'t str, usage: &'t str) -> (&'t str, Option<i32>) {
         match self.record {
             Payload::User(_) | Payload::Usage(_) => (changelog, Some(self.partition)),
-            Payload::UsageTopic(_) => (usage, None),
+            Payload::UsageTopic(_) | Payload::Views(_) => (usage, None),
         }
     }
 }

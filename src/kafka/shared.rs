@@ -27,6 +27,8 @@ pub struct Shared {
     /// As the leader, the fold position up to which this instance has published the global
     /// views' outputs (said in its usage records); none as a follower.
     pub(crate) published_fold_to: Option<crate::wire::time::Millis>,
+    /// The position of the last views written (`take_changelog_of`).
+    views_written_to: Option<crate::wire::time::Millis>,
     /// The last offset processed per input partition: committed when the partition is revoked.
     pub(super) processed: FastMap<Partition, i64>,
     /// A failure inside a callback, which the main loop turns into an error.
@@ -62,6 +64,7 @@ impl Shared {
             no_commit: false,
             requests_partitions: 0,
             published_fold_to: None,
+            views_written_to: None,
             api_outputs: Vec::new(),
             api_recent: crate::core::idempotency::RecentDecisions::default(),
         }
@@ -129,6 +132,13 @@ impl Shared {
         let mut out = Vec::new();
         let mut deliveries = lock(deliveries);
         let flushes = self.changelog.take_where(&which);
+        // The leader's views, when its published position moved (once per fold step at most).
+        if self.published_fold_to.is_some() && self.published_fold_to != self.views_written_to {
+            if let Some(v) = self.topology.views() {
+                self.views_written_to = self.published_fold_to;
+                out.push(Outgoing { partition: -1, hold: None, record: changelog::Payload::Views(Box::new(v)) });
+            }
+        }
         let owned: Vec<i32> = self.owned.keys().copied().collect();
         for p in owned {
             if which(p) && !flushes.iter().any(|f| f.partition == p) {

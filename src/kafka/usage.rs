@@ -13,7 +13,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use crate::core::topology::Views;
 use crate::core::usage::{MAX_CELLS, UsageRecord};
+use crate::kafka::changelog::VIEWS_KEY;
 use crate::kafka::shared::Shared;
 use crate::kafka::topics;
 use crate::wire::outputs::Output;
@@ -31,8 +33,14 @@ const MAX_PER_POLL: usize = 10_000;
 /// A record larger than this is not folded (an owner's record holds a few minutes' cells).
 const MAX_RECORD_BYTES: usize = 1 << 20;
 
+/// The leader's views: a day of predictor counts and the monitor's window.
+const MAX_VIEWS_BYTES: usize = 8 << 20;
+
 pub(crate) struct UsageReader {
     consumer: BaseConsumer,
+    topic: String,
+    /// Each partition's end when the reader started: `catch_up` reads to there.
+    ends: Vec<(i32, i64)>,
     heard: HashMap<i32, Instant>,
     since: Instant,
     excuse_after: Duration,
@@ -72,7 +80,65 @@ impl UsageReader {
             start.add_partition_offset(topic, p, offset)?;
         }
         consumer.assign(&start)?;
-        Ok(UsageReader { consumer, heard: HashMap::new(), since: Instant::now(), excuse_after, records: 0, refused: 0 })
+        let mut ends = Vec::new();
+        for p in 0..n {
+            let (_, high) = topics::watermarks(&consumer, topic, p, METADATA_TIMEOUT)?;
+            ends.push((p, high));
+        }
+        Ok(UsageReader { consumer, topic: topic.to_string(), ends, heard: HashMap::new(), since: Instant::now(), excuse_after, records: 0, refused: 0 })
+    }
+
+    /// Before the instance decides anything (blocking): reads what the topic held when the reader
+    /// started, folding the records, and takes over the latest of the leader's views (the
+    /// monitor's minutes and cool-downs, the predictor's counts), so that a joining or restarted
+    /// instance goes on from the others' global views instead of from its history alone.
+    /// Returns whether it took views over.
+    pub(crate) fn catch_up(&mut self, sh: &mut Shared, timeout: Duration) -> bool {
+        let started = Instant::now();
+        let mut latest: Option<Views> = None;
+        let mut outs = Vec::new();
+        let mut folded_to = None;
+        while started.elapsed() < timeout {
+            let done = self.ends.iter().all(|&(p, end)| topics::position(&self.consumer, &self.topic, p).is_some_and(|at| at >= end) || end == 0);
+            if done {
+                break;
+            }
+            let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(100)) else { continue };
+            let m = m.detach();
+            if m.key() == Some(VIEWS_KEY.as_bytes()) {
+                match m.payload().filter(|v| v.len() <= MAX_VIEWS_BYTES).map(serde_json::from_slice::<Views>) {
+                    Some(Ok(v)) if latest.as_ref().is_none_or(|l| v.closed_to >= l.closed_to) => latest = Some(v),
+                    Some(Ok(_)) => {}
+                    _ => self.refused += 1,
+                }
+                continue;
+            }
+            self.take(&m, sh, &mut outs, &mut folded_to);
+        }
+        let Some(v) = latest else { return false };
+        let taken = sh.topology.take_over_views(&v);
+        tracing::info!(at = %v.closed_to, taken, "took over the leader's global views (monitor, predictor)");
+        taken
+    }
+
+    /// One record of the topic into the fold.
+    fn take(&mut self, m: &rdkafka::message::OwnedMessage, sh: &mut Shared, out: &mut Vec<Output>, folded_to: &mut Option<Millis>) {
+        let r = match m.payload().filter(|v| v.len() <= MAX_RECORD_BYTES).map(serde_json::from_slice::<UsageRecord>) {
+            Some(Ok(r)) if r.cells.len() <= MAX_CELLS => r,
+            _ => {
+                self.refused += 1;
+                tracing::warn!(partition = m.partition(), offset = m.offset(), "usage record refused (not one, or too large)");
+                return;
+            }
+        };
+        self.records += 1;
+        self.heard.insert(r.partition, Instant::now());
+        if let Some(t) = r.folded_to {
+            *folded_to = Some(folded_to.map_or(t, |f| f.max(t)));
+        }
+        if !sh.owns(r.partition) {
+            sh.topology.on_usage_record(&r, out);
+        }
     }
 
     /// Takes the records that have come (without waiting) into the fold of `sh`'s topology,
@@ -81,28 +147,18 @@ impl UsageReader {
     pub(crate) fn poll(&mut self, sh: &mut Shared, out: &mut Vec<Output>) -> Option<Millis> {
         let mut folded_to: Option<Millis> = None;
         for _ in 0..MAX_PER_POLL {
-            let r = match self.consumer.poll(Duration::ZERO) {
+            match self.consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "usage topic");
                     break;
                 }
-                Some(Ok(m)) => match m.payload().filter(|v| v.len() <= MAX_RECORD_BYTES).map(serde_json::from_slice::<UsageRecord>) {
-                    Some(Ok(r)) if r.cells.len() <= MAX_CELLS => r,
-                    _ => {
-                        self.refused += 1;
-                        tracing::warn!(partition = m.partition(), offset = m.offset(), "usage record refused (not one, or too large)");
-                        continue;
-                    }
-                },
-            };
-            self.records += 1;
-            self.heard.insert(r.partition, Instant::now());
-            if let Some(t) = r.folded_to {
-                folded_to = Some(folded_to.map_or(t, |f| f.max(t)));
-            }
-            if !sh.owns(r.partition) {
-                sh.topology.on_usage_record(&r, out);
+                // The leader's views are for instances starting (`catch_up`).
+                Some(Ok(m)) if m.key() == Some(VIEWS_KEY.as_bytes()) => {}
+                Some(Ok(m)) => {
+                    let m = m.detach();
+                    self.take(&m, sh, out, &mut folded_to);
+                }
             }
         }
         let n = i32::try_from(sh.requests_partitions).unwrap_or(0);

@@ -101,7 +101,11 @@ impl Topology {
                 self.limits.started(now);
                 self.push_limits(updates, out);
                 self.next_sweep = now.plus_ms(self.sweep_every_ms);
-                self.predict(now, None, out);
+                // Starts the predictor (its seed applies up to here) unless it took over
+                // another instance's counts.
+                if self.predictor.as_ref().is_some_and(|p| p.next_close_at().is_none()) {
+                    self.predict(now, None, out);
+                }
             }
             Some(w) if now > w => {
                 self.watermark = Some(now);

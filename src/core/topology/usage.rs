@@ -4,13 +4,45 @@
 //! steps. Replay, the demo and one instance owning every partition take the same path: a
 //! minute's totals, alerts and forecasts do not depend on who decided which partition.
 
+use crate::core::monitor::MonitorState;
+use crate::core::predictor::{Predictor, PredictorState};
 use crate::core::topology::Topology;
 use crate::core::usage::{self, Closed, PartitionUsage, UsageRecord};
 use crate::wire::events::InputTopic;
 use crate::wire::outputs::{Decision, Output};
 use crate::wire::time::Millis;
 
+/// The global views' state at a fold position: what the leader publishes (key `views` in the
+/// usage topic) so that a new instance goes on from it instead of from its history alone.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Views {
+    pub closed_to: Millis,
+    pub predictor: Option<PredictorState>,
+    pub monitor: MonitorState,
+}
+
 impl Topology {
+    /// The global views' state now (none before the fold closed anything).
+    pub fn views(&self) -> Option<Views> {
+        Some(Views { closed_to: self.fold.closed_to()?, predictor: self.predictor.as_ref().map(Predictor::state), monitor: self.monitor.state() })
+    }
+
+    /// Takes over the leader's views before this instance's fold has closed anything: its fold
+    /// goes on from their position, its predictor and monitor from their state. False when it
+    /// is too late (or the predictor's scope or step differ: it keeps its own).
+    pub fn take_over_views(&mut self, v: &Views) -> bool {
+        if self.fold.closed_to().is_some() {
+            return false;
+        }
+        self.fold.start_at(v.closed_to);
+        let predictor = match (self.predictor.as_mut(), v.predictor.as_ref()) {
+            (Some(p), Some(s)) => p.take_over(s),
+            _ => true,
+        };
+        self.monitor.take_over(&v.monitor);
+        predictor
+    }
+
     fn usage_of(&mut self, partition: i32) -> &mut PartitionUsage {
         let i = usize::try_from(partition).unwrap_or(0);
         if self.usage.len() <= i {
@@ -111,14 +143,14 @@ impl Topology {
     /// is decided under what the step changed).
     fn predict_due(&mut self, at: Millis, out: &mut Vec<Output>) {
         let (cell_ms, lateness_ms) = (self.fold.cell_ms(), self.fold.lateness_ms());
-        while let Some((end, due)) = self.predictor.as_ref().and_then(crate::core::predictor::Predictor::next_close_at) {
+        while let Some((end, due)) = self.predictor.as_ref().and_then(Predictor::next_close_at) {
             let (from, stamp) = usage::step_close(end, due, cell_ms, lateness_ms);
             if from.0 > at.0 {
                 break;
             }
-            let before = self.predictor.as_ref().and_then(crate::core::predictor::Predictor::next_close_at);
+            let before = self.predictor.as_ref().and_then(Predictor::next_close_at);
             self.predict(stamp, None, out);
-            if self.predictor.as_ref().and_then(crate::core::predictor::Predictor::next_close_at) == before {
+            if self.predictor.as_ref().and_then(Predictor::next_close_at) == before {
                 // Time did not move the predictor (it is past `stamp` already): nothing more.
                 break;
             }

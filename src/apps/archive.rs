@@ -397,7 +397,13 @@ pub fn main(args: &ArchiveArgs) -> anyhow::Result<()> {
         max_rows: args.max_rows,
         incomplete_grace: std::time::Duration::from_millis(grace_ms as u64),
     };
-    let stats = crate::apps::cli::runtime()?.block_on(archive(cfg, &brokers, opts, crate::apps::cli::shutdown_signal()))?;
+    let rt = crate::apps::cli::runtime()?;
+    // The signal handler needs the runtime's reactor.
+    let shutdown = {
+        let _in = rt.enter();
+        crate::apps::cli::shutdown_signal()
+    };
+    let stats = rt.block_on(archive(cfg, &brokers, opts, shutdown))?;
     eprintln!(
         "archived {} requests in {} files ({} read again and skipped, {} undecodable skipped, {} files of incomplete flushes removed)",
         stats.archived, stats.files, stats.already_archived, stats.undecodable, stats.removed_incomplete

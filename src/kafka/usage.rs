@@ -22,6 +22,7 @@ use crate::wire::outputs::Output;
 use crate::wire::time::Millis;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How far back a starting reader begins: each record holds every cell its partition has not
 /// closed, so the latest one per partition is all it needs.
@@ -67,24 +68,27 @@ impl UsageReader {
             by_time.add_partition_offset(topic, p, Offset::Offset(since))?;
         }
         let mut start = TopicPartitionList::new();
-        let found = consumer.offsets_for_times(by_time, METADATA_TIMEOUT)?;
+        // A topic just created may not answer yet (its leader is being elected): then from its
+        // start, which is where its records are anyway.
+        let found = consumer.offsets_for_times(by_time, WATERMARKS_TIMEOUT).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, topic, "usage topic: offsets by time unavailable, reading from the start");
+            TopicPartitionList::new()
+        });
+        let mut ends = Vec::new();
         for p in 0..n {
+            // Briefly: a topic just created may not know its leader yet, and start-up must not
+            // wait on it (its records come with the ticks anyway).
+            let high = topics::watermarks(&consumer, topic, p, WATERMARKS_TIMEOUT).map(|(_, h)| h).unwrap_or(0);
             let offset = match found.find_partition(topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => Offset::Offset(o),
                 // Nothing that new: from the end.
-                _ => {
-                    let (_, high) = topics::watermarks(&consumer, topic, p, METADATA_TIMEOUT)?;
-                    Offset::Offset(high)
-                }
+                Some(_) if high > 0 => Offset::Offset(high),
+                _ => Offset::Beginning,
             };
             start.add_partition_offset(topic, p, offset)?;
-        }
-        consumer.assign(&start)?;
-        let mut ends = Vec::new();
-        for p in 0..n {
-            let (_, high) = topics::watermarks(&consumer, topic, p, METADATA_TIMEOUT)?;
             ends.push((p, high));
         }
+        consumer.assign(&start)?;
         Ok(UsageReader { consumer, topic: topic.to_string(), ends, heard: HashMap::new(), since: Instant::now(), excuse_after, records: 0, refused: 0 })
     }
 

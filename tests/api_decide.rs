@@ -2,8 +2,12 @@
 //! `POST /v1/decide` answers from the limiter the stream uses (and the stream sees its counts),
 //! only the owner of a user's partition answers (421 elsewhere, naming the partition librdkafka's
 //! producer puts the user in), `GET /v1/users/{id}` with RateLimit fields, the admin endpoints
-//! with their token, published as events every instance applies, and bad input refused.
+//! with their token, published as events every instance applies, and bad input refused (a body
+//! not typed `application/json` with 415). The connection limits: a half-open connection closed
+//! after the header timeout, and connections beyond the cap waiting for a slot.
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
+use surgeguard::api::listener::{HEADER_TIMEOUT, Limits};
 use surgeguard::config::Config;
 use surgeguard::kafka::topics;
 
@@ -63,7 +68,15 @@ impl Http {
     }
 
     fn post(&self, path: &str, body: &str, token: Option<&str>) -> Reply {
-        let mut rq = self.agent.post(format!("{}{path}", self.base)).header("content-type", "application/json");
+        self.post_as(path, body, token, Some("application/json"))
+    }
+
+    /// A POST with `content_type` (none: no Content-Type).
+    fn post_as(&self, path: &str, body: &str, token: Option<&str>, content_type: Option<&str>) -> Reply {
+        let mut rq = self.agent.post(format!("{}{path}", self.base));
+        if let Some(ct) = content_type {
+            rq = rq.header("content-type", ct);
+        }
         if let Some(t) = token {
             rq = rq.header("authorization", format!("Bearer {t}"));
         }
@@ -71,10 +84,15 @@ impl Http {
     }
 
     fn put(&self, path: &str, body: &str, token: &str) -> Reply {
-        Self::reply(
-            self.agent.put(format!("{}{path}", self.base)).header("authorization", format!("Bearer {token}")).header("x-actor", "test-operator").send(body),
-            path,
-        )
+        self.put_as(path, body, token, Some("application/json"))
+    }
+
+    fn put_as(&self, path: &str, body: &str, token: &str, content_type: Option<&str>) -> Reply {
+        let mut rq = self.agent.put(format!("{}{path}", self.base)).header("authorization", format!("Bearer {token}")).header("x-actor", "test-operator");
+        if let Some(ct) = content_type {
+            rq = rq.header("content-type", ct);
+        }
+        Self::reply(rq.send(body), path)
     }
 
     /// `method` on `path` with an empty body and no token.
@@ -115,6 +133,154 @@ impl Http {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// The start of a request head, never finished.
+const PARTIAL_HEAD: &[u8] = b"POST /v1/decide HTTP/1.1\r\nHost: x\r\n";
+
+/// Reads `s` until the server closes it (EOF or reset); an error if it is still open at `deadline`.
+fn closed_by(s: &mut TcpStream, deadline: Instant) -> Result<(), String> {
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("still open".into());
+        }
+        s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe) => return Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Err("still open".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Sends `GET /ok` on `s` and reads the answer (`ok`); whether it came within `within`.
+fn answered(s: &mut TcpStream, within: Duration) -> bool {
+    if s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+/// `serve_router` on a free port with `limits`, `GET /ok` its only route; its address, the
+/// sender that stops it, and its task.
+async fn serve_ok(limits: Limits) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let app = axum::Router::new().route("/ok", axum::routing::get(|| async { "ok" }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(surgeguard::api::server::serve_router(listener, app, limits, async {
+        stopped.await.ok();
+    }));
+    (addr, stop, task)
+}
+
+/// Stops a server of `serve_ok`; it must stop within 10 s.
+async fn stop_ok(stop: tokio::sync::oneshot::Sender<()>, task: tokio::task::JoinHandle<std::io::Result<()>>) {
+    stop.send(()).ok();
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("stopped within 10 s").expect("server task").expect("served");
+}
+
+/// Clients that open a connection and send part of a request head, or nothing, are disconnected
+/// once the header timeout has passed, not before; a kept-alive connection idle after its
+/// response too; a good request meanwhile is served. (The service's own timeout, 10 s, is
+/// checked in `decide_users_and_admin_on_two_instances`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_are_closed_after_the_header_timeout() {
+    let timeout = Duration::from_secs(1);
+    let (addr, stop, task) = serve_ok(Limits { header_timeout: timeout, ..Limits::default() }).await;
+    let checks = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut conns = Vec::new();
+        for i in 0..320 {
+            let opened = Instant::now();
+            let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {i}: {e}"))?;
+            // 300 with part of a head, 20 with nothing at all.
+            if i < 300 {
+                s.write_all(PARTIAL_HEAD).map_err(|e| format!("write {i}: {e}"))?;
+            }
+            conns.push((opened, s));
+        }
+        let opened = Instant::now();
+        let mut good = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        if !answered(&mut good, Duration::from_secs(5)) {
+            return Err("a good request among the half-open connections was not answered".into());
+        }
+        conns.push((opened, good));
+        let deadline = Instant::now() + timeout + Duration::from_secs(10);
+        for (i, (opened, s)) in conns.iter_mut().enumerate() {
+            closed_by(s, deadline).map_err(|e| format!("connection {i}: {e} {:?} after it was opened", opened.elapsed()))?;
+            let after = opened.elapsed();
+            if after < timeout {
+                return Err(format!("connection {i} closed after {after:?}, before the header timeout"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    stop_ok(stop, task).await;
+    checks.expect("checks").unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// At the cap, a new connection waits in the kernel's queue, unanswered, until a served one
+/// closes; then it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_a_slot() {
+    let (addr, stop, task) = serve_ok(Limits { header_timeout: Duration::from_secs(30), max_connections: 2 }).await;
+    let checks = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut a = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        let mut b = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        if !(answered(&mut a, Duration::from_secs(5)) && answered(&mut b, Duration::from_secs(5))) {
+            return Err("the first two connections were not served".into());
+        }
+        // (The connect itself succeeds: the kernel completes it, the server does not accept it.)
+        let mut c = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        c.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+        c.set_read_timeout(Some(Duration::from_millis(500))).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Ok(n) => return Err(format!("a third connection was answered or closed at the cap of two: {:?}", String::from_utf8_lossy(&buf[..n]))),
+            Err(e) => return Err(e.to_string()),
+        }
+        drop(a);
+        // Its request, sent already, is answered once a slot frees.
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !got.ends_with(b"\r\n\r\nok") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("the waiting connection was not served once a slot freed: {:?}", String::from_utf8_lossy(&got)));
+            }
+            c.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+            match c.read(&mut buf) {
+                Ok(0) => return Err("closed".into()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        drop((b, c));
+        Ok(())
+    })
+    .await;
+    stop_ok(stop, task).await;
+    checks.expect("checks").unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn request(id: &str, user: &str, ts: &str) -> String {
@@ -205,6 +371,11 @@ async fn decide_users_and_admin_on_two_instances() {
         };
         let (pa, pb) = (owned(&ha), owned(&hb));
         assert_ne!(pa, pb, "each owns one partition");
+        // A client that never finishes its request head is disconnected after HEADER_TIMEOUT
+        // (checked at the end; a stop with it still open would also wait for it).
+        let half_open = Instant::now();
+        let mut stalled = TcpStream::connect(format!("127.0.0.1:{port_a}")).map_err(|e| e.to_string())?;
+        stalled.write_all(PARTIAL_HEAD).map_err(|e| e.to_string())?;
         // Every route of the router answers each of its documented methods with a documented
         // status (not the unknown-path 404), and refuses every other method with 405.
         let doc: Value = ha.get("/openapi.json").json();
@@ -315,6 +486,15 @@ async fn decide_users_and_admin_on_two_instances() {
         assert!(p["detail"].as_str().unwrap_or("").contains("user_id"), "{p}");
         ha.post("/v1/decide", &"x".repeat(2000), None).problem(413);
         ha.get("/v1/decide").problem(405);
+        // Only a body that says it is JSON: what a web page on another origin cannot send
+        // without a CORS preflight (which the API does not answer).
+        let typed = request("typed", &user, &ts);
+        for ct in [Some("text/plain"), None, Some("application/x-www-form-urlencoded"), Some("multipart/form-data; boundary=x"), Some("application/jsonp")] {
+            let p = ha.post_as("/v1/decide", &typed, None, ct).problem(415);
+            assert!(p["detail"].as_str().unwrap_or("").contains("application/json"), "{ct:?}: {p}");
+        }
+        let r = ha.post_as("/v1/decide", &typed, None, Some("Application/JSON; charset=utf-8"));
+        assert_eq!((r.status, r.json()["decision"].as_str()), (429, Some("throttle")), "decided (the user is out of quota): {}", r.body);
 
         // Admin: token checks, unknown names, then actions every instance applies.
         let r = ha.post("/v1/admin/breakers/ai_primary/force_open", "", None);
@@ -330,6 +510,9 @@ async fn decide_users_and_admin_on_two_instances() {
         assert_eq!((r.json()["event"]["action"].as_str(), r.json()["topic"].as_str()), (Some("force_open"), Some(cfg.topics.admin.as_str())), "{}", r.body);
         for h in [&ha, &hb] {
             h.wait_for("/v1/breakers/ai_primary", |b| b["state"] == "forced_open");
+        }
+        for ct in [Some("text/plain"), None] {
+            ha.put_as("/v1/admin/limits/free/standard/override", r#"{"rpm": 5, "ttl_s": 600}"#, "s3cret-token", ct).problem(415);
         }
         let r = ha.put("/v1/admin/limits/free/standard/override", r#"{"rpm": 5, "ttl_s": 600}"#, "s3cret-token");
         assert_eq!(r.status, 202, "{}", r.body);
@@ -350,6 +533,8 @@ async fn decide_users_and_admin_on_two_instances() {
         for h in [&ha, &hb] {
             h.wait_for("/v1/limits/free/standard", |l| l["adjusted_rpm"] != 5);
         }
+        closed_by(&mut stalled, half_open + HEADER_TIMEOUT + Duration::from_secs(10)).map_err(|e| format!("a half-open connection: {e}"))?;
+        assert!(half_open.elapsed() >= HEADER_TIMEOUT, "a half-open connection closed after {:?}", half_open.elapsed());
         Ok(user)
     })
     .await;

@@ -75,7 +75,7 @@ fn allowed(agent: &ureq::Agent, base: &str, user: &str, n: usize) -> usize {
     (0..n)
         .filter(|i| {
             let body = json!({"id": format!("{user}-{i}"), "ts": ts, "user_id": user, "tier": "free", "request_type": "standard"}).to_string();
-            let mut r = agent.post(format!("{base}/v1/decide")).send(body).expect("decide");
+            let mut r = agent.post(format!("{base}/v1/decide")).header("content-type", "application/json").send(body).expect("decide");
             let v: Value = serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("JSON");
             v["decision"] == "allow"
         })

@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::api::state::{ApiState, Problem, body, lock, path, query, wall_clock};
+use crate::api::state::{ApiState, JsonContent, Problem, body, lock, path, query, wall_clock};
 use crate::core::idempotency::Seen;
 use crate::wire::outputs::{Decision, DecisionKind, Output};
 
@@ -76,10 +76,12 @@ fn partition_of(s: &ApiState, sh: &crate::kafka::shared::Shared, user_id: &str) 
 
 /// `POST /v1/decide`: a RequestEvent (the requests topic's schema) in, its Decision out: 200 for
 /// allow and allow_with_grace, 429 with `Retry-After` for throttle, RateLimit fields on both.
-pub async fn decide(State(s): State<ApiState>, raw: Result<Bytes, BytesRejection>) -> Result<Response, Problem> {
+/// The body must say it is JSON (415 otherwise; `JsonContent`).
+pub async fn decide(State(s): State<ApiState>, _: JsonContent, raw: Result<Bytes, BytesRejection>) -> Result<Response, Problem> {
     let raw = body(raw)?;
     let received = wall_clock();
-    let ev = crate::wire::decode::decode_request_at(&raw, received).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Bad Request", e.to_string()))?;
+    let ev =
+        crate::wire::decode::decode_request_at(&raw, received, &s.limits).map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Bad Request", e.to_string()))?;
     let (decision, first) = {
         let mut sh = lock(&s.shared).await?;
         // Checked under the lock: shutdown clears it, then takes the lock to publish what the

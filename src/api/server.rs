@@ -16,6 +16,8 @@ use axum::routing::{MethodRouter, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+pub use crate::api::listener::Limits;
+use crate::api::listener::{Capped, HeadClock, in_service};
 use crate::api::state::lock;
 pub use crate::api::state::{ApiState, Problem};
 use crate::wire::time::Millis;
@@ -105,7 +107,7 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 async fn metrics(State(s): State<ApiState>) -> Response {
     s.metrics.ready.set(i64::from(s.ready.load(Ordering::SeqCst)));
     let text = match lock(&s.shared).await {
-        Ok(sh) => s.metrics.render(Some(&sh.topology)),
+        Ok(sh) => s.metrics.render(Some(&sh)),
         // The counters still; the gauges read from the state as last scraped.
         Err(_) => s.metrics.render(None),
     };
@@ -167,14 +169,28 @@ async fn predictions(State(s): State<ApiState>) -> Result<Response, Problem> {
     Ok(Json(sh.topology.latest_predictions()).into_response())
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` completes.
+/// Serves `router(state)` on `listener` until `shutdown` completes, with the default connection
+/// limits (`listener.rs`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     max_body_bytes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state, max_body_bytes)).with_graceful_shutdown(shutdown).await
+    serve_router(listener, router(state, max_body_bytes), Limits::default(), shutdown).await
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` completes: then no new
+/// connection is accepted, each open one closes once the request it is serving is answered, and
+/// this returns when they all have (axum's graceful shutdown, as before the limits).
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app.layer(axum::middleware::from_fn(in_service)).into_make_service_with_connect_info::<HeadClock>();
+    axum::serve(Capped::new(listener, limits), app).with_graceful_shutdown(shutdown).await
 }
 
 #[cfg(test)]

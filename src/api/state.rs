@@ -1,13 +1,16 @@
 //! What every HTTP handler shares: the state they read (`ApiState`), RFC 9457 problems, the
-//! pipeline lock with its short wait, the request body with its limit, and the wall clock.
+//! pipeline lock with its short wait, the request body with its type and limit, and the wall
+//! clock.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::FromRequestParts;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{StatusCode, header};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rdkafka::producer::FutureProducer;
 
@@ -34,6 +37,8 @@ pub struct ApiState {
     pub window_s: u32,
     /// `api.max_clock_skew_s` in milliseconds.
     pub max_clock_skew_ms: u64,
+    /// How large a decided request's fields may be.
+    pub limits: crate::wire::limits::InputLimits,
     /// The configured dependencies and limit keys (`tier/request_type`).
     pub dependencies: Arc<[String]>,
     pub limit_keys: Arc<[String]>,
@@ -53,6 +58,7 @@ impl ApiState {
             default_tier: cfg.limiter.default_tier.as_str().into(),
             window_s: cfg.limiter.window_s,
             max_clock_skew_ms: u64::from(cfg.api.max_clock_skew_s) * 1000,
+            limits: cfg.limits,
             dependencies: cfg.dependencies.keys().cloned().collect(),
             limit_keys: cfg.tiers.keys().flat_map(|t| cfg.request_types.keys().map(move |rt| format!("{t}/{rt}"))).collect(),
         }
@@ -147,6 +153,40 @@ pub(crate) fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem
     })
 }
 
+/// An extractor: the request says its body is JSON (`Content-Type: application/json`, any
+/// parameters), else 415. A page on another origin can send a cross-site request without asking
+/// (a "simple" one) only with a form's types or `text/plain`; with this type the browser asks
+/// first (a CORS preflight), and this API never answers yes. It stands before the body
+/// extractor, so a refused body is not read.
+pub(crate) struct JsonContent;
+
+impl<S: Send + Sync> FromRequestParts<S> for JsonContent {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        require_json(&parts.headers).map(|()| JsonContent)
+    }
+}
+
+/// `JsonContent`'s check, for handlers that have the headers already.
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let got = match (types.next(), types.next()) {
+        (Some(t), None) if is_json(t.as_bytes()) => return Ok(()),
+        (None, _) => "none".to_string(),
+        (Some(t), None) => format!("`{}`", String::from_utf8_lossy(t.as_bytes()).chars().take(100).collect::<String>()),
+        (Some(_), Some(_)) => "more than one".to_string(),
+    };
+    Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type", format!("expected `Content-Type: application/json`, got {got}")))
+}
+
+/// Whether a `Content-Type` value is `application/json`, whatever its parameters (`;
+/// charset=utf-8`); type and subtype are case-insensitive (RFC 9110, 8.3.1).
+fn is_json(value: &[u8]) -> bool {
+    let media_type = value.iter().position(|&b| b == b';').map_or(value, |end| &value[..end]);
+    media_type.trim_ascii().eq_ignore_ascii_case(b"application/json")
+}
+
 /// A query string that did not parse, as a problem (axum's own rejection is plain text).
 pub(crate) fn query<T>(q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, Problem> {
     q.map(|axum::extract::Query(v)| v).map_err(|r| Problem::new(StatusCode::BAD_REQUEST, "Bad Request", r.body_text()))
@@ -158,3 +198,26 @@ pub(crate) fn path<T>(p: Result<axum::extract::Path<T>, axum::extract::rejection
 }
 
 pub(crate) use crate::kafka::clock::wall_clock;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_json_bodies_are_taken() {
+        for ok in ["application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8", " application/json ", "application/json ; x=y"] {
+            assert!(is_json(ok.as_bytes()), "{ok}");
+        }
+        let simple = ["", "text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"];
+        let near = ["application/jsonx", "application/problem+json", "application/json5", "application", "json"];
+        for refused in simple.into_iter().chain(near) {
+            assert!(!is_json(refused.as_bytes()), "{refused}");
+        }
+        let mut headers = HeaderMap::new();
+        assert!(require_json(&headers).is_err(), "no type");
+        headers.insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json; charset=utf-8"));
+        assert!(require_json(&headers).is_ok());
+        headers.append(header::CONTENT_TYPE, axum::http::HeaderValue::from_static("text/plain"));
+        assert!(require_json(&headers).is_err(), "two types");
+    }
+}

@@ -91,7 +91,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Kafka clients' errors may quote a property's value: the config's secrets go.
+            eprintln!("error: {}", surgeguard::config::secrets::redact_known(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }

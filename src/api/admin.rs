@@ -19,7 +19,7 @@ use rdkafka::producer::FutureRecord;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::api::state::{Admin, ApiState, Problem, body, lock, wall_clock};
+use crate::api::state::{Admin, ApiState, Problem, body, lock, require_json, wall_clock};
 use crate::wire::events::{AdminAction, AdminEvent};
 
 /// The longest override accepted.
@@ -72,7 +72,12 @@ async fn publish(admin: &Admin, key: &str, ev: &AdminEvent) -> Result<Response, 
             let body = serde_json::json!({ "event": ev, "topic": admin.topic, "partition": delivery.partition, "offset": delivery.offset });
             Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
-        Err((e, _)) => Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", format!("the admin event was not published: {e}"))),
+        // The one answer that carries a client's text: no secret of the config goes out with it.
+        Err((e, _)) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            format!("the admin event was not published: {}", crate::config::secrets::redact_known(&e.to_string())),
+        )),
     }
 }
 
@@ -115,7 +120,8 @@ struct OverrideBody {
     ttl_s: u64,
 }
 
-/// `PUT /v1/admin/limits/{tier}/{request_type}/override` with `{"rpm": N, "ttl_s": S}`.
+/// `PUT /v1/admin/limits/{tier}/{request_type}/override` with `{"rpm": N, "ttl_s": S}` as
+/// `application/json` (415 otherwise, once the token is checked).
 pub async fn set_override(
     State(s): State<ApiState>,
     Path((tier, request_type)): Path<(String, String)>,
@@ -123,6 +129,7 @@ pub async fn set_override(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let admin = authorise(&s, &headers)?;
+    require_json(&headers)?;
     let raw = body(raw)?;
     let b: OverrideBody = serde_json::from_slice(&raw)
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "Bad Request", format!("expected {{\"rpm\": N, \"ttl_s\": S}}: {e}")))?;

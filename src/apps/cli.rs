@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::config::load::{DEFAULT_PIPELINE, load_file, load_str};
+use crate::config::secrets;
 
 /// The environment variable that names the pipeline file when `--config` does not.
 pub const CONFIG_ENV: &str = "SURGEGUARD_CONFIG";
@@ -30,13 +31,16 @@ impl ConfigArg {
         self.config.clone().or_else(|| std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
     }
 
-    /// The pipeline, loaded and validated.
+    /// The pipeline, loaded and validated; its errors have the file's secret values redacted. The
+    /// loaded config's secret values are remembered, so that the error `main` prints last loses
+    /// them, whichever client it comes from.
     pub fn load(&self) -> anyhow::Result<Arc<Config>> {
-        let loaded = match self.path() {
-            Some(path) => load_file(&path),
-            None => load_str(DEFAULT_PIPELINE, "the built-in default pipeline"),
+        let cfg = match self.path() {
+            Some(path) => load_file(&path).map_err(|e| anyhow::anyhow!("{}", secrets::redact_for_file(&e.to_string(), &path)))?,
+            None => load_str(DEFAULT_PIPELINE, "the built-in default pipeline").map_err(|e| anyhow::anyhow!("{e}"))?,
         };
-        loaded.map(Arc::new).map_err(|e| anyhow::anyhow!("{e}"))
+        secrets::remember(secrets::config_secrets(&cfg));
+        Ok(Arc::new(cfg))
     }
 }
 

@@ -245,7 +245,9 @@ pub fn main(args: &WhatifArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let mut policies = Vec::new();
     for path in &args.configs {
-        let cfg = crate::config::load::load_file(path).map(Arc::new).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cfg = crate::config::load::load_file(path)
+            .map(Arc::new)
+            .map_err(|e| anyhow::anyhow!("{}", crate::config::secrets::redact_for_file(&e.to_string(), path)))?;
         let predictor = runtime.block_on(crate::history::prediction_setup::load(&cfg.prediction)).with_context(|| format!("{}", path.display()))?;
         policies.push((policy_name(path, &args.configs), Topology::new(cfg).with_predictor(predictor)));
     }

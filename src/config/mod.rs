@@ -4,6 +4,7 @@
 pub mod load;
 pub mod pipeline;
 pub mod reload;
+pub mod secrets;
 pub mod service;
 
 pub use pipeline::*;

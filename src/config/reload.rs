@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::config::load;
+use crate::config::secrets;
 
 /// Why a new config cannot be applied while running: the sections that changed and need a
 /// restart.
@@ -51,9 +52,9 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 /// Loads `path`, applies the command line's overrides (`adjust`), and checks it against
-/// `current`: the new config, or why it is refused.
+/// `current`: the new config, or why it is refused (logged: the file's secret values redacted).
 pub fn load_change(path: &Path, current: &Config, adjust: &dyn Fn(&mut Config)) -> Result<Config, String> {
-    let mut new = load::load_file(path).map_err(|e| e.to_string())?;
+    let mut new = load::load_file(path).map_err(|e| secrets::redact_for_file(&e.to_string(), path))?;
     adjust(&mut new);
     let restart = needs_restart(current, &new);
     if restart.is_empty() { Ok(new) } else { Err(format!("{}: changes that need a restart: {}", path.display(), restart.join(", "))) }
@@ -140,6 +141,16 @@ mod tests {
         bad.limiter.window_s = 30;
         bad.kafka.group_id = "other".into();
         assert_eq!(needs_restart(&old, &bad), vec!["limiter", "tiers (which tiers exist)", "kafka"]);
+    }
+
+    #[test]
+    fn a_file_that_does_not_load_is_refused_without_its_secrets() {
+        let path = std::env::temp_dir().join(format!("surgeguard-reload-secret-{}.toml", std::process::id()));
+        // Unquoted: the TOML error quotes the line.
+        std::fs::write(&path, "[kafka.properties]\n\"sasl.password\" = hunter2-reload\n").expect("write");
+        let refused = load_change(&path, &Config::default(), &|_: &mut Config| {}).expect_err("not TOML");
+        std::fs::remove_file(&path).ok();
+        assert!(refused.contains("sasl.password") && !refused.contains("hunter2"), "{refused}");
     }
 
     #[test]

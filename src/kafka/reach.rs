@@ -1,6 +1,8 @@
 //! Is the cluster there? The first thing `run` asks, so that unreachable brokers (a wrong
 //! address, a firewall, TLS or SASL refused) are named within seconds, with librdkafka's own
-//! reason, instead of after 30 s of silence inside the first admin request.
+//! reason, instead of after 30 s of silence inside the first admin request. Its probe is also the
+//! first client created, so a property librdkafka refuses stops `run` here, with the secret values
+//! redacted (`config/secrets.rs`) from librdkafka's texts.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -11,22 +13,32 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 
+use crate::config::secrets;
+
 /// One metadata request's wait: short, so the first warning comes within a few seconds.
 const ATTEMPT: Duration = Duration::from_secs(2);
 /// How often, at most, the warning is repeated while the brokers stay unreachable.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// The brokers did not answer a metadata request within the deadline.
+/// Why `run` cannot talk to the brokers. The texts quoting librdkafka have the client's secret
+/// values redacted.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot reach the Kafka brokers {brokers}: {attempts} metadata requests over {waited:.0?} went unanswered: {reason} (check kafka.brokers / --brokers and the security settings in kafka.properties)"
-)]
-pub struct Unreachable {
-    pub brokers: String,
-    pub attempts: u32,
-    pub waited: Duration,
-    /// librdkafka's last error, e.g. `Connect to ipv4#127.0.0.1:1 failed: Connection refused`.
-    pub reason: String,
+pub enum Unreachable {
+    /// The brokers did not answer a metadata request within the deadline.
+    #[error(
+        "cannot reach the Kafka brokers {brokers}: {attempts} metadata requests over {waited:.0?} went unanswered: {reason} (check kafka.brokers / --brokers and the security settings in kafka.properties)"
+    )]
+    NoAnswer {
+        brokers: String,
+        attempts: u32,
+        waited: Duration,
+        /// librdkafka's last error, e.g. `Connect to ipv4#127.0.0.1:1 failed: Connection refused`.
+        reason: String,
+    },
+    /// librdkafka refused the client's settings before any request: a property of
+    /// kafka.properties, most likely.
+    #[error("cannot start a Kafka client: {0} (check kafka.properties: `surgeguard check-config` names every property librdkafka refuses)")]
+    Refused(String),
 }
 
 /// Remembers librdkafka's first few distinct errors (connection refused, name resolution, TLS,
@@ -93,13 +105,13 @@ fn same_error(a: &str, b: &str) -> bool {
 /// [`WARN_EVERY`]. Returns the number of brokers the cluster reports.
 pub async fn wait_for_brokers(base: &ClientConfig, brokers: &str, deadline: Duration) -> Result<usize, Unreachable> {
     let started = Instant::now();
-    let unreachable = |attempts, reason: String| Unreachable { brokers: brokers.to_string(), attempts, waited: started.elapsed(), reason };
+    // librdkafka's texts may quote a setting: a refused one, a key file's path.
+    let hidden = secrets::client_secrets(base);
     let probe: BaseProducer<LastError> = match base.create_with_context(LastError::default()) {
         Ok(c) => c,
-        Err(e) => return Err(unreachable(0, e.to_string())),
+        Err(e) => return Err(Unreachable::Refused(secrets::kafka_error_text(&e, &hidden))),
     };
     let mut attempts = 0;
-    let mut reason;
     let mut warned: Option<Instant> = None;
     loop {
         attempts += 1;
@@ -107,14 +119,15 @@ pub async fn wait_for_brokers(base: &ClientConfig, brokers: &str, deadline: Dura
         let answer = tokio::task::block_in_place(|| probe.client().fetch_metadata(None, ATTEMPT));
         // Serves the error events queued meanwhile (it produces nothing).
         probe.poll(Duration::ZERO);
-        match answer {
+        let reason = match answer {
             Ok(md) if !md.brokers().is_empty() => return Ok(md.brokers().len()),
-            Ok(_) => reason = "the cluster reported no brokers".into(),
-            Err(e) => reason = probe.client().context().reasons().unwrap_or_else(|| e.to_string()),
-        }
+            Ok(_) => "the cluster reported no brokers".to_string(),
+            Err(e) => probe.client().context().reasons().unwrap_or_else(|| e.to_string()),
+        };
+        let reason = secrets::redact(&reason, hidden.iter().copied());
         let waited = started.elapsed();
         if waited >= deadline {
-            return Err(unreachable(attempts, reason));
+            return Err(Unreachable::NoAnswer { brokers: brokers.to_string(), attempts, waited, reason });
         }
         if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
             tracing::warn!(brokers, attempts, waited = ?Duration::from_secs(waited.as_secs()), giving_up_after = ?deadline, %reason, "cannot reach the Kafka brokers yet: retrying");

@@ -11,6 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
+use crate::config::secrets;
 
 /// One topic surgeguard uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +72,7 @@ pub async fn ensure(client: &ClientConfig, cfg: &Config) -> Result<Vec<String>, 
 
 /// Creates the given topics where missing, with `replication` (-1: the broker's default).
 pub async fn create(client: &ClientConfig, specs: &[TopicSpec], replication: i32) -> Result<Vec<String>, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = client.create()?;
+    let admin = admin_client(client)?;
     let new: Vec<NewTopic> = specs
         .iter()
         .map(|s| s.configs.iter().fold(NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication)), |t, (k, v)| t.set(k, v)))
@@ -96,7 +97,7 @@ pub async fn create(client: &ClientConfig, specs: &[TopicSpec], replication: i32
 /// Deletes the given topics (those already gone are not an error). For the bench, whose topics
 /// would otherwise fill the broker's disk: a million events a round is about a gigabyte.
 pub async fn delete(client: &ClientConfig, names: &[&str]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = client.create()?;
+    let admin = admin_client(client)?;
     let timeout = Some(std::time::Duration::from_secs(30));
     let options = AdminOptions::new().request_timeout(timeout).operation_timeout(timeout);
     for r in admin.delete_topics(names, &options).await? {
@@ -109,6 +110,12 @@ pub async fn delete(client: &ClientConfig, names: &[&str]) -> Result<(), KafkaEr
         }
     }
     Ok(())
+}
+
+/// An admin client. librdkafka's refusal of a setting comes back with the secret values redacted:
+/// it quotes the value.
+fn admin_client(client: &ClientConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    client.create().map_err(|e| secrets::redact_kafka_error(e, &secrets::client_secrets(client)))
 }
 
 /// The consumer's position in a partition (the next offset it will read), when known.

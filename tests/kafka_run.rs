@@ -5,14 +5,14 @@
 
 mod support;
 
+use support::kafka::*;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use surgeguard::apps::scenario::{Surge, monday_surge};
 use surgeguard::config::Config;
@@ -25,126 +25,6 @@ use surgeguard::kafka::changelog;
 use surgeguard::wire::events::{ErrorClass, InputEvent, OutcomeEvent, RequestEvent, TelemetrySample};
 use surgeguard::wire::outputs::Output;
 use surgeguard::wire::time::Millis;
-
-/// The wall clock, in Unix milliseconds.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64
-}
-
-fn brokers() -> String {
-    std::env::var("SURGEGUARD_TEST_BROKERS").expect("set SURGEGUARD_TEST_BROKERS or run scripts/test, which starts a broker")
-}
-
-/// A pipeline of its own per test: topics and group prefixed with a unique name.
-struct Pipeline {
-    prefix: String,
-    config: std::path::PathBuf,
-}
-
-impl Pipeline {
-    fn new(name: &str) -> Self {
-        Self::with(name, "")
-    }
-
-    /// A pipeline with extra `[kafka]` keys.
-    fn with(name: &str, kafka: &str) -> Self {
-        Self::with_tables(name, kafka, "")
-    }
-
-    /// A pipeline with extra `[kafka]` keys and extra tables (TOML from a table header on).
-    fn with_tables(name: &str, kafka: &str, tables: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let prefix = format!("{name}-{}-{}", std::process::id(), nanos % 1_000_000_000);
-        let topics: Vec<String> =
-            ["requests", "outcomes", "telemetry", "admin", "decisions", "limits", "breakers", "predictions", "alerts", "dlq", "changelog", "usage"]
-                .iter()
-                .map(|t| format!("{t} = \"{prefix}.{t}\""))
-                .collect();
-        // Event time only unless a test asks for the wall clock: the surge's events carry fixed
-        // times, which the wall clock must not overtake during the tests' pauses.
-        let wall_clock = if kafka.contains("wall_clock_after_idle_ms") { "" } else { "wall_clock_after_idle_ms = 0\n" };
-        let text = format!(
-            "[api]\nlisten = \"127.0.0.1:0\"\n\n[topics]\n{}\n\n[kafka]\ngroup_id = \"{prefix}\"\nreplication_factor = 1\n{wall_clock}{kafka}\n\n[kafka.partitions]\nrequests = 3\ndecisions = 3\n\n{tables}\n",
-            topics.join("\n")
-        );
-        let config = std::env::temp_dir().join(format!("{prefix}.toml"));
-        std::fs::write(&config, text).expect("write config");
-        Pipeline { prefix, config }
-    }
-
-    fn topic(&self, t: &str) -> String {
-        format!("{}.{t}", self.prefix)
-    }
-
-    fn start(&self) -> Service {
-        self.start_with(Stdio::inherit())
-    }
-
-    /// Starts an instance whose log goes to `log` instead of the test's stderr.
-    fn start_logging_to(&self, log: &std::path::Path) -> Service {
-        self.start_with(Stdio::from(std::fs::File::create(log).expect("log file")))
-    }
-
-    fn start_with(&self, stderr: Stdio) -> Service {
-        let child = Command::new(support::bin())
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .args(["--brokers", &brokers(), "--log-format", "json"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start surgeguard run");
-        Service(Some(child))
-    }
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        std::fs::remove_file(&self.config).ok();
-    }
-}
-
-/// A running `surgeguard run`; killed if the test ends without stopping it.
-struct Service(Option<Child>);
-
-impl Service {
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.0 {
-            Command::new("kill").args([sig, &c.id().to_string()]).status().expect("kill");
-        }
-    }
-
-    /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        self.signal("-TERM");
-        let mut child = self.0.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "surgeguard run did not stop within 30 s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill9(mut self) {
-        self.signal("-KILL");
-        if let Some(mut c) = self.0.take() {
-            c.wait().ok();
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            c.kill().ok();
-            c.wait().ok();
-        }
-    }
-}
 
 fn request_events(n: usize) -> Vec<RequestEvent> {
     monday_surge(&Surge { backend: false, ..Surge::default() })
@@ -190,68 +70,6 @@ fn first_decisions(msgs: &[rdkafka::message::OwnedMessage]) -> BTreeMap<String, 
         first.entry(v["request_id"].as_str().unwrap_or_default().to_string()).or_insert(v);
     }
     first
-}
-
-async fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").create().expect("producer");
-    let mut pending = Vec::new();
-    for (k, v) in records {
-        pending.push(producer.send_result(FutureRecord::to(topic).key(k.as_bytes()).payload(v.as_slice())).map_err(|(e, _)| e).expect("enqueue"));
-    }
-    for p in pending {
-        p.await.expect("report").map_err(|(e, _)| e).expect("delivered");
-    }
-}
-
-/// Reads `topic` from the start until `done` (told of each message in turn) says so or `timeout`
-/// passes; returns what it read.
-fn read_until(topic: &str, timeout: Duration, mut done: impl FnMut(&rdkafka::message::OwnedMessage) -> bool) -> Vec<rdkafka::message::OwnedMessage> {
-    let group = format!("reader-{topic}-{}", std::process::id());
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", &group)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let deadline = Instant::now() + timeout;
-    let mut got = Vec::new();
-    while Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let m = m.detach();
-            let finished = done(&m);
-            got.push(m);
-            if finished {
-                break;
-            }
-        }
-    }
-    got
-}
-
-fn decided_ids(msgs: &[rdkafka::message::OwnedMessage]) -> BTreeMap<String, usize> {
-    let mut ids = BTreeMap::new();
-    for m in msgs {
-        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or(b"{}")).expect("decision JSON");
-        *ids.entry(v["request_id"].as_str().unwrap_or_default().to_string()).or_insert(0) += 1;
-    }
-    ids
-}
-
-fn committed_equals_end(group: &str, topic: &str, partitions: i32) -> bool {
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", group).create().expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
-    (0..partitions).all(|p| {
-        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
-        let c = committed.find_partition(topic, p).map(|e| e.offset());
-        c == Some(Offset::Offset(high)) || (high == 0 && matches!(c, Some(Offset::Invalid) | None))
-    })
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -87,7 +87,7 @@ pub fn replay<R: BufRead, W: Write>(
         if text.is_empty() {
             return Ok(());
         }
-        match decode_tagged_with(text, resolve) {
+        match decode_tagged_with(text, resolve, &cfg.limits) {
             Ok(event) => {
                 r.summary.events += 1;
                 r.take(r.summary.lines, event);

@@ -146,7 +146,7 @@ pub async fn catch_up(client: &ClientConfig, plan: CatchUp, topology: &mut Topol
                     read += 1;
                     // What the leader dead-lettered (undecodable, too far ahead) is skipped.
                     if let Some(topic) = cfg.topics.input_topic(&tp.0)
-                        && let Ok(event) = decode::decode(topic, m.payload().unwrap_or(&[]))
+                        && let Ok(event) = decode::decode(topic, m.payload().unwrap_or(&[]), &cfg.limits)
                     {
                         let _refused = topology.process_from((topic, tp.1), event, Counted::No, &mut outs);
                         outs.clear();

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::DeliveryResult;
+use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::kafka::offsets::{OffsetTracker, Partition};
 
@@ -31,6 +32,25 @@ pub struct Deliveries {
     floors: HashMap<Partition, Option<i64>>,
     /// The first delivery that failed: the main loop stops on it, and nothing after it commits.
     pub failed: Option<KafkaError>,
+    /// Outputs the broker refused for good (too large for their topic): the main loop sends each
+    /// to the DLQ in its place, under the same origin, and goes on.
+    pub refused: Vec<Refused>,
+}
+
+/// An output the broker refused for good, kept to be dead-lettered.
+#[derive(Debug)]
+pub struct Refused {
+    pub origin: Origin,
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub error: KafkaError,
+}
+
+/// Whether a produce error is the record's own fault, so that sending it again can never work
+/// (rather than the producer's, the broker's or the network's).
+pub fn refused_for_good(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidRecord))
 }
 
 impl Deliveries {
@@ -105,6 +125,21 @@ impl ProducerContext for DeliveryContext {
         let mut d = self.deliveries.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
             Ok(_) => d.ack(&origin.0, origin.1),
+            // An aborted transaction's records (exactly-once, on a lost assignment or an error):
+            // dropped on purpose, with their offsets.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight), _)) => {
+                tracing::debug!(topic = %origin.0.0, partition = origin.0.1, offset = origin.1, "an output of an aborted transaction was purged");
+            }
+            Err((e, m)) if refused_for_good(e) => {
+                tracing::warn!(topic = m.topic(), bytes = m.payload_len(), error = %e, "an output was refused: to the DLQ");
+                d.refused.push(Refused {
+                    origin,
+                    topic: m.topic().to_string(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    error: e.clone(),
+                });
+            }
             Err((e, _)) => {
                 tracing::error!(topic = %origin.0.0, partition = origin.0.1, offset = origin.1, error = %e, "an output was not delivered");
                 d.failed.get_or_insert_with(|| e.clone());

@@ -208,7 +208,7 @@ impl InputMerge {
             self.assign(cfg, topic, m.partition(), source, None);
             if let Some(&i) = self.index.get(&(t, m.partition())) {
                 let payload = m.payload().unwrap_or(&[]);
-                let decoded = decode::decode(t, payload);
+                let decoded = decode::decode(t, payload, &cfg.limits);
                 let b = Buffered { offset: m.offset(), key: m.key().map(Box::from), payload: Box::from(payload), decoded };
                 let p = &mut self.parts[i];
                 if let Some(ts) = b.ts() {

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::wire::events::{AdminAction, AdminEvent, ErrorClass, InputEvent, InputTopic, OutcomeEvent, RequestEvent, TelemetrySample};
 use crate::wire::flat_json::{self, Scalar};
+use crate::wire::limits::{InputLimits, MAX_REASON_BYTES, shorten};
 use crate::wire::time::{Millis, TimeError};
 
 /// Why an input could not be decoded.
@@ -27,6 +28,9 @@ pub enum DecodeError {
     Time(#[from] TimeError),
     #[error("field `topic`: expected one of requests, outcomes, telemetry, admin, got `{0}`")]
     UnknownTopic(String),
+    /// Over one of `InputLimits` (`what`: the record, or a field's name).
+    #[error("{what} is {len} bytes, over the limit of {max} (limits.{key})")]
+    TooLarge { what: &'static str, len: usize, max: u32, key: &'static str },
 }
 
 impl DecodeError {
@@ -38,12 +42,31 @@ impl DecodeError {
             DecodeError::Invalid { .. } | DecodeError::Field { .. } => "invalid_field",
             DecodeError::Time(_) => "invalid_timestamp",
             DecodeError::UnknownTopic(_) => "unknown_topic",
+            DecodeError::TooLarge { .. } => "too_large",
         }
     }
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> DecodeError {
-    DecodeError::Invalid { field, reason: reason.into() }
+    DecodeError::Invalid { field, reason: short(reason.into()) }
+}
+
+/// An error text quoting the input, cut to `MAX_REASON_BYTES`.
+fn short(text: String) -> String {
+    match shorten(&text, MAX_REASON_BYTES) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(cut) => cut,
+    }
+}
+
+/// Refuses a record over `limits.record_bytes` before it is parsed.
+fn record(text: &str, limits: &InputLimits) -> Result<(), DecodeError> {
+    within("the record", text, limits.record_bytes, "record_bytes")
+}
+
+/// Refuses a field over its limit.
+fn within(what: &'static str, value: &str, max: u32, key: &'static str) -> Result<(), DecodeError> {
+    if value.len() > max as usize { Err(DecodeError::TooLarge { what, len: value.len(), max, key }) } else { Ok(()) }
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
@@ -63,12 +86,12 @@ fn json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, DecodeError> {
 /// with the path tracked (on the error path only, so decoding stays fast).
 fn explain<'a, T: Deserialize<'a>>(text: &'a str, e: serde_json::Error) -> DecodeError {
     if !e.is_data() {
-        return DecodeError::Json(e.to_string());
+        return DecodeError::Json(short(e.to_string()));
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    let Err(pe) = serde_path_to_error::deserialize::<_, T>(&mut de) else { return DecodeError::Json(e.to_string()) };
-    let path = pe.path().to_string();
-    let full = pe.into_inner().to_string();
+    let Err(pe) = serde_path_to_error::deserialize::<_, T>(&mut de) else { return DecodeError::Json(short(e.to_string())) };
+    let path = short(pe.path().to_string());
+    let full = short(pe.into_inner().to_string());
     let reason = full.split(" at line ").next().unwrap_or(&full).to_string();
     if path.is_empty() || path == "." {
         if let Some(name) = reason.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
@@ -79,10 +102,12 @@ fn explain<'a, T: Deserialize<'a>>(text: &'a str, e: serde_json::Error) -> Decod
     DecodeError::Field { field: path, reason }
 }
 
-fn non_empty<'a, T: From<Cow<'a, str>>>(field: &'static str, value: Cow<'a, str>) -> Result<T, DecodeError> {
+/// A required text field: not empty, and within `max` bytes (`limits.{key}`).
+fn non_empty<'a, T: From<Cow<'a, str>>>(field: &'static str, value: Cow<'a, str>, max: u32, key: &'static str) -> Result<T, DecodeError> {
     if value.is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
+    within(field, &value, max, key)?;
     Ok(T::from(value))
 }
 
@@ -122,13 +147,14 @@ struct RawRequest<'a> {
 }
 
 /// Decodes a `RequestEvent` from JSON bytes.
+/// Decodes a `RequestEvent` from JSON bytes, within the default `InputLimits`.
 pub fn decode_request(bytes: &[u8]) -> Result<RequestEvent, DecodeError> {
-    decode_request_str(utf8(bytes)?, None)
+    decode_request_str(utf8(bytes)?, None, &InputLimits::DEFAULT)
 }
 
 /// Decodes a `RequestEvent` whose `ts` may be left out (`POST /v1/decide`): `received` then.
-pub fn decode_request_at(bytes: &[u8], received: Millis) -> Result<RequestEvent, DecodeError> {
-    decode_request_str(utf8(bytes)?, Some(received))
+pub fn decode_request_at(bytes: &[u8], received: Millis, limits: &InputLimits) -> Result<RequestEvent, DecodeError> {
+    decode_request_str(utf8(bytes)?, Some(received), limits)
 }
 
 impl<'a> RawRequest<'a> {
@@ -155,7 +181,8 @@ impl<'a> RawRequest<'a> {
     }
 }
 
-fn decode_request_str(text: &str, received: Option<Millis>) -> Result<RequestEvent, DecodeError> {
+fn decode_request_str(text: &str, received: Option<Millis>, limits: &InputLimits) -> Result<RequestEvent, DecodeError> {
+    record(text, limits)?;
     let raw = match RawRequest::flat(text) {
         Some(raw) => raw,
         None => json(text)?,
@@ -175,10 +202,10 @@ fn decode_request_str(text: &str, received: Option<Millis>) -> Result<RequestEve
     };
     Ok(RequestEvent {
         ts,
-        id: non_empty("id", raw.id)?,
-        user_id: non_empty("user_id", raw.user_id)?,
-        tier: non_empty("tier", raw.tier)?,
-        request_type: non_empty("request_type", raw.request_type)?,
+        id: non_empty("id", raw.id, limits.id_bytes, "id_bytes")?,
+        user_id: non_empty("user_id", raw.user_id, limits.user_id_bytes, "user_id_bytes")?,
+        tier: non_empty("tier", raw.tier, limits.name_bytes, "name_bytes")?,
+        request_type: non_empty("request_type", raw.request_type, limits.name_bytes, "name_bytes")?,
         cost,
     })
 }
@@ -199,7 +226,7 @@ struct RawOutcome<'a> {
 
 /// Decodes an `OutcomeEvent` from JSON bytes.
 pub fn decode_outcome(bytes: &[u8]) -> Result<OutcomeEvent, DecodeError> {
-    decode_outcome_str(utf8(bytes)?)
+    decode_outcome_str(utf8(bytes)?, &InputLimits::DEFAULT)
 }
 
 impl<'a> RawOutcome<'a> {
@@ -226,7 +253,8 @@ impl<'a> RawOutcome<'a> {
     }
 }
 
-fn decode_outcome_str(text: &str) -> Result<OutcomeEvent, DecodeError> {
+fn decode_outcome_str(text: &str, limits: &InputLimits) -> Result<OutcomeEvent, DecodeError> {
+    record(text, limits)?;
     let raw = match RawOutcome::flat(text) {
         Some(raw) => raw,
         None => json(text)?,
@@ -237,9 +265,12 @@ fn decode_outcome_str(text: &str) -> Result<OutcomeEvent, DecodeError> {
     if !(raw.latency_ms >= 0.0) {
         return Err(invalid("latency_ms", format!("must be ≥ 0, got {}", raw.latency_ms)));
     }
+    if let Some(id) = &raw.request_id {
+        within("request_id", id, limits.id_bytes, "id_bytes")?;
+    }
     Ok(OutcomeEvent {
         ts: Millis::parse_rfc3339(&raw.ts)?,
-        dependency: non_empty("dependency", raw.dependency)?,
+        dependency: non_empty("dependency", raw.dependency, limits.name_bytes, "name_bytes")?,
         ok: raw.ok,
         error: if raw.ok { None } else { Some(raw.error.unwrap_or(ErrorClass::Other)) },
         latency_ms: raw.latency_ms,
@@ -263,10 +294,11 @@ struct RawTelemetry<'a> {
 
 /// Decodes a `TelemetrySample` from JSON bytes.
 pub fn decode_telemetry(bytes: &[u8]) -> Result<TelemetrySample, DecodeError> {
-    decode_telemetry_str(utf8(bytes)?)
+    decode_telemetry_str(utf8(bytes)?, &InputLimits::DEFAULT)
 }
 
-fn decode_telemetry_str(text: &str) -> Result<TelemetrySample, DecodeError> {
+fn decode_telemetry_str(text: &str, limits: &InputLimits) -> Result<TelemetrySample, DecodeError> {
+    record(text, limits)?;
     let raw: RawTelemetry = json(text)?;
     if raw.db_connections_max == 0 {
         return Err(invalid("db_connections_max", "must be ≥ 1"));
@@ -285,7 +317,7 @@ fn decode_telemetry_str(text: &str) -> Result<TelemetrySample, DecodeError> {
     }
     Ok(TelemetrySample {
         ts: Millis::parse_rfc3339(&raw.ts)?,
-        source: non_empty("source", raw.source)?,
+        source: non_empty("source", raw.source, limits.name_bytes, "name_bytes")?,
         cpu: unit_interval("cpu", raw.cpu)?,
         memory: unit_interval("memory", raw.memory)?,
         db_connections_in_use: raw.db_connections_in_use,
@@ -314,18 +346,22 @@ struct RawAdmin<'a> {
 
 /// Decodes an `AdminEvent` from JSON bytes.
 pub fn decode_admin(bytes: &[u8]) -> Result<AdminEvent, DecodeError> {
-    decode_admin_str(utf8(bytes)?)
+    decode_admin_str(utf8(bytes)?, &InputLimits::DEFAULT)
 }
 
-fn decode_admin_str(text: &str) -> Result<AdminEvent, DecodeError> {
+fn decode_admin_str(text: &str, limits: &InputLimits) -> Result<AdminEvent, DecodeError> {
+    record(text, limits)?;
     let raw: RawAdmin = json(text)?;
     let ts = Millis::parse_rfc3339(&raw.ts)?;
+    if let Some(actor) = &raw.actor {
+        within("actor", actor, limits.text_bytes, "text_bytes")?;
+    }
     let missing = |field: &'static str| invalid(field, format!("required by action {:?}", raw.action));
     if !raw.action.on_limit() {
         let dependency = raw.dependency.ok_or_else(|| missing("dependency"))?;
         return Ok(AdminEvent {
             ts,
-            dependency: non_empty("dependency", dependency)?,
+            dependency: non_empty("dependency", dependency, limits.name_bytes, "name_bytes")?,
             action: raw.action,
             key: None,
             rpm: None,
@@ -333,7 +369,7 @@ fn decode_admin_str(text: &str) -> Result<AdminEvent, DecodeError> {
             actor: raw.actor.map(Cow::into_owned),
         });
     }
-    let key: String = non_empty("key", raw.key.ok_or_else(|| missing("key"))?)?;
+    let key: String = non_empty("key", raw.key.ok_or_else(|| missing("key"))?, limits.name_bytes * 2 + 1, "name_bytes")?;
     if !key.contains('/') {
         return Err(invalid("key", format!("expected tier/request_type, got `{key}`")));
     }
@@ -352,16 +388,16 @@ fn decode_admin_str(text: &str) -> Result<AdminEvent, DecodeError> {
 }
 
 /// Decodes the value of a message from the given input topic.
-pub fn decode(topic: InputTopic, bytes: &[u8]) -> Result<InputEvent, DecodeError> {
-    decode_str(topic, utf8(bytes)?)
+pub fn decode(topic: InputTopic, bytes: &[u8], limits: &InputLimits) -> Result<InputEvent, DecodeError> {
+    decode_str(topic, utf8(bytes)?, limits)
 }
 
-fn decode_str(topic: InputTopic, text: &str) -> Result<InputEvent, DecodeError> {
+fn decode_str(topic: InputTopic, text: &str, limits: &InputLimits) -> Result<InputEvent, DecodeError> {
     Ok(match topic {
-        InputTopic::Requests => InputEvent::Request(decode_request_str(text, None)?),
-        InputTopic::Outcomes => InputEvent::Outcome(decode_outcome_str(text)?),
-        InputTopic::Telemetry => InputEvent::Telemetry(decode_telemetry_str(text)?),
-        InputTopic::Admin => InputEvent::Admin(decode_admin_str(text)?),
+        InputTopic::Requests => InputEvent::Request(decode_request_str(text, None, limits)?),
+        InputTopic::Outcomes => InputEvent::Outcome(decode_outcome_str(text, limits)?),
+        InputTopic::Telemetry => InputEvent::Telemetry(decode_telemetry_str(text, limits)?),
+        InputTopic::Admin => InputEvent::Admin(decode_admin_str(text, limits)?),
     })
 }
 
@@ -374,15 +410,16 @@ struct TopicOnly<'a> {
 /// Decodes one replay line: the event's own fields plus a `topic` field naming its input topic
 /// by its short name (`requests`, `outcomes`, `telemetry`).
 pub fn decode_tagged(bytes: &[u8]) -> Result<InputEvent, DecodeError> {
-    decode_tagged_with(bytes, InputTopic::from_name)
+    decode_tagged_with(bytes, InputTopic::from_name, &InputLimits::DEFAULT)
 }
 
 /// As `decode_tagged`, with `resolve` mapping topic names to input topics.
-pub fn decode_tagged_with(bytes: &[u8], resolve: impl Fn(&str) -> Option<InputTopic>) -> Result<InputEvent, DecodeError> {
+pub fn decode_tagged_with(bytes: &[u8], resolve: impl Fn(&str) -> Option<InputTopic>, limits: &InputLimits) -> Result<InputEvent, DecodeError> {
     let text = utf8(bytes)?;
+    record(text, limits)?;
     // Fast path for lines that start with the topic, as surgeguard writes them: no first parse.
     if let Some(t) = leading_topic(text).and_then(&resolve) {
-        return decode_str(t, text);
+        return decode_str(t, text, limits);
     }
     let tag: TopicOnly = json(text)?;
     let topic = match tag.topic.as_deref() {
@@ -392,7 +429,7 @@ pub fn decode_tagged_with(bytes: &[u8], resolve: impl Fn(&str) -> Option<InputTo
         },
         None => return Err(invalid("topic", "missing (expected requests, outcomes, telemetry or admin)")),
     };
-    decode_str(topic, text)
+    decode_str(topic, text, limits)
 }
 
 /// The topic name of a line starting `{"topic":"NAME",` with no escapes in NAME. The typed
@@ -430,6 +467,54 @@ mod tests {
         for (input, needle) in cases {
             let err = decode_request(input.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(needle), "{input} -> {err}");
+        }
+    }
+
+    #[test]
+    fn inputs_over_the_limits_are_refused_naming_the_limit() {
+        let limits = InputLimits { record_bytes: 4096, id_bytes: 8, user_id_bytes: 16, name_bytes: 12, text_bytes: 5 };
+        let req = |id: &str, user: &str, tier: &str| {
+            format!(r#"{{"id":"{id}","ts":"2026-11-29T09:00:00Z","user_id":"{user}","tier":"{tier}","request_type":"standard"}}"#)
+        };
+        let too_large = |text: String, topic: InputTopic| match decode(topic, text.as_bytes(), &limits) {
+            Err(e @ DecodeError::TooLarge { .. }) => {
+                assert_eq!(e.kind(), "too_large");
+                e.to_string()
+            }
+            other => panic!("{text:.80}: {other:?}"),
+        };
+        assert!(decode(InputTopic::Requests, req("12345678", &"u".repeat(16), "free").as_bytes(), &limits).is_ok(), "at the limits");
+        assert_eq!(too_large(req("123456789", "u", "free"), InputTopic::Requests), "id is 9 bytes, over the limit of 8 (limits.id_bytes)");
+        assert!(too_large(req("r", &"u".repeat(17), "free"), InputTopic::Requests).starts_with("user_id is 17 bytes"));
+        assert!(too_large(req("r", "u", &"t".repeat(13)), InputTopic::Requests).starts_with("tier is 13 bytes"));
+        // Multi-byte characters count in bytes.
+        assert!(too_large(req("r", &"é".repeat(9), "free"), InputTopic::Requests).starts_with("user_id is 18 bytes"));
+        // The whole record, before it is parsed (here not even JSON).
+        assert_eq!(too_large("x".repeat(5000), InputTopic::Requests), "the record is 5000 bytes, over the limit of 4096 (limits.record_bytes)");
+        let outcome = |dep: &str, id: &str| format!(r#"{{"ts":"2026-11-29T09:00:00Z","dependency":"{dep}","ok":true,"latency_ms":1,"request_id":"{id}"}}"#);
+        assert!(too_large(outcome(&"d".repeat(13), "r"), InputTopic::Outcomes).starts_with("dependency is 13"));
+        assert!(too_large(outcome("d", &"r".repeat(9)), InputTopic::Outcomes).starts_with("request_id is 9"));
+        let sample =
+            format!(r#"{{"ts":"2026-11-29T09:00:00Z","source":"{}","cpu":0.1,"memory":0.1,"db_connections_in_use":1,"db_connections_max":2}}"#, "s".repeat(13));
+        assert!(too_large(sample, InputTopic::Telemetry).starts_with("source is 13"));
+        let admin = r#"{"ts":"2026-11-29T09:00:00Z","dependency":"ai","action":"force_open","actor":"someone"}"#;
+        assert!(too_large(admin.to_string(), InputTopic::Admin).starts_with("actor is 7"));
+        let tagged = format!(r#"{{"topic":"requests","pad":"{}"}}"#, "p".repeat(5000));
+        assert!(matches!(decode_tagged_with(tagged.as_bytes(), InputTopic::from_name, &limits), Err(DecodeError::TooLarge { what: "the record", .. })));
+    }
+
+    #[test]
+    fn error_texts_quoting_the_input_are_cut() {
+        let huge = "x".repeat(50_000);
+        for line in [
+            format!(r#"{{"id":"r","ts":"2026-11-29T09:00:00Z","user_id":"u","tier":"free","request_type":"standard","cost":"{huge}"}}"#),
+            format!(r#"{{"id":"r","ts":"{huge}","user_id":"u","tier":"free","request_type":"standard"}}"#),
+            format!(r#"{{"id":{huge}}}"#),
+            format!(r#"{{"ts":"2026-11-29T09:00:00Z","action":"override_limit","key":"{}","rpm":5,"until":"2026-11-29T10:00:00Z"}}"#, "k".repeat(200)),
+        ] {
+            let topic = if line.contains("action") { InputTopic::Admin } else { InputTopic::Requests };
+            let e = decode(topic, line.as_bytes(), &InputLimits::DEFAULT).unwrap_err();
+            assert!(e.to_string().len() < MAX_REASON_BYTES + 64, "{} bytes: {e:.100}", e.to_string().len());
         }
     }
 

@@ -6,5 +6,6 @@ pub mod dlq;
 pub(crate) mod encode;
 pub mod events;
 pub(crate) mod flat_json;
+pub mod limits;
 pub mod outputs;
 pub mod time;

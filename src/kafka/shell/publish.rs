@@ -10,10 +10,11 @@ use rdkafka::producer::BaseRecord;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
-use crate::kafka::deliveries::Origin;
+use crate::kafka::deliveries::{Origin, refused_for_good};
 use crate::kafka::first_decisions;
 use crate::kafka::merge::Source;
 use crate::kafka::offsets::Partition;
+use crate::kafka::shared::lock;
 use crate::kafka::shell::{CONTROL_BEHIND, RunError, Shell};
 use crate::wire::dlq;
 use crate::wire::outputs::Output;
@@ -29,11 +30,7 @@ fn output_topic<'a>(cfg: &'a Config, o: &Output) -> &'a str {
     }
 }
 
-/// The most of a bad input's value kept in its DLQ record (the producer refuses records over
-/// `message.max.bytes`, 1 MB by default).
-const DLQ_MAX_VALUE: usize = 512 * 1024;
-
-impl Shell<'_> {
+impl<'a> Shell<'a> {
     /// Sends one input message's outputs (leaves `outs` empty). `holds`: the message also waits
     /// for a changelog record before its offset may be committed.
     /// `behind_ms`: the message waited for a control input past `kafka.max_idle_ms`, and that
@@ -96,26 +93,24 @@ impl Shell<'_> {
         self.metrics.dead_lettered.inc();
         self.begin(tp, offset, 1);
         tracing::debug!(topic = %tp.0, partition = tp.1, offset, error = %e.message, "to the DLQ");
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in dlq::headers(e, &tp.0, tp.1, offset) {
-            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
-        }
-        // A value too large for the producer would stop the service on every restart: keep its
-        // head, and say so.
-        let kept = if payload.len() > DLQ_MAX_VALUE {
-            headers = headers.insert(Header { key: dlq::TRUNCATED, value: Some(payload.len().to_string().as_bytes()) });
-            &payload[..DLQ_MAX_VALUE]
-        } else {
-            payload
-        };
         let origin: Origin = Box::new((tp.clone(), offset));
-        let mut record = BaseRecord::with_opaque_to(&self.cfg.topics.dlq, origin).payload(kept).headers(headers);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
+        let record = dead_letter_record(self.cfg, key, payload, e, origin);
         self.send(record).await
     }
 
+    /// Sends the outputs the broker refused for good (`Deliveries::refused`) to the DLQ in their
+    /// place: each under its output's origin, so that its input's offset moves on.
+    pub(crate) async fn dead_letter_refused(&mut self) -> Result<usize, RunError> {
+        let refused = std::mem::take(&mut lock(&self.deliveries).refused);
+        let n = refused.len();
+        for r in refused {
+            let reason = dlq::Reason::new(REFUSED, &format!("the {} record of {} bytes was refused: {}", r.topic, r.value.len(), r.error));
+            self.metrics.outputs_refused.inc();
+            let record = dead_letter_record(self.cfg, r.key.as_deref(), &r.value, &reason, r.origin);
+            self.send(record).await?;
+        }
+        Ok(n)
+    }
     /// Encodes and enqueues one output.
     pub(crate) async fn publish(&mut self, o: &Output, origin: Origin) -> Result<(), RunError> {
         self.publish_with(o, origin, None, Headers::default()).await
@@ -125,7 +120,15 @@ impl Shell<'_> {
     pub(super) async fn publish_with(&mut self, o: &Output, origin: Origin, partition: Option<i32>, headers: Headers) -> Result<(), RunError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        o.write_json(&mut buf)?;
+        if let Err(e) = o.write_json(&mut buf) {
+            // An output that cannot be encoded (a non-finite number) would stop the service on
+            // every restart: dropped, said and counted, and its input's offset moves on.
+            self.buf = buf;
+            tracing::error!(topic = output_topic(self.cfg, o), key = o.key(), error = %e, "an output could not be encoded: dropped");
+            self.metrics.outputs_refused.inc();
+            lock(&self.deliveries).ack(&origin.0, origin.1);
+            return Ok(());
+        }
         let mut record = BaseRecord::with_opaque_to(output_topic(self.cfg, o), origin).key(o.key().as_bytes()).payload(&buf[..]);
         if let Some(p) = partition {
             record = record.partition(p);
@@ -139,8 +142,12 @@ impl Shell<'_> {
     }
 
     /// Enqueues one record; while the producer queue is full, waits for deliveries to make room
-    /// (the producer's own thread applies their reports).
-    pub(crate) async fn send(&mut self, record: BaseRecord<'_, [u8], [u8], Origin>) -> Result<(), RunError> {
+    /// (the producer's own thread applies their reports). A record the producer refuses for its
+    /// size goes to the DLQ in its place (under the same origin), and processing goes on.
+    pub(crate) async fn send<'r>(&mut self, record: BaseRecord<'r, [u8], [u8], Origin>) -> Result<(), RunError>
+    where
+        'a: 'r,
+    {
         let mut record = record;
         loop {
             match self.producer.send(record) {
@@ -152,10 +159,37 @@ impl Shell<'_> {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
+                Err((e, back)) if refused_for_good(&e) && back.topic != self.cfg.topics.dlq => {
+                    let size = back.payload.map_or(0, <[u8]>::len) + back.key.map_or(0, <[u8]>::len);
+                    tracing::warn!(topic = back.topic, bytes = size, error = %e, "an output was refused: to the DLQ");
+                    self.metrics.outputs_refused.inc();
+                    let reason = dlq::Reason::new(REFUSED, &format!("the {} record of {size} bytes was refused: {e}", back.topic));
+                    record = dead_letter_record(self.cfg, back.key, back.payload.unwrap_or_default(), &reason, back.delivery_opaque);
+                }
                 Err((e, _)) => return Err(RunError::Kafka(e)),
             }
         }
     }
+}
+
+/// The DLQ reason of an output the producer or the broker refused for good.
+const REFUSED: &str = "output_refused";
+
+/// The dead letter of `payload` (an input, or an output refused for good) for the input at
+/// `origin`: cut to fit one record of the producer's `message.max.bytes`.
+fn dead_letter_record<'r>(cfg: &'r Config, key: Option<&'r [u8]>, payload: &'r [u8], e: &dlq::Reason, origin: Origin) -> BaseRecord<'r, [u8], [u8], Origin> {
+    let max = cfg.kafka.properties.get("message.max.bytes").and_then(|v| v.trim().parse().ok()).unwrap_or(dlq::DEFAULT_MESSAGE_MAX_BYTES);
+    let fitted = dlq::fit(key, payload, max);
+    let mut headers = OwnedHeaders::new_with_capacity(8);
+    let (tp, offset) = &*origin;
+    for (k, v) in dlq::headers(e, &tp.0, tp.1, *offset).into_iter().chain(fitted.cut) {
+        headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+    }
+    let mut record = BaseRecord::with_opaque_to(&cfg.topics.dlq, origin).payload(fitted.value).headers(headers);
+    if let Some(k) = fitted.key {
+        record = record.key(k);
+    }
+    record
 }
 
 /// The headers of one output record (none: no allocation).

@@ -1,0 +1,186 @@
+//! Faults on a real Kafka broker (issue 19): poison records never stop `surgeguard run`. These
+//! need a broker: `scripts/test` starts one and runs them; otherwise set
+//! SURGEGUARD_TEST_BROKERS=host:port and pass `--include-ignored`.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use support::kafka::*;
+
+/// Sends records of up to a megabyte (the client's default refuses 1 000 000 bytes and more).
+async fn produce_large(topic: &str, records: &[(String, Vec<u8>)]) {
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers()).set("message.max.bytes", "1048576").create().expect("producer");
+    for (k, v) in records {
+        producer.send(FutureRecord::to(topic).key(k.as_bytes()).payload(v.as_slice()), Duration::from_secs(30)).await.map_err(|(e, _)| e).expect("delivered");
+    }
+}
+
+fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    m.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn request(id: &str, user: &str) -> Vec<u8> {
+    format!(r#"{{"id":"{id}","ts":"2026-11-30T09:00:00Z","user_id":"{user}","tier":"pro","request_type":"standard"}}"#).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+async fn poison_records_go_to_the_dlq_and_the_service_keeps_deciding() {
+    // The producer's message.max.bytes is lowered so that an accepted request with a long user id
+    // makes a decision too large to send: the decision goes to the DLQ in its place.
+    let p = Pipeline::with_tables(
+        "poison",
+        "",
+        "[kafka.properties]\n\"message.max.bytes\" = \"150000\"\n\n[limits]\nrecord_bytes = 100000\nuser_id_bytes = 90000\n",
+    );
+    let log = std::env::temp_dir().join(format!("{}.log", p.prefix));
+    let service = p.start_logging_to(&log);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let good = |from: usize, n: usize| {
+        (from..from + n).map(|i| (format!("user-{}", i % 7), request(&format!("ok-{i}"), &format!("user-{}", i % 7)))).collect::<Vec<_>>()
+    };
+    produce(&p.topic("requests"), &good(0, 100)).await;
+    // The review's poison records: a valid request with a 600 000-byte user id, an undecodable
+    // request whose cost is a 700 000-byte string, six outcomes with a 600 000-byte dependency;
+    // and a request the limits accept whose decision (key and value carry the user id) outgrows
+    // message.max.bytes.
+    let big_user = "u".repeat(600_000);
+    let cost = "9".repeat(700_000);
+    let accepted_user = "a".repeat(85_000);
+    let poison_requests = vec![
+        ("poison-user".to_string(), request("p-user", &big_user)),
+        (
+            "poison-cost".to_string(),
+            format!(r#"{{"id":"p-cost","ts":"2026-11-30T09:00:00Z","user_id":"x","tier":"pro","request_type":"standard","cost":"{cost}"}}"#).into_bytes(),
+        ),
+        ("poison-decision".to_string(), request("p-decision", &accepted_user)),
+    ];
+    let dependency = "d".repeat(600_000);
+    let poison_outcomes: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| {
+            (
+                format!("poison-outcome-{i}"),
+                format!(r#"{{"ts":"2026-11-30T09:00:00Z","dependency":"{dependency}","ok":false,"error":"timeout","latency_ms":5}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    produce_large(&p.topic("requests"), &poison_requests).await;
+    produce_large(&p.topic("outcomes"), &poison_outcomes).await;
+    produce(&p.topic("requests"), &good(100, 100)).await;
+
+    // Every good request is decided, before and after the poison.
+    let want: BTreeSet<String> = (0..200).map(|i| format!("ok-{i}")).collect();
+    let mut seen = BTreeSet::new();
+    let decisions = read_until(&p.topic("decisions"), Duration::from_secs(60), |m| {
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or(b"{}")).unwrap_or_default();
+        if let Some(id) = v["request_id"].as_str().filter(|id| want.contains(*id)) {
+            seen.insert(id.to_string());
+        }
+        seen.len() == want.len()
+    });
+    let decided = decided_ids(&decisions);
+    let missing: Vec<_> = want.iter().filter(|id| !decided.contains_key(*id)).take(5).collect();
+    assert!(missing.is_empty(), "good requests without a decision, e.g. {missing:?}");
+    assert!(!decided.contains_key("p-user") && !decided.contains_key("p-cost"), "refused requests are not decided");
+
+    let expected = poison_requests.len() + poison_outcomes.len();
+    let mut n = 0;
+    let dlq = read_until(&p.topic("dlq"), Duration::from_secs(30), |_| {
+        n += 1;
+        n >= expected
+    });
+    let by_key: BTreeMap<String, &OwnedMessage> = dlq.iter().map(|m| (String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(), m)).collect();
+    for (key, value) in poison_requests.iter().chain(&poison_outcomes) {
+        // The refused decision is dead-lettered with its own key (the user id, cut).
+        let found = if key == "poison-decision" { by_key.get(&"a".repeat(1024)) } else { by_key.get(key) };
+        let m = found.unwrap_or_else(|| panic!("{key} is not in the DLQ (it holds {} records)", by_key.len()));
+        let exception = header(m, surgeguard::wire::dlq::EXCEPTION).unwrap_or_default();
+        let message = header(m, surgeguard::wire::dlq::MESSAGE).unwrap_or_default();
+        assert!(message.len() < 1024, "{key}: the reason is cut ({} bytes)", message.len());
+        let payload = m.payload().unwrap_or_default();
+        assert!(payload.len() < 150_000, "{key}: the dead letter fits message.max.bytes ({} bytes)", payload.len());
+        if key == "poison-decision" {
+            // The refused output (the decision) is kept, cut, in place of its request.
+            assert_eq!(exception, "output_refused", "{key}: {message}");
+            assert_eq!(header(m, surgeguard::wire::dlq::TOPIC).as_deref(), Some(p.topic("requests").as_str()), "{key}: names its input");
+            assert_eq!(header(m, surgeguard::wire::dlq::KEY_TRUNCATED), Some("85000".to_string()), "{key}: its key (the user id) is cut");
+            assert!(String::from_utf8_lossy(payload).contains(r#""p-decision""#), "{key}: the decision's head is kept");
+        } else {
+            assert_eq!(exception, "too_large", "{key}: {message}");
+            assert!(message.contains("limits.record_bytes"), "{key}: the reason names the limit: {message}");
+            assert!(value.starts_with(payload), "{key}: the value kept is the input's head");
+            assert_eq!(header(m, surgeguard::wire::dlq::TRUNCATED), Some(value.len().to_string()), "{key}: says it was cut, and from what");
+        }
+    }
+
+    assert!(service.0.as_ref().is_some(), "running");
+    let status = service.stop();
+    assert!(status.success(), "surgeguard run exited with {status} on SIGTERM");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains(&"u".repeat(1000)) && !text.contains(&"9".repeat(1000)), "the log does not carry the poison values");
+    std::fs::remove_file(&log).ok();
+}
+
+/// Requests `from..from + n`, 500 users.
+fn numbered(from: usize, n: usize) -> Vec<(String, Vec<u8>)> {
+    (from..from + n).map(|i| (format!("user-{}", i % 500), request(&format!("r-{i}"), &format!("user-{}", i % 500)))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+async fn a_lost_assignment_under_exactly_once_decides_each_request_once() {
+    // A short session: an instance stopped for 8 s loses its partitions (but not its open
+    // transaction, which the coordinator times out after 10 s).
+    let p = Pipeline::with_tables(
+        "lost",
+        "guarantee = \"exactly_once\"",
+        "[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+    );
+    let (log_a, log_b) = (std::env::temp_dir().join(format!("{}.a.log", p.prefix)), std::env::temp_dir().join(format!("{}.b.log", p.prefix)));
+    let a = p.start_logging_to(&log_a);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let n = 40_000;
+    produce(&p.topic("requests"), &numbered(0, n)).await;
+    // Mid-backlog, with a transaction open: stopped past the session timeout, while a second
+    // instance joins and takes every partition from the last committed transaction.
+    let mut first = 0;
+    read_until(&p.topic("decisions"), Duration::from_secs(60), |_| {
+        first += 1;
+        first >= 2_000
+    });
+    a.signal("-STOP");
+    let b = p.start_logging_to(&log_b);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    a.signal("-CONT");
+    produce(&p.topic("requests"), &numbered(n, 5_000)).await;
+    let want: BTreeSet<String> = (0..n + 5_000).map(|i| format!("r-{i}")).collect();
+    let mut seen = BTreeSet::new();
+    let decisions = read_until(&p.topic("decisions"), Duration::from_secs(180), |m| {
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or(b"{}")).unwrap_or_default();
+        if let Some(id) = v["request_id"].as_str() {
+            seen.insert(id.to_string());
+        }
+        seen.len() >= want.len()
+    });
+    // A read_committed reader sees each request decided once: the lost assignment's open
+    // transaction was aborted, not committed without its offsets.
+    let decided = decided_ids(&decisions);
+    let missing = want.iter().filter(|id| !decided.contains_key(*id)).count();
+    let twice: Vec<_> = decided.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    let log = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    for line in log(&log_a).lines().filter(|l| l.contains("lost") || l.contains("abort") || l.contains("transaction") || l.contains("ERROR")) {
+        eprintln!("instance a: {line}");
+    }
+    assert_eq!(missing, 0, "requests without a decision");
+    assert!(twice.is_empty(), "requests decided more than once under exactly_once, e.g. {twice:?}");
+    drop((a, b));
+    for path in [log_a, log_b] {
+        std::fs::remove_file(path).ok();
+    }
+}

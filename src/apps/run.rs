@@ -62,15 +62,23 @@ const CONSUMER_GIVE_UP: Duration = Duration::from_secs(300);
 const API_PUBLISH_AFTER: Duration = Duration::from_millis(1);
 
 /// Marks the shared state "commit nothing" when `run_with` leaves with an error.
-struct NoCommitOnError {
+struct NoCommitOnError<'p> {
     shared: Arc<Mutex<Shared>>,
     armed: bool,
+    /// Exactly-once: the producer whose open transaction an error exit aborts at once (rather
+    /// than leave it to time out, holding read_committed readers back meanwhile).
+    transactional: Option<&'p OutputProducer>,
 }
 
-impl Drop for NoCommitOnError {
+impl Drop for NoCommitOnError<'_> {
     fn drop(&mut self) {
         if self.armed {
             lock(&self.shared).no_commit = true;
+            if let Some(producer) = self.transactional
+                && let Err(e) = producer.abort_transaction(Duration::from_secs(5))
+            {
+                tracing::warn!(error = %e, "aborting the open transaction on the way out failed: it times out instead");
+            }
         }
     }
 }
@@ -151,7 +159,8 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
     crate::kafka::shared::lock(&shared).topology.publish_usage();
     // Declared after the consumer, so dropped before it: an error exit marks the state so that
     // the revocation closing the consumer brings commits nothing.
-    let mut exit_guard = NoCommitOnError { shared: shared.clone(), armed: true };
+    let transactional = clients.exactly_once.then_some(&clients.producer);
+    let mut exit_guard = NoCommitOnError { shared: shared.clone(), armed: true, transactional };
     let idle_after = Duration::from_millis(u64::from(cfg.kafka.wall_clock_after_idle_ms));
     let inputs = Inputs { requests: &consumer, control: &control, control_from, wake: &wake, reload, rebalances };
     event_loop(&mut shell, inputs, idle_after, shutdown).await?;
@@ -303,7 +312,8 @@ async fn rebuild_control_state(cfg: &Arc<Config>, clients: &Clients) -> Result<C
     // Before the first assignment too: the fold must wait for every requests partition, not
     // close cells on the partitions whose records it has seen so far.
     sh.topology.set_requests_partitions(clients.requests_partitions);
-    sh.api_recent = crate::core::idempotency::RecentDecisions::new(cfg.api.idempotency_window_s, cfg.api.idempotency_capacity);
+    sh.api_recent = crate::core::idempotency::RecentDecisions::new(cfg.api.idempotency_window_s, cfg.api.idempotency_capacity)
+        .with_max_bytes(cfg.api.idempotency_max_bytes as usize);
     Ok((Arc::new(Mutex::new(sh)), control, resume))
 }
 

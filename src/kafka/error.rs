@@ -16,8 +16,9 @@ pub enum RunError {
     Delivery(KafkaError),
     #[error("the consumer has failed for {0:?} without a single message: {1}")]
     ConsumerDown(Duration, KafkaError),
-    #[error("restoring limiter state from the changelog: {0}")]
-    Restore(String),
+    /// A rebalance callback failed (restoring state, committing or aborting on revocation).
+    #[error("{0}")]
+    Rebalance(String),
     #[error("exactly-once transaction failed (aborted; a restart resumes from the last committed one): {0}")]
     Transaction(KafkaError),
     #[error(transparent)]

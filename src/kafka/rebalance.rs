@@ -101,6 +101,21 @@ impl RunContext {
             // Stopping on an error, or the group gave the partitions away already: commit
             // nothing, keep nothing (the next owner works from the last commit and the changelog).
             tracing::warn!(lost = consumer.assignment_lost(), "revoked without committing");
+            // Exactly-once: the open transaction holds decisions of partitions given away; were
+            // it committed later (without their offsets, which the group no longer takes from
+            // this member), the new owner would decide them again. Aborted, with everything else
+            // it holds: every partition goes (a lost assignment is the whole of it) and its state
+            // is dropped below, so nothing it counted survives either.
+            if self.exactly_once && !shared.no_commit {
+                let aborted = self.producer.abort_transaction(Duration::from_secs(30)).and_then(|()| self.producer.begin_transaction());
+                match aborted {
+                    Ok(()) => tracing::warn!("assignment lost: the open transaction is aborted"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "aborting the transaction of a lost assignment failed");
+                        shared.failed = Some(format!("aborting the transaction of a lost assignment: {e}"));
+                    }
+                }
+            }
             let mut deliveries = lock(&self.deliveries);
             // The API's decisions counted in the state dropped here: a retry must count again.
             shared.api_recent.clear();
@@ -285,7 +300,7 @@ impl RunContext {
             }
             Err(e) => {
                 tracing::error!(error = %e, "restoring limiter state failed");
-                shared.failed = Some(e.to_string());
+                shared.failed = Some(format!("restoring limiter state from the changelog: {e}"));
                 false
             }
         }

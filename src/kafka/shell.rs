@@ -185,7 +185,7 @@ impl<'a> Shell<'a> {
         let (leading, snapshot) = {
             let mut sh = lock(&self.shared);
             if let Some(e) = sh.failed.take() {
-                return Err(RunError::Restore(e));
+                return Err(RunError::Rebalance(e));
             }
             // Where event time follows the wall clock when idle, an event far ahead of the wall
             // clock is too far ahead even before any other event came.
@@ -204,6 +204,7 @@ impl<'a> Shell<'a> {
             self.transactions.touched();
         }
         self.sweep()?;
+        self.dead_letter_refused().await?;
         self.take_usage().await?;
         self.maybe_flush_changelog().await?;
         self.flush_offsets();
@@ -242,6 +243,9 @@ impl<'a> Shell<'a> {
         let producer = self.producer;
         if let Err(e) = tokio::task::block_in_place(|| producer.flush(drain)) {
             tracing::warn!(error = %e, in_flight = self.in_flight(), "deliveries still in flight after {drain:?}: their inputs will be processed again");
+        }
+        if self.dead_letter_refused().await? > 0 {
+            let _ = tokio::task::block_in_place(|| producer.flush(Duration::from_secs(5)));
         }
         self.sweep()?;
         if self.exactly_once() {
@@ -431,7 +435,7 @@ impl<'a> Shell<'a> {
         let state = {
             let mut sh = lock(&self.shared);
             if let Some(e) = sh.failed.take() {
-                return Err(RunError::Restore(e));
+                return Err(RunError::Rebalance(e));
             }
             let leader = sh.is_leader();
             if leader && !self.leadership.leading() {
@@ -500,6 +504,11 @@ impl<'a> Shell<'a> {
                 self.outs = outs;
                 // Control messages are every instance's: the leader dead-letters them.
                 if source == Source::Requests || self.leadership.leading() {
+                    // Exactly-once: its offset goes with the transaction that holds its dead
+                    // letter (at the end of a partition, nothing else would carry it).
+                    if self.exactly_once() {
+                        lock(&self.shared).processed(&tp, offset);
+                    }
                     self.dead_letter(message.key.as_deref(), &message.payload, &tp, offset, &e).await?;
                 }
                 return Ok(());

@@ -98,6 +98,10 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
         "Kafka runtime only: how far POST /v1/decide's ts may be from the stream's time (tests/api_decide.rs gets a 422); replay serves no API",
     ),
     ("api.idempotency_capacity", "Kafka runtime only: how many request ids POST /v1/decide remembers (src/idempotency.rs); replay serves no API"),
+    (
+        "api.idempotency_max_bytes",
+        "Kafka runtime only: how many bytes of request ids POST /v1/decide remembers (src/core/idempotency.rs); replay serves no API",
+    ),
     ("prediction.model", "prediction is off by default (no model); tests/predictive.rs replays with a model file, and with a missing and a bad one"),
     (
         "prediction.history",
@@ -148,6 +152,20 @@ fn override_candidates(path: &str) -> Option<Vec<Value>> {
         // Doubling the sweep interval still sweeps before the late event; a sweep interval longer
         // than the scenario never sweeps.
         "limiter.sweep_every_s" => Some(vec![Value::Integer(7200)]),
+        // One source in the view: each new host displaces the one before.
+        "health.max_sources" => Some(vec![Value::Integer(1)]),
+        // The scenario tracks a few hundred keys at its peak.
+        "limiter.max_keys_per_partition" => Some(vec![Value::Integer(100)]),
+        // The floods of `hand_events` fill the learned table; with one place, every probe
+        // dependency after the first is refused; idle for a second, probes are forgotten between
+        // their outcomes.
+        "learned_dependencies.max" => Some(vec![Value::Integer(1)]),
+        "learned_dependencies.evict_idle_after_s" => Some(vec![Value::Integer(1)]),
+        "alerts.table_full.cooldown_s" => Some(vec![Value::Integer(60)]),
+        // Halved, each limit refuses one of `limit_probes` (a larger one changes nothing).
+        "limits.record_bytes" => Some(vec![Value::Integer(32_768)]),
+        "limits.id_bytes" | "limits.user_id_bytes" | "limits.text_bytes" => Some(vec![Value::Integer(128)]),
+        "limits.name_bytes" => Some(vec![Value::Integer(64)]),
         _ => None,
     }
 }
@@ -490,6 +508,21 @@ fn hand_events() -> Vec<InputEvent> {
         h.admin(at(100, s * 1000), "database", action);
     }
 
+    // 10:20: four server errors two seconds apart trip a learned dependency's breaker (weight
+    // 4 × 2.5); dropped whenever idle for a second, it never would.
+    for k in 0..4 {
+        h.outcome(at(80, k * 2000), "probe-idle", Some(ServerError), 10.0);
+    }
+
+    // 10:41 and 10:43, after every breaker probe: outcomes naming 1 001 new dependencies each,
+    // more than `learned_dependencies.max` leaves room for: the learned table is full (table_full
+    // fires, and again only with a cool-down under two minutes; the second flood is all refused).
+    for (m, tag) in [(101, "a"), (103, "b")] {
+        for i in 0..1_001 {
+            h.outcome(at(m, 0), &format!("probe-flood-{tag}-{i}"), None, 1.0);
+        }
+    }
+
     // 10:50: a late request; the sweep forgets users idle for an hour (not for two). Nothing
     // came for more than `event_time.max_future_skew_s`, so the next request, at another time,
     // confirms that time jumped (a lone event after a silence would be skipped).
@@ -524,7 +557,7 @@ fn scenario() -> Vec<u8> {
         let i = all.partition_point(|(x, _)| x.ts() < place);
         all.insert(i, (e, true));
     }
-    let mut buf = Vec::new();
+    let mut buf = limit_probes(at(0, 500));
     let mut line = Vec::new();
     const PREFIX: &[u8] = b"{\"topic\":\"";
     for (e, full_topic) in &all {
@@ -540,6 +573,25 @@ fn scenario() -> Vec<u8> {
         }
     }
     buf
+}
+
+/// Inputs within the default `[limits]` and over half of them: each is decided (or, the admin
+/// action, published) with the defaults, and refused with that limit halved.
+fn limit_probes(ts: Millis) -> Vec<u8> {
+    let ts = ts.to_string();
+    let req = |id: &str, user: &str, tier: &str, pad: &str| {
+        format!(r#"{{"topic":"requests","id":"{id}","ts":"{ts}","user_id":"{user}","tier":"{tier}","request_type":"standard","pad":"{pad}"}}"#)
+    };
+    [
+        req(&"i".repeat(200), "probe-limit-id", "free", ""),
+        req("probe-limit-user", &format!("probe-limit-{}", "u".repeat(190)), "free", ""),
+        req("probe-limit-name", "probe-limit-name", &"t".repeat(100), ""),
+        req("probe-limit-record", "probe-limit-record", "free", &"p".repeat(40_000)),
+        format!(r#"{{"topic":"admin","ts":"{ts}","dependency":"probe-limit-actor","action":"force_open","actor":"{}"}}"#, "a".repeat(200)),
+    ]
+    .iter()
+    .flat_map(|l| format!("{l}\n").into_bytes())
+    .collect()
 }
 
 fn replay(cfg: Config, input: &[u8]) -> (Vec<u8>, ReplaySummary) {

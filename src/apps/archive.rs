@@ -98,6 +98,7 @@ impl ConsumerContext for ArchiveContext {
 struct Archiver<'a> {
     consumer: &'a StreamConsumer<ArchiveContext>,
     topic: String,
+    limits: crate::wire::limits::InputLimits,
     opts: ArchiveOptions,
     buffers: HashMap<i32, (PartitionBuffer, Instant)>,
     /// The last offset already archived per partition (records at or below are skipped), from
@@ -150,7 +151,7 @@ impl Archiver<'_> {
             self.stats.already_archived += 1;
             return Ok(());
         }
-        match decode::decode(InputTopic::Requests, payload) {
+        match decode::decode(InputTopic::Requests, payload, &self.limits) {
             Ok(InputEvent::Request(r)) => {
                 let (b, _) = self.buffers.entry(partition).or_insert_with(|| (PartitionBuffer::default(), Instant::now()));
                 b.push(offset, r);
@@ -292,6 +293,7 @@ pub async fn archive(cfg: Arc<Config>, brokers: &str, opts: ArchiveOptions, shut
     let mut a = Archiver {
         consumer: &consumer,
         topic,
+        limits: cfg.limits,
         opts: opts.clone(),
         buffers: HashMap::new(),
         archived: HashMap::new(),

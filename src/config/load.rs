@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 use crate::config::{BreakerConfig, Config, ErrorWeights, Step, ThrottleRule};
+use crate::wire::limits::InputLimits;
 use crate::wire::outputs::LoadSeverity;
 
 /// One problem in a config file.
@@ -211,8 +212,7 @@ fn set<T: DeserializeOwned>(slot: &mut T, value: toml::Value, prefix: &str, erro
     }
 }
 
-const SECTIONS: &str =
-    "limiter, tiers, request_types, throttle, health, adaptive, breaker, dependencies, fallback, monitor, alerts, prediction, event_time, api, topics, kafka";
+const SECTIONS: &str = "limiter, tiers, request_types, throttle, health, adaptive, breaker, dependencies, learned_dependencies, fallback, monitor, alerts, prediction, event_time, limits, api, topics, kafka";
 
 /// librdkafka properties surgeguard sets itself; a pipeline file may not override them.
 pub const MANAGED_PROPERTIES: &[&str] = &[
@@ -246,11 +246,13 @@ fn from_table(table: toml::Table, errors: &mut Vec<ConfigError>) -> Config {
                 set(&mut c.breaker, value, "breaker", errors)
             }
             "dependencies" => c.dependencies = parse_map(value, "dependencies", errors),
+            "learned_dependencies" => set(&mut c.learned_dependencies, value, "learned_dependencies", errors),
             "fallback" => set(&mut c.fallback, value, "fallback", errors),
             "monitor" => set(&mut c.monitor, value, "monitor", errors),
             "alerts" => set(&mut c.alerts, value, "alerts", errors),
             "prediction" => set(&mut c.prediction, value, "prediction", errors),
             "event_time" => set(&mut c.event_time, value, "event_time", errors),
+            "limits" => set(&mut c.limits, value, "limits", errors),
             "api" => set(&mut c.api, value, "api", errors),
             "topics" => set(&mut c.topics, value, "topics", errors),
             "kafka" => set(&mut c.kafka, value, "kafka", errors),
@@ -325,7 +327,9 @@ fn check_breaker(errors: &mut Vec<ConfigError>, key: &str, b: &BreakerConfig) {
     check(errors, b.minimum_calls >= 1, format!("{key}.minimum_calls"), || "expected ≥ 1".into());
     check(errors, b.half_open_probes >= 1, format!("{key}.half_open_probes"), || "expected ≥ 1".into());
     check(errors, b.recovery_timeout_s >= 1, format!("{key}.recovery_timeout_s"), || "expected ≥ 1 second".into());
-    check(errors, b.backoff_multiplier >= 1.0, format!("{key}.backoff_multiplier"), || format!("expected ≥ 1.0, got {}", b.backoff_multiplier));
+    check(errors, (1.0..=100.0).contains(&b.backoff_multiplier), format!("{key}.backoff_multiplier"), || {
+        format!("expected a factor in 1..=100, got {}", b.backoff_multiplier)
+    });
     check(errors, b.max_recovery_timeout_s >= b.recovery_timeout_s, format!("{key}.max_recovery_timeout_s"), || {
         format!("expected ≥ recovery_timeout_s ({}), got {}", b.recovery_timeout_s, b.max_recovery_timeout_s)
     });
@@ -354,6 +358,9 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         format!("expected one of the request types ({}), got `{}`", names(&c.request_types), l.default_request_type)
     });
     check(errors, l.sweep_every_s >= 1, "limiter.sweep_every_s", || "expected ≥ 1 second".into());
+    check(errors, (100..=100_000_000).contains(&l.max_keys_per_partition), "limiter.max_keys_per_partition", || {
+        format!("expected 100..=100000000 keys, got {}", l.max_keys_per_partition)
+    });
     let longest_grace = c.tiers.values().map(|t| t.grace_window_s).max().unwrap_or(0);
     check(errors, l.evict_idle_after_s >= l.window_s.max(longest_grace), "limiter.evict_idle_after_s", || {
         format!("expected ≥ the window and every grace window ({} s), got {}", l.window_s.max(longest_grace), l.evict_idle_after_s)
@@ -394,6 +401,9 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     }
 
     check(errors, c.health.stale_after_s >= 1, "health.stale_after_s", || "expected ≥ 1 second".into());
+    check(errors, (1..=1_000_000).contains(&c.health.max_sources), "health.max_sources", || {
+        format!("expected 1..=1000000 sources, got {}", c.health.max_sources)
+    });
     let a = &c.adaptive;
     check(errors, a.severity_high > 0.0 && a.severity_high < 1.0, "adaptive.severity_high", || {
         format!("expected a utilisation in (0, 1), got {}", a.severity_high)
@@ -430,6 +440,11 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         }
     }
 
+    let ld = &c.learned_dependencies;
+    check(errors, ld.max <= 1_000_000, "learned_dependencies.max", || format!("expected 0..=1000000 dependencies, got {}", ld.max));
+    check(errors, (1..=2_592_000).contains(&ld.evict_idle_after_s), "learned_dependencies.evict_idle_after_s", || {
+        format!("expected 1..=2592000 seconds, got {}", ld.evict_idle_after_s)
+    });
     let f = &c.fallback;
     let distinct: BTreeSet<_> = f.order.iter().map(|k| *k as u8).collect();
     check(errors, !f.order.is_empty() && distinct.len() == f.order.len(), "fallback.order", || {
@@ -441,9 +456,10 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     check(errors, c.monitor.correlation_window_minutes >= 3, "monitor.correlation_window_minutes", || "expected ≥ 3 minutes".into());
     check(errors, c.monitor.lateness_s <= 3600, "monitor.lateness_s", || "expected at most 3600 seconds".into());
     let al = &c.alerts;
-    for (name, v) in [("throttling", al.throttling.threshold), ("grace_usage", al.grace_usage.threshold)] {
-        check(errors, v >= 0.0, format!("alerts.{name}.threshold"), || format!("expected ≥ 0, got {v}"));
-    }
+    let t = al.throttling.threshold;
+    check(errors, (0.0..=1e12).contains(&t), "alerts.throttling.threshold", || format!("expected throttled requests per minute in 0..=1e12, got {t}"));
+    let g = al.grace_usage.threshold;
+    check(errors, (0.0..=1.0).contains(&g), "alerts.grace_usage.threshold", || format!("expected a share in 0..=1, got {g}"));
     let corr = al.throttle_load_correlation.threshold;
     check(errors, (-1.0..=1.0).contains(&corr), "alerts.throttle_load_correlation.threshold", || format!("expected a correlation in -1..1, got {corr}"));
 
@@ -463,6 +479,14 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         format!("expected 0 (off) ..= 2592000 seconds (30 days), got {}", et.max_future_skew_s)
     });
     check(errors, et.allowed_lateness_s <= 86_400, "event_time.allowed_lateness_s", || format!("expected 0..=86400 seconds, got {}", et.allowed_lateness_s));
+    let lim = &c.limits;
+    let most = InputLimits::MAX_RECORD_BYTES;
+    check(errors, (256..=most).contains(&lim.record_bytes), "limits.record_bytes", || format!("expected 256..={most} bytes, got {}", lim.record_bytes));
+    for (name, v) in [("id_bytes", lim.id_bytes), ("user_id_bytes", lim.user_id_bytes), ("name_bytes", lim.name_bytes), ("text_bytes", lim.text_bytes)] {
+        check(errors, v >= 1 && v <= lim.record_bytes, format!("limits.{name}"), || {
+            format!("expected 1..=limits.record_bytes ({}) bytes, got {v}", lim.record_bytes)
+        });
+    }
     let listen = &c.api.listen;
     check(errors, listen.is_empty() || listen.parse::<std::net::SocketAddr>().is_ok(), "api.listen", || {
         format!("expected \"\" (off) or an address such as 127.0.0.1:8480, got `{listen}`")
@@ -472,6 +496,10 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     // Both tables are sized for half of it on the first decision.
     let remembered = c.api.idempotency_capacity;
     check(errors, remembered <= 10_000_000, "api.idempotency_capacity", || format!("expected 0..=10000000 decisions, got {remembered}"));
+    let remembered_bytes = c.api.idempotency_max_bytes;
+    check(errors, ((1 << 20)..=(16 << 30)).contains(&remembered_bytes), "api.idempotency_max_bytes", || {
+        format!("expected 1048576..=17179869184 bytes (1 MiB to 16 GiB), got {remembered_bytes}")
+    });
     let skew = c.api.max_clock_skew_s;
     check(errors, (1..=86_400).contains(&skew), "api.max_clock_skew_s", || format!("expected 1..=86400 seconds, got {skew}"));
     let window = c.api.idempotency_window_s;
@@ -709,6 +737,52 @@ mod tests {
         assert!(!errs.iter().any(|e| e.starts_with("limiter.default_tier")), "{errs:#?}");
         // The throttle table's references to tiers still are (enterprise is not configured).
         assert!(errs.iter().any(|e| e.starts_with("throttle[0].tiers") && e.contains("`enterprise`")), "{errs:#?}");
+    }
+
+    /// Every float key of default.toml, set to each non-finite value TOML can write, is refused
+    /// naming that key (a key added later is covered as soon as default.toml writes it).
+    #[test]
+    fn every_float_key_refuses_non_finite_values() {
+        fn floats(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+            match v {
+                toml::Value::Float(_) => out.push(prefix.to_string()),
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        floats(&join(prefix, k), v, out);
+                    }
+                }
+                toml::Value::Array(a) => {
+                    for (i, v) in a.iter().enumerate() {
+                        floats(&format!("{prefix}[{i}]"), v, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let doc: toml::Value = toml::from_str(DEFAULT_PIPELINE).expect("default.toml");
+        let mut keys = Vec::new();
+        floats("", &doc, &mut keys);
+        assert!(keys.len() > 30, "{} float keys", keys.len());
+        for key in &keys {
+            for bad in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+                let mut d = doc.clone();
+                let mut slot = &mut d;
+                for seg in key.split('.') {
+                    let (name, index) = match seg.split_once('[') {
+                        Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+                        None => (seg, None),
+                    };
+                    slot = &mut slot[name];
+                    if let Some(i) = index {
+                        slot = &mut slot[i];
+                    }
+                }
+                *slot = toml::Value::Float(bad);
+                let text = toml::to_string(&d).expect("serialise");
+                let errs = load_str(&text, "t.toml").err().map(|e| e.errors).unwrap_or_default();
+                assert!(errs.iter().any(|e| e.key == *key), "{key} = {bad}: accepted or not named ({errs:?})");
+            }
+        }
     }
 
     #[test]

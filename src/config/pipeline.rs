@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 pub use crate::config::service::{ApiConfig, Guarantee, KafkaConfig, TopicPartitions, TopicsConfig};
+use crate::wire::limits::InputLimits;
 use crate::wire::outputs::{AlertSeverity, LoadSeverity};
 
 /// The whole pipeline configuration.
@@ -31,11 +32,15 @@ pub struct Config {
     /// Breaker settings for every dependency; `dependencies.NAME.breaker` overrides any of them.
     pub breaker: BreakerConfig,
     pub dependencies: BTreeMap<String, DependencyConfig>,
+    /// Breakers for dependencies not in `dependencies`, learned from outcomes: how many, how long.
+    pub learned_dependencies: LearnedDependenciesConfig,
     pub fallback: FallbackConfig,
     pub monitor: MonitorConfig,
     pub alerts: AlertsConfig,
     pub prediction: PredictionConfig,
     pub event_time: EventTimeConfig,
+    /// How large an input record and each of its text fields may be.
+    pub limits: InputLimits,
     pub api: ApiConfig,
     pub topics: TopicsConfig,
     pub kafka: KafkaConfig,
@@ -66,6 +71,9 @@ pub struct LimiterConfig {
     pub evict_idle_after_s: u32,
     /// How often (event time) idle users are swept.
     pub sweep_every_s: u32,
+    /// The most (user, request type) keys one requests partition's limiter tracks: a new key at
+    /// the cap first displaces the least recently seen eighth.
+    pub max_keys_per_partition: u32,
 }
 
 impl Default for LimiterConfig {
@@ -77,6 +85,7 @@ impl Default for LimiterConfig {
             // An hour: the longest default grace window.
             evict_idle_after_s: 3600,
             sweep_every_s: 60,
+            max_keys_per_partition: 1_000_000,
         }
     }
 }
@@ -175,11 +184,33 @@ pub struct HealthConfig {
     pub stale_after_s: u32,
     /// How CPU and memory of several sources combine. Pools and queues are summed.
     pub cpu_memory_aggregate: Aggregate,
+    /// The most sources in the view: a new one beyond it takes the place of the source whose
+    /// latest sample is the oldest.
+    pub max_sources: u32,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        HealthConfig { stale_after_s: 30, cpu_memory_aggregate: Aggregate::Mean }
+        HealthConfig { stale_after_s: 30, cpu_memory_aggregate: Aggregate::Mean, max_sources: 10_000 }
+    }
+}
+
+/// Breakers of dependencies learned from outcomes (not in `[dependencies]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct LearnedDependenciesConfig {
+    /// The most learned dependencies with a breaker; an outcome naming a new one beyond it is not
+    /// tracked (counted, and the `table_full` alert fires).
+    pub max: u32,
+    /// A learned dependency whose breaker is closed and that no outcome named for this long
+    /// (event time) is dropped.
+    pub evict_idle_after_s: u32,
+}
+
+impl Default for LearnedDependenciesConfig {
+    fn default() -> Self {
+        LearnedDependenciesConfig { max: 1000, evict_idle_after_s: 3600 }
     }
 }
 
@@ -416,6 +447,8 @@ pub struct AlertsConfig {
     pub breaker_tripped: EventRule,
     /// The demand model forecasts a spike: the proactive alert that comes with the predictive cut.
     pub predicted_spike: EventRule,
+    /// A table keyed by input reached its cap: learned dependencies, telemetry sources.
+    pub table_full: EventRule,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -430,6 +463,23 @@ pub struct CorrelationRule {
     pub min_throttled: u32,
 }
 
+impl AlertsConfig {
+    /// The longest cool-down of any rule.
+    pub fn longest_cooldown_s(&self) -> u32 {
+        [
+            self.throttling.cooldown_s,
+            self.grace_usage.cooldown_s,
+            self.throttle_load_correlation.cooldown_s,
+            self.breaker_tripped.cooldown_s,
+            self.predicted_spike.cooldown_s,
+            self.table_full.cooldown_s,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+    }
+}
+
 impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
@@ -437,6 +487,7 @@ impl Default for AlertsConfig {
             grace_usage: ThresholdRule { enabled: true, threshold: 0.8, severity: AlertSeverity::High, cooldown_s: 300 },
             throttle_load_correlation: CorrelationRule { enabled: true, threshold: 0.3, severity: AlertSeverity::Medium, cooldown_s: 900, min_throttled: 100 },
             breaker_tripped: EventRule { enabled: true, severity: AlertSeverity::High, cooldown_s: 60 },
+            table_full: EventRule { enabled: true, severity: AlertSeverity::Medium, cooldown_s: 3600 },
             predicted_spike: EventRule { enabled: true, severity: AlertSeverity::High, cooldown_s: 3600 },
         }
     }
@@ -548,11 +599,13 @@ impl Default for Config {
             adaptive: AdaptiveConfig::default(),
             breaker: BreakerConfig::default(),
             dependencies: default_dependencies(),
+            learned_dependencies: LearnedDependenciesConfig::default(),
             fallback: FallbackConfig::default(),
             monitor: MonitorConfig::default(),
             alerts: AlertsConfig::default(),
             prediction: PredictionConfig::default(),
             event_time: EventTimeConfig::default(),
+            limits: InputLimits::default(),
             api: ApiConfig::default(),
             topics: TopicsConfig::default(),
             kafka: KafkaConfig::default(),

@@ -31,6 +31,8 @@ pub struct ApiConfig {
     /// The most decisions held for that, in two generations dropped whole: a decision is
     /// remembered for the window unless half this many newer ones came first.
     pub idempotency_capacity: usize,
+    /// And at most about this many bytes of them (estimated), whichever comes first.
+    pub idempotency_max_bytes: u64,
     /// `POST /v1/decide` decides at the body's `ts` (receive time when it has none); a `ts`
     /// further than this many seconds from the stream's event time is refused with 422.
     pub max_clock_skew_s: u32,
@@ -47,6 +49,7 @@ impl Default for ApiConfig {
             // is 2 s of decisions, at 1 000/s 50 s (a few hundred bytes each).
             idempotency_window_s: 60,
             idempotency_capacity: 100_000,
+            idempotency_max_bytes: 64 << 20,
             max_clock_skew_s: 300,
         }
     }
@@ -170,7 +173,9 @@ pub struct KafkaConfig {
     /// Partitions of each created topic.
     pub partitions: TopicPartitions,
     /// librdkafka properties for every client, passed through as they are (security.protocol,
-    /// sasl.*, ssl.*, client.id, …). The ones surgeguard manages itself are refused.
+    /// sasl.*, ssl.*, client.id, …). The ones surgeguard manages itself are refused. The value of
+    /// a property whose name says password, secret, jaas, key or token is never printed
+    /// (`secrets.rs`).
     pub properties: BTreeMap<String, String>,
 }
 

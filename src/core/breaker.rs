@@ -99,6 +99,16 @@ impl Breaker {
         if self.state == Open { self.retry_at } else { None }
     }
 
+    /// When `advance` will next change something: an open breaker's `retry_at`, a half-open
+    /// one's end of waiting for its probes; none when no timer runs.
+    pub fn next_timer(&self) -> Option<Millis> {
+        match self.state {
+            Open => self.retry_at,
+            HalfOpen => self.half_open_until,
+            _ => None,
+        }
+    }
+
     pub fn metrics(&self) -> BreakerMetrics {
         let c = if self.state == HalfOpen { self.probes } else { self.last };
         BreakerMetrics { failure_weight: c.weight(), failure_rate: c.failure_rate(), slow_call_rate: c.slow_call_rate(), calls: c.calls }

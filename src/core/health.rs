@@ -2,8 +2,10 @@
 //!
 //! It keeps the latest sample per source and drops a source whose newest sample is older than
 //! `health.stale_after_s` (event time), so a dead host stops skewing the view. CPU and memory are
-//! combined by mean or max (config); database pools and queues are summed across sources.
-//! Sources are kept in name order so the floating-point folds are the same on every run.
+//! combined by mean or max (config); database pools and queues are summed across sources (in
+//! 128 bits: no sum of 64-bit depths wraps). Sources are kept in name order so the floating-point
+//! folds are the same on every run. At most `health.max_sources` are kept: a new source beyond it
+//! takes the place of the one whose latest sample is the oldest.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +40,9 @@ pub struct HealthView {
     stale_after_ms: i64,
     aggregate: Aggregate,
     sources: BTreeMap<String, TelemetrySample>,
+    max_sources: usize,
+    /// Sources dropped for a new one at `max_sources`.
+    pub displaced: u64,
     current: Health,
     /// No source goes stale before this time (a lower bound, so `expire` can skip the scan).
     next_expiry_ms: i64,
@@ -49,6 +54,8 @@ impl HealthView {
             stale_after_ms: i64::from(cfg.stale_after_s) * 1000,
             aggregate: cfg.cpu_memory_aggregate,
             sources: BTreeMap::new(),
+            max_sources: cfg.max_sources.max(1) as usize,
+            displaced: 0,
             current: Health::default(),
             next_expiry_ms: i64::MAX,
         }
@@ -66,6 +73,9 @@ impl HealthView {
             Some(prev) if prev.ts > sample.ts => return false,
             Some(prev) => *prev = sample,
             None => {
+                if self.sources.len() >= self.max_sources {
+                    self.displace_oldest();
+                }
                 self.sources.insert(sample.source.clone(), sample);
             }
         }
@@ -84,11 +94,25 @@ impl HealthView {
         before != self.sources.len() && self.recompute()
     }
 
+    /// The number of sources in the view.
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Drops the source whose latest sample is the oldest (the first in name order among equals).
+    fn displace_oldest(&mut self) {
+        let oldest = self.sources.iter().min_by_key(|(_, s)| s.ts).map(|(name, _)| name.clone());
+        if let Some(name) = oldest {
+            self.sources.remove(&name);
+            self.displaced += 1;
+        }
+    }
+
     fn recompute(&mut self) -> bool {
         let n = self.sources.len();
         let mut h = Health { sources: n, ..Health::default() };
         if n > 0 {
-            let (mut db_used, mut db_max, mut q_depth, mut q_cap) = (0u64, 0u64, 0u64, 0u64);
+            let (mut db_used, mut db_max, mut q_depth, mut q_cap) = (0u64, 0u64, 0u128, 0u128);
             for s in self.sources.values() {
                 match self.aggregate {
                     Aggregate::Mean => {
@@ -103,8 +127,8 @@ impl HealthView {
                 db_used += u64::from(s.db_connections_in_use);
                 db_max += u64::from(s.db_connections_max);
                 if let (Some(d), Some(c)) = (s.queue_depth, s.queue_capacity) {
-                    q_depth += d;
-                    q_cap += c;
+                    q_depth += u128::from(d);
+                    q_cap += u128::from(c);
                 }
             }
             h.cpu = h.cpu.clamp(0.0, 1.0);
@@ -151,7 +175,7 @@ mod tests {
 
     #[test]
     fn stale_sources_are_dropped() {
-        let mut v = HealthView::new(&HealthConfig { stale_after_s: 30, cpu_memory_aggregate: Aggregate::Max });
+        let mut v = HealthView::new(&HealthConfig { stale_after_s: 30, cpu_memory_aggregate: Aggregate::Max, ..HealthConfig::default() });
         v.on_sample(sample("a", 0, 0.95, 10));
         v.on_sample(sample("b", 20, 0.10, 10));
         assert_eq!(v.current().cpu, 0.95);
@@ -173,5 +197,38 @@ mod tests {
         v.on_sample(sample("b", 0, 0.1, 0));
         assert!((v.current().queue - 0.9).abs() < 1e-12);
         assert!((v.current().worst() - 0.9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn huge_queues_sum_without_wrapping() {
+        // Two samples whose depths and capacities wrap a u64 sum: the review saw "queue 1.11 full".
+        let mut v = HealthView::new(&HealthConfig::default());
+        for (name, depth, cap) in [("a", u64::MAX / 2, u64::MAX / 2 + 10), ("b", u64::MAX / 4, u64::MAX)] {
+            let mut s = sample(name, 0, 0.1, 0);
+            (s.queue_depth, s.queue_capacity) = (Some(depth), Some(cap));
+            v.on_sample(s);
+        }
+        let q = v.current().queue;
+        assert!(q > 0.49 && q < 0.51, "{q}");
+    }
+
+    #[test]
+    fn beyond_the_cap_a_new_source_displaces_the_stalest() {
+        let mut v = HealthView::new(&HealthConfig { max_sources: 3, ..HealthConfig::default() });
+        for (name, secs) in [("a", 5), ("b", 1), ("c", 9)] {
+            v.on_sample(sample(name, secs, 0.1, 0));
+        }
+        // `b`'s latest sample is the oldest: it goes.
+        v.on_sample(sample("d", 10, 0.9, 0));
+        assert_eq!((v.len(), v.displaced), (3, 1));
+        assert_eq!(v.current().sources, 3);
+        // A known source's new sample displaces nobody.
+        v.on_sample(sample("a", 11, 0.1, 0));
+        assert_eq!((v.len(), v.displaced), (3, 1));
+        let mut many = HealthView::new(&HealthConfig { max_sources: 100, ..HealthConfig::default() });
+        for i in 0..10_000 {
+            many.on_sample(sample(&format!("host-{i}"), i, 0.5, 0));
+        }
+        assert_eq!((many.len(), many.displaced), (100, 9_900));
     }
 }

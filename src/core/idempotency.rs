@@ -43,6 +43,16 @@ struct Entry {
 struct Generation {
     started: Millis,
     by_key: HashMap<Box<str>, Entry, ahash::RandomState>,
+    /// What its entries hold, estimated (`entry_bytes`).
+    bytes: usize,
+}
+
+/// The memory one remembered decision takes, estimated: the slot, the key, and the strings the
+/// entry and its decision hold (ids, tier and request-type names, each bounded by `[limits]`).
+fn entry_bytes(key: &str, ev: &RequestEvent) -> usize {
+    const SLOT: usize = std::mem::size_of::<(Box<str>, Entry)>() + 16;
+    let strings = ev.user_id.len() + ev.id.len() + 2 * (ev.tier.len() + ev.request_type.len());
+    SLOT + key.len() + strings
 }
 
 /// The API's recent decisions by (user, request id), in two generations: new decisions go into
@@ -53,10 +63,13 @@ struct Generation {
 /// reused rather than allocated anew: a table that is still being filled for the first time was
 /// the slowest variant in `scripts/bench-decide` (BENCHMARKS.md; page faults under the
 /// pipeline's lock are the likely cause, not measured). `window_s` 0 or `capacity` 0 turns it off.
+/// A generation also turns over once it holds half of `max_bytes` (`with_max_bytes`), so long ids
+/// cannot make the table outgrow its byte budget at the count cap.
 #[derive(Debug, Default)]
 pub struct RecentDecisions {
     window_ms: i64,
     per_generation: usize,
+    bytes_per_generation: usize,
     current: Generation,
     previous: Generation,
     /// The key being looked up, built here so a lookup allocates nothing.
@@ -66,7 +79,18 @@ pub struct RecentDecisions {
 impl RecentDecisions {
     pub fn new(window_s: u32, capacity: usize) -> Self {
         let per_generation = if capacity == 0 { 0 } else { capacity.div_ceil(2) };
-        RecentDecisions { window_ms: i64::from(window_s) * 1000, per_generation, ..Self::default() }
+        RecentDecisions { window_ms: i64::from(window_s) * 1000, per_generation, bytes_per_generation: usize::MAX, ..Self::default() }
+    }
+
+    /// At most about `max_bytes` held (two generations of half of it each).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.bytes_per_generation = max_bytes.div_ceil(2).max(1);
+        self
+    }
+
+    /// What the remembered decisions take, estimated.
+    pub fn bytes(&self) -> usize {
+        self.current.bytes + self.previous.bytes
     }
 
     fn on(&self) -> bool {
@@ -102,20 +126,24 @@ impl RecentDecisions {
         if !self.on() || ev.id.is_empty() {
             return;
         }
-        let full = self.current.by_key.len() >= self.per_generation;
+        Self::key_into(&mut self.scratch, &ev.user_id, &ev.id);
+        let bytes = entry_bytes(&self.scratch, ev);
+        let full = self.current.by_key.len() >= self.per_generation || self.current.bytes + bytes > self.bytes_per_generation;
         let old = now.0 - self.current.started.0 >= self.window_ms;
         if full || old || self.current.by_key.capacity() == 0 {
             let mut next = std::mem::take(&mut self.previous);
             next.by_key.clear();
+            next.bytes = 0;
             if next.by_key.capacity() < self.per_generation {
                 next.by_key = HashMap::with_capacity_and_hasher(self.per_generation, ahash::RandomState::new());
             }
             next.started = now;
             self.previous = std::mem::replace(&mut self.current, next);
         }
-        Self::key_into(&mut self.scratch, &ev.user_id, &ev.id);
         let entry = Entry { at: now, tier: ev.tier.clone(), request_type: ev.request_type.clone(), cost: ev.cost, decision: decision.clone() };
-        self.current.by_key.insert(self.scratch.as_str().into(), entry);
+        if self.current.by_key.insert(self.scratch.as_str().into(), entry).is_none() {
+            self.current.bytes += bytes;
+        }
     }
 
     /// Forgets every decision (their counts were lost with the partitions' state: a retry must
@@ -123,6 +151,7 @@ impl RecentDecisions {
     pub fn clear(&mut self) {
         self.current.by_key.clear();
         self.previous.by_key.clear();
+        (self.current.bytes, self.previous.bytes) = (0, 0);
     }
 
     /// Decisions held now (some may be past the window, not yet dropped).
@@ -156,6 +185,25 @@ mod tests {
                 _ => None,
             })
             .expect("a decision")
+    }
+
+    #[test]
+    fn long_ids_turn_generations_over_by_bytes() {
+        // Count cap 100 000, byte budget 1 MB: with ids and users of 256 bytes each entry is
+        // over a kilobyte, so bytes, not the count, bound the table.
+        let mut r = RecentDecisions::new(3600, 100_000).with_max_bytes(1_000_000);
+        let d = decided(&request("x", "u", 0));
+        for i in 0..10_000 {
+            let ev = request(&format!("{i:0>256}"), &format!("{i:u>256}"), i);
+            r.remember(&ev, &d, Millis(i));
+            assert!(r.bytes() <= 1_000_000, "{} bytes after {i}", r.bytes());
+        }
+        assert!(r.len() < 2_000, "{} held", r.len());
+        // The newest are remembered.
+        let last = request(&format!("{:0>256}", 9_999), &format!("{:u>256}", 9_999), 9_999);
+        assert_eq!(r.seen(&last, Millis(10_000)), Seen::Again(&d));
+        r.clear();
+        assert_eq!((r.len(), r.bytes()), (0, 0));
     }
 
     #[test]

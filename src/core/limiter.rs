@@ -112,6 +112,11 @@ pub struct Limiter {
     evict_after_ms: i64,
     users: HashMap<u64, UserState, BuildHasherDefault<PassThrough>>,
     keys: ahash::RandomState,
+    /// The most keys tracked (`with_cap`): a new key at the cap first displaces the least
+    /// recently seen eighth.
+    max_keys: usize,
+    /// Keys dropped to make room at the cap (not idle: the time rule had kept them).
+    pub displaced: u64,
 }
 
 impl Limiter {
@@ -124,6 +129,46 @@ impl Limiter {
             evict_after_ms: i64::from(evict_idle_after_s) * 1000,
             users: HashMap::default(),
             keys: ahash::RandomState::new(),
+            max_keys: usize::MAX,
+            displaced: 0,
+        }
+    }
+
+    /// At most `max_keys` (user, request type) keys: beyond the time rule (`sweep`), a new key
+    /// at the cap first displaces the eighth of the keys seen least recently (by the bucket of
+    /// their newest request; among keys of one bucket, which go is unspecified). Their users
+    /// start again with a fresh quota and grace: the cap bounds memory, at that price.
+    pub fn with_cap(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(1);
+        self
+    }
+
+    /// Makes room for one new key at bucket `idx` when the cap is reached (amortised: one pass
+    /// over the keys every `max_keys / 8` new ones).
+    fn make_room(&mut self, idx: u32) {
+        let evict = (self.max_keys / 8).clamp(1, self.users.len());
+        let age = |st: &UserState| idx.wrapping_sub(st.head) as i32;
+        let mut ages: Vec<i32> = self.users.values().map(age).collect();
+        let (_, &mut threshold, _) = ages.select_nth_unstable_by(evict - 1, |a, b| b.cmp(a));
+        let mut ties = evict - ages.iter().filter(|&&a| a > threshold).count();
+        self.users.retain(|_, st| {
+            let a = age(st);
+            if a > threshold {
+                return false;
+            }
+            if a == threshold && ties > 0 {
+                ties -= 1;
+                return false;
+            }
+            true
+        });
+        self.displaced += evict as u64;
+    }
+
+    /// Whether a new key `key` at bucket `idx` needs room made first (checked before every insert).
+    fn room_for(&mut self, key: u64, idx: u32) {
+        if self.users.len() >= self.max_keys && !self.users.contains_key(&key) {
+            self.make_room(idx);
         }
     }
 
@@ -150,6 +195,7 @@ impl Limiter {
     pub fn check(&mut self, user_id: &str, request_type: u16, now: Millis, cost: u32, quota: Quota) -> Verdict {
         let key = self.key(user_id, request_type);
         let (idx, half, half_ms) = self.numbers(now, quota);
+        self.room_for(key, idx);
         let st = self.users.entry(key).or_insert_with(|| UserState { head: idx, grace_half: half, grace_half_ms: half_ms as u32, ..UserState::default() });
         decide(st, self.bucket_ms, idx, half, half_ms, now, cost, quota)
     }
@@ -195,7 +241,9 @@ impl Limiter {
             grace_half: saved.grace_half,
             grace_half_ms: saved.grace_half_ms,
         };
-        self.users.insert(self.key(user_id, request_type), st);
+        let key = self.key(user_id, request_type);
+        self.room_for(key, saved.head);
+        self.users.insert(key, st);
         Ok(())
     }
 
@@ -220,6 +268,7 @@ impl Limiter {
     pub fn count_as(&mut self, user_id: &str, request_type: u16, now: Millis, cost: u32, quota: Quota, kind: DecisionKind) -> Verdict {
         let key = self.key(user_id, request_type);
         let (idx, half, half_ms) = self.numbers(now, quota);
+        self.room_for(key, idx);
         let st = self.users.entry(key).or_insert_with(|| UserState { head: idx, grace_half: half, grace_half_ms: half_ms as u32, ..UserState::default() });
         count(st, self.bucket_ms, idx, half, half_ms, now, cost, quota, kind)
     }
@@ -494,6 +543,40 @@ mod tests {
         // Grace comes back once the grace span (two half windows) has passed.
         assert_eq!(l.check("u", 0, at(90 * MIN), 1, q).kind, Allow);
         assert_eq!(l.check("u", 0, at(90 * MIN + 1), 1, q).kind, AllowWithGrace);
+    }
+
+    #[test]
+    fn at_the_cap_the_least_recently_seen_eighth_makes_room() {
+        let mut l = Limiter::new(60, 3600).with_cap(16);
+        let q = quota(1, 0);
+        // 16 users, one per second: the oldest are seen in the earliest buckets.
+        for i in 0..16 {
+            assert_eq!(l.check(&format!("u{i}"), 0, at(i * 5_000), 1, q).kind, Allow);
+        }
+        assert_eq!((l.len(), l.displaced), (16, 0));
+        // A known user at the cap displaces nobody, and is still counted.
+        assert_eq!(l.check("u15", 0, at(80_000), 1, q).kind, Throttle);
+        assert_eq!(l.len(), 16);
+        // A new one displaces the two (16 / 8) seen least recently.
+        l.check("new", 0, at(81_000), 1, q);
+        assert_eq!((l.len(), l.displaced), (15, 2));
+        assert!(!l.tracks("u0", 0) && !l.tracks("u1", 0) && l.tracks("u2", 0) && l.tracks("new", 0));
+        // A displaced user starts again with a fresh quota.
+        assert_eq!(l.check("u0", 0, at(82_000), 1, q).kind, Allow);
+        // However many keys come, the map stays within the cap.
+        let mut big = Limiter::new(60, 3600).with_cap(1000);
+        for i in 0..20_000 {
+            big.check(&format!("user-{i}"), 0, at(i), 1, q);
+            assert!(big.len() <= 1000);
+        }
+        assert!(big.tracks("user-19999", 0) && !big.tracks("user-0", 0));
+        // Restored keys respect it too.
+        let saved = big.export("user-19999", 0).expect("tracked");
+        let mut restored = Limiter::new(60, 3600).with_cap(8);
+        for i in 0..100 {
+            restored.import(&format!("r{i}"), 0, &saved).expect("same window");
+        }
+        assert!(restored.len() <= 8);
     }
 
     #[test]

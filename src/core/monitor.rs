@@ -48,6 +48,9 @@ struct Open {
 
 /// The most minutes held open (usage and load ahead of the minutes closed).
 const MAX_OPEN_MINUTES: usize = 1440;
+/// Cool-downs kept before those over are forgotten (they are keyed by dependency for
+/// breaker_tripped).
+const MAX_COOLDOWNS: usize = 1000;
 
 /// What a monitor holds, to hand over (`Topology::views`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -106,7 +109,7 @@ impl Monitor {
         self.closed_to = s.closed_to;
         self.last_load = s.last_load;
         self.history = s.history.iter().rev().take(self.window).rev().cloned().collect();
-        self.last_fired = s.last_fired.iter().take(1000).map(|(r, k, t)| ((r.clone(), k.clone()), *t)).collect();
+        self.last_fired = s.last_fired.iter().take(MAX_COOLDOWNS).map(|(r, k, t)| ((r.clone(), k.clone()), *t)).collect();
     }
 
     /// Closed minutes, oldest first (at most the correlation window).
@@ -201,6 +204,27 @@ impl Monitor {
         });
     }
 
+    /// A table keyed by input reached its cap (`table`: which, `what`: what the cap did): fires
+    /// `table_full`, with a cool-down per table.
+    pub fn on_table_full(&mut self, table: &'static str, what: &str, at: Millis, cap: usize, out: &mut Vec<Alert>) {
+        let rule = self.rules.table_full.clone();
+        if !rule.enabled || !self.cool(&("table_full".into(), table.into()), rule.cooldown_s, at) {
+            return;
+        }
+        out.push(Alert {
+            ts: at,
+            rule: "table_full",
+            severity: rule.severity,
+            title: format!("{table} is full ({cap})"),
+            message: format!("{table} reached its cap of {cap}: {what}"),
+            suggested_action: format!(
+                "Check the inputs for names that should not be there (a client sending ids as names, garbage), or raise the cap (see `{table}` in docs/configuration.md)"
+            ),
+            value: cap as f64,
+            threshold: cap as f64,
+        });
+    }
+
     /// The predictor started a cut ahead of a forecast spike: fires `predicted_spike`, the
     /// proactive alert (with its own cool-down per scope).
     pub fn on_predicted_spike(&mut self, p: &Prediction, spike_threshold: f64, until: Millis, out: &mut Vec<Alert>) {
@@ -232,6 +256,12 @@ impl Monitor {
             if now.0 - last.0 < i64::from(cooldown_s) * 1000 {
                 return false;
             }
+        }
+        // Keyed by dependency for breaker_tripped: bounded by forgetting what no cool-down holds
+        // any more.
+        if self.last_fired.len() >= MAX_COOLDOWNS {
+            let longest = i64::from(self.rules.longest_cooldown_s()) * 1000;
+            self.last_fired.retain(|_, last| now.0 - last.0 < longest);
         }
         self.last_fired.insert(key.clone(), now);
         true

@@ -79,6 +79,7 @@ pub struct Topology {
     limiters: Vec<Option<Limiter>>,
     window_s: u32,
     evict_idle_after_s: u32,
+    max_keys_per_partition: usize,
     limits: AdaptiveLimits,
     health: HealthView,
     breakers: Breakers,
@@ -154,6 +155,7 @@ impl Topology {
             limiters: Vec::new(),
             window_s: cfg.limiter.window_s,
             evict_idle_after_s: cfg.limiter.evict_idle_after_s,
+            max_keys_per_partition: cfg.limiter.max_keys_per_partition as usize,
             limits: AdaptiveLimits::new(&cfg, &tier_names, &rt_names),
             health: HealthView::new(&cfg.health),
             breakers: Breakers::new(cfg.clone()),
@@ -218,13 +220,28 @@ impl Topology {
         self.limiters.iter().flatten().map(Limiter::len).sum()
     }
 
+    /// Keys the limiters dropped at their cap (`limiter.max_keys_per_partition`).
+    pub fn displaced_users(&self) -> u64 {
+        self.limiters.iter().flatten().map(|l| l.displaced).sum()
+    }
+
+    /// Breakers: (all, learned, outcomes refused at the learned cap, learned dropped as idle).
+    pub fn breaker_counts(&self) -> (usize, usize, u64, u64) {
+        (self.breakers.len(), self.breakers.learned(), self.breakers.refused, self.breakers.dropped)
+    }
+
+    /// Telemetry sources in the health view, and how many were displaced at its cap.
+    pub fn health_sources(&self) -> (usize, u64) {
+        (self.health.len(), self.health.displaced)
+    }
+
     fn limiter(&mut self, partition: i32) -> &mut Limiter {
         let i = usize::try_from(partition).unwrap_or(0);
         if self.limiters.len() <= i {
             self.limiters.resize_with(i + 1, || None);
         }
-        let (window_s, evict) = (self.window_s, self.evict_idle_after_s);
-        self.limiters[i].get_or_insert_with(|| Limiter::new(window_s, evict))
+        let (window_s, evict, cap) = (self.window_s, self.evict_idle_after_s, self.max_keys_per_partition);
+        self.limiters[i].get_or_insert_with(|| Limiter::new(window_s, evict).with_cap(cap))
     }
 
     /// One user's limiter state in `partition` for a request type, for the changelog.
@@ -404,7 +421,13 @@ impl Topology {
     fn on_outcome(&mut self, ev: OutcomeEvent, out: &mut Vec<Output>) {
         self.counters.outcomes += 1;
         let mut states = std::mem::take(&mut self.scratch_breakers);
-        self.breakers.on_outcome(&ev, &mut states);
+        if !self.breakers.on_outcome(&ev, &mut states) {
+            let mut alerts = Vec::new();
+            let cap = self.breakers.learned();
+            let what = "outcomes naming a new dependency are not tracked (no breaker)";
+            self.monitor.on_table_full("learned_dependencies.max", what, ev.ts, cap, &mut alerts);
+            self.push_alerts(alerts, out);
+        }
         self.breaker_states(&mut states, out);
         self.scratch_breakers = states;
     }
@@ -461,8 +484,21 @@ impl Topology {
     fn on_telemetry(&mut self, ev: TelemetrySample, out: &mut Vec<Output>) {
         self.counters.telemetry += 1;
         let ts = ev.ts;
+        let displaced = self.health.displaced;
         if self.health.on_sample(ev) {
             self.health_changed(ts, out);
+        }
+        if self.health.displaced > displaced {
+            let mut alerts = Vec::new();
+            let cap = self.health.len();
+            self.monitor.on_table_full(
+                "health.max_sources",
+                "a new telemetry source displaced the one whose latest sample was the oldest",
+                ts,
+                cap,
+                &mut alerts,
+            );
+            self.push_alerts(alerts, out);
         }
         self.monitor.on_load(ts, self.health.current().worst());
     }

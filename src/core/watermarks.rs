@@ -161,6 +161,12 @@ impl<K: Ord + Copy> Watermarks<K> {
         self.partitions.get(&k).and_then(|p| p.time)
     }
 
+    /// How far each partition with a time is behind the latest event time taken (for the gauge).
+    pub fn behind(&self) -> impl Iterator<Item = (K, i64)> + '_ {
+        let latest = self.latest;
+        self.partitions.iter().filter_map(move |(k, p)| Some((*k, latest?.0.saturating_sub(p.time?.0))))
+    }
+
     /// How many partitions are assigned (for the gauge).
     pub fn len(&self) -> usize {
         self.partitions.len()

@@ -6,15 +6,20 @@
 //!
 //! `DIR/date=YYYY-MM-DD/hour=HH/TOPIC+PARTITION+FIRST+LAST+K+N.parquet`
 //!
-//! (offsets zero-padded to 20 digits; the `K`-th of the flush's `N` files). Files are written
-//! atomically (temporary file, sync, rename) and the consumer's offset is committed only after
+//! (offsets zero-padded to 20 digits; the `K`-th of the flush's `N` files). A flush writes at
+//! most `MAX_HOUR_FILES` hour files, for its hours with the most records; the records of its
+//! other hours (stragglers, a producer with a bad clock) go into one more file,
+//! `DIR/date=scattered/hour=scattered/…`, so that scattered timestamps cannot make a file and a
+//! directory per record. Files are written atomically (temporary file, sync, rename) and the consumer's offset is committed only after
 //! all `N` are in place. The file names are the archive's own record of what it holds, as in
 //! Kafka Connect's HDFS and S3 sinks: on start-up, and for each partition it is assigned, the
 //! archive scans them (one walk of the directory per rebalance), removes the files of any flush
 //! that is not complete (a crash between two renames) once they are older than a grace period
 //! (a live writer may still be renaming), and skips every record at or below the last offset of
 //! a complete flush (a crash after the renames and before the commit). So a record is in exactly
-//! one file, whatever the moment of a crash. One group writes to a directory at a time.
+//! one file, whatever the moment of a crash. One group writes to a directory at a time. A
+//! temporary file is removed when its write fails, and the scan removes those a crash left
+//! behind (once older than the grace period).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -22,6 +27,13 @@ use std::time::{Duration, SystemTime};
 
 use crate::history::parquet::{HistoryError, partition_dir, write_file_atomic};
 use crate::wire::events::RequestEvent;
+
+/// The most hour files one flush writes; its other hours' records share one file.
+pub const MAX_HOUR_FILES: usize = 8;
+
+/// The directory of the records of a flush's hours beyond `MAX_HOUR_FILES`: as deep as the
+/// hours' (Hive-style readers see `date` and `hour` = `scattered`; the `ts` column has the time).
+pub const SCATTERED_DIR: &str = "date=scattered/hour=scattered";
 
 /// One archive file's place in its flush.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +79,8 @@ struct Flush {
 #[derive(Debug, Default)]
 pub struct Scan {
     partitions: HashMap<i32, BTreeMap<(i64, i64), Flush>>,
+    /// Temporary files of a write that never finished (`.NAME.tmp`), and their age.
+    temporary: Vec<(PathBuf, Option<SystemTime>)>,
 }
 
 /// What the scan says of one partition.
@@ -99,7 +113,14 @@ impl Scan {
                     stack.push(p);
                     continue;
                 }
-                let Some(f) = p.file_name().and_then(|n| n.to_str()).and_then(FileName::parse) else { continue };
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp"))
+                    && FileName::parse(inner).is_some_and(|f| f.topic == topic)
+                {
+                    scan.temporary.push((p.clone(), e.metadata().and_then(|m| m.modified()).ok()));
+                    continue;
+                }
+                let Some(f) = FileName::parse(name) else { continue };
                 if f.topic != topic {
                     continue;
                 }
@@ -118,8 +139,21 @@ impl Scan {
     /// committed, so their records come again).
     pub fn recover(&mut self, partition: i32, grace: Duration) -> Result<Recovered, HistoryError> {
         let mut r = Recovered::default();
-        let Some(flushes) = self.partitions.get_mut(&partition) else { return Ok(r) };
         let now = SystemTime::now();
+        let old = |t: &Option<SystemTime>| t.and_then(|t| now.duration_since(t).ok()).unwrap_or(Duration::MAX) >= grace;
+        let (stale, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.temporary).into_iter().partition(|(p, t)| {
+            let ours = p.file_name().and_then(|n| n.to_str()).and_then(|n| FileName::parse(&n[1..n.len() - 4])).is_some_and(|f| f.partition == partition);
+            ours && old(t)
+        });
+        self.temporary = live;
+        for (path, _) in stale {
+            match std::fs::remove_file(&path) {
+                Ok(()) => r.removed.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(HistoryError::Io { path, source }),
+            }
+        }
+        let Some(flushes) = self.partitions.get_mut(&partition) else { return Ok(r) };
         let mut gone = Vec::new();
         for (&(first, last), f) in flushes.iter() {
             if f.files.len() as u32 >= f.n {
@@ -188,6 +222,17 @@ impl PartitionBuffer {
         for (_, e) in &self.records {
             by_hour.entry(partition_dir(e.ts)?).or_default().push(e.clone());
         }
+        // The hours with the most records keep files of their own (ties: the earlier hour).
+        if by_hour.len() > MAX_HOUR_FILES {
+            let mut sizes: Vec<(usize, String)> = by_hour.iter().map(|(h, v)| (v.len(), h.clone())).collect();
+            sizes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            let mut scattered = Vec::new();
+            for (_, hour) in &sizes[MAX_HOUR_FILES..] {
+                scattered.extend(by_hour.remove(hour).unwrap_or_default());
+            }
+            scattered.sort_by_key(|e| e.ts);
+            by_hour.insert(SCATTERED_DIR.to_string(), scattered);
+        }
         let n = by_hour.len() as u32;
         let mut files = Vec::with_capacity(by_hour.len());
         for (i, (hour, events)) in by_hour.into_iter().enumerate() {
@@ -251,6 +296,68 @@ mod tests {
         assert_eq!(recover(&dir, "req", 2).expect("scan"), Recovered { archived_up_to: Some(8), removed: vec![], wait: false });
         assert_eq!(recover(&dir, "req", 1).expect("scan").archived_up_to, None);
         assert_eq!(recover(&dir, "other", 2).expect("scan").archived_up_to, None);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn scattered_timestamps_make_a_bounded_number_of_files() {
+        // The review's case: 2 000 requests with timestamps scattered over years made 2 036
+        // files. Now: the busiest hours' files, and one for the rest.
+        let dir = scratch("scattered");
+        let hour = 3_600_000;
+        let mut b = PartitionBuffer::default();
+        for i in 0..2_000 {
+            // Half in hour 10, a tenth in hour 11, the rest one per hour over years.
+            let ts = if i % 2 == 0 {
+                10 * hour + i
+            } else if i % 10 == 1 {
+                11 * hour
+            } else {
+                (1_000 + i * 37) * hour
+            };
+            b.push(i, ev(&format!("r{i}"), ts));
+        }
+        let (files, last) = b.flush(&dir, "req", 0, &mut |_| {}).expect("flush").expect("records");
+        assert_eq!((files.len(), last), (MAX_HOUR_FILES + 1, 1_999));
+        let rel = |f: &PathBuf| f.strip_prefix(&dir).expect("under dir").display().to_string();
+        assert!(rel(&files[0]).starts_with("date=1970-01-01/hour=10/"), "the busiest hour first: {}", rel(&files[0]));
+        assert!(rel(&files[1]).starts_with("date=1970-01-01/hour=11/"));
+        assert!(rel(files.last().expect("files")).starts_with("date=scattered/hour=scattered/"));
+        let rows: i64 = files
+            .iter()
+            .map(|f| {
+                use datafusion::parquet::file::reader::FileReader;
+                let reader = datafusion::parquet::file::reader::SerializedFileReader::new(std::fs::File::open(f).expect("open")).expect("parquet");
+                reader.metadata().file_metadata().num_rows()
+            })
+            .sum();
+        assert_eq!(rows, 2_000, "every record in exactly one file");
+        assert_eq!(recover(&dir, "req", 0).expect("scan").archived_up_to, Some(1_999));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn temporary_files_never_stay() {
+        let dir = scratch("temporary");
+        let hour = 3_600_000;
+        // A failed write (here the rename: a directory holds the file's name) removes its
+        // temporary file.
+        let mut b = PartitionBuffer::default();
+        b.push(0, ev("a", hour));
+        let target = dir.join("date=1970-01-01/hour=01/req+0+00000000000000000000+00000000000000000000+1+1.parquet");
+        std::fs::create_dir_all(target.join("in-the-way")).expect("dir");
+        assert!(b.flush(&dir, "req", 0, &mut |_| {}).is_err());
+        assert_eq!(b.len(), 1, "kept for the next try");
+        let tmp = target.with_file_name(".req+0+00000000000000000000+00000000000000000000+1+1.parquet.tmp");
+        assert!(!tmp.exists());
+        // One a crash left behind is removed by the scan once older than the grace period.
+        std::fs::write(&tmp, b"half a file").expect("write");
+        let young = Scan::of(&dir, "req").expect("scan").recover(0, Duration::from_secs(3600)).expect("recover");
+        assert!(young.removed.is_empty() && tmp.exists());
+        assert_eq!(Scan::of(&dir, "req").expect("scan").recover(1, Duration::ZERO).expect("recover").removed, Vec::<PathBuf>::new(), "another partition's");
+        let r = recover(&dir, "req", 0).expect("scan");
+        assert_eq!(r.removed, vec![tmp.clone()]);
+        assert!(!tmp.exists());
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -197,20 +197,27 @@ pub fn write_file_atomic(path: &Path, events: &[RequestEvent]) -> Result<(), His
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
-    let file = File::create(&tmp).map_err(io(&tmp))?;
-    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
-    let mut w = ArrowWriter::try_new(file, schema(), Some(props))?;
-    let mut b = Builders::new();
-    for chunk in events.chunks(BATCH_ROWS) {
-        for e in chunk {
-            b.push(e);
+    let written = (|| {
+        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+        let mut w = ArrowWriter::try_new(file, schema(), Some(props))?;
+        let mut b = Builders::new();
+        for chunk in events.chunks(BATCH_ROWS) {
+            for e in chunk {
+                b.push(e);
+            }
+            w.write(&b.finish()?)?;
         }
-        w.write(&b.finish()?)?;
+        let file = w.into_inner()?;
+        file.sync_all().map_err(io(&tmp))?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if let Err(e) = written {
+        // A failed write (disk full, a bad record) leaves no temporary file behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    let file = w.into_inner()?;
-    file.sync_all().map_err(io(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
     // The rename, and the `date=…/hour=…` directories it may have needed, made durable.
     for d in dir.ancestors().take(3).filter(|d| !d.as_os_str().is_empty()) {
         File::open(d).and_then(|f| f.sync_all()).map_err(io(d))?;

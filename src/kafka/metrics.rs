@@ -6,7 +6,7 @@
 use prometheus::{Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::config::Config;
-use crate::core::topology::Topology;
+use crate::kafka::shared::Shared;
 use crate::wire::outputs::{BreakerStateKind, DecisionKind, Output};
 
 pub struct Metrics {
@@ -14,6 +14,8 @@ pub struct Metrics {
     events_in: IntCounterVec,
     decisions: IntCounterVec,
     pub dead_lettered: IntCounter,
+    /// Outputs the producer or the broker refused for their size, sent to the DLQ instead.
+    pub outputs_refused: IntCounter,
     /// `POST /v1/decide` answers repeated for a request id decided before.
     pub api_replayed: IntCounter,
     pub processing_seconds: Histogram,
@@ -37,6 +39,15 @@ pub struct Metrics {
     event_time: IntGauge,
     input_watermark: IntGauge,
     tracked_users: IntGauge,
+    /// Entries of each table keyed by input (`table_entries{table}`), and what caps did.
+    table_entries: IntGaugeVec,
+    idempotency_bytes: IntGauge,
+    users_displaced: IntCounter,
+    breaker_outcomes_refused: IntCounter,
+    learned_dependencies_dropped: IntCounter,
+    health_sources_displaced: IntCounter,
+    /// Per input topic, how far its furthest-behind partition is behind the latest event time.
+    input_behind: GaugeVec,
     /// Requests processed again whose first decision was found in the decisions topic.
     pub decided_before: IntCounter,
     /// First decisions read back and still waiting for their requests (set every second).
@@ -71,6 +82,10 @@ impl Metrics {
         )?;
         let decisions = reg(&registry, IntCounterVec::new(Opts::new("decisions_total", "Decisions, by decision and tier"), &["decision", "tier"])?)?;
         let dead_lettered = reg(&registry, IntCounter::new("dlq_messages_total", "Input messages sent to the DLQ")?)?;
+        let outputs_refused = reg(
+            &registry,
+            IntCounter::new("outputs_refused_total", "Output records refused for good (too large for message.max.bytes): sent to the DLQ instead")?,
+        )?;
         let api_replayed = reg(
             &registry,
             IntCounter::new("api_decisions_replayed_total", "POST /v1/decide answers repeated for a request id decided before (not counted again)")?,
@@ -143,6 +158,48 @@ impl Metrics {
             )?,
         )?;
         let tracked_users = reg(&registry, IntGauge::new("tracked_users", "Users with limiter state in the requests partitions this instance owns")?)?;
+        let table_entries = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "table_entries",
+                    "Entries of each table keyed by input: limiter_keys, breakers, learned_dependencies, telemetry_sources, idempotency_decisions (each has a cap: docs/operations.md)",
+                ),
+                &["table"],
+            )?,
+        )?;
+        let idempotency_bytes =
+            reg(&registry, IntGauge::new("idempotency_bytes", "Bytes the decisions remembered for POST /v1/decide's idempotency take (estimated)")?)?;
+        let users_displaced = reg(
+            &registry,
+            IntCounter::new(
+                "users_displaced_total",
+                "Limiter keys dropped at limiter.max_keys_per_partition to make room for new ones (their users start afresh)",
+            )?,
+        )?;
+        let breaker_outcomes_refused = reg(
+            &registry,
+            IntCounter::new("breaker_outcomes_refused_total", "Outcomes naming a new dependency not tracked: learned_dependencies.max reached")?,
+        )?;
+        let learned_dependencies_dropped = reg(
+            &registry,
+            IntCounter::new(
+                "learned_dependencies_dropped_total",
+                "Learned dependencies dropped after learned_dependencies.evict_idle_after_s without outcomes",
+            )?,
+        )?;
+        let health_sources_displaced =
+            reg(&registry, IntCounter::new("health_sources_displaced_total", "Telemetry sources displaced by a new one at health.max_sources")?)?;
+        let input_behind = reg(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "input_behind_seconds",
+                    "Per input topic, how far its furthest-behind partition is behind the latest event time taken (event-time skew)",
+                ),
+                &["topic"],
+            )?,
+        )?;
         let decided_before = reg(
             &registry,
             IntCounter::new(
@@ -184,6 +241,7 @@ impl Metrics {
             events_in,
             decisions,
             dead_lettered,
+            outputs_refused,
             api_replayed,
             processing_seconds,
             ready,
@@ -203,6 +261,13 @@ impl Metrics {
             event_time,
             input_watermark,
             tracked_users,
+            table_entries,
+            idempotency_bytes,
+            users_displaced,
+            breaker_outcomes_refused,
+            learned_dependencies_dropped,
+            health_sources_displaced,
+            input_behind,
             decided_before,
             first_decisions_held,
             usage_records,
@@ -247,6 +312,34 @@ impl Metrics {
         }
     }
 
+    /// The tables keyed by input: their sizes, and what their caps did.
+    fn tables(&self, sh: &Shared) {
+        let t = &sh.topology;
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let catch_up = |c: &IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
+        let (breakers, learned, refused, dropped) = t.breaker_counts();
+        let (sources, displaced) = t.health_sources();
+        for (table, n) in [
+            ("limiter_keys", t.tracked_users()),
+            ("breakers", breakers),
+            ("learned_dependencies", learned),
+            ("telemetry_sources", sources),
+            ("idempotency_decisions", sh.api_recent.len()),
+        ] {
+            self.table_entries.with_label_values(&[table]).set(gauge(n));
+        }
+        self.idempotency_bytes.set(gauge(sh.api_recent.bytes()));
+        catch_up(&self.users_displaced, t.displaced_users());
+        catch_up(&self.breaker_outcomes_refused, refused);
+        catch_up(&self.learned_dependencies_dropped, dropped);
+        catch_up(&self.health_sources_displaced, displaced);
+        for (topic, behind) in t.input_skew() {
+            if let Some(ms) = behind {
+                self.input_behind.with_label_values(&[topic.name()]).set(ms as f64 / 1000.0);
+            }
+        }
+    }
+
     /// The content type of `render`'s text.
     pub fn content_type(&self) -> String {
         TextEncoder::new().format_type().to_string()
@@ -255,8 +348,9 @@ impl Metrics {
     /// The text exposition, with the gauges read from `topology` now (breaker states only for
     /// the configured dependencies: an outcome may name any dependency, and each name would
     /// be six series that never go away).
-    pub fn render(&self, topology: Option<&Topology>) -> String {
-        if let Some(t) = topology {
+    pub fn render(&self, shared: Option<&Shared>) -> String {
+        if let Some(sh) = shared {
+            let t = &sh.topology;
             for b in t.breakers_now().into_iter().filter(|b| t.is_upstream(&b.dependency)) {
                 for s in BreakerStateKind::ALL {
                     self.breaker_state.with_label_values(&[&*b.dependency, s.as_str()]).set(i64::from(b.state == s));
@@ -285,6 +379,7 @@ impl Metrics {
                 self.input_watermark.set(w.0.div_euclid(1000));
             }
             self.tracked_users.set(i64::try_from(t.tracked_users()).unwrap_or(i64::MAX));
+            self.tables(sh);
         }
         let mut buf = Vec::new();
         // Encoding into memory fails only on a metric the encoder cannot write; say so in the body.

@@ -91,6 +91,12 @@ impl Topology {
         (self.inputs.watermark(), self.inputs.len())
     }
 
+    /// Per input topic, how far its furthest-behind partition is behind the latest event time
+    /// taken (ms): the event-time skew between inputs.
+    pub fn input_skew(&self) -> [(InputTopic, Option<i64>); 4] {
+        InputTopic::ALL.map(|t| (t, self.inputs.behind().filter(|((topic, _), _)| *topic == t).map(|(_, ms)| ms).max()))
+    }
+
     /// Moves event time to `now` if it is later than the watermark, firing what is due.
     pub fn advance(&mut self, now: Millis, out: &mut Vec<Output>) {
         match self.watermark {

@@ -184,3 +184,61 @@ async fn a_lost_assignment_under_exactly_once_decides_each_request_once() {
         std::fs::remove_file(path).ok();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+async fn a_broker_outage_of_30_s_is_ridden_out_without_a_restart() {
+    ride_out_an_outage("").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+async fn a_broker_outage_of_30_s_is_ridden_out_without_a_restart_under_exactly_once() {
+    ride_out_an_outage("guarantee = \"exactly_once\"").await;
+}
+
+/// Requests decided, the broker stopped for 30 s and started again, more requests: all decided,
+/// by the same process. `kafka`: extra `[kafka]` keys.
+async fn ride_out_an_outage(kafka: &str) {
+    // A broker of its own, to stop and start again.
+    let broker = OwnBroker::start();
+    let mut p = Pipeline::with("outage", kafka);
+    p.brokers = broker.bootstrap.clone();
+    let log = std::env::temp_dir().join(format!("{}.log", p.prefix));
+    let mut service = p.start_logging_to(&log);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    produce_at(&p.brokers, &p.topic("requests"), &numbered(0, 2_000)).await;
+    // Each request id read (read_committed), and how often.
+    let decided = |want: usize| {
+        let mut seen = BTreeSet::new();
+        let msgs = read_until_at(&p.brokers, &p.topic("decisions"), Duration::from_secs(120), |m| {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or(b"{}")).unwrap_or_default();
+            if let Some(id) = v["request_id"].as_str() {
+                seen.insert(id.to_string());
+            }
+            seen.len() >= want
+        });
+        decided_ids(&msgs)
+    };
+    assert_eq!(decided(2_000).len(), 2_000, "decided before the outage");
+    // The broker goes away for 30 s (the service's clients retry: librdkafka's
+    // message.timeout.ms is 300 s), then comes back on its data and port.
+    broker.pause();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let child = service.0.as_mut().expect("running");
+    assert!(child.try_wait().expect("wait").is_none(), "surgeguard run exited during the outage");
+    broker.resume();
+    produce_at(&p.brokers, &p.topic("requests"), &numbered(2_000, 2_000)).await;
+    let seen = decided(4_000);
+    let missing: Vec<_> = (0..4_000).map(|i| format!("r-{i}")).filter(|id| !seen.contains_key(id)).take(5).collect();
+    assert!(missing.is_empty(), "requests without a decision after the outage, e.g. {missing:?}");
+    if kafka.contains("exactly_once") {
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+        assert!(twice.is_empty(), "requests decided more than once under exactly_once, e.g. {twice:?}");
+    }
+    let child = service.0.as_mut().expect("running");
+    assert!(child.try_wait().expect("wait").is_none(), "surgeguard run exited after the outage");
+    let status = service.stop();
+    assert!(status.success(), "surgeguard run exited with {status} on SIGTERM");
+    std::fs::remove_file(&log).ok();
+}

@@ -24,6 +24,8 @@ pub fn brokers() -> String {
 pub struct Pipeline {
     pub prefix: String,
     pub config: std::path::PathBuf,
+    /// The brokers its instances use (`brokers()` unless a test runs its own broker).
+    pub brokers: String,
 }
 
 impl Pipeline {
@@ -54,7 +56,7 @@ impl Pipeline {
         );
         let config = std::env::temp_dir().join(format!("{prefix}.toml"));
         std::fs::write(&config, text).expect("write config");
-        Pipeline { prefix, config }
+        Pipeline { prefix, config, brokers: brokers() }
     }
 
     pub fn topic(&self, t: &str) -> String {
@@ -74,7 +76,7 @@ impl Pipeline {
         let child = Command::new(super::bin())
             .args(["run", "--config"])
             .arg(&self.config)
-            .args(["--brokers", &brokers(), "--log-format", "json"])
+            .args(["--brokers", &self.brokers, "--log-format", "json"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -132,7 +134,12 @@ impl Drop for Service {
 }
 
 pub async fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").create().expect("producer");
+    produce_at(&brokers(), topic, records).await
+}
+
+/// `produce`, to the broker at `brokers`.
+pub async fn produce_at(brokers: &str, topic: &str, records: &[(String, Vec<u8>)]) {
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().expect("producer");
     let mut pending = Vec::new();
     for (k, v) in records {
         pending.push(producer.send_result(FutureRecord::to(topic).key(k.as_bytes()).payload(v.as_slice())).map_err(|(e, _)| e).expect("enqueue"));
@@ -144,10 +151,20 @@ pub async fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
 
 /// Reads `topic` from the start until `done` (told of each message in turn) says so or `timeout`
 /// passes; returns what it read.
-pub fn read_until(topic: &str, timeout: Duration, mut done: impl FnMut(&rdkafka::message::OwnedMessage) -> bool) -> Vec<rdkafka::message::OwnedMessage> {
+pub fn read_until(topic: &str, timeout: Duration, done: impl FnMut(&rdkafka::message::OwnedMessage) -> bool) -> Vec<rdkafka::message::OwnedMessage> {
+    read_until_at(&brokers(), topic, timeout, done)
+}
+
+/// `read_until`, from the broker at `brokers`.
+pub fn read_until_at(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&rdkafka::message::OwnedMessage) -> bool,
+) -> Vec<rdkafka::message::OwnedMessage> {
     let group = format!("reader-{topic}-{}", std::process::id());
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", &group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -191,4 +208,44 @@ pub fn committed_equals_end(group: &str, topic: &str, partitions: i32) -> bool {
         let c = committed.find_partition(topic, p).map(|e| e.offset());
         c == Some(Offset::Offset(high)) || (high == 0 && matches!(c, Some(Offset::Invalid) | None))
     })
+}
+
+/// A broker of the test's own (`scripts/kafka start`), for tests that stop it and start it again;
+/// stopped and removed when dropped.
+pub struct OwnBroker {
+    pub dir: String,
+    pub bootstrap: String,
+}
+
+impl OwnBroker {
+    fn script() -> Command {
+        Command::new(super::root().join("scripts/kafka"))
+    }
+
+    pub fn start() -> Self {
+        let out = Self::script().arg("start").stderr(Stdio::inherit()).output().expect("scripts/kafka start");
+        assert!(out.status.success(), "scripts/kafka start failed");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut lines = text.lines();
+        let (dir, bootstrap) = (lines.next().expect("state dir").to_string(), lines.last().expect("bootstrap").to_string());
+        OwnBroker { dir, bootstrap }
+    }
+
+    /// Stops the broker, keeping its data (an outage).
+    pub fn pause(&self) {
+        let status = Self::script().args(["stop", &self.dir]).env("KEEP", "1").status().expect("scripts/kafka stop");
+        assert!(status.success(), "stopping the broker failed");
+    }
+
+    /// Starts it again on its data and port.
+    pub fn resume(&self) {
+        let status = Self::script().args(["resume", &self.dir]).status().expect("scripts/kafka resume");
+        assert!(status.success(), "resuming the broker failed");
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        Self::script().args(["stop", &self.dir]).status().ok();
+    }
 }

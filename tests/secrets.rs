@@ -4,9 +4,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -140,15 +139,7 @@ fn run_keeps_an_accepted_password_out_of_its_logs() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start run");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = support::stderr_lines(&mut child);
     // Up to the first warning that the brokers do not answer, with librdkafka's reason.
     let started = Instant::now();
     let mut seen = Vec::new();

@@ -3,9 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use support::{Scratch, bin};
@@ -25,15 +23,7 @@ fn run_names_an_unreachable_broker_within_seconds() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start run");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = support::stderr_lines(&mut child);
     let started = Instant::now();
     let mut seen = Vec::new();
     let warning = loop {

@@ -355,12 +355,9 @@ mod tests {
         }
         assert_eq!(b.timers.len(), 2);
         out.clear();
-        let started = std::time::Instant::now();
         for s in 3..10_003 {
             b.advance(Millis::from_secs(s), &mut out);
         }
-        // (A walk over every breaker per advance took seconds here; timed in the bench, not here.)
-        eprintln!("10 000 advances over 100 000 breakers: {:?}", started.elapsed());
         let half_open: Vec<_> = out.iter().filter(|s| s.state == HalfOpen).map(|s| s.dependency.to_string()).collect();
         assert_eq!(half_open, ["dep-7", "dep-99999"]);
     }

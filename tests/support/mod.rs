@@ -11,6 +11,22 @@ use surgeguard::config::Config;
 use surgeguard::config::load;
 use surgeguard::wire::events::InputEvent;
 
+/// A spawned process's stderr, line by line, read on a thread of its own (for a test waiting for
+/// a line with a deadline).
+pub fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -69,6 +69,18 @@ const NOT_IN_REPLAY: &[(&str, &str)] = &[
         "Kafka runtime only: how long `surgeguard run`'s global views wait for another instance's silent partition (tests/kafka_run.rs runs two instances); replay folds its one partition itself",
     ),
     (
+        "kafka.restart_backoff_ms",
+        "Kafka runtime only: how long `surgeguard run` waits before it starts a failed pipeline again in the process (tests/mock_cluster.rs restarts it); replay never restarts",
+    ),
+    (
+        "kafka.restart_backoff_max_ms",
+        "Kafka runtime only: the longest wait between `surgeguard run`'s restarts in place (tests/mock_cluster.rs, tests/faults.rs); replay never restarts",
+    ),
+    (
+        "kafka.quarantine_after",
+        "Kafka runtime only: after how many restarts caused by one input `surgeguard run` quarantines it (tests/mock_cluster.rs; src/kafka/quarantine.rs); replay never restarts",
+    ),
+    (
         "kafka.commit_interval_ms",
         "Kafka runtime only: how often `surgeguard run` writes coalesced limiter state to the changelog (tests/kafka_run.rs counts the records); replay keeps state in memory",
     ),

@@ -45,6 +45,7 @@ use crate::kafka::deliveries::{Deliveries, DeliveryContext, OutputProducer};
 use crate::kafka::leadership::TRANSACTION_EVERY;
 use crate::kafka::merge::{self, InputMerge, Next, Source};
 use crate::kafka::metrics::Metrics;
+use crate::kafka::quarantine::Quarantine;
 use crate::kafka::reach;
 use crate::kafka::rebalance::RunContext;
 use crate::kafka::shared::{Shared, lock};
@@ -112,20 +113,154 @@ pub async fn run(cfg: Arc<Config>, brokers: &str, shutdown: impl Future<Output =
     run_with(cfg, brokers, RunOptions::default(), shutdown).await
 }
 
-/// As `run`, with the caller's `options`: client set-up, the event loop, then shutdown.
+/// As `run`, with the caller's `options`. A failure of the clients, the broker or a rebalance
+/// (`RunError::restartable`) does not stop the service once it has started: the pipeline starts
+/// again in the process, as Kafka Streams replaces a failed stream thread, with new clients
+/// (a new transactional producer under exactly-once) and its state restored as after a crash
+/// (the control topics read again, each partition's limiter state from the changelog), after
+/// `kafka.restart_backoff_ms` (doubling up to `kafka.restart_backoff_max_ms` while restarts
+/// come quickly). The HTTP API stays up meanwhile and answers "not ready". An input whose
+/// outputs cause `kafka.quarantine_after` restarts in a row is quarantined (`quarantine.rs`).
 pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, shutdown: impl Future<Output = ()>) -> Result<RunStats, RunError> {
-    let RunOptions { consumer_overrides, reload, on_api } = options;
-    let clients = Clients::connect(&cfg, brokers, consumer_overrides).await?;
-    let (shared, control, control_from) = rebuild_control_state(&cfg, &clients).await?;
-    let metrics = Arc::new(Metrics::new(&cfg).map_err(|e| RunError::Api(format!("metrics: {e}")))?);
-    let ready = Arc::new(AtomicBool::new(false));
-    let mut api_state = ApiState::new(&cfg, shared.clone(), metrics.clone(), ready.clone());
-    api_state.admin = admin_sink(&cfg, &clients.base)?;
-    let wake = api_state.wake.clone();
-    let api = start_api(&cfg, api_state).await?;
-    if let (Some(tx), Some((_, addr))) = (on_api, &api) {
-        tx.send(*addr).ok();
+    let RunOptions { consumer_overrides, mut reload, mut on_api } = options;
+    tokio::pin!(shutdown);
+    let mut cfg = cfg;
+    let mut service: Option<Service> = None;
+    let mut quarantine = Quarantine::new(cfg.kafka.quarantine_after);
+    let mut total = RunStats::default();
+    let mut backoff = Backoff::new(&cfg);
+    loop {
+        let started = Instant::now();
+        let mut stats = RunStats::default();
+        let mut reloaded = None;
+        let pipeline = Pipeline {
+            cfg: cfg.clone(),
+            brokers,
+            consumer_overrides,
+            reload: &mut reload,
+            reloaded: &mut reloaded,
+            on_api: &mut on_api,
+            quarantine: &quarantine,
+        };
+        let result = run_pipeline(pipeline, &mut service, &mut stats, shutdown.as_mut()).await;
+        total.add(&stats);
+        if let Some(new) = reloaded {
+            cfg = new;
+        }
+        let e = match result {
+            Ok(()) => break,
+            Err(e) => e,
+        };
+        let Some(svc) = service.as_ref().filter(|_| e.restartable()) else {
+            stop_api(service.take()).await;
+            return Err(e);
+        };
+        svc.ready.store(false, Ordering::SeqCst);
+        svc.metrics.restarts.inc();
+        total.restarts += 1;
+        if quarantine.failed(e.input(), &e.to_string()) {
+            tracing::error!(input = ?e.input(), restarts = quarantine.after(), "an input's outputs failed restart after restart: it goes to the DLQ as quarantined");
+        }
+        svc.metrics.set_table_entries("quarantine", quarantine.len());
+        let wait = backoff.next(started.elapsed());
+        if wait.is_zero() {
+            quarantine.recovered();
+        }
+        let wait = wait.max(backoff.first);
+        tracing::error!(error = %e, restart_in = ?wait, restarts = total.restarts, "the pipeline failed: starting it again (new clients, state restored from Kafka)");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.as_mut() => break,
+        }
     }
+    stop_api(service.take()).await;
+    tracing::info!(
+        consumed = total.consumed,
+        produced = total.produced,
+        dead_lettered = total.dead_lettered,
+        already_counted = total.already_counted,
+        decided_before = total.decided_before,
+        restarts = total.restarts,
+        quarantined = total.quarantined,
+        "stopped"
+    );
+    Ok(total)
+}
+
+/// How long to wait before the next restart: `restart_backoff_ms`, doubling while restarts
+/// come within a minute of each other, up to `restart_backoff_max_ms`.
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+/// A run at least this long was not part of a run of failures: the backoff starts afresh.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+impl Backoff {
+    fn new(cfg: &Config) -> Self {
+        let first = Duration::from_millis(u64::from(cfg.kafka.restart_backoff_ms));
+        Backoff { first, max: Duration::from_millis(u64::from(cfg.kafka.restart_backoff_max_ms)).max(first), current: first }
+    }
+
+    /// The wait after a run that lasted `ran`; zero when that run was healthy (then the first
+    /// wait follows).
+    fn next(&mut self, ran: Duration) -> Duration {
+        if ran >= HEALTHY_RUN {
+            self.current = self.first;
+            return Duration::ZERO;
+        }
+        let wait = self.current;
+        self.current = (self.current * 2).min(self.max);
+        wait
+    }
+}
+
+/// What outlives a restart of the pipeline: the HTTP API (with the shared state it reads,
+/// replaced in place by each run), the metrics and the readiness flag.
+struct Service {
+    shared: Arc<Mutex<Shared>>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+    api: Option<ApiTask>,
+}
+
+/// One run of the pipeline's inputs.
+struct Pipeline<'a> {
+    cfg: Arc<Config>,
+    brokers: &'a str,
+    consumer_overrides: &'a [(&'a str, &'a str)],
+    reload: &'a mut Option<tokio::sync::mpsc::Receiver<Arc<Config>>>,
+    /// The last config reloaded during the run: the next run starts with it.
+    reloaded: &'a mut Option<Arc<Config>>,
+    on_api: &'a mut Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+    quarantine: &'a Quarantine,
+}
+
+/// One run of the pipeline: client set-up, the control state rebuilt, the event loop, then
+/// shutdown. The first run starts the service (`service`); later ones reuse it. What the run
+/// did goes to `stats`, whether it ends well or not.
+async fn run_pipeline(p: Pipeline<'_>, service: &mut Option<Service>, stats: &mut RunStats, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let Pipeline { cfg, brokers, consumer_overrides, reload, reloaded, on_api, quarantine } = p;
+    let clients = Clients::connect(&cfg, brokers, consumer_overrides).await?;
+    let (fresh, control, control_from) = rebuild_control_state(&cfg, &clients).await?;
+    let svc = match service {
+        Some(svc) => {
+            let mut fresh = fresh;
+            let mut sh = lock(&svc.shared);
+            // What the API answered stays answered: its decisions not yet published go out with
+            // this run, and a retried request id gets the same answer.
+            fresh.api_outputs = std::mem::take(&mut sh.api_outputs);
+            fresh.api_recent = std::mem::take(&mut sh.api_recent);
+            *sh = fresh;
+            drop(sh);
+            svc
+        }
+        None => service.insert(start_service(&cfg, &clients, fresh, on_api).await?),
+    };
+    let (shared, metrics, ready) = (svc.shared.clone(), svc.metrics.clone(), svc.ready.clone());
     let rebalances = Arc::new(AtomicU64::new(0));
     let context = RunContext {
         shared: shared.clone(),
@@ -144,10 +279,10 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
         metrics: metrics.clone(),
         rebalances: rebalances.clone(),
     };
-    let consumer = clients.group_consumer(&cfg, context, api.as_ref().map(|(_, addr)| *addr))?;
+    let consumer = clients.group_consumer(&cfg, context, svc.api.as_ref().map(|(_, addr)| *addr))?;
     let t = &cfg.topics;
     tracing::info!(brokers, group = %cfg.kafka.group_id, requests = %t.requests, control = ?[&t.outcomes, &t.telemetry, &t.admin], "consuming");
-    let mut shell = Shell::new(&cfg, &consumer, &clients.producer, shared.clone(), clients.deliveries.clone(), metrics);
+    let mut shell = Shell::new(&cfg, &consumer, &clients.producer, shared.clone(), clients.deliveries.clone(), metrics, quarantine);
     if clients.keep_first_decisions {
         shell.keep_first_decisions();
     }
@@ -162,14 +297,51 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
     let transactional = clients.exactly_once.then_some(&clients.producer);
     let mut exit_guard = NoCommitOnError { shared: shared.clone(), armed: true, transactional };
     let idle_after = Duration::from_millis(u64::from(cfg.kafka.wall_clock_after_idle_ms));
-    let inputs = Inputs { requests: &consumer, control: &control, control_from, wake: &wake, reload, rebalances };
-    event_loop(&mut shell, inputs, idle_after, shutdown).await?;
-    // No more API decisions (they check readiness under the lock), then what they queued goes
-    // out before the changelog and the final flush.
-    ready.store(false, Ordering::SeqCst);
-    shell.finish(DRAIN_TIMEOUT).await?;
+    let inputs = Inputs { requests: &consumer, control: &control, control_from, wake: &svc.wake, reload, reloaded, rebalances };
+    let result = async {
+        event_loop(&mut shell, inputs, idle_after, shutdown).await?;
+        // No more API decisions (they check readiness under the lock), then what they queued
+        // goes out before the changelog and the final flush.
+        ready.store(false, Ordering::SeqCst);
+        shell.finish(DRAIN_TIMEOUT).await
+    }
+    .await;
+    *stats = shell.stats;
+    result?;
     exit_guard.armed = false;
-    leave(shell, &consumer, api).await
+    *stats = leave(shell, &consumer).await?;
+    Ok(())
+}
+
+/// The first run's set-up of what outlives restarts: the metrics, the HTTP API (started here,
+/// its address sent to `on_api`) and the shared state it reads.
+async fn start_service(
+    cfg: &Arc<Config>,
+    clients: &Clients,
+    shared: Shared,
+    on_api: &mut Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> Result<Service, RunError> {
+    let shared = Arc::new(Mutex::new(shared));
+    let metrics = Arc::new(Metrics::new(cfg).map_err(|e| RunError::Api(format!("metrics: {e}")))?);
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut api_state = ApiState::new(cfg, shared.clone(), metrics.clone(), ready.clone());
+    api_state.admin = admin_sink(cfg, &clients.base)?;
+    let wake = api_state.wake.clone();
+    let api = start_api(cfg, api_state).await?;
+    if let (Some(tx), Some((_, addr))) = (on_api.take(), &api) {
+        tx.send(*addr).ok();
+    }
+    Ok(Service { shared, metrics, ready, wake, api })
+}
+
+/// Stops the HTTP API: open connections get a few seconds to finish.
+async fn stop_api(service: Option<Service>) {
+    if let Some(((stop, task), _)) = service.and_then(|s| s.api) {
+        stop.send(()).ok();
+        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            tracing::warn!("the HTTP API did not stop within 5 s");
+        }
+    }
 }
 
 /// How long a starting instance reads the usage topic (the others' usage and the leader's views)
@@ -288,7 +460,7 @@ impl Clients {
 
 /// The control side rebuilt: the shared state, the control consumer, and where it resumes each
 /// partition.
-type ControlState = (Arc<Mutex<Shared>>, StreamConsumer, Vec<(crate::kafka::offsets::Partition, i64)>);
+type ControlState = (Shared, StreamConsumer, Vec<(crate::kafka::offsets::Partition, i64)>);
 
 /// The control side first: every partition of the control topics, from the lookback on, folded
 /// into the topology before this instance decides anything. Returns the shared state and the
@@ -314,7 +486,7 @@ async fn rebuild_control_state(cfg: &Arc<Config>, clients: &Clients) -> Result<C
     sh.topology.set_requests_partitions(clients.requests_partitions);
     sh.api_recent = crate::core::idempotency::RecentDecisions::new(cfg.api.idempotency_window_s, cfg.api.idempotency_capacity)
         .with_max_bytes(cfg.api.idempotency_max_bytes as usize);
-    Ok((Arc::new(Mutex::new(sh)), control, resume))
+    Ok((sh, control, resume))
 }
 
 /// What the event loop reads.
@@ -325,7 +497,9 @@ struct Inputs<'a> {
     control_from: Vec<(crate::kafka::offsets::Partition, i64)>,
     /// A handler's wake-up: the API queued decisions to publish.
     wake: &'a tokio::sync::Notify,
-    reload: Option<tokio::sync::mpsc::Receiver<Arc<Config>>>,
+    reload: &'a mut Option<tokio::sync::mpsc::Receiver<Arc<Config>>>,
+    /// The last config applied from `reload`.
+    reloaded: &'a mut Option<Arc<Config>>,
     /// Bumped by the group's rebalances (`RunContext::rebalances`).
     rebalances: Arc<AtomicU64>,
 }
@@ -341,7 +515,7 @@ const FILL_WHEN_HELD: usize = 4096;
 /// into the input buffers, processed in event-time order as their turn comes (`merge.rs`); the
 /// API's decisions, reloaded configs, and the timers (every second, exactly-once's commits).
 async fn event_loop(shell: &mut Shell<'_>, inputs: Inputs<'_>, idle_after: Duration, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let Inputs { requests: requests_consumer, control, control_from, wake, mut reload, rebalances } = inputs;
+    let Inputs { requests: requests_consumer, control, control_from, wake, reload, reloaded, rebalances } = inputs;
     let cfg = shell.cfg();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut clock = Clock { ticks: 0, consumed_at_tick: 0, idle_since: Instant::now(), idle_after };
@@ -447,7 +621,10 @@ async fn event_loop(shell: &mut Shell<'_>, inputs: Inputs<'_>, idle_after: Durat
                 api_armed = false;
                 shell.publish_api_outputs().await?;
             }
-            Some(new) = next_config(&mut reload) => shell.reconfigure(new).await?,
+            Some(new) = next_config(reload) => {
+                *reloaded = Some(new.clone());
+                shell.reconfigure(new).await?
+            }
             _ = transaction_tick.tick(), if shell.exactly_once() => shell.commit_if_due().await?,
             Some(m) = requests.next(), if reading => match m {
                 Ok(m) => {
@@ -543,9 +720,8 @@ impl Failing {
     }
 }
 
-/// The last of shutdown: stores and commits the delivered offsets, leaves the group and stops
-/// the API.
-async fn leave(mut shell: Shell<'_>, consumer: &StreamConsumer<RunContext>, api: Option<ApiTask>) -> Result<RunStats, RunError> {
+/// The last of shutdown: stores and commits the delivered offsets and leaves the group.
+async fn leave(mut shell: Shell<'_>, consumer: &StreamConsumer<RunContext>) -> Result<RunStats, RunError> {
     shell.store_final();
     let stats = shell.stats;
     drop(shell);
@@ -556,21 +732,6 @@ async fn leave(mut shell: Shell<'_>, consumer: &StreamConsumer<RunContext>, api:
         Err(e) => Err(e),
     })?;
     consumer.unsubscribe();
-    if let Some(((stop, task), _)) = api {
-        stop.send(()).ok();
-        // Open connections get a few seconds to finish.
-        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
-            tracing::warn!("the HTTP API did not stop within 5 s");
-        }
-    }
-    tracing::info!(
-        consumed = stats.consumed,
-        produced = stats.produced,
-        dead_lettered = stats.dead_lettered,
-        already_counted = stats.already_counted,
-        decided_before = stats.decided_before,
-        "stopped"
-    );
     Ok(stats)
 }
 

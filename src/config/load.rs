@@ -542,6 +542,13 @@ fn check_kafka(c: &Config, errors: &mut Vec<ConfigError>) {
     check(errors, (1000..=3_600_000).contains(&k.usage_silence_ms), "kafka.usage_silence_ms", || {
         format!("expected 1000..=3600000 ms, got {}", k.usage_silence_ms)
     });
+    check(errors, (10..=600_000).contains(&k.restart_backoff_ms), "kafka.restart_backoff_ms", || {
+        format!("expected 10..=600000 ms, got {}", k.restart_backoff_ms)
+    });
+    check(errors, (k.restart_backoff_ms..=3_600_000).contains(&k.restart_backoff_max_ms), "kafka.restart_backoff_max_ms", || {
+        format!("expected kafka.restart_backoff_ms ({})..=3600000 ms, got {}", k.restart_backoff_ms, k.restart_backoff_max_ms)
+    });
+    check(errors, (1..=100).contains(&k.quarantine_after), "kafka.quarantine_after", || format!("expected 1..=100 restarts, got {}", k.quarantine_after));
     let p = &k.partitions;
     for (name, n) in [
         ("requests", p.requests),
@@ -737,6 +744,21 @@ mod tests {
         assert!(!errs.iter().any(|e| e.starts_with("limiter.default_tier")), "{errs:#?}");
         // The throttle table's references to tiers still are (enterprise is not configured).
         assert!(errs.iter().any(|e| e.starts_with("throttle[0].tiers") && e.contains("`enterprise`")), "{errs:#?}");
+    }
+
+    #[test]
+    fn restart_and_quarantine_keys_are_range_checked() {
+        for (text, key) in [
+            ("[kafka]\nrestart_backoff_ms = 0\n", "kafka.restart_backoff_ms"),
+            ("[kafka]\nrestart_backoff_ms = 5000\nrestart_backoff_max_ms = 1000\n", "kafka.restart_backoff_max_ms"),
+            ("[kafka]\nquarantine_after = 0\n", "kafka.quarantine_after"),
+            ("[kafka]\nquarantine_after = 1000\n", "kafka.quarantine_after"),
+        ] {
+            let errs = load_str(text, "t.toml").err().map(|e| e.errors).unwrap_or_default();
+            assert!(errs.iter().any(|e| e.key == key), "{text}: accepted or not named ({errs:?})");
+        }
+        let ok = load_str("[kafka]\nrestart_backoff_ms = 10\nrestart_backoff_max_ms = 10\nquarantine_after = 1\n", "t.toml");
+        assert!(ok.is_ok(), "{:?}", ok.err());
     }
 
     /// Every float key of default.toml, set to each non-finite value TOML can write, is refused

@@ -161,6 +161,14 @@ pub struct KafkaConfig {
     /// records stop coming (its owner gone, the group rebalancing) holds back the closing of
     /// minutes before it is excused until its next record.
     pub usage_silence_ms: u32,
+    /// After a failure of the clients, the broker or a rebalance, how long (ms) `surgeguard run`
+    /// waits before it starts the pipeline again in the process; doubled after each restart
+    /// that follows within a minute, up to `restart_backoff_max_ms`.
+    pub restart_backoff_ms: u32,
+    pub restart_backoff_max_ms: u32,
+    /// An input whose outputs fail (for a reason no other rule handles) this many restarts in a
+    /// row is quarantined: sent to the DLQ as `quarantined`, and its partition goes on.
+    pub quarantine_after: u32,
     /// This instance's name in the group (librdkafka's `group.instance.id`, KIP-345 static
     /// membership), unique per instance and stable across its restarts; empty: none.
     pub instance_name: String,
@@ -192,6 +200,9 @@ impl Default for KafkaConfig {
             wall_clock_after_idle_ms: 2000,
             max_idle_ms: 250,
             usage_silence_ms: 30_000,
+            restart_backoff_ms: 1000,
+            restart_backoff_max_ms: 60_000,
+            quarantine_after: 3,
             instance_name: String::new(),
             keep_first_decisions: true,
             partitions: TopicPartitions::default(),

@@ -30,8 +30,9 @@ pub struct Deliveries {
     /// none until it starts. A delivered prefix below it is an ended ownership's: a late report
     /// (a flush that timed out, a lost assignment) must not bring it back.
     floors: HashMap<Partition, Option<i64>>,
-    /// The first delivery that failed: the main loop stops on it, and nothing after it commits.
-    pub failed: Option<KafkaError>,
+    /// The first delivery that failed, and the input its output came from (none when tied to
+    /// no input): the main loop stops on it, and nothing after it commits.
+    pub failed: Option<(KafkaError, Option<(Partition, i64)>)>,
     /// Outputs the broker refused for good (too large for their topic): the main loop sends each
     /// to the DLQ in its place, under the same origin, and goes on.
     pub refused: Vec<Refused>,
@@ -141,8 +142,15 @@ impl ProducerContext for DeliveryContext {
                 });
             }
             Err((e, _)) => {
-                tracing::error!(topic = %origin.0.0, partition = origin.0.1, offset = origin.1, error = %e, "an output was not delivered");
-                d.failed.get_or_insert_with(|| e.clone());
+                // The first says it (the pipeline restarts on it); the others of the same fault
+                // would only repeat it.
+                if d.failed.is_none() {
+                    tracing::error!(topic = %origin.0.0, partition = origin.0.1, offset = origin.1, error = %e, "an output was not delivered");
+                    let input = (origin.1 >= 0).then(|| (origin.0.clone(), origin.1));
+                    d.failed = Some((e.clone(), input));
+                } else {
+                    tracing::debug!(topic = %origin.0.0, partition = origin.0.1, offset = origin.1, error = %e, "an output was not delivered");
+                }
             }
         }
     }

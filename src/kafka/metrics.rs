@@ -16,6 +16,10 @@ pub struct Metrics {
     pub dead_lettered: IntCounter,
     /// Outputs the producer or the broker refused for their size, sent to the DLQ instead.
     pub outputs_refused: IntCounter,
+    /// Times the pipeline started again in the process after an error.
+    pub restarts: IntCounter,
+    /// Inputs sent to the DLQ as `quarantined` after their outputs failed again and again.
+    pub quarantined: IntCounter,
     /// `POST /v1/decide` answers repeated for a request id decided before.
     pub api_replayed: IntCounter,
     pub processing_seconds: Histogram,
@@ -85,6 +89,17 @@ impl Metrics {
         let outputs_refused = reg(
             &registry,
             IntCounter::new("outputs_refused_total", "Output records refused for good (too large for message.max.bytes): sent to the DLQ instead")?,
+        )?;
+        let restarts = reg(
+            &registry,
+            IntCounter::new(
+                "restarts_total",
+                "Times the pipeline started again in the process after a client, broker or rebalance failure (new clients, state restored as after a crash)",
+            )?,
+        )?;
+        let quarantined = reg(
+            &registry,
+            IntCounter::new("quarantined_total", "Inputs sent to the DLQ as quarantined: their outputs failed kafka.quarantine_after restarts in a row")?,
         )?;
         let api_replayed = reg(
             &registry,
@@ -163,7 +178,7 @@ impl Metrics {
             IntGaugeVec::new(
                 Opts::new(
                     "table_entries",
-                    "Entries of each table keyed by input: limiter_keys, breakers, learned_dependencies, telemetry_sources, idempotency_decisions (each has a cap: docs/operations.md)",
+                    "Entries of each table keyed by input: limiter_keys, breakers, learned_dependencies, telemetry_sources, idempotency_decisions, quarantine (each has a cap: docs/operations.md)",
                 ),
                 &["table"],
             )?,
@@ -242,6 +257,8 @@ impl Metrics {
             decisions,
             dead_lettered,
             outputs_refused,
+            restarts,
+            quarantined,
             api_replayed,
             processing_seconds,
             ready,
@@ -310,6 +327,11 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// The size of a table the topology does not hold (`quarantine`).
+    pub fn set_table_entries(&self, table: &str, n: usize) {
+        self.table_entries.with_label_values(&[table]).set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The tables keyed by input: their sizes, and what their caps did.

@@ -17,6 +17,7 @@ pub(crate) mod merge;
 pub(crate) mod metrics;
 pub(crate) mod offsets;
 pub(crate) mod partitioner;
+pub mod quarantine;
 pub(crate) mod reach;
 pub(crate) mod rebalance;
 pub(crate) mod shared;

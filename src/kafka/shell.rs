@@ -17,6 +17,7 @@ pub use crate::kafka::error::{RunError, RunStats};
 use crate::kafka::leadership::{Change, Leadership, Transactions};
 use crate::kafka::merge::{Ready, Source};
 use crate::kafka::offsets::{Partition, StoredOffsets};
+use crate::kafka::quarantine::Quarantine;
 use crate::kafka::rebalance::{self, RunContext};
 use crate::kafka::shared::{Shared, lock};
 use crate::wire::decode::DecodeError;
@@ -34,6 +35,9 @@ pub const CONTROL_BEHIND: &str = "surgeguard.control_behind_ms";
 
 /// The origin of outputs no input offset waits for (the offset tracker knows no such partition).
 pub(super) const UNTRACKED: (String, i32) = (String::new(), -1);
+
+/// The DLQ reason of an input whose outputs failed `kafka.quarantine_after` restarts in a row.
+pub const QUARANTINED: &str = "quarantined";
 
 /// At-least-once: the most dirty users kept before the changelog is flushed early.
 const MAX_DIRTY: usize = 100_000;
@@ -67,6 +71,8 @@ pub(crate) struct Shell<'a> {
     usage: Option<crate::kafka::usage::UsageReader>,
     /// What `Shared::published_fold_to` says (kept here to skip the lock when it stays).
     published_fold_to: Option<Millis>,
+    /// Inputs whose outputs failed restart after restart: dead-lettered, not processed.
+    quarantine: &'a Quarantine,
 }
 
 impl<'a> Shell<'a> {
@@ -77,6 +83,7 @@ impl<'a> Shell<'a> {
         shared: Arc<Mutex<Shared>>,
         deliveries: Arc<Mutex<Deliveries>>,
         metrics: Arc<crate::kafka::metrics::Metrics>,
+        quarantine: &'a Quarantine,
     ) -> Self {
         Shell {
             cfg,
@@ -97,6 +104,7 @@ impl<'a> Shell<'a> {
             header_buf: String::new(),
             usage: None,
             published_fold_to: None,
+            quarantine,
         }
     }
 
@@ -276,8 +284,8 @@ impl<'a> Shell<'a> {
     pub(crate) fn sweep(&mut self) -> Result<(), RunError> {
         let (moved, forgotten) = {
             let mut d = lock(&self.deliveries);
-            if let Some(e) = &d.failed {
-                return Err(RunError::Delivery(e.clone()));
+            if let Some((error, input)) = &d.failed {
+                return Err(RunError::Delivery { error: error.clone(), input: input.clone() });
             }
             (d.take_moved(), d.take_forgotten())
         };
@@ -428,6 +436,10 @@ impl<'a> Shell<'a> {
         if behind_ms.is_some() {
             self.metrics.control_behind.inc();
         }
+        let quarantined = self.quarantine.reason(&tp, offset).map(|why| {
+            let after = self.quarantine.after();
+            dlq::Reason::new(QUARANTINED, &format!("its outputs failed {after} restarts in a row: {why}"))
+        });
         let mut outs = std::mem::take(&mut self.outs);
         let mut snapshot = Vec::new();
         let gained;
@@ -459,14 +471,16 @@ impl<'a> Shell<'a> {
                 }
                 return Ok(());
             };
-            let admitted = match (decoded, input) {
+            let admitted = match (decoded, input, &quarantined) {
+                // A quarantined request is not counted: its decision could not be published.
+                (_, _, Some(q)) if source == Source::Requests => Err(q.clone()),
                 // An event stamped too far ahead moves nothing and goes to the DLQ.
-                (Ok(event), Some(topic)) => sh
+                (Ok(event), Some(topic), _) => sh
                     .topology
                     .process_from((topic, tp.1), event, counted, &mut outs)
                     .map_err(|e| dlq::Reason { kind: TooFarAheadError::KIND, message: e.to_string() }),
-                (Ok(_), None) => Err(dlq::Reason::from(&DecodeError::UnknownTopic(tp.0.clone()))),
-                (Err(e), _) => Err(dlq::Reason::from(&e)),
+                (Ok(_), None, _) => Err(dlq::Reason::from(&DecodeError::UnknownTopic(tp.0.clone()))),
+                (Err(e), _, _) => Err(dlq::Reason::from(&e)),
             };
             fold = (sh.topology.take_fold_outputs(), sh.topology.usage_closed_to());
             match admitted {
@@ -497,6 +511,22 @@ impl<'a> Shell<'a> {
         };
         if gained {
             self.lead(snapshot).await?;
+        }
+        // A quarantined control message moves the state (as on every other instance), but its
+        // outputs go nowhere: its dead letter says so.
+        let state = match (state, quarantined) {
+            (Ok(_), Some(reason)) => {
+                outs.clear();
+                Err(reason)
+            }
+            (state, _) => state,
+        };
+        if let Err(e) = &state
+            && e.kind == QUARANTINED
+        {
+            self.stats.quarantined += 1;
+            self.metrics.quarantined.inc();
+            tracing::error!(topic = %tp.0, partition = tp.1, offset, reason = %e.message, "quarantined: to the DLQ, and the partition goes on");
         }
         let holds = match state {
             Ok(holds) => holds,

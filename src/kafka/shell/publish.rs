@@ -166,7 +166,11 @@ impl<'a> Shell<'a> {
                     let reason = dlq::Reason::new(REFUSED, &format!("the {} record of {size} bytes was refused: {e}", back.topic));
                     record = dead_letter_record(self.cfg, back.key, back.payload.unwrap_or_default(), &reason, back.delivery_opaque);
                 }
-                Err((e, _)) => return Err(RunError::Kafka(e)),
+                Err((error, back)) => {
+                    let (tp, offset) = &*back.delivery_opaque;
+                    let input = (*offset >= 0).then(|| (tp.clone(), *offset));
+                    return Err(RunError::Delivery { error, input });
+                }
             }
         }
     }

@@ -1,5 +1,7 @@
-//! Faults on a real Kafka broker (issue 19): poison records never stop `surgeguard run`. These
-//! need a broker: `scripts/test` starts one and runs them; otherwise set
+//! Faults on a real Kafka broker (issue 19): poison records never stop `surgeguard run`, a lost
+//! assignment and a broker outage are ridden out in the process (restarting the pipeline in
+//! place when they must), and a million users and 100 000 dependencies stay within the tables'
+//! caps. These need a broker: `scripts/test` starts one and runs them; otherwise set
 //! SURGEGUARD_TEST_BROKERS=host:port and pass `--include-ignored`.
 
 mod support;
@@ -265,5 +267,132 @@ async fn ride_out_an_outage(kafka: &str, tables: &str) {
     if tables.contains("message.timeout.ms") {
         assert!(restarts >= 1, "an outage past the message timeout restarts the pipeline in the process");
     }
+    std::fs::remove_file(&log).ok();
+}
+
+/// Sends `records` (key, value) to `topic`, as fast as the producer's queue takes them.
+fn produce_many(brokers: &str, topic: &str, records: impl Iterator<Item = (String, Vec<u8>)>) {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "20").set("batch.size", "1000000").create().expect("producer");
+    for (k, v) in records {
+        let mut record = BaseRecord::to(topic).key(k.as_bytes()).payload(v.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => panic!("enqueue: {e}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flushed");
+}
+
+/// `2026-11-30T09:00:00Z` plus `ms`.
+fn stamp(ms: u64) -> String {
+    let (s, ms) = (ms / 1000, ms % 1000);
+    format!("2026-11-30T{:02}:{:02}:{:02}.{ms:03}Z", 9 + s / 3600, (s / 60) % 60, s % 60)
+}
+
+/// The value of the Prometheus sample `name` (with its labels as written) in `text`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+/// A process's resident set (now, and its peak) in MB, from /proc.
+fn rss_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()).unwrap_or(0.0);
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+/// A million distinct users and 100 000 distinct dependency names, live: the tables stay at
+/// their caps (`limiter.max_keys_per_partition`, `learned_dependencies.max`), the resident set
+/// stays bounded (printed), and the time per event stays flat as the tables fill.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+async fn a_million_users_and_100_000_dependencies_stay_within_the_caps() {
+    const USERS: u64 = 1_000_000;
+    const DEPENDENCIES: u64 = 100_000;
+    const KEYS_PER_PARTITION: u64 = 50_000;
+    let p = Pipeline::with_tables("scale", "", &format!("[limiter]\nmax_keys_per_partition = {KEYS_PER_PARTITION}\n"));
+    let log = std::env::temp_dir().join(format!("{}.log", p.prefix));
+    let mut service = p.start_logging_to(&log);
+    let pid = service.0.as_ref().expect("running").id();
+    // The API's address, from the log.
+    let started = std::time::Instant::now();
+    let api = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(at) = text.find("HTTP API on http://") {
+            let rest = &text[at + "HTTP API on http://".len()..];
+            break rest[..rest.find(['"', '\n']).unwrap_or(rest.len())].to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no API address in the log");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let metrics = || ureq::get(&format!("http://{api}/metrics")).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok()).unwrap_or_default();
+    let (requests_topic, outcomes_topic) = (p.topic("requests"), p.topic("outcomes"));
+    // Outcomes first, each naming a new dependency, 10 ms apart (one in three failed); then the
+    // requests, each from a new user, 1 ms apart over the same minutes.
+    let outcomes = (0..DEPENDENCIES).map(|i| {
+        let ok = i % 3 != 0;
+        (format!("dep-{i}"), format!(r#"{{"ts":"{}","dependency":"dep-{i}","ok":{ok},"latency_ms":5}}"#, stamp(i * 10)).into_bytes())
+    });
+    produce_many(&p.brokers, &outcomes_topic, outcomes);
+    let requests = (0..USERS).map(|i| {
+        let user = format!("user-{i}");
+        let value = format!(r#"{{"id":"r-{i}","ts":"{}","user_id":"{user}","tier":"pro","request_type":"standard"}}"#, stamp(i)).into_bytes();
+        (user, value)
+    });
+    let produced = std::time::Instant::now();
+    produce_many(&p.brokers, &requests_topic, requests);
+    eprintln!("produced {USERS} requests and {DEPENDENCIES} outcomes in {:?} (requests)", produced.elapsed());
+    // Every second: requests consumed, and the resident set.
+    let consumed_key = format!("surgeguard_events_in_total{{topic=\"{requests_topic}\"}}");
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    let t0 = std::time::Instant::now();
+    loop {
+        let text = metrics();
+        let consumed = sample(&text, &consumed_key).unwrap_or(0.0);
+        samples.push((t0.elapsed().as_secs_f64(), consumed));
+        if consumed >= USERS as f64 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(600), "consumed {consumed} of {USERS} requests in 600 s");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let text = metrics();
+    let (rss, peak) = rss_mb(pid);
+    let entries = |table: &str| sample(&text, &format!("surgeguard_table_entries{{table=\"{table}\"}}")).unwrap_or(-1.0);
+    let (keys, learned) = (entries("limiter_keys"), entries("learned_dependencies"));
+    let displaced = sample(&text, "surgeguard_users_displaced_total").unwrap_or(0.0);
+    let refused = sample(&text, "surgeguard_breaker_outcomes_refused_total").unwrap_or(0.0);
+    // The rate over the first and the last fifth of the requests.
+    let rate = |from: f64, to: f64| {
+        let at = |n: f64| samples.iter().find(|(_, c)| *c >= n).map(|(t, _)| *t).unwrap_or(f64::NAN);
+        (to - from) / (at(to) - at(from)).max(1.0)
+    };
+    let n = USERS as f64;
+    let (first, last) = (rate(0.05 * n, 0.25 * n), rate(0.75 * n, 0.95 * n));
+    let tenths: Vec<String> = (1..10).map(|k| format!("{:.0}", rate(k as f64 * 0.1 * n - 0.1 * n, k as f64 * 0.1 * n))).collect();
+    eprintln!("requests/s per tenth of the requests (from the second): {}", tenths[1..].join(", "));
+    eprintln!(
+        "a million users, 100 000 dependencies: RSS {rss:.0} MB (peak {peak:.0} MB); limiter keys {keys} (cap {} over 3 partitions), {displaced} displaced; learned dependencies {learned}, {refused} outcomes refused; {first:.0} requests/s over the first fifth, {last:.0} over the last",
+        KEYS_PER_PARTITION * 3
+    );
+    assert!(keys >= 0.0 && keys <= (KEYS_PER_PARTITION * 3) as f64, "limiter keys {keys} over the cap");
+    assert!(displaced >= (USERS - KEYS_PER_PARTITION * 3) as f64, "{displaced} users displaced");
+    assert!((0.0..=1000.0).contains(&learned), "learned dependencies {learned} over the cap");
+    assert!(refused >= (DEPENDENCIES - 1000) as f64 - 1.0, "{refused} outcomes refused");
+    // Bounded: far below what a million users' state took without a cap (266 MB in replay alone).
+    assert!(peak < 600.0, "peak RSS {peak:.0} MB");
+    assert!(last > first / 3.0, "the time per event grew as the tables filled: {first:.0}/s then {last:.0}/s");
+    let child = service.0.as_mut().expect("running");
+    assert!(child.try_wait().expect("wait").is_none(), "surgeguard run exited");
+    let status = service.stop();
+    assert!(status.success(), "surgeguard run exited with {status} on SIGTERM");
     std::fs::remove_file(&log).ok();
 }

@@ -45,8 +45,9 @@ enum Command {
     /// The seed's Monday-morning surge against a simulated backend, without and with
     /// surgeguard, on an embedded Kafka (librdkafka's mock cluster); prints what it measured.
     Demo(apps::demo::DemoArgs),
-    /// Throughput and produce→decision latency of `surgeguard run` on a broker, beside a
-    /// passthrough (consume → produce, no processing) on the same broker in the same run.
+    /// Throughput and produce→decision latency of `surgeguard run` on a broker, beside
+    /// passthroughs (consume → produce, no processing: a lean one, and kcat's when installed)
+    /// on the same broker in the same run.
     Bench(apps::bench::BenchArgs),
     /// Demand per time bucket from history files, as CSV (`ts,value`, or `ts,group,value`
     /// with --group-by), computed by DataFusion SQL with empty buckets filled with zero.

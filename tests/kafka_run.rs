@@ -971,3 +971,26 @@ async fn two_instances_alert_and_forecast_as_one_does() {
     let differ: Vec<&String> = one.predictions.symmetric_difference(&joined.predictions).take(4).collect();
     assert!(differ.is_empty(), "one instance joining mid-stream: predictions differ, e.g. {differ:?}");
 }
+
+/// `surgeguard bench`, small, end to end: the lean passthrough, kcat's (when installed) and
+/// `surgeguard run` each move every event, and the summary gives each a rate and the ratios.
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test starts one"]
+fn bench_measures_run_beside_the_lean_passthrough_and_kcat() {
+    let out = std::process::Command::new(support::bin())
+        .args(["bench", "--brokers", &brokers(), "--events", "20000", "--rate", "2000", "--seconds", "2", "--warmup", "0", "--rounds", "1"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("surgeguard bench");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let row: Vec<&str> = stdout.lines().rev().find(|l| l.starts_with("throughput")).map(|l| l.split_whitespace().skip(2).collect()).unwrap_or_default();
+    assert_eq!(row.len(), 5, "{stdout}");
+    let rate = |s: &str| s.parse::<f64>().unwrap_or(0.0);
+    assert!(rate(row[0]) > 0.0 && rate(row[2]) > 0.0, "lean passthrough and surgeguard rates: {stdout}");
+    let kcat = std::process::Command::new("kcat").arg("-V").output().is_ok_and(|o| o.status.success());
+    if kcat {
+        assert!(rate(row[1]) > 0.0, "kcat's rate: {stdout}\n{stderr}");
+    }
+    assert!(rate(row[3]) > 0.0, "the ratio to the lean passthrough: {stdout}");
+}

@@ -1,13 +1,15 @@
 //! `surgeguard bench`: end-to-end throughput and produce→decision latency of `surgeguard run` on
-//! a real broker, beside a passthrough (consume → produce the same bytes, no processing) on the
-//! same broker in the same run, so the ratio says what the processing costs.
+//! a real broker, beside passthroughs (consume → produce the same bytes, no processing) on the
+//! same broker in the same run, so the ratio says what the processing costs: the lean
+//! passthrough (`lean_passthrough`: one thread, `BaseConsumer` → `BaseProducer`, tuned), the
+//! practical limit of the broker and machine, and kcat's (`kcat -C | kcat -P`) when kcat is
+//! installed, a reference anyone can run without this code.
 //!
 //! Each side gets its own topics. Throughput: N request events are produced first, then the
 //! processor starts; the rate is measured from its first output to its last. Latency: events are
 //! then produced at a fixed rate, each stamped with its send time as its event time, and the
 //! latency of an output is the time it is read minus that stamp (same clock: one machine).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -183,43 +185,94 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// A plain consume → produce loop, as fast as librdkafka goes (auto commit, no processing).
-async fn passthrough(brokers: String, input: String, output: String, group: String, stop: impl Future<Output = ()>) -> Result<(), BenchError> {
-    let consumer: StreamConsumer =
-        ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", &group).set("auto.offset.reset", "earliest").create()?;
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create()?;
-    consumer.subscribe(&[&input])?;
-    let mut acks: FuturesUnordered<rdkafka::producer::DeliveryFuture> = FuturesUnordered::new();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            Some(r) = acks.next(), if !acks.is_empty() => {
-                r.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
+/// The lean passthrough: the fastest plain consume → produce loop we know how to write with
+/// librdkafka, the practical limit `surgeguard run` is measured against. One thread polls a
+/// `BaseConsumer` and hands each record's key and value to a `BaseProducer` as they are (no
+/// futures, no async, no per-record allocation of ours), serving delivery reports every few
+/// thousand records; offsets are auto-committed. Tuned: large fetches that return at once, a
+/// 5 ms linger with 1 MB batches, a producer queue of a million records.
+fn lean_passthrough(brokers: &str, input: &str, output: &str, group: &str, stop: &std::sync::atomic::AtomicBool) -> Result<(), BenchError> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use std::sync::atomic::Ordering;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "4194304")
+        .set("queued.min.messages", "200000")
+        .create()?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("batch.num.messages", "100000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create()?;
+    consumer.subscribe(&[input])?;
+    let mut since_poll = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let m = match consumer.poll(Duration::from_millis(50)) {
+            None => {
+                producer.poll(Duration::ZERO);
+                continue;
             }
-            m = consumer.recv() => {
-                let Some(m) = unless_just_created(m)? else { continue };
-                let mut record = FutureRecord::to(&output).payload(m.payload().unwrap_or(&[]));
-                if let Some(k) = m.key() {
-                    record = record.key(k);
+            Some(m) => m,
+        };
+        let Some(m) = unless_just_created(m)? else { continue };
+        let mut record = BaseRecord::to(output).payload(m.payload().unwrap_or(&[]));
+        if let Some(k) = m.key() {
+            record = record.key(k);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(1));
                 }
-                loop {
-                    match producer.send_result(record) {
-                        Ok(f) => { acks.push(f); break; }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            record = back;
-                            if let Some(r) = acks.next().await {
-                                r.map_err(|_| KafkaError::Canceled)?.map_err(|(e, _)| e)?;
-                            }
-                        }
-                        Err((e, _)) => return Err(e.into()),
-                    }
-                }
+                Err((e, _)) => return Err(e.into()),
             }
         }
+        since_poll += 1;
+        if since_poll >= 4096 {
+            since_poll = 0;
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// kcat's passthrough, when kcat is installed: `kcat -C -e … | kcat -P …`, two processes, keys
+/// kept (a tab between key and value: the events are JSON without tabs), the consumer exiting at
+/// the end of the input and the producer at the end of its stdin, as one would run it by hand.
+/// Throughput only: kept running for the latency phase, kcat -P lost the last few records that
+/// sat in the pipe (999 988–999 995 of a million).
+fn kcat_passthrough(brokers: &str, input: &str, output: &str) -> Result<(), BenchError> {
+    use std::process::{Command, Stdio};
+    let spawn = |e: std::io::Error| BenchError::Task(format!("kcat: {e}"));
+    let mut consume = Command::new("kcat")
+        .args(["-C", "-b", brokers, "-t", input, "-o", "beginning", "-e", "-q", "-K", "\t"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(spawn)?;
+    let pipe = consume.stdout.take().ok_or_else(|| BenchError::Task("kcat: no stdout".into()))?;
+    let mut produce = Command::new("kcat").args(["-P", "-b", brokers, "-t", output, "-K", "\t"]).stdin(pipe).stderr(Stdio::null()).spawn().map_err(spawn)?;
+    let (c, p) = (consume.wait().map_err(spawn)?, produce.wait().map_err(spawn)?);
+    if !c.success() || !p.success() {
+        return Err(BenchError::Task(format!("kcat exited with {c} (consumer) and {p} (producer)")));
     }
     Ok(())
+}
+
+/// Whether kcat is on the PATH.
+fn kcat_installed() -> bool {
+    std::process::Command::new("kcat").arg("-V").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// Measures one side: `start` launches the processor (reading `input`, writing `output`) and
@@ -265,10 +318,14 @@ where
 /// Which sides a bench run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Side {
-    /// The passthrough and `surgeguard run`, one after the other in each round.
+    /// The lean passthrough, kcat's (when kcat is installed) and `surgeguard run`, one after
+    /// the other in each round.
     #[default]
-    Both,
+    All,
+    /// The lean passthrough only.
     Passthrough,
+    /// kcat's passthrough only.
+    Kcat,
     Surgeguard,
 }
 
@@ -277,6 +334,7 @@ pub enum Side {
 pub struct Round {
     pub warmup: bool,
     pub passthrough: Option<Figures>,
+    pub kcat: Option<Figures>,
     pub surgeguard: Option<Figures>,
 }
 
@@ -287,10 +345,48 @@ async fn measure_passthrough(cfg: &Config, brokers: &str, opts: &BenchOptions, e
     topics::create(&admin_cfg, &specs, cfg.kafka.replication_factor).await?;
     let (b, i, o, g) = (brokers.to_string(), input.clone(), output.clone(), format!("{run_id}.pt"));
     let figures = measure(brokers, &input, &output, opts, events, |stopped| {
-        tokio::spawn(passthrough(b, i, o, g, async {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || lean_passthrough(&b, &i, &o, &g, &flag));
+        tokio::spawn(async move {
             stopped.await.ok();
-        }))
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(|e| BenchError::Task(e.to_string()))?
+                .map_err(|_| BenchError::Task("the passthrough thread panicked".into()))?
+        })
     })
+    .await;
+    drop_topics(&admin_cfg, &[&input, &output]).await;
+    figures
+}
+
+/// kcat's throughput: `N` events produced first, then `kcat -C -e | kcat -P` from its first
+/// output to its last (no latency phase: see `kcat_passthrough`).
+async fn measure_kcat(cfg: &Config, brokers: &str, opts: &BenchOptions, events: &[RequestEvent], run_id: &str) -> Result<Figures, BenchError> {
+    let admin_cfg = crate::kafka::client::client_config(cfg, brokers);
+    let (input, output) = (format!("{run_id}.kcat.in"), format!("{run_id}.kcat.out"));
+    let specs: Vec<topics::TopicSpec> = [&input, &output].iter().map(|name| topics::TopicSpec::new(name, cfg.kafka.partitions.requests)).collect();
+    topics::create(&admin_cfg, &specs, cfg.kafka.replication_factor).await?;
+    let figures = async {
+        let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create()?;
+        let reader: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("{output}-reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "5")
+            .create()?;
+        reader.subscribe(&[&output])?;
+        let throughput_events = &events[..opts.events];
+        produce(&producer, &input, throughput_events, false, None).await?;
+        let (b, i, o) = (brokers.to_string(), input.clone(), output.clone());
+        let kcat = tokio::task::spawn_blocking(move || kcat_passthrough(&b, &i, &o));
+        let (first, last, _) = read(&reader, throughput_events.len(), i64::MAX, Duration::from_secs(300)).await?;
+        kcat.await.map_err(|e| BenchError::Task(e.to_string()))??;
+        let events_per_s = (throughput_events.len().saturating_sub(1)) as f64 / (last - first).as_secs_f64().max(1e-9);
+        Ok::<_, BenchError>(Figures { events_per_s, p50_ms: f64::NAN, p99_ms: f64::NAN, latency_samples: 0, offered_per_s: f64::NAN })
+    }
     .await;
     drop_topics(&admin_cfg, &[&input, &output]).await;
     figures
@@ -355,13 +451,27 @@ async fn measure_surgeguard(cfg: &Config, brokers: &str, opts: &BenchOptions, ev
 pub async fn bench(cfg: &Config, brokers: &str, opts: &BenchOptions, mut progress: impl FnMut(&Round)) -> Result<Vec<Round>, BenchError> {
     let events = requests(opts.events + (opts.rate as usize * opts.seconds as usize), 11);
     let mut measured = Vec::new();
+    let kcat = kcat_installed();
+    if opts.side == Side::All && !kcat {
+        tracing::warn!("kcat is not installed: its passthrough is not measured");
+    }
     for round in 0..opts.warmup + opts.rounds.max(1) {
         let run_id = format!("bench-{}-{round}", now_ms());
         let mut r = Round { warmup: round < opts.warmup, ..Round::default() };
-        if opts.side != Side::Surgeguard {
+        if matches!(opts.side, Side::All | Side::Passthrough) {
             r.passthrough = Some(measure_passthrough(cfg, brokers, opts, &events, &run_id).await?);
         }
-        if opts.side != Side::Passthrough {
+        if (opts.side == Side::All && kcat) || opts.side == Side::Kcat {
+            // A reference, not the baseline: a failure of kcat's is said and the round goes on.
+            r.kcat = match measure_kcat(cfg, brokers, opts, &events, &run_id).await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kcat's passthrough not measured");
+                    None
+                }
+            };
+        }
+        if matches!(opts.side, Side::All | Side::Surgeguard) {
             r.surgeguard = Some(measure_surgeguard(cfg, brokers, opts, &events, &run_id).await?);
         }
         progress(&r);
@@ -389,51 +499,59 @@ pub fn summary(rounds: &[Round]) -> String {
     let med = |f: &dyn Fn(&Round) -> Option<f64>| median(rounds.iter().filter_map(f).collect());
     let cell = |x: f64, digits: usize| if x.is_nan() { "-".to_string() } else { format!("{x:.digits$}") };
     let ratio = med(&|r| Some(r.surgeguard?.events_per_s / r.passthrough?.events_per_s));
+    let kcat_ratio = med(&|r| Some(r.surgeguard?.events_per_s / r.kcat?.events_per_s));
+    let row = |pick: fn(&Figures) -> f64, digits: usize| {
+        [med(&|r| Some(pick(&r.passthrough?))), med(&|r| Some(pick(&r.kcat?))), med(&|r| Some(pick(&r.surgeguard?)))].map(|x| cell(x, digits))
+    };
+    let [pt, kc, sg] = row(|f| f.events_per_s, 0);
+    let [pt50, kc50, sg50] = row(|f| f.p50_ms, 1);
+    let [pt99, kc99, sg99] = row(|f| f.p99_ms, 1);
     format!(
         "median of {} measured round(s):\n\
-         \x20                        passthrough   surgeguard run   ratio (median of the rounds' ratios)\n\
-         throughput (events/s)    {:>11}   {:>14}   {}\n\
-         latency p50 (ms)         {:>11}   {:>14}\n\
-         latency p99 (ms)         {:>11}   {:>14}\n",
+         \x20                        passthrough   kcat   surgeguard run   ratio to passthrough   to kcat (medians of the rounds' ratios)\n\
+         throughput (events/s)    {pt:>11}   {kc:>4}   {sg:>14}   {:>20}   {}\n\
+         latency p50 (ms)         {pt50:>11}   {kc50:>4}   {sg50:>14}\n\
+         latency p99 (ms)         {pt99:>11}   {kc99:>4}   {sg99:>14}\n",
         rounds.len(),
-        cell(med(&|r| Some(r.passthrough?.events_per_s)), 0),
-        cell(med(&|r| Some(r.surgeguard?.events_per_s)), 0),
         cell(ratio, 2),
-        cell(med(&|r| Some(r.passthrough?.p50_ms)), 1),
-        cell(med(&|r| Some(r.surgeguard?.p50_ms)), 1),
-        cell(med(&|r| Some(r.passthrough?.p99_ms)), 1),
-        cell(med(&|r| Some(r.surgeguard?.p99_ms)), 1),
+        cell(kcat_ratio, 2),
     )
 }
 
 /// One round's figures side by side.
 pub fn report(round: &Round, opts: &BenchOptions) -> String {
-    let cell = |f: Option<&Figures>, pick: fn(&Figures) -> f64, digits: usize| match f {
-        Some(f) => format!("{:.*}", digits, pick(f)),
-        None => "-".to_string(),
+    let cell = |f: Option<&Figures>, pick: fn(&Figures) -> f64, digits: usize| match f.map(pick) {
+        Some(x) if !x.is_nan() => format!("{x:.digits$}"),
+        _ => "-".to_string(),
     };
-    let (pt, sg) = (round.passthrough.as_ref(), round.surgeguard.as_ref());
-    let ratio = match (pt, sg) {
-        (Some(p), Some(s)) => format!("{:.2}", s.events_per_s / p.events_per_s),
+    let (pt, kc, sg) = (round.passthrough.as_ref(), round.kcat.as_ref(), round.surgeguard.as_ref());
+    let ratio = |base: Option<&Figures>| match (base, sg) {
+        (Some(b), Some(s)) => format!("{:.2}", s.events_per_s / b.events_per_s),
         _ => "-".to_string(),
     };
     format!(
         "{}\n\
-         \x20                        passthrough   surgeguard run   ratio\n\
-         throughput (events/s)    {:>11}   {:>14}   {ratio}\n\
-         latency p50 (ms)         {:>11}   {:>14}\n\
-         latency p99 (ms)         {:>11}   {:>14}\n\
-         latency phase: {} events/s asked for {} s; produced at {} (passthrough) and {} (surgeguard) events/s\n",
+         \x20                        passthrough   kcat   surgeguard run   ratio to passthrough   to kcat\n\
+         throughput (events/s)    {:>11}   {:>4}   {:>14}   {:>20}   {}\n\
+         latency p50 (ms)         {:>11}   {:>4}   {:>14}\n\
+         latency p99 (ms)         {:>11}   {:>4}   {:>14}\n\
+         latency phase: {} events/s asked for {} s; produced at {} (passthrough), {} (kcat) and {} (surgeguard) events/s\n",
         if round.warmup { "warm-up round (not measured):" } else { "measured round:" },
         cell(pt, |f| f.events_per_s, 0),
+        cell(kc, |f| f.events_per_s, 0),
         cell(sg, |f| f.events_per_s, 0),
+        ratio(pt),
+        ratio(kc),
         cell(pt, |f| f.p50_ms, 1),
+        cell(kc, |f| f.p50_ms, 1),
         cell(sg, |f| f.p50_ms, 1),
         cell(pt, |f| f.p99_ms, 1),
+        cell(kc, |f| f.p99_ms, 1),
         cell(sg, |f| f.p99_ms, 1),
         opts.rate,
         opts.seconds,
         cell(pt, |f| f.offered_per_s, 0),
+        cell(kc, |f| f.offered_per_s, 0),
         cell(sg, |f| f.offered_per_s, 0),
     )
 }
@@ -464,7 +582,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
     /// Which sides to measure.
-    #[arg(long, value_enum, default_value_t = Side::Both)]
+    #[arg(long, value_enum, default_value_t = Side::All)]
     pub side: Side,
 }
 
@@ -494,9 +612,9 @@ mod tests {
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(vec![]).is_nan());
         let rounds = [
-            Round { warmup: false, passthrough: Some(figures(100.0, 10.0)), surgeguard: Some(figures(90.0, 20.0)) },
-            Round { warmup: false, passthrough: Some(figures(200.0, 30.0)), surgeguard: Some(figures(100.0, 40.0)) },
-            Round { warmup: false, passthrough: Some(figures(120.0, 50.0)), surgeguard: Some(figures(60.0, 60.0)) },
+            Round { warmup: false, passthrough: Some(figures(100.0, 10.0)), kcat: None, surgeguard: Some(figures(90.0, 20.0)) },
+            Round { warmup: false, passthrough: Some(figures(200.0, 30.0)), kcat: None, surgeguard: Some(figures(100.0, 40.0)) },
+            Round { warmup: false, passthrough: Some(figures(120.0, 50.0)), kcat: None, surgeguard: Some(figures(60.0, 60.0)) },
         ];
         let row = |text: &str, name: &str| -> Vec<String> {
             let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_default();
@@ -504,9 +622,9 @@ mod tests {
         };
         let text = summary(&rounds);
         // Ratios 0.9, 0.5 and 0.5: the median ratio is 0.50, not the ratio of the medians (0.75).
-        assert_eq!(row(&text, "throughput"), ["120", "90", "0.50"], "{text}");
-        assert_eq!(row(&text, "latency p99"), ["30.0", "40.0"], "{text}");
-        let one_side = [Round { warmup: false, passthrough: None, surgeguard: Some(figures(5.0, 1.0)) }];
-        assert_eq!(row(&summary(&one_side), "throughput"), ["-", "5", "-"]);
+        assert_eq!(row(&text, "throughput"), ["120", "-", "90", "0.50", "-"], "{text}");
+        assert_eq!(row(&text, "latency p99"), ["30.0", "-", "40.0"], "{text}");
+        let one_side = [Round { warmup: false, passthrough: None, kcat: Some(figures(10.0, 1.0)), surgeguard: Some(figures(5.0, 1.0)) }];
+        assert_eq!(row(&summary(&one_side), "throughput"), ["-", "10", "5", "-", "0.50"]);
     }
 }

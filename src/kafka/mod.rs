@@ -11,6 +11,7 @@ pub(crate) mod clock;
 pub(crate) mod control;
 pub(crate) mod deliveries;
 pub mod error;
+pub(crate) mod event_loop;
 pub mod first_decisions;
 pub(crate) mod leadership;
 pub(crate) mod merge;

@@ -1,7 +1,7 @@
 //! The imperative part of `surgeguard run` around one message: decode it (or dead-letter it),
 //! run it through the topology, publish its outputs with their origin, and keep the at-least-once
 //! bookkeeping (committable offsets, the changelog flush, the control side's leadership).
-//! `apps/run.rs` owns the clients and the loop that feeds the `Shell`; `shell/publish.rs` sends.
+//! `apps/run.rs` owns the clients, `event_loop.rs` the loop that feeds the `Shell`; `shell/publish.rs` sends.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

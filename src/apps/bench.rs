@@ -149,10 +149,6 @@ async fn read(consumer: &StreamConsumer, want: usize, stamped_from: i64, timeout
         first.get_or_insert(at);
         last = at;
         got += 1;
-        // The throughput phase reads without parsing: the reader shares the machine.
-        if stamped_from == i64::MAX {
-            continue;
-        }
         if let Some(ts) = m.payload().and_then(|p| serde_json::from_slice::<Stamped<'_>>(p).ok()).and_then(|v| Millis::parse_rfc3339(v.ts).ok()) {
             if ts.0 >= stamped_from {
                 latencies.push((now_ms() - ts.0) as f64);
@@ -160,6 +156,63 @@ async fn read(consumer: &StreamConsumer, want: usize, stamped_from: i64, timeout
         }
     }
     Ok((first.unwrap_or(last), last, latencies))
+}
+
+/// The throughput phase's reader: counts `want` outputs of `topic` from its start, on a thread
+/// of its own polling a `BaseConsumer` (a `StreamConsumer` with a future per record took most of
+/// a core, on the two the processor and the broker share); returns the first and last arrival.
+async fn count_outputs(brokers: &str, topic: &str, want: usize) -> Result<(Instant, Instant), BenchError> {
+    use rdkafka::consumer::BaseConsumer;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-count"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let timeout = Duration::from_secs(300);
+    let counted = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + timeout;
+        let (mut first, mut last, mut got) = (None, Instant::now(), 0usize);
+        while got < want {
+            if Instant::now() >= deadline {
+                return Err(BenchError::Incomplete { got, want, secs: timeout.as_secs() });
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(m) => {
+                    if unless_just_created(m)?.is_some() {
+                        let at = Instant::now();
+                        first.get_or_insert(at);
+                        last = at;
+                        got += 1;
+                    }
+                }
+            }
+        }
+        Ok((first.unwrap_or(last), last))
+    });
+    counted.await.map_err(|e| BenchError::Task(e.to_string()))?
+}
+
+/// The latency phase's reader: assigned every partition of `topic` at its current end, so it
+/// reads only what comes after the throughput phase (no group to join, nothing missed).
+fn reader_at_end(brokers: &str, topic: &str) -> Result<StreamConsumer, BenchError> {
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let (metadata, mut tpl) = (tokio::task::block_in_place(|| reader.fetch_metadata(Some(topic), Duration::from_secs(10)))?, TopicPartitionList::new());
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (_, high) = tokio::task::block_in_place(|| reader.fetch_watermarks(topic, p.id(), Duration::from_secs(10)))?;
+        tpl.add_partition_offset(topic, p.id(), Offset::Offset(high))?;
+    }
+    reader.assign(&tpl)?;
+    Ok(reader)
 }
 
 /// The message; none for the error a topic created a moment ago gives until the client's
@@ -282,19 +335,14 @@ where
     F: FnOnce(tokio::sync::oneshot::Receiver<()>) -> tokio::task::JoinHandle<Result<(), BenchError>>,
 {
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create()?;
-    let reader: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{output}-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "5")
-        .create()?;
-    reader.subscribe(&[output])?;
     let (throughput_events, latency_events) = events.split_at(opts.events);
     produce(&producer, input, throughput_events, false, None).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let handle = start(stopped);
-    let (first, last, _) = read(&reader, throughput_events.len(), i64::MAX, Duration::from_secs(300)).await?;
+    let (first, last) = count_outputs(brokers, output, throughput_events.len()).await?;
     let events_per_s = (throughput_events.len().saturating_sub(1)) as f64 / (last - first).as_secs_f64().max(1e-9);
+    // The latency phase reads from where the throughput phase's outputs end.
+    let reader = reader_at_end(brokers, output)?;
 
     let stamped_from = now_ms();
     // The reader gets a task of its own, so reading never delays the paced producer.
@@ -371,18 +419,11 @@ async fn measure_kcat(cfg: &Config, brokers: &str, opts: &BenchOptions, events: 
     topics::create(&admin_cfg, &specs, cfg.kafka.replication_factor).await?;
     let figures = async {
         let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create()?;
-        let reader: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", format!("{output}-reader"))
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "5")
-            .create()?;
-        reader.subscribe(&[&output])?;
         let throughput_events = &events[..opts.events];
         produce(&producer, &input, throughput_events, false, None).await?;
         let (b, i, o) = (brokers.to_string(), input.clone(), output.clone());
         let kcat = tokio::task::spawn_blocking(move || kcat_passthrough(&b, &i, &o));
-        let (first, last, _) = read(&reader, throughput_events.len(), i64::MAX, Duration::from_secs(300)).await?;
+        let (first, last) = count_outputs(brokers, &output, throughput_events.len()).await?;
         kcat.await.map_err(|e| BenchError::Task(e.to_string()))??;
         let events_per_s = (throughput_events.len().saturating_sub(1)) as f64 / (last - first).as_secs_f64().max(1e-9);
         Ok::<_, BenchError>(Figures { events_per_s, p50_ms: f64::NAN, p99_ms: f64::NAN, latency_samples: 0, offered_per_s: f64::NAN })

@@ -151,11 +151,9 @@ pub async fn run_with(cfg: Arc<Config>, brokers: &str, options: RunOptions<'_>, 
             tracing::error!(input = ?e.input(), restarts = quarantine.after(), "an input's outputs failed restart after restart: it goes to the DLQ as quarantined");
         }
         svc.metrics.set_table_entries("quarantine", quarantine.len());
-        let wait = backoff.next(started.elapsed());
-        if wait.is_zero() {
-            quarantine.recovered();
-        }
-        let wait = wait.max(backoff.first);
+        // (A run of failures of one input is counted however long each run lasted: a delivery
+        // that times out fails only after librdkafka's message.timeout.ms, 300 s.)
+        let wait = backoff.next(started.elapsed()).max(backoff.first);
         tracing::error!(error = %e, restart_in = ?wait, restarts = total.restarts, "the pipeline failed: starting it again (new clients, state restored from Kafka)");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

@@ -61,11 +61,6 @@ impl Quarantine {
         true
     }
 
-    /// A run that went on without restarting for a while: the run of failures is over.
-    pub fn recovered(&mut self) {
-        self.streak = None;
-    }
-
     /// Why `offset` of `tp` is quarantined, if it is.
     pub fn reason(&self, tp: &Partition, offset: i64) -> Option<&str> {
         if self.held.is_empty() {
@@ -115,13 +110,11 @@ mod tests {
     }
 
     #[test]
-    fn another_input_or_a_recovery_breaks_the_run() {
+    fn another_input_breaks_the_run() {
         let mut q = Quarantine::new(2);
         let (a, b) = (input(0, 7), input(1, 7));
         assert!(!q.failed(Some(&a), "e"));
         assert!(!q.failed(Some(&b), "e"));
-        assert!(!q.failed(Some(&a), "e"));
-        q.recovered();
         assert!(!q.failed(Some(&a), "e"));
         // A failure tied to no input neither counts nor breaks the run.
         assert!(!q.failed(None, "e"));
